@@ -1,0 +1,40 @@
+"""Attention Inspector's transformer engine: pure torch + tokenizers + safetensors, no Qt.
+
+    from engine import load_model, Session
+    model = load_model("tiny-gpt")
+    session = Session(model, "In the beginning")
+    step = session.step(); session.back(); session.branch(step.token_id)
+    session.trace.attention("self", 0)   # [heads, queries, keys]
+"""
+
+from .config import ModelConfig
+from .errors import (
+    CaptureError,
+    CheckpointError,
+    DeviceError,
+    EngineError,
+    OutOfMemoryError,
+    PromptError,
+    SamplingError,
+    SessionError,
+    TokenizerError,
+    UnsupportedArchitectureError,
+)
+from .model import Model
+from .sampling import SamplingSettings, distribution
+from .session import Session, Step
+from .trace import KINDS, StepInfo, Trace, capture_name
+
+__all__ = [
+    "KINDS", "CaptureError", "CheckpointError", "DeviceError", "EngineError", "Model", "ModelConfig",
+    "OutOfMemoryError", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError", "Step",
+    "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
+    "load_model",
+]
+
+
+def load_model(source, device=None, dtype=None, allow_pickle: bool = False):  # noqa: ANN001 - re-exported
+    """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model."""
+    from .checkpoints import load_model as _load
+
+    return _load(source, device=device, dtype=dtype, allow_pickle=allow_pickle)

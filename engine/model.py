@@ -1,0 +1,243 @@
+"""Model: the torch network, its tokenizer and config, with forward passes that return numpy captures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import KVCache
+from .config import ModelConfig
+from .device import is_out_of_memory
+from .errors import CaptureError, OutOfMemoryError, PromptError
+from .network import Transformer
+from .tokenizer import Tokenizer
+from .trace import KINDS, PatternBlock, Trace, capture_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Forward:
+    """What one forward pass recorded: patterns per capture name (heads, T, S) and logits (T, vocab)."""
+
+    patterns: dict[str, np.ndarray]
+    logits: np.ndarray | None
+    hidden: torch.Tensor | None = None  # encoder output, kept on the device for cross-attention
+
+
+class Model:
+    def __init__(
+        self,
+        net: Transformer,
+        tokenizer: Tokenizer,
+        name: str = "model",
+        folder: Path | None = None,
+        capture_dtype: type = np.float32,
+    ) -> None:
+        self.net = net.eval()
+        self.config: ModelConfig = net.cfg
+        self.tokenizer = tokenizer
+        self.name = name
+        self.folder = folder
+        self.capture_dtype = capture_dtype  # np.float16 halves the memory of long traces
+        self.load_seconds: float | None = None
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.n_heads
+
+    @property
+    def layers_by_kind(self) -> dict[str, int]:
+        c = self.config
+        cross = c.n_decoder_layers if c.family == "encoder-decoder" else 0
+        return {"encoder": c.n_encoder_layers, "self": c.n_decoder_layers, "cross": cross}
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in KINDS if self.layers_by_kind[k])
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net.embed.weight.dtype
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_positions
+
+    @property
+    def has_logits(self) -> bool:
+        return self.config.has_decoder or self.config.mlm_head
+
+    @property
+    def no_logits_reason(self) -> str | None:
+        if self.has_logits:
+            return None
+        return "this checkpoint has no masked-LM head (e.g. a sentence-embedding model), so there are no token predictions"
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {self.family}, layers={self.n_layers}, heads={self.n_heads}, device={self.device})"
+
+    # -- head gates (ablation) ----------------------------------------------------------------
+    def _attention_module(self, kind: str, layer: int):
+        if kind not in self.kinds:
+            raise CaptureError(f"this {self.family} model has no {kind!r} attention; choose one of {', '.join(self.kinds)}")
+        n = self.layers_by_kind[kind]
+        if not 0 <= layer < n:
+            raise CaptureError(f"layer {layer} does not exist for {kind!r} attention; layers are 0..{n - 1}")
+        stack = self.net.encoder if kind == "encoder" else self.net.decoder
+        block = stack.layers[layer]
+        return block.cross_attn if kind == "cross" else block.attn
+
+    def set_head_gate(self, kind: str, layer: int, head: int, value: float) -> None:
+        """Multiply one head's output by `value` (0 = ablated, 1 = untouched) in every later forward."""
+        if not 0 <= head < self.n_heads:
+            raise CaptureError(f"head {head} does not exist; heads are 0..{self.n_heads - 1}")
+        self._attention_module(kind, layer).gate[head] = float(value)
+
+    def gates(self) -> dict[str, tuple[float, ...]]:
+        """Capture name -> per-head gates, for the layers where any gate differs from 1."""
+        out = {}
+        for kind in self.kinds:
+            for i in range(self.layers_by_kind[kind]):
+                g = self._attention_module(kind, i).gate
+                if bool((g != 1).any()):
+                    out[capture_name(kind, i)] = tuple(float(x) for x in g.tolist())
+        return out
+
+    def clear_gates(self) -> None:
+        for kind in self.kinds:
+            for i in range(self.layers_by_kind[kind]):
+                self._attention_module(kind, i).gate.fill_(1.0)
+
+    # -- ids ----------------------------------------------------------------------------------
+    def check_ids(self, ids: Sequence[int], what: str = "prompt") -> list[int]:
+        try:
+            ids = [int(i) for i in ids]
+        except (TypeError, ValueError) as exc:
+            raise PromptError(f"the {what} must be text or a list of whole-number token ids") from exc
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise PromptError(f"token id {bad[0]} in the {what} is outside this model's vocabulary (0..{self.config.vocab_size - 1})")
+        if len(ids) > self.max_positions:
+            raise PromptError(f"the {what} has {len(ids)} tokens but this model reads at most {self.max_positions}; shorten it")
+        return ids
+
+    def encoder_ids(self, text_or_ids: str | Sequence[int], what: str = "source") -> list[int]:
+        if isinstance(text_or_ids, str):
+            if not text_or_ids.strip():
+                raise PromptError(f"the {what} is empty; type some text")
+            ids = self.tokenizer.encode(text_or_ids, special_tokens=True)
+        else:
+            ids = list(text_or_ids)
+        if not ids:
+            raise PromptError(f"the {what} is empty; give at least one token")
+        return self.check_ids(ids, what)
+
+    def decoder_ids(self, text_or_ids: str | Sequence[int] | None) -> list[int]:
+        """Decoder prompt ids. Text gets the tokenizer's special tokens (decoder-only) or follows the
+        decoder start token (encoder-decoder); ids are used exactly as given."""
+        cfg = self.config
+        if text_or_ids is None or isinstance(text_or_ids, str):
+            text = text_or_ids or ""
+            if cfg.family == "encoder-decoder":
+                ids = [cfg.decoder_start_token_id] + (self.tokenizer.encode(text, special_tokens=False) if text.strip() else [])
+            else:
+                ids = self.tokenizer.encode(text, special_tokens=True) if text.strip() else []
+        else:
+            ids = list(text_or_ids)
+        if not ids:
+            if cfg.bos_token_id is None:
+                raise PromptError("the prompt is empty and this model has no beginning-of-text token; type a prompt")
+            ids = [cfg.bos_token_id]
+        return self.check_ids(ids, "prompt")
+
+    # -- forward passes -----------------------------------------------------------------------
+    @contextmanager
+    def _guard(self, cache: KVCache | None = None):
+        """Turn device OOM into OutOfMemoryError and roll the cache back, so nothing is lost."""
+        start = cache.length if cache is not None else 0
+        try:
+            with torch.inference_mode():
+                yield
+        except Exception as exc:
+            if cache is not None and cache.length != start:
+                for layer in cache.layers:
+                    layer.length = min(layer.length, start)
+            if is_out_of_memory(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise OutOfMemoryError(
+                    f"the {self.device} device ran out of memory; use a shorter prompt, fewer steps, float16, or the CPU"
+                ) from exc
+            raise
+
+    def _patterns(self, capture: dict) -> dict[str, np.ndarray]:
+        return {name: p[0].to("cpu", torch.float32).numpy().astype(self.capture_dtype, copy=False) for name, p in capture.items()}
+
+    def encode(self, ids: list[int], capture: bool = True) -> Forward:
+        """Run the encoder over `ids`; masked-LM logits for encoder-only models."""
+        rec: dict | None = {} if capture else None
+        with self._guard():
+            x = torch.tensor([ids], device=self.device)
+            h = self.net.encode(x, capture=rec)
+            logits = self.net.mlm_logits(h) if self.family == "encoder" else None
+            return Forward(self._patterns(rec) if rec is not None else {},
+                           logits[0].cpu().numpy() if logits is not None else None, h)
+
+    def decode(self, ids: list[int], cache: KVCache, memory: torch.Tensor | None = None, capture: bool = True,
+               all_logits: bool = True) -> Forward:
+        """Feed `ids` after the cache's tokens; logits for every fed position (or the last only)."""
+        rec: dict | None = {} if capture else None
+        with self._guard(cache):
+            x = torch.tensor([ids], device=self.device)
+            h = self.net.decode(x, cache.length, cache, memory, capture=rec)
+            logits = self.net.logits(h if all_logits else h[:, -1:])
+            return Forward(self._patterns(rec) if rec is not None else {}, logits[0].cpu().numpy())
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_decoder_layers)
+
+    # -- one full forward ---------------------------------------------------------------------
+    def run(self, text_or_ids: str | Sequence[int] | None, source: str | Sequence[int] | None = None) -> Trace:
+        """One forward pass, no generation. Encoder-decoder: `source` feeds the encoder and the first
+        argument the decoder (with no source, the first argument is the source and the decoder gets its start token)."""
+        from .session import Session
+
+        if self.family == "encoder-decoder" and source is None:
+            text_or_ids, source = None, text_or_ids
+        return Session(self, text_or_ids, source=source).trace
+
+    def make_trace(self, **kw) -> Trace:
+        return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,
+                     gates=self.gates(), no_logits_reason=self.no_logits_reason, **kw)
+
+
+def blocks_from(forward: Forward, q_start: int) -> dict[str, PatternBlock]:
+    out = {}
+    for name, rows in forward.patterns.items():
+        rows.flags.writeable = False
+        out[name] = PatternBlock(q_start, rows)
+    return out

@@ -1,0 +1,150 @@
+"""The torch module: embeddings, an encoder and/or a decoder stack of Blocks, and the output heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .cache import KVCache
+from .config import ModelConfig
+from .modules import (
+    Block,
+    Capture,
+    RelativePositionBias,
+    activation,
+    additive_mask,
+    make_norm,
+    sinusoidal_table,
+)
+
+
+class Stack(nn.Module):
+    """Positions + layers + final norm. `name` ("encoder"/"decoder") prefixes every capture name."""
+
+    def __init__(self, cfg: ModelConfig, name: str, n_layers: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.name = name
+        self.causal = name == "decoder"
+        cross = name == "decoder" and cfg.family == "encoder-decoder"
+        if cfg.position_scheme == "learned":
+            self.positions = nn.Embedding(cfg.table_size, cfg.d_model)
+        elif cfg.position_scheme == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+        self.rel_bias = RelativePositionBias(cfg, bidirectional=not self.causal) if cfg.position_scheme == "relative" else None
+        self.token_type = nn.Embedding(cfg.token_types, cfg.d_model) if cfg.token_types else None
+        self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
+        self.layers = nn.ModuleList(Block(cfg, name, i, cross) for i in range(n_layers))
+        self.final_norm = make_norm(cfg) if cfg.final_norm else None
+
+    def init_buffers(self, device: torch.device) -> None:
+        if self.cfg.position_scheme == "sinusoidal":
+            self.sinusoid = sinusoidal_table(self.cfg.max_positions, self.cfg.d_model).to(device)
+
+    def forward(
+        self,
+        x: Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        key_mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        capture: Capture = None,
+        residuals: list | None = None,
+    ) -> Tensor:
+        """x: token embeddings (B, T, d) of positions start..start+T-1 -> hidden states (B, T, d)."""
+        B, T, _ = x.shape
+        S = start + T
+        device = x.device
+        if self.cfg.position_scheme == "learned":
+            pos = torch.arange(start, S, device=device) + self.cfg.position_offset
+            x = x + self.positions(pos)
+        elif self.cfg.position_scheme == "sinusoidal":
+            x = x + self.sinusoid[start:S].to(x.dtype)
+        if self.token_type is not None:
+            x = x + self.token_type.weight[0]
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        bias = additive_mask(start, T, S, self.causal, key_mask, device)
+        if self.rel_bias is not None:
+            rel = self.rel_bias(start, T, S).to(x.dtype)
+            bias = rel if bias is None else rel + bias
+        memory_bias = None
+        if memory_mask is not None:
+            memory_bias = additive_mask(0, T, memory_mask.shape[1], False, memory_mask, device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, bias, cache.layers[i] if cache is not None else None, memory, memory_bias, capture)
+            if residuals is not None:
+                residuals.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+
+class MaskedLMHead(nn.Module):
+    """BERT/RoBERTa prediction head: dense + activation + norm, then the tied unembedding plus a bias."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.act = activation(cfg.mlm_activation)
+        self.norm = make_norm(cfg)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)  # shared by encoder and decoder
+        self.encoder = Stack(cfg, "encoder", cfg.n_encoder_layers) if cfg.has_encoder else None
+        self.decoder = Stack(cfg, "decoder", cfg.n_decoder_layers) if cfg.has_decoder else None
+        self.lm_head = None if cfg.tie_embeddings or not cfg.has_decoder else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.final_logits_bias = nn.Parameter(torch.zeros(1, cfg.vocab_size)) if cfg.final_logits_bias else None
+        self.mlm = MaskedLMHead(cfg) if cfg.mlm_head else None
+
+    def init_buffers(self, device: torch.device) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "init_buffers"):
+                module.init_buffers(device)
+
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        x = self.embed(ids)
+        return x * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else x
+
+    def encode(self, ids: Tensor, key_mask: Tensor | None = None, capture: Capture = None, residuals: list | None = None) -> Tensor:
+        return self.encoder(self.embed_tokens(ids), key_mask=key_mask, capture=capture, residuals=residuals)
+
+    def decode(
+        self,
+        ids: Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        capture: Capture = None,
+        residuals: list | None = None,
+    ) -> Tensor:
+        return self.decoder(self.embed_tokens(ids), start, cache, None, memory, memory_mask, capture, residuals)
+
+    @property
+    def unembedding(self) -> Tensor:
+        return self.lm_head.weight if self.lm_head is not None else self.embed.weight
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Next-token logits (decoder) from final hidden states (B, T, d) -> (B, T, vocab), float32."""
+        if self.cfg.lm_head_scale != 1.0:
+            h = h * self.cfg.lm_head_scale
+        out = h @ self.unembedding.t()
+        if self.final_logits_bias is not None:
+            out = out + self.final_logits_bias
+        return out.float()
+
+    def mlm_logits(self, h: Tensor) -> Tensor | None:
+        """Masked-LM logits (encoder) or None when the checkpoint has no prediction head."""
+        if self.mlm is None:
+            return None
+        return (self.mlm(h) @ self.embed.weight.t() + self.mlm.bias).float()

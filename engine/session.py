@@ -1,0 +1,268 @@
+"""Session: step a generation one token at a time, go back, branch; everything recorded in a Trace."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import PromptError, SessionError
+from .model import Model, blocks_from
+from .sampling import SamplingSettings, choose, distribution
+from .trace import PatternBlock, StepInfo, Trace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The result of one step: the chosen token and the distribution it was chosen from."""
+
+    position: int
+    token_id: int
+    token: str
+    how: str
+    probs: np.ndarray  # next-token probabilities after temperature / top-k / top-p (float32 [vocab])
+    logits: np.ndarray  # raw logits of that position (float32 [vocab])
+
+    @property
+    def prob(self) -> float:
+        return float(self.probs[self.token_id])
+
+
+class Session:
+    """Decoder and encoder-decoder models: generate token by token with a KV cache.
+    Encoder-only models: each step fills the first [MASK] with a masked-LM prediction."""
+
+    def __init__(
+        self,
+        model: Model,
+        prompt: str | Sequence[int] | None = None,
+        source: str | Sequence[int] | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        greedy: bool = True,
+        capture: bool = True,
+    ) -> None:
+        self.model = model
+        self.settings = SamplingSettings(temperature, top_k, top_p, greedy, seed)
+        self.capture = capture
+        self._steps: list[StepInfo] = []
+        self._trace: Trace | None = None
+        family = model.family
+        if family == "encoder-decoder":
+            if source is None:
+                raise PromptError("an encoder-decoder model needs a source text for its encoder")
+            self.source_ids = model.encoder_ids(source, "source")
+        elif source is not None:
+            raise PromptError(f"a {family} model has no encoder input; pass only a prompt")
+        else:
+            self.source_ids = None
+        if family == "encoder":
+            self._ids = model.encoder_ids(prompt if prompt is not None else "", "prompt")
+            self._prompt_ids = list(self._ids)
+            self._refresh_encoder()
+            return
+        self._ids = model.decoder_ids(prompt)
+        self.n_prompt = len(self._ids)
+        self._memory = None
+        self._encoder_blocks: dict[str, tuple[PatternBlock, ...]] = {}
+        if self.source_ids is not None:
+            enc = model.encode(self.source_ids, capture)
+            self._memory = enc.hidden
+            self._encoder_blocks = {k: (v,) for k, v in blocks_from(enc, 0).items()}
+        self._cache = model.new_cache()
+        fwd = model.decode(self._ids, self._cache, self._memory, capture)
+        self._blocks: dict[str, list[PatternBlock]] = {k: [v] for k, v in blocks_from(fwd, 0).items()}
+        self._logit_rows: list[np.ndarray] = [fwd.logits]
+        self._tokens = model.tokenizer.token_strings(self._ids)
+
+    # -- settings -----------------------------------------------------------------------------
+    def set_sampling(self, **changes) -> None:
+        """Change temperature / top_k / top_p / greedy / seed; no forward pass is needed."""
+        s = self.settings
+        self.settings = SamplingSettings(**{**s.__dict__, **changes})
+
+    @property
+    def temperature(self) -> float:
+        return self.settings.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.set_sampling(temperature=value)
+
+    def distribution(self, position: int | None = None) -> np.ndarray:
+        """Probabilities at `position` (default: the next token) under the current settings."""
+        logits = self._logits_at(position)
+        s = self.settings
+        return distribution(logits, s.temperature, s.top_k, s.top_p)
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self._ids)
+
+    @property
+    def steps(self) -> tuple[StepInfo, ...]:
+        return tuple(self._steps)
+
+    @property
+    def finished(self) -> bool:
+        if self.family == "encoder":
+            return self._next_mask() is None
+        eos = self.model.config.eos_token_id
+        if self._steps and eos is not None and self._ids[-1] == eos:
+            return True
+        return len(self._ids) >= self.model.max_positions
+
+    def _why_finished(self) -> str:
+        if self.family == "encoder":
+            return "there is no [MASK] token left to fill; mask a token first"
+        if len(self._ids) >= self.model.max_positions:
+            return f"the context is full ({self.model.max_positions} tokens); go back or start a new session"
+        return "the end-of-sequence token was chosen; go back or branch to continue"
+
+    def _next_mask(self) -> int | None:
+        mask = self.model.config.mask_token_id
+        for i, t in enumerate(self._ids):
+            if t == mask:
+                return i
+        return None
+
+    def _logits_at(self, position: int | None) -> np.ndarray:
+        if self.family == "encoder":
+            if self._enc_logits is None:
+                raise SessionError(self.model.no_logits_reason or "no predictions")
+            pos = self._next_mask() if position is None else position
+            if pos is None:
+                raise SessionError(self._why_finished())
+            return self._enc_logits[pos]
+        if position is None:
+            return self._logit_rows[-1][-1]
+        return self.trace.logits_at(position)
+
+    # -- stepping -----------------------------------------------------------------------------
+    def step(self, token_id: int | None = None) -> Step:
+        """Choose the next token (greedy or sampled), or force `token_id`, and feed it to the model."""
+        if self.finished:
+            raise SessionError(f"cannot step: {self._why_finished()}")
+        position = self._next_mask() if self.family == "encoder" else len(self._ids)
+        logits = self._logits_at(None)
+        if token_id is None:
+            token_id, probs = choose(logits, self.settings, position)
+            how = "greedy" if self.settings.greedy else "sampled"
+        else:
+            token_id = self._check_token(token_id)
+            probs = self.distribution()
+            how = "forced"
+        token = self.model.tokenizer.display(token_id)
+        if self.family == "encoder":
+            self._replace(position, token_id, how, float(probs[token_id]))
+        else:
+            fwd = self.model.decode([token_id], self._cache, self._memory, self.capture)
+            self._ids.append(token_id)
+            self._tokens.append(token)
+            for name, block in blocks_from(fwd, position).items():
+                self._blocks[name].append(block)
+            self._logit_rows.append(fwd.logits)
+            self._steps.append(StepInfo(position, token_id, token, how, float(probs[token_id])))
+        self._trace = None
+        return Step(position, token_id, token, how, probs, logits)
+
+    def back(self) -> StepInfo:
+        """Undo the last step. Decoders truncate the KV cache; nothing before it is recomputed."""
+        if not self._steps:
+            raise SessionError("nothing to undo: the session is back at its prompt")
+        last = self._steps.pop()
+        if self.family == "encoder":
+            self._ids[last.position] = last.replaced_id
+            self._refresh_encoder()
+        else:
+            self._ids.pop()
+            self._tokens.pop()
+            self._cache.truncate(len(self._ids))
+            for blocks in self._blocks.values():
+                blocks.pop()
+            self._logit_rows.pop()
+        self._trace = None
+        return last
+
+    def branch(self, token_id: int) -> Step:
+        """Same prefix, another future: undo the last step and force `token_id` instead."""
+        token_id = self._check_token(token_id)
+        self.back()
+        return self.step(token_id)
+
+    def mask(self, position: int) -> StepInfo:
+        """Encoder-only: replace the token at `position` with the mask token (a step of its own)."""
+        if self.family != "encoder":
+            raise SessionError("masking applies to encoder-only (masked-LM) models; decoders step forward instead")
+        mask = self.model.config.mask_token_id
+        if mask is None:
+            raise SessionError("this model has no mask token")
+        if not 0 <= position < len(self._ids):
+            raise SessionError(f"position {position} is outside 0..{len(self._ids) - 1}")
+        if self.model.tokenizer.is_special(self._ids[position]):
+            raise SessionError(f"position {position} holds a special token; mask a word token instead")
+        self._replace(position, mask, "masked", 1.0)
+        self._trace = None
+        return self._steps[-1]
+
+    def _check_token(self, token_id: int) -> int:
+        try:
+            token_id = int(token_id)
+        except (TypeError, ValueError) as exc:
+            raise SessionError(f"a token id must be a whole number, not {token_id!r}") from exc
+        if not 0 <= token_id < self.model.config.vocab_size:
+            raise SessionError(f"token id {token_id} is outside this model's vocabulary (0..{self.model.config.vocab_size - 1})")
+        return token_id
+
+    # -- encoder-only -------------------------------------------------------------------------
+    def _replace(self, position: int, token_id: int, how: str, prob: float) -> None:
+        old = self._ids[position]
+        self._ids[position] = token_id
+        try:
+            self._refresh_encoder()
+        except BaseException:
+            self._ids[position] = old
+            raise
+        self._steps.append(StepInfo(position, token_id, self.model.tokenizer.display(token_id), how, prob, old))
+
+    def _refresh_encoder(self) -> None:
+        fwd = self.model.encode(self._ids, self.capture)
+        self._enc_blocks = {k: (v,) for k, v in blocks_from(fwd, 0).items()}
+        self._enc_logits = fwd.logits
+        self._tokens = self.model.tokenizer.token_strings(self._ids)
+
+    # -- trace --------------------------------------------------------------------------------
+    @property
+    def trace(self) -> Trace:
+        if self._trace is None:
+            self._trace = self._make_trace()
+        return self._trace
+
+    def _make_trace(self) -> Trace:
+        m, tok = self.model, self.model.tokenizer
+        special = tuple(tok.is_special(i) for i in self._ids)
+        if self.family == "encoder":
+            return m.make_trace(token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special,
+                                n_prompt=len(self._ids), blocks=dict(self._enc_blocks),
+                                logit_rows=(self._enc_logits,) if self._enc_logits is not None else None,
+                                steps=tuple(self._steps))
+        blocks = {**self._encoder_blocks, **{k: tuple(v) for k, v in self._blocks.items()}}
+        src = self.source_ids
+        return m.make_trace(
+            token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special, n_prompt=self.n_prompt,
+            blocks=blocks, logit_rows=tuple(self._logit_rows), steps=tuple(self._steps),
+            source_ids=tuple(src) if src is not None else None,
+            source_tokens=tuple(tok.token_strings(src)) if src is not None else None,
+            source_special=tuple(tok.is_special(i) for i in src) if src is not None else None,
+        )

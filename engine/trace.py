@@ -1,0 +1,121 @@
+"""Trace: everything a run or a session recorded, as plain numpy on the CPU. The one object the GUI sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from .errors import CaptureError
+
+KINDS = ("encoder", "self", "cross")
+
+
+def capture_name(kind: str, layer: int) -> str:
+    """The module-tree name of a pattern: encoder.{i}.attn, decoder.{i}.attn or decoder.{i}.cross_attn."""
+    return {"encoder": f"encoder.{layer}.attn", "self": f"decoder.{layer}.attn", "cross": f"decoder.{layer}.cross_attn"}[kind]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """How one token after the prompt was chosen."""
+
+    position: int  # index of the chosen token in the main sequence
+    token_id: int
+    token: str
+    how: str  # "greedy" | "sampled" | "forced" | "masked" (encoder: a token replaced by [MASK])
+    prob: float  # probability of the chosen token under the settings in force
+    replaced_id: int | None = None  # encoder fill-mask: the id that stood at `position` before
+
+
+@dataclass(frozen=True)
+class PatternBlock:
+    """Rows q_start .. q_start+n of one capture point: array (heads, n, keys), read-only."""
+
+    q_start: int
+    rows: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    family: str
+    model_name: str
+    n_layers: dict[str, int]  # kind -> layers of that kind
+    n_heads: int
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    special: tuple[bool, ...]
+    n_prompt: int
+    blocks: dict[str, tuple[PatternBlock, ...]]  # capture name -> row blocks in query order
+    logit_rows: tuple[np.ndarray, ...] | None  # blocks of (n, vocab), in token order
+    source_ids: tuple[int, ...] | None = None
+    source_tokens: tuple[str, ...] | None = None
+    source_special: tuple[bool, ...] | None = None
+    steps: tuple[StepInfo, ...] = ()
+    gates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # capture name -> head gates != 1
+    no_logits_reason: str | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in KINDS if self.n_layers.get(k))
+
+    @property
+    def capture_names(self) -> list[str]:
+        return [capture_name(k, i) for k in self.kinds for i in range(self.n_layers[k])]
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def _check(self, kind: str, layer: int) -> str:
+        if kind not in self.kinds:
+            raise CaptureError(f"this {self.family} model has no {kind!r} attention; choose one of {', '.join(self.kinds)}")
+        n = self.n_layers[kind]
+        if not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
+            raise CaptureError(f"layer {layer} does not exist for {kind!r} attention; layers are 0..{n - 1}")
+        return capture_name(kind, int(layer))
+
+    def attention(self, kind: str, layer: int) -> np.ndarray:
+        """Pattern (post-softmax) as float32 [heads, queries, keys]; causal entries above the diagonal are 0."""
+        blocks = self.blocks[self._check(kind, layer)]
+        n_q = sum(b.rows.shape[1] for b in blocks)
+        n_k = max(b.rows.shape[2] for b in blocks)
+        out = np.zeros((self.n_heads, n_q, n_k), dtype=np.float32)
+        for b in blocks:
+            out[:, b.q_start : b.q_start + b.rows.shape[1], : b.rows.shape[2]] = b.rows
+        return out
+
+    def attention_row(self, kind: str, layer: int, query: int) -> np.ndarray:
+        """One query's attention over keys, float32 [heads, keys], without assembling the whole pattern."""
+        for b in self.blocks[self._check(kind, layer)]:
+            if b.q_start <= query < b.q_start + b.rows.shape[1]:
+                return b.rows[:, query - b.q_start].astype(np.float32)
+        raise CaptureError(f"query position {query} is outside 0..{len(self) - 1}")
+
+    def patterns(self) -> dict[str, np.ndarray]:
+        """Every pattern under its capture name."""
+        return {capture_name(k, i): self.attention(k, i) for k in self.kinds for i in range(self.n_layers[k])}
+
+    @cached_property
+    def logits(self) -> np.ndarray | None:
+        """float32 [tokens, vocab]: row i are the logits at position i (next token; encoders: masked-LM)."""
+        if self.logit_rows is None:
+            return None
+        out = np.concatenate(self.logit_rows, axis=0).astype(np.float32, copy=False)
+        out.flags.writeable = False
+        return out
+
+    def logits_at(self, position: int) -> np.ndarray | None:
+        if self.logit_rows is None:
+            return None
+        start = 0
+        for rows in self.logit_rows:
+            if position < start + rows.shape[0]:
+                return rows[position - start].astype(np.float32)
+            start += rows.shape[0]
+        raise CaptureError(f"position {position} is outside 0..{len(self) - 1}")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for attention patterns (shared blocks counted once per trace)."""
+        return sum(b.rows.nbytes for blocks in self.blocks.values() for b in blocks)

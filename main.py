@@ -1,0 +1,111 @@
+"""Attention Inspector: step through transformer generation and inspect every layer's and head's attention.
+
+    python main.py                                  open the app on the bundled tiny-gpt
+    python main.py --model FOLDER --prompt "…"      open a checkpoint folder with a prompt
+    python main.py --screenshot out.png --steps 5   render the window after 5 steps, save it, exit
+    python main.py export --model M --prompt P --steps N --out trace.npz   headless export
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger("attention_inspector")
+
+DEFAULT_MODEL = "tiny-gpt"
+
+
+def _common(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
+    p.add_argument("--model", default=default_model,
+                   help="bundled model name (tiny-gpt, tiny-bert, tiny-seq2seq), checkpoint folder, or HF cache id "
+                        "(default: %(default)s)")
+    p.add_argument("--prompt", default=None, help="prompt text (decoder prefix for encoder-decoder models)")
+    p.add_argument("--source", default=None, help="source text for the encoder of an encoder-decoder model")
+    p.add_argument("--steps", type=int, default=0, help="generation steps to take after the prompt (default: 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pytorch_model.bin (weights_only) checkpoints")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attention-inspector", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(parser)
+    parser.add_argument("--screenshot", metavar="FILE.png", help="render the window after the steps, save it and exit")
+    parser.add_argument("--size", default="1400x900", help="window size for --screenshot (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    exp = sub.add_parser("export", help="run headless and write tokens, every attention pattern and the logits to .npz")
+    _common(exp)
+    exp.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    heads = sub.add_parser("heads", help="print head statistics (entropy, previous-token, induction, sink)")
+    _common(heads)
+    heads.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    return parser
+
+
+def _session(args: argparse.Namespace):
+    from engine import Session, load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    if model.family == "encoder-decoder":
+        source = args.source if args.source is not None else (args.prompt or "")
+        prompt = args.prompt if args.source is not None else None
+        session = Session(model, prompt, source=source)
+    else:
+        session = Session(model, args.prompt if args.prompt is not None else "")
+    for _ in range(args.steps):
+        if session.finished:
+            break
+        session.step()
+    return model, session
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import save_npz
+
+    _, session = _session(args)
+    path = save_npz(session.trace, args.out)
+    log.info("wrote %s", path)
+    return 0
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.analysis import head_statistics
+
+    model, session = _session(args)
+    stats = head_statistics(model, session.trace)
+    if args.json:
+        sys.stdout.write(json.dumps([s.as_dict() for s in stats], indent=1) + "\n")
+    else:
+        cols = ("kind", "layer", "head", "entropy", "prev_token", "induction", "sink", "distance")
+        sys.stdout.write(" ".join(f"{c:>10}" for c in cols) + "\n")
+        for s in stats:
+            d = s.as_dict()
+            sys.stdout.write(" ".join(f"{d[c]:>10.3f}" if isinstance(d[c], float) else f"{d[c]:>10}" for c in cols) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("export", "heads"):
+        from engine import EngineError
+
+        try:
+            return cmd_export(args) if args.command == "export" else cmd_heads(args)
+        except EngineError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+    from gui.app import run_app
+
+    return run_app(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
