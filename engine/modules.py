@@ -135,15 +135,18 @@ class Attention(nn.Module):
             q, k, v = (self._heads(t) for t in self.qkv(x).split(self.inner, dim=-1))
             if cache is not None:
                 k, v = cache.append(k, v)
-        scores = torch.matmul(q, k.transpose(-2, -1))  # (B, nh, T, S)
-        if self.scale != 1.0:
-            scores = scores * self.scale
-        if bias is not None:
-            scores = scores + bias
-        pattern = torch.softmax(scores.float(), dim=-1)
-        if capture is not None:
+        if capture is None:  # nothing to record: let torch pick a fused kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype), scale=self.scale)
+        else:
+            scores = torch.matmul(q, k.transpose(-2, -1))  # (B, nh, T, S)
+            if self.scale != 1.0:
+                scores = scores * self.scale
+            if bias is not None:
+                scores = scores + bias
+            pattern = torch.softmax(scores.float(), dim=-1)
             capture[self.name] = pattern
-        y = torch.matmul(pattern.to(v.dtype), v) * self.gate.view(1, -1, 1, 1).to(v.dtype)  # (B, nh, T, hs)
+            y = torch.matmul(pattern.to(v.dtype), v)  # (B, nh, T, hs)
+        y = y * self.gate.view(1, -1, 1, 1).to(y.dtype)
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner))
 
 
