@@ -1,0 +1,105 @@
+"""Start the app: QApplication, style, the main window, an excepthook that shows errors, --screenshot."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QSettings, QTimer, Signal
+from PySide6.QtWidgets import QApplication
+
+from . import style
+
+log = logging.getLogger(__name__)
+
+SCREENSHOT_TIMEOUT_MS = 180_000  # a screenshot run gives up (and still saves) after this long
+
+
+class ErrorRelay(QObject):
+    """Carries an unexpected exception from any thread to the window, through a queued signal."""
+
+    raised = Signal(str)
+
+
+def install_excepthook(window) -> ErrorRelay:  # noqa: ANN001 - MainWindow
+    relay = ErrorRelay()
+    relay.raised.connect(lambda text: window.show_error(text))
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb) -> None:  # noqa: ANN001
+        if issubclass(exc_type, KeyboardInterrupt):
+            previous(exc_type, exc, tb)
+            return
+        log.error("unexpected error:\n%s", "".join(traceback.format_exception(exc_type, exc, tb)))
+        relay.raised.emit(f"Unexpected {exc_type.__name__}: {exc} (details in the log). The app keeps running.")
+
+    sys.excepthook = hook
+    threading.excepthook = lambda args: hook(args.exc_type, args.exc_value, args.exc_traceback)
+    return relay
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return max(w, 400), max(h, 300)
+    except ValueError:
+        log.warning("--size %r is not WIDTHxHEIGHT; using 1400x900", text)
+        return 1400, 900
+
+
+def make_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    app.setApplicationName("Attention Inspector")
+    app.setOrganizationName("AttentionInspector")
+    style.apply(app)
+    return app
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """Open the window, prefilled from the command line; with --screenshot, render, save and exit."""
+    from .main_window import MainWindow
+
+    app = make_app()
+    screenshot = getattr(args, "screenshot", None)
+    settings = None
+    if screenshot:  # a screenshot uses the default layout, and leaves the person's settings alone
+        settings = QSettings(str(Path(tempfile.mkdtemp()) / "screenshot.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    relay = install_excepthook(window)  # noqa: F841 - kept alive for the app's lifetime
+    if screenshot:
+        w, h = parse_size(getattr(args, "size", "1400x900"))
+        window.resize(w, h)
+        window._apply_default_sizes()
+    window.show()
+    window.open_model(args.model, device=args.device, dtype=getattr(args, "dtype", None),
+                      prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0))
+    if not screenshot:
+        return app.exec()
+
+    result = {"code": 1}
+
+    def save() -> None:
+        if result.get("saved"):
+            return
+        result["saved"] = True
+        app.processEvents()
+        path = Path(screenshot)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok = window.grab().save(str(path))
+        log.info("screenshot %s %s", path, "saved" if ok else "FAILED")
+        result["code"] = 0 if ok and not window.errors else (1 if not ok else 3)
+        window.close()
+        app.quit()
+
+    # let the layout and the plots settle before grabbing
+    window.settled.connect(lambda: QTimer.singleShot(400, save))
+    QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, save)
+    app.exec()
+    if window.errors:
+        log.warning("the screenshot shows an error: %s", window.errors[-1])
+    return result["code"]

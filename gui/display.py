@@ -1,0 +1,55 @@
+"""Display transforms for heatmaps (numpy only; no model math): colour tables, log scale, downsampling."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyqtgraph as pg
+
+COLORMAPS = ("viridis", "inferno", "magma", "plasma", "cividis", "CET-L1", "CET-L3")
+LOG_FLOOR = 1e-4  # weights below this are drawn as the floor colour on the log scale
+LOG_LEVELS = (float(np.log10(LOG_FLOOR)), 0.0)
+LINEAR_LEVELS = (0.0, 1.0)
+
+
+@lru_cache(maxsize=32)
+def colormap(name: str) -> pg.ColorMap:
+    cmap = pg.colormap.get(name)
+    if name == "CET-L1":  # greys run white→black in CET-L1's reverse; black = strong attention reads better
+        cmap.reverse()
+    return cmap
+
+
+@lru_cache(maxsize=32)
+def lookup_table(name: str) -> np.ndarray:
+    """uint8 [256, 3] colour table for ImageItem.setLookupTable."""
+    return colormap(name).getLookupTable(0.0, 1.0, 256, alpha=False).astype(np.uint8)
+
+
+def scaled(weights: np.ndarray, log_scale: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """-> (image, levels). Log scale shows log10 of the weights, floored at LOG_FLOOR."""
+    if log_scale:
+        return np.log10(np.maximum(weights, LOG_FLOOR)).astype(np.float32), LOG_LEVELS
+    return weights.astype(np.float32, copy=False), LINEAR_LEVELS
+
+
+def fit(pattern: np.ndarray, size: int) -> np.ndarray:
+    """Resample a [rows, cols] pattern to [size, size] for a thumbnail.
+
+    Longer axes are max-pooled (a single strong weight, e.g. an attention sink, must not
+    vanish); shorter ones are repeated (nearest neighbour)."""
+    out = pattern
+    for axis in (0, 1):
+        n = out.shape[axis]
+        if n == size or n == 0:
+            continue
+        if n > size:
+            edges = np.linspace(0, n, size + 1).astype(int)
+            out = np.maximum.reduceat(out, edges[:-1], axis=axis)
+        else:
+            idx = (np.arange(size) * n // size).astype(int)
+            out = np.take(out, idx, axis=axis)
+    if out.shape != (size, size):  # empty input
+        out = np.zeros((size, size), dtype=np.float32)
+    return out

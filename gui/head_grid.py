@@ -1,0 +1,144 @@
+"""Every layer × head of the selected attention kind at once, as thumbnails in one atlas image.
+
+One ImageItem holds all thumbnails (fast to update in place); each thumbnail is resampled to
+the same size and scaled to its own maximum, so faint heads still show their shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtGui import QColor, QPen
+from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
+
+from . import display
+from .attention_view import kind_name
+from .state import InspectorState
+
+log = logging.getLogger(__name__)
+
+MIN_THUMB, MAX_THUMB = 12, 32  # thumbnail resolution in atlas pixels
+GAP = 1  # atlas pixels between thumbnails
+GAP_INDEX = 255  # the lookup-table entry reserved for the gaps
+
+
+class HeadGrid(QWidget):
+    def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.thumb = MIN_THUMB
+        self.shape = (0, 0)  # (layers, heads) on screen
+        self.atlas: np.ndarray | None = None
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
+        self.plot = self.graphics.addPlot()
+        self.plot.setMenuEnabled(False)
+        self.plot.hideButtons()
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.invertY(True)
+        self.plot.setAspectLocked(True)
+        self.plot.showAxis("top")
+        self.plot.hideAxis("bottom")
+        self.plot.setLabel("left", "layer")
+        self.plot.setLabel("top", "head")
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.plot.addItem(self.image)
+        self.outline = QGraphicsRectItem()
+        self.outline.setBrush(Qt.BrushStyle.NoBrush)
+        pen = QPen(QColor(255, 60, 60))
+        pen.setWidthF(2.5)
+        pen.setCosmetic(True)
+        self.outline.setPen(pen)
+        self.outline.setZValue(10)
+        self.plot.addItem(self.outline)
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        self.caption.setObjectName("caption")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.graphics, 1)
+        layout.addWidget(self.caption)
+        self.setToolTip("Click a thumbnail to show that head. Each thumbnail is scaled to its own maximum.")
+        self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
+        state.model_changed.connect(lambda _i: self.redraw())
+        state.trace_changed.connect(lambda _t: self.redraw())
+        state.selection_changed.connect(self._on_selection)
+        state.display_changed.connect(self._on_display)
+        self._on_display()
+
+    @property
+    def cell_count(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def _on_display(self) -> None:
+        lut = np.empty((256, 3), dtype=np.uint8)
+        lut[:GAP_INDEX] = display.colormap(self.state.colormap).getLookupTable(0.0, 1.0, GAP_INDEX, alpha=False)
+        bg = self.palette().window().color()
+        lut[GAP_INDEX] = (bg.red(), bg.green(), bg.blue())
+        self.image.setLookupTable(lut)
+        self.redraw()
+
+    def _on_selection(self) -> None:
+        # a kind change means other patterns; a layer/head/query change only moves the outline
+        if self._drawn_kind != self.state.kind:
+            self.redraw()
+        else:
+            self._place_outline()
+
+    _drawn_kind: str | None = None
+
+    def redraw(self) -> None:
+        s, trace = self.state, self.state.trace
+        if trace is None or s.model is None or s.kind not in trace.kinds:
+            return
+        n_layers, n_heads = trace.n_layers[s.kind], trace.n_heads
+        n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
+        t = int(np.clip(n, MIN_THUMB, MAX_THUMB))
+        cell = t + GAP
+        atlas = np.full((n_layers * cell - GAP, n_heads * cell - GAP), GAP_INDEX, dtype=np.uint8)
+        for layer in range(n_layers):
+            weights = trace.attention(s.kind, layer)  # [heads, queries, keys]
+            for head in range(n_heads):
+                thumb = display.fit(weights[head], t)
+                peak = float(thumb.max())
+                scaled = thumb / peak if peak > 0 else thumb
+                atlas[layer * cell : layer * cell + t, head * cell : head * cell + t] = np.round(
+                    scaled * (GAP_INDEX - 1)).astype(np.uint8)
+        self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
+        self._drawn_kind = s.kind
+        self.image.setImage(atlas, autoLevels=False, levels=(0, 255))
+        # atlas coordinates: one unit per thumbnail, so layer/head are the integer cells
+        self.image.setRect(QRectF(0, 0, atlas.shape[1] / cell, atlas.shape[0] / cell))
+        self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(n_layers)]])
+        self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(n_heads)]])
+        self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.02)
+        self.caption.setText(f"{kind_name(s.kind, s.model.family)}: {n_layers} layers × {n_heads} heads"
+                             + (f" · {n} tokens shown at {t}px" if n > t else ""))
+        self._place_outline()
+
+    def _place_outline(self) -> None:
+        s = self.state
+        if self.cell_count == 0:
+            return
+        frac = self.thumb / (self.thumb + GAP)
+        if s.mean_heads:
+            self.outline.setRect(QRectF(0, s.layer, self.shape[1] - 1 + frac, frac))
+        else:
+            self.outline.setRect(QRectF(s.head, s.layer, frac, frac))
+
+    def cell_at(self, scene_pos: QPointF) -> tuple[int, int] | None:
+        if self.cell_count == 0:
+            return None
+        p = self.plot.getViewBox().mapSceneToView(scene_pos)
+        layer, head = int(np.floor(p.y())), int(np.floor(p.x()))
+        if 0 <= layer < self.shape[0] and 0 <= head < self.shape[1]:
+            return layer, head
+        return None
+
+    def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
+        cell = self.cell_at(event.scenePos())
+        if cell is not None and event.button() == Qt.MouseButton.LeftButton:
+            self.state.select(layer=cell[0], head=cell[1], mean_heads=False)

@@ -1,0 +1,155 @@
+"""Top-k candidates for the token after the selected query (encoder-only: the masked-LM predictions
+at the selected position), as probability bars. Sampling changes re-draw from the stored logits
+(engine.distribution, pure numpy) without a forward pass; double-click a bar to branch onto it."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+
+from engine import distribution
+
+from .state import InspectorState
+from .token_axis import TokenAxis
+from .worker import EngineClient
+
+log = logging.getLogger(__name__)
+
+BAR_COLOR = QColor(90, 140, 220)
+CHOSEN_COLOR = QColor(235, 140, 40)
+MAX_BARS = 50
+
+
+class LogitsPanel(QWidget):
+    def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.client = client
+        self.candidate_ids = np.zeros(0, dtype=np.int64)
+        self.bar_values = np.zeros(0, dtype=np.float32)
+        self.target_position: int | None = None  # where a chosen candidate would go
+        self.redraws = 0
+
+        self.heading = QLabel()
+        self.heading.setWordWrap(True)
+        self.count_spin = QSpinBox()
+        self.count_spin.setRange(3, MAX_BARS)
+        self.count_spin.setValue(12)
+        self.count_spin.setPrefix("show top ")
+        top = QHBoxLayout()
+        top.setContentsMargins(4, 2, 4, 2)
+        top.addWidget(self.heading, 1)
+        top.addWidget(self.count_spin)
+
+        self.axis = TokenAxis("left")
+        self.plot = pg.PlotWidget(axisItems={"left": self.axis})
+        self.plot.setMenuEnabled(False)
+        self.plot.hideButtons()
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.invertY(True)
+        self.plot.setLabel("bottom", "probability")
+        self.plot.getAxis("bottom").enableAutoSIPrefix(False)
+        self.bars = pg.BarGraphItem(x0=[], y=[], height=0.72, width=[], brushes=[])
+        self.plot.addItem(self.bars)
+        self.labels = [pg.TextItem("", anchor=(0, 0.5)) for _ in range(MAX_BARS)]
+        for item in self.labels:
+            self.plot.addItem(item)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.message.setObjectName("caption")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.message)
+
+        self.count_spin.valueChanged.connect(lambda _v: self.redraw())
+        self.plot.scene().sigMouseClicked.connect(self._on_clicked)
+        state.model_changed.connect(lambda _i: self._clear("Type a prompt"))
+        state.trace_changed.connect(lambda _t: self.redraw())
+        state.selection_changed.connect(self.redraw)
+        state.sampling_changed.connect(lambda _s: self.redraw())  # no forward pass: logits are in the trace
+        self._clear("Open a model")
+
+    def _clear(self, text: str) -> None:
+        self.candidate_ids = np.zeros(0, dtype=np.int64)
+        self.bar_values = np.zeros(0, dtype=np.float32)
+        self.bars.setOpts(x0=[], y=[], width=[], brushes=[])
+        for item in self.labels:
+            item.setText("")
+        self.axis.set_tokens(())
+        self.heading.setText(text)
+
+    def redraw(self) -> None:
+        s, trace = self.state, self.state.trace
+        if trace is None or s.model is None:
+            return
+        if trace.logit_rows is None:
+            self._clear(trace.no_logits_reason or "this model makes no token predictions")
+            return
+        encoder_only = trace.family == "encoder"
+        pos = min(s.query, len(trace) - 1)
+        logits = trace.logits_at(pos)
+        if logits is None:
+            self._clear("no logits at this position")
+            return
+        settings = s.sampling
+        probs = distribution(logits, settings.temperature, settings.top_k, settings.top_p)
+        n = min(self.count_spin.value(), probs.size)
+        order = np.argsort(-probs, kind="stable")[:n]
+        self.candidate_ids, self.bar_values = order, probs[order]
+        vocab = s.model.vocab
+        # which token actually stands there (marked), and where a choice would go
+        if encoder_only:
+            self.target_position = pos
+            chosen = trace.token_ids[pos]
+            self.heading.setText(f"Predictions at position {pos} ({trace.tokens[pos]!r}). "
+                                 "Double-click one to put it there.")
+        else:
+            self.target_position = pos + 1
+            chosen = trace.token_ids[pos + 1] if pos + 1 < len(trace) else None
+            where = "next token" if pos + 1 >= len(trace) else f"token {pos + 1}"
+            self.heading.setText(f"{where} after {trace.tokens[pos]!r} (position {pos}). Double-click one to "
+                                 + ("choose it." if pos + 1 >= len(trace) else "branch onto it."))
+        brushes = [pg.mkBrush(CHOSEN_COLOR if int(i) == chosen else BAR_COLOR) for i in order]
+        self.bars.setOpts(x0=np.zeros(n), y=np.arange(n), width=self.bar_values, brushes=brushes)
+        self.axis.set_tokens([vocab[int(i)] if int(i) < len(vocab) else f"<{int(i)}>" for i in order])
+        for j, item in enumerate(self.labels):
+            if j < n:
+                mark = "  ◀ chosen" if int(order[j]) == chosen else ""
+                item.setText(f"{self.bar_values[j]:.3f}{mark}")
+                item.setPos(float(self.bar_values[j]), j)
+                item.setColor(self.palette().windowText().color())
+            else:
+                item.setText("")
+        top_p = float(self.bar_values[0]) if n else 1.0
+        self.plot.setXRange(0, max(top_p * 1.35, 0.05), padding=0)
+        self.plot.setYRange(-0.6, n - 0.4, padding=0)
+        shown = float(self.bar_values.sum())
+        self.message.setText(f"T={settings.temperature:g}"
+                             + (f", top-k={settings.top_k}" if settings.top_k else "")
+                             + (f", top-p={settings.top_p:g}" if settings.top_p else "")
+                             + f" · these {n} hold {shown:.1%} of the probability"
+                             + ("" if chosen is None or chosen in set(order.tolist()) else
+                                f" · the chosen {vocab[chosen]!r} is not among them"))
+        self.redraws += 1
+
+    def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
+        if not event.double() or event.button() != Qt.MouseButton.LeftButton or self.candidate_ids.size == 0:
+            return
+        p = self.plot.getViewBox().mapSceneToView(event.scenePos())
+        j = int(round(p.y()))
+        if 0 <= j < self.candidate_ids.size:
+            self.choose(j)
+
+    def choose(self, j: int) -> None:
+        """Put candidate j at the target position: a step at the frontier, otherwise a branch."""
+        if self.target_position is None:
+            return
+        self.client.branch(self.target_position, int(self.candidate_ids[j]))

@@ -1,0 +1,406 @@
+"""The main window: docks around the attention view, menus, status bar, drag & drop, remembered layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.checkpoints.resolve import bundled_models, cached_models
+
+from . import style
+from .attention_view import AttentionView
+from .head_grid import HeadGrid
+from .logits_panel import LogitsPanel
+from .prompt_panel import PromptPanel
+from .state import InspectorState
+from .token_strip import TokenStrip
+from .worker import EngineClient, ModelInfo
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "Attention Inspector"
+MAX_RECENT = 8
+SHORTCUTS = [
+    ("→", "Step: choose the next token (encoder-only: fill the first mask)"),
+    ("←", "Back: undo the last step"),
+    ("Enter", "Run the number of steps next to Run"),
+    ("Esc", "Stop a run"),
+    ("Ctrl+R", "Reset to the prompt"),
+    ("M", "Mask the selected token (encoder-only models)"),
+    ("↑ / ↓", "Previous / next layer"),
+    ("[ / ]", "Previous / next head"),
+    ("A", "Mean of heads on / off"),
+    ("L", "Linear / log colour scale"),
+    ("Ctrl+O", "Open a checkpoint folder"),
+    ("click a token", "Select it as the query"),
+    ("hover a token", "Tint the others by the selected head's attention from it"),
+    ("double-click a candidate", "Choose it (at the frontier) or branch onto it"),
+]
+
+
+class ErrorBanner(QFrame):
+    """An inline, dismissable error message: never blocks the window (or a test, or a screenshot)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = QLabel()
+        self.label.setObjectName("banner")
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton()
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.clicked.connect(self.hide)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 0)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(close)
+        self.setStyleSheet("QLabel#banner { background: #fbe3e3; color: #5c1010; border: 1px solid #e0a0a0; }")
+        self.hide()
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
+
+
+class MainWindow(QMainWindow):
+    settled = Signal()  # the startup chain (open → session → steps) has finished, successfully or not
+
+    def __init__(self, settings: QSettings | None = None, devices: list[str] | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle(APP_NAME)
+        self.setObjectName("MainWindow")
+        self.settings = settings if settings is not None else QSettings("AttentionInspector", "AttentionInspector")
+        self.state = InspectorState(self)
+        self.client = EngineClient(self)
+        self.last_error = ""
+        self.errors: list[str] = []
+        self._chain: list[str] = []  # what the startup still has to do: "session", "run"
+        self._chain_steps = 0
+        self._chain_texts: tuple[str | None, str | None] = (None, None)
+        self._loading_source = ""
+
+        # -- panels ------------------------------------------------------------------------------------
+        if devices is None:
+            from engine.device import available_devices
+
+            devices = available_devices()
+        self.prompt_panel = PromptPanel(self.state, self.client, devices)
+        self.token_strip = TokenStrip(self.state, self.client)
+        self.attention_view = AttentionView(self.state)
+        self.head_grid = HeadGrid(self.state)
+        self.logits_panel = LogitsPanel(self.state, self.client)
+
+        self.banner = ErrorBanner()
+        central = QWidget()
+        cl = QVBoxLayout(central)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.setSpacing(0)
+        cl.addWidget(self.banner)
+        cl.addWidget(self.attention_view, 1)
+        self.setCentralWidget(central)
+
+        self.docks: dict[str, QDockWidget] = {}
+        self._add_dock("prompt", "Model && prompt", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self._add_dock("tokens", "Tokens", self.token_strip, Qt.DockWidgetArea.TopDockWidgetArea)
+        self._add_dock("heads", "All heads", self.head_grid, Qt.DockWidgetArea.RightDockWidgetArea)
+        self._add_dock("logits", "Next-token candidates", self.logits_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+        self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+
+        self._build_status_bar()
+        self._build_menus()
+        self.setAcceptDrops(True)
+
+        # -- wiring ------------------------------------------------------------------------------------
+        self.client.model_loaded.connect(self._on_model_loaded)
+        self.client.trace_ready.connect(self._on_trace)
+        self.client.error.connect(self._on_error)
+        self.client.busy_changed.connect(self._on_busy)
+        self.prompt_panel.open_requested.connect(lambda src, dev: self.open_model(src, device=dev))
+        self.prompt_panel.browse_requested.connect(self.browse_folder)
+        self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
+        self.state.model_changed.connect(self._on_model_changed)
+
+        self.resize(1400, 900)
+        self._apply_default_sizes()
+        self._default_state = self.saveState()
+        self._restore_settings()
+        style.theme_plots(self)
+        self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
+
+    # -- construction helpers ----------------------------------------------------------------------------
+    def _add_dock(self, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock-{key}")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        self.addDockWidget(area, dock)
+        self.docks[key] = dock
+
+    def _apply_default_sizes(self) -> None:
+        self.resizeDocks([self.docks["prompt"]], [300], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["heads"]], [400], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["tokens"]], [112], Qt.Orientation.Vertical)
+        self.resizeDocks([self.docks["heads"], self.docks["logits"]], [380, 420], Qt.Orientation.Vertical)
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.busy_bar = QProgressBar()
+        self.busy_bar.setRange(0, 0)  # indeterminate: the engine reports no fractions while loading
+        self.busy_bar.setMaximumWidth(140)
+        self.busy_bar.setMaximumHeight(14)
+        self.busy_bar.hide()
+        self.status_labels = {k: QLabel() for k in ("model", "family", "params", "device", "load")}
+        bar.addPermanentWidget(self.busy_bar)
+        for label in self.status_labels.values():
+            label.setContentsMargins(6, 0, 6, 0)
+            bar.addPermanentWidget(label)
+        self.status_labels["model"].setText("no model")
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        file_menu = mb.addMenu("&File")
+        self._action(file_menu, "&Open model folder…", self.browse_folder, QKeySequence.StandardKey.Open)
+        self.hf_menu = file_menu.addMenu("Open from &Hugging Face cache")
+        self.hf_menu.aboutToShow.connect(self._fill_hf_menu)
+        self.bundled_menu = file_menu.addMenu("&Bundled models")
+        self.bundled_menu.aboutToShow.connect(self._fill_bundled_menu)
+        self.recent_menu = file_menu.addMenu("&Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addSeparator()
+        self._action(file_menu, "Save &screenshot…", self._save_screenshot_dialog)
+        file_menu.addSeparator()
+        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+
+        gen = mb.addMenu("&Generate")
+        self._action(gen, "&Step", self.token_strip.step, Qt.Key.Key_Right)
+        self._action(gen, "&Back", self.token_strip.back, Qt.Key.Key_Left)
+        run = self._action(gen, "&Run / Stop", self.token_strip.run_or_stop, Qt.Key.Key_Return)
+        run.setShortcuts([QKeySequence(Qt.Key.Key_Return), QKeySequence(Qt.Key.Key_Enter)])
+        self._action(gen, "S&top", self.client.stop, Qt.Key.Key_Escape)
+        self._action(gen, "R&eset to prompt", self.prompt_panel.request_session, "Ctrl+R")
+        self._action(gen, "&Mask selected token", self.token_strip.mask_selected, Qt.Key.Key_M)
+
+        view = mb.addMenu("&View")
+        for dock in self.docks.values():
+            view.addAction(dock.toggleViewAction())
+        view.addSeparator()
+        s = self.state
+        self._action(view, "Previous layer", lambda: s.step_layer(-1), Qt.Key.Key_Up)
+        self._action(view, "Next layer", lambda: s.step_layer(1), Qt.Key.Key_Down)
+        self._action(view, "Previous head", lambda: s.step_head(-1), Qt.Key.Key_BracketLeft)
+        self._action(view, "Next head", lambda: s.step_head(1), Qt.Key.Key_BracketRight)
+        self._action(view, "Mean of heads", lambda: s.select(mean_heads=not s.mean_heads), Qt.Key.Key_A)
+        self._action(view, "Log colour scale", lambda: self.attention_view.scale_box.setCurrentIndex(
+            1 - self.attention_view.scale_box.currentIndex()), Qt.Key.Key_L)
+        view.addSeparator()
+        self._action(view, "Reset &layout", self.reset_layout)
+
+        help_menu = mb.addMenu("&Help")
+        self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents)
+        self._action(help_menu, "&About", self.show_about)
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:  # noqa: ANN001
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(lambda _checked=False: slot())
+        menu.addAction(action)
+        return action
+
+    # -- opening models ------------------------------------------------------------------------------------
+    def open_model(self, source: str, device: str | None = None, dtype: str | None = None,
+                   prompt: str | None = None, source_text: str | None = None, steps: int = 0) -> None:
+        """Load a model; then start a session (with these texts, else the family's example) and take `steps`."""
+        source = str(source)
+        self._loading_source = source
+        self._chain = ["session"] + (["run"] if steps > 0 else [])
+        self._chain_steps = steps
+        self._chain_texts = (prompt, source_text)
+        self.prompt_panel.set_model_text(source)
+        self.statusBar().showMessage(f"Loading {source} …")
+        self.client.load(source, device, dtype)
+
+    def browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a checkpoint folder (config.json, weights, tokenizer)",
+                                                  str(self.settings.value("last_folder", str(Path.home()))))
+        if folder:
+            self.settings.setValue("last_folder", folder)
+            self.open_model(folder, device=self.prompt_panel.device())
+
+    def _fill_hf_menu(self) -> None:
+        self.hf_menu.clear()
+        names = cached_models()
+        for name in names:
+            self.hf_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
+        if not names:
+            self.hf_menu.addAction("(no models in the local Hugging Face cache)").setEnabled(False)
+
+    def _fill_bundled_menu(self) -> None:
+        self.bundled_menu.clear()
+        names = bundled_models()
+        for name in names:
+            self.bundled_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
+        if not names:
+            self.bundled_menu.addAction("(no bundled models installed)").setEnabled(False)
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        for name in self.recent_models():
+            self.recent_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
+        if not self.recent_models():
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+
+    def recent_models(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        if isinstance(value, str):  # QSettings returns a bare string for a one-item list
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _remember_recent(self, source: str) -> None:
+        recent = [source] + [r for r in self.recent_models() if r != source]
+        self.settings.setValue("recent", recent[:MAX_RECENT])
+
+    # -- drag & drop ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _dropped_folder(event: QDragEnterEvent | QDropEvent) -> str | None:
+        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+        for url in urls:
+            path = Path(url.toLocalFile())
+            if url.isLocalFile() and path.exists():
+                return str(path if path.is_dir() else path.parent)  # a dropped config.json means its folder
+        return None
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt API
+        if self._dropped_folder(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
+        folder = self._dropped_folder(event)
+        if folder:
+            event.acceptProposedAction()
+            self.open_model(folder, device=self.prompt_panel.device())
+
+    # -- engine results ------------------------------------------------------------------------------------
+    def _on_model_loaded(self, info: ModelInfo) -> None:
+        self.banner.hide()
+        self._remember_recent(self._loading_source)
+        self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
+        self.state.set_model(info)  # panels switch to the family's defaults here
+        prompt, source = self._chain_texts
+        if info.family == "encoder-decoder" and source is None and prompt is not None:
+            prompt, source = None, prompt  # as on the command line: a lone prompt is the source text
+        self.prompt_panel.set_texts(prompt, source)
+        if self._chain and self._chain[0] == "session":
+            self._chain.pop(0)
+        self.prompt_panel.request_session()
+        self.statusBar().showMessage(f"Opened {info.name} in {info.load_seconds:.2f} s", 5000)
+
+    def _on_model_changed(self, info: ModelInfo) -> None:
+        self.setWindowTitle(f"{info.name} — {APP_NAME}")
+        params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
+        texts = {"model": info.name, "family": info.family, "params": f"{params} parameters",
+                 "device": f"{info.device} · {info.dtype}", "load": f"loaded in {info.load_seconds:.2f} s"}
+        for key, text in texts.items():
+            self.status_labels[key].setText(text)
+
+    def _on_trace(self, trace, op: str) -> None:  # noqa: ANN001 - engine.Trace
+        self.state.set_trace(trace)
+        if op == "session" and self._chain == ["run"]:
+            self._chain = []
+            self.client.run(self._chain_steps)
+        self._maybe_settled()
+
+    def _on_error(self, op: str, message: str) -> None:
+        self.show_error(message, op)
+        if op in ("load", "session", "run"):
+            self._chain = []
+        self._maybe_settled()
+
+    def _on_busy(self, busy: bool, op: str) -> None:
+        self.busy_bar.setVisible(busy and op in ("load", "run"))
+        if busy and op == "run":
+            self.statusBar().showMessage("Running … (Esc or Stop to stop)")
+        if not busy:
+            self.statusBar().clearMessage()
+            self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        if not self._chain and not self.client.busy:
+            QTimer.singleShot(0, self.settled.emit)
+
+    def show_error(self, message: str, op: str = "") -> None:
+        hint = ""
+        if op == "load":
+            hint = "\nOpen another model with File → Open model folder, or drag a checkpoint folder onto the window."
+        self.last_error = message
+        self.errors.append(message)
+        log.warning("%s", message)
+        self.banner.show_message(message + hint)
+        self.statusBar().showMessage(message.splitlines()[0] if message else "error", 10000)
+
+    # -- help ----------------------------------------------------------------------------------------------
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{v}</td></tr>" for k, v in SHORTCUTS)
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", f"<table>{rows}</table>", parent=self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.open()
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, f"About {APP_NAME}",
+                          f"<b>{APP_NAME}</b><p>Step through a transformer's generation one token at a time and see, "
+                          "for every layer and head, the attention pattern and the next-token candidates.</p>"
+                          "<p>Decoder-only (GPT-2), encoder-only (BERT) and encoder-decoder (T5, BART, Marian) "
+                          "models, run by a small torch engine of its own.</p>")
+
+    def _save_screenshot_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")
+        if path:
+            self.grab().save(path)
+
+    # -- window state --------------------------------------------------------------------------------------
+    def reset_layout(self) -> None:
+        self.restoreState(self._default_state)
+        for dock in self.docks.values():
+            dock.show()
+
+    def _restore_settings(self) -> None:
+        geometry = self.settings.value("geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        window_state = self.settings.value("window_state")
+        if isinstance(window_state, QByteArray):
+            self.restoreState(window_state)
+        cmap = self.settings.value("colormap")
+        if cmap:
+            self.attention_view.cmap_box.setCurrentText(str(cmap))
+
+    def save_settings(self) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("window_state", self.saveState())
+        self.settings.setValue("colormap", self.state.colormap)
+        self.settings.sync()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
+        self.save_settings()
+        self.client.shutdown()
+        super().closeEvent(event)

@@ -1,0 +1,149 @@
+"""The one selection/state object every panel reads and subscribes to (napari style).
+
+It holds the open model's description, the current Trace and what is selected in it
+(attention kind, layer, head, query position), plus display choices. Panels never talk to
+each other; they change the state and redraw when it signals. Later docks (head ablation,
+logit lens, head statistics) plug in the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import QObject, Signal
+
+from engine import SamplingError, SamplingSettings, Trace
+
+from .worker import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+class InspectorState(QObject):
+    model_changed = Signal(object)  # ModelInfo
+    trace_changed = Signal(object)  # Trace
+    selection_changed = Signal()  # kind / layer / head / query / mean_heads
+    sampling_changed = Signal(object)  # SamplingSettings
+    display_changed = Signal()  # colormap / scale
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.model: ModelInfo | None = None
+        self.trace: Trace | None = None
+        self.kind = "self"
+        self.layer = 0
+        self.head = 0
+        self.mean_heads = False
+        self.query = 0  # query position in the main sequence (decoder, or the encoder-only input)
+        self.source_query = 0  # query position in the source (encoder side of an encoder-decoder)
+        self.sampling = SamplingSettings()
+        self.colormap = "viridis"
+        self.log_scale = False
+
+    # -- model & trace --------------------------------------------------------------------------
+    def set_model(self, info: ModelInfo) -> None:
+        self.model = info
+        self.trace = None
+        self.kind = "cross" if "cross" in info.kinds else info.kinds[0]
+        self.layer = min(self.layer, info.layers_by_kind[self.kind] - 1)
+        self.head = min(self.head, info.n_heads - 1)
+        self.model_changed.emit(info)
+
+    def set_trace(self, trace: Trace) -> None:
+        old = self.trace
+        # follow the frontier: if the last token was selected (or nothing yet), select the new last one
+        following = old is None or self.query >= len(old) - 1 or len(old.token_ids) == 0
+        self.trace = trace
+        n = len(trace)
+        self.query = n - 1 if following else min(self.query, n - 1)
+        if trace.source_tokens is not None:
+            ns = len(trace.source_tokens)
+            if old is None or old.source_tokens != trace.source_tokens:
+                self.source_query = ns - 1
+            self.source_query = min(self.source_query, ns - 1)
+        self.trace_changed.emit(trace)
+        self.selection_changed.emit()
+
+    # -- what the attention view shows -----------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        if self.model is None:
+            return 0
+        return self.model.layers_by_kind.get(self.kind, 0)
+
+    @property
+    def n_heads(self) -> int:
+        return self.model.n_heads if self.model else 0
+
+    def uses_source_rows(self, kind: str | None = None) -> bool:
+        """Encoder self-attention of an encoder-decoder: the rows are source tokens."""
+        kind = kind or self.kind
+        return kind == "encoder" and self.model is not None and self.model.family == "encoder-decoder"
+
+    @property
+    def row_query(self) -> int:
+        """The highlighted row of the current kind's pattern."""
+        return self.source_query if self.uses_source_rows() else self.query
+
+    def query_tokens(self, trace: Trace | None = None) -> tuple[str, ...]:
+        trace = trace or self.trace
+        if trace is None:
+            return ()
+        return trace.source_tokens if self.uses_source_rows() else trace.tokens
+
+    def key_tokens(self, trace: Trace | None = None) -> tuple[str, ...]:
+        trace = trace or self.trace
+        if trace is None:
+            return ()
+        if self.kind == "cross" or self.uses_source_rows():
+            return trace.source_tokens
+        return trace.tokens
+
+    # -- changes ---------------------------------------------------------------------------------
+    def select(self, kind: str | None = None, layer: int | None = None, head: int | None = None,
+               query: int | None = None, source_query: int | None = None, mean_heads: bool | None = None) -> None:
+        changed = False
+        if kind is not None and self.model is not None and kind in self.model.kinds and kind != self.kind:
+            self.kind = kind
+            self.layer = min(self.layer, self.n_layers - 1)
+            changed = True
+        if layer is not None and 0 <= layer < self.n_layers and layer != self.layer:
+            self.layer, changed = layer, True
+        if head is not None and 0 <= head < self.n_heads and head != self.head:
+            self.head, changed = head, True
+        if mean_heads is not None and mean_heads != self.mean_heads:
+            self.mean_heads, changed = mean_heads, True
+        n = len(self.trace) if self.trace is not None else 0
+        if query is not None and 0 <= query < n and query != self.query:
+            self.query, changed = query, True
+        ns = len(self.trace.source_tokens) if self.trace is not None and self.trace.source_tokens else 0
+        if source_query is not None and 0 <= source_query < ns and source_query != self.source_query:
+            self.source_query, changed = source_query, True
+        if changed:
+            self.selection_changed.emit()
+
+    def step_layer(self, delta: int) -> None:
+        if self.n_layers:
+            self.select(layer=(self.layer + delta) % self.n_layers)
+
+    def step_head(self, delta: int) -> None:
+        if self.n_heads:
+            self.select(head=(self.head + delta) % self.n_heads)
+
+    def set_sampling(self, **changes: object) -> SamplingSettings:
+        """Validated by engine.SamplingSettings; raises SamplingError for values out of range."""
+        settings = SamplingSettings(**{**self.sampling.__dict__, **changes})
+        if settings != self.sampling:
+            self.sampling = settings
+            self.sampling_changed.emit(settings)
+        return settings
+
+    def set_display(self, colormap: str | None = None, log_scale: bool | None = None) -> None:
+        if colormap is not None:
+            self.colormap = colormap
+        if log_scale is not None:
+            self.log_scale = log_scale
+        self.display_changed.emit()
+
+
+__all__ = ["InspectorState", "SamplingError"]

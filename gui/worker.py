@@ -1,0 +1,359 @@
+"""The engine's one worker thread, and the GUI-side client that talks to it.
+
+Only the worker touches Model and Session (they are not thread-safe). The GUI sends requests
+through queued signals; each carries an id, and the client drops results that a newer request
+has made stale. What comes back is immutable: a ModelInfo or an engine.Trace (plain numpy).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from engine import EngineError, Session, Trace, load_model
+
+log = logging.getLogger(__name__)
+
+# ops whose result replaces the trace on screen; a newer one makes older ones stale
+TRACE_OPS = ("session", "step", "back", "branch", "mask", "run", "load")
+PROGRESS_INTERVAL_S = 0.05  # a long run reports at most this often, so the GUI queue never floods
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the GUI may know about a loaded model (no torch objects)."""
+
+    name: str
+    folder: str | None
+    family: str
+    kinds: tuple[str, ...]
+    layers_by_kind: dict[str, int]
+    n_heads: int
+    n_params: int
+    device: str
+    dtype: str
+    load_seconds: float
+    vocab: tuple[str, ...]  # display string of every token id, to label logit candidates
+    mask_token: str | None
+    max_positions: int
+    has_logits: bool
+
+    @property
+    def n_layers(self) -> int:
+        return max(self.layers_by_kind.values())
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    prompt: str
+    source: str | None
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    greedy: bool = True
+
+
+def _model_info(model: Any) -> ModelInfo:
+    tok = model.tokenizer
+    cfg = model.config
+    vocab = tuple(tok.display(i) for i in range(cfg.vocab_size))
+    mask = tok.display(cfg.mask_token_id) if cfg.mask_token_id is not None else None
+    return ModelInfo(
+        name=model.name, folder=str(model.folder) if model.folder else None, family=model.family,
+        kinds=tuple(model.kinds), layers_by_kind=dict(model.layers_by_kind), n_heads=model.n_heads,
+        n_params=model.n_params, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+        load_seconds=float(model.load_seconds or 0.0), vocab=vocab, mask_token=mask,
+        max_positions=model.max_positions, has_logits=bool(model.has_logits))
+
+
+class EngineWorker(QObject):
+    """Lives in the worker thread. Each slot runs one request and answers with done/failed."""
+
+    done = Signal(int, str, object)  # request id, op, ModelInfo | Trace | None
+    progress = Signal(int, object)  # request id, Trace (during a run)
+    failed = Signal(int, str, str)  # request id, op, message
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cancel = threading.Event()
+        self.model = None
+        self.session: Session | None = None
+        self._request: SessionRequest | None = None
+
+    def cancel(self) -> None:
+        """Called from the GUI thread: a running loop stops after the step in progress."""
+        self._cancel.set()
+
+    # one wrapper so every error, expected or not, becomes a message and the worker lives on
+    def _do(self, rid: int, op: str, fn) -> None:  # noqa: ANN001
+        try:
+            self.done.emit(rid, op, fn())
+        except EngineError as exc:
+            log.info("%s failed: %s", op, exc)
+            self.failed.emit(rid, op, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not kill the thread
+            log.error("unexpected error in %s:\n%s", op, traceback.format_exc())
+            self.failed.emit(rid, op, f"Unexpected {type(exc).__name__}: {exc} (details in the log)")
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise EngineError("no session: open a model and type a prompt first")
+        return self.session
+
+    @Slot(int, str, object, object)
+    def load(self, rid: int, source: str, device: str | None, dtype: str | None) -> None:
+        def work() -> ModelInfo:
+            model = load_model(source, device=device, dtype=dtype)
+            # swap only after a successful load, so a broken folder leaves the old model usable
+            self.model, self.session = model, None
+            return _model_info(model)
+
+        self._do(rid, "load", work)
+
+    @Slot(int, object)
+    def new_session(self, rid: int, req: SessionRequest) -> None:
+        def work() -> Trace:
+            if self.model is None:
+                raise EngineError("no model is open; use File → Open model folder")
+            family = self.model.family
+            source = req.source if family == "encoder-decoder" else None
+            prompt: str | None = req.prompt
+            if family == "encoder-decoder" and not (source or "").strip():
+                raise EngineError("type a source text for the encoder")
+            if family == "encoder-decoder" and not prompt.strip():
+                prompt = None  # the decoder starts from its start token
+            self.session = Session(self.model, prompt, source=source, temperature=req.temperature,
+                                   top_k=req.top_k, top_p=req.top_p, seed=req.seed, greedy=req.greedy)
+            self._request = req
+            return self.session.trace
+
+        self._do(rid, "session", work)
+
+    @Slot(int, object)
+    def set_sampling(self, rid: int, changes: dict) -> None:
+        def work() -> None:
+            if self.session is not None:
+                self.session.set_sampling(**changes)
+
+        self._do(rid, "sampling", work)
+
+    @Slot(int, object)
+    def step(self, rid: int, token_id: int | None) -> None:
+        def work() -> Trace:
+            s = self._session()
+            s.step(token_id)
+            return s.trace
+
+        self._do(rid, "step", work)
+
+    @Slot(int)
+    def back(self, rid: int) -> None:
+        def work() -> Trace:
+            s = self._session()
+            s.back()
+            return s.trace
+
+        self._do(rid, "back", work)
+
+    @Slot(int, int, int)
+    def branch(self, rid: int, position: int, token_id: int) -> None:
+        """Put `token_id` at `position`: step at the frontier, else go back to it and branch."""
+
+        def work() -> Trace:
+            s = self._session()
+            if s.family == "encoder":
+                mask_id = self.model.config.mask_token_id
+                if s.ids[position] != mask_id:
+                    s.mask(position)
+                first = s.ids.index(mask_id)
+                if first != position:
+                    raise EngineError(f"fill the first [MASK] (position {first}) before position {position}")
+                s.step(token_id)
+                return s.trace
+            if position < s.n_prompt:
+                raise EngineError("that token is part of the prompt; edit the prompt to change it")
+            if position > len(s.ids):
+                raise EngineError(f"position {position} is beyond the end of the sequence")
+            while len(s.ids) > position:
+                s.back()
+            s.step(token_id)
+            return s.trace
+
+        self._do(rid, "branch", work)
+
+    @Slot(int, int)
+    def mask(self, rid: int, position: int) -> None:
+        def work() -> Trace:
+            s = self._session()
+            s.mask(position)
+            return s.trace
+
+        self._do(rid, "mask", work)
+
+    @Slot(int, int)
+    def run(self, rid: int, n: int) -> None:
+        self._cancel.clear()
+
+        def work() -> Trace:
+            s = self._session()
+            last_report = time.monotonic()
+            for _ in range(n):
+                if self._cancel.is_set() or s.finished:
+                    break
+                s.step()
+                if time.monotonic() - last_report > PROGRESS_INTERVAL_S:
+                    self.progress.emit(rid, s.trace)
+                    last_report = time.monotonic()
+            return s.trace
+
+        self._do(rid, "run", work)
+
+
+class EngineClient(QObject):
+    """GUI-thread face of the worker: numbered requests out, fresh results in, stale ones dropped."""
+
+    model_loaded = Signal(object)  # ModelInfo
+    trace_ready = Signal(object, str)  # Trace, op
+    error = Signal(str, str)  # op, message
+    busy_changed = Signal(bool, str)  # busy, what
+
+    # queued into the worker thread
+    _load = Signal(int, str, object, object)
+    _new_session = Signal(int, object)
+    _set_sampling = Signal(int, object)
+    _step = Signal(int, object)
+    _back = Signal(int)
+    _branch = Signal(int, int, int)
+    _mask = Signal(int, int)
+    _run = Signal(int, int)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._next_id = 0
+        self._latest_trace_id = 0  # results of older trace requests are stale
+        self._pending: dict[int, str] = {}
+        self.forward_requests = 0  # requests that run the model; tests check a re-draw adds none
+        self.running = False
+        self._thread = QThread()
+        self._thread.setObjectName("engine-worker")
+        self.worker = EngineWorker()
+        self.worker.moveToThread(self._thread)
+        for sig, slot in ((self._load, self.worker.load), (self._new_session, self.worker.new_session),
+                          (self._set_sampling, self.worker.set_sampling), (self._step, self.worker.step),
+                          (self._back, self.worker.back), (self._branch, self.worker.branch),
+                          (self._mask, self.worker.mask), (self._run, self.worker.run)):
+            sig.connect(slot)
+        self.worker.done.connect(self._on_done)
+        self.worker.progress.connect(self._on_progress)
+        self.worker.failed.connect(self._on_failed)
+        self._thread.start()
+
+    # -- requests ------------------------------------------------------------------------------
+    def _issue(self, op: str) -> int:
+        self._next_id += 1
+        rid = self._next_id
+        if op in TRACE_OPS:
+            self._latest_trace_id = rid
+            self.forward_requests += 1
+            if self.running and op != "run":  # anything that changes the session ends a run first
+                self.worker.cancel()
+        self._pending[rid] = op
+        if len(self._pending) == 1 or op == "load":
+            self.busy_changed.emit(True, op)
+        return rid
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def load(self, source: str, device: str | None = None, dtype: str | None = None) -> int:
+        rid = self._issue("load")
+        self._load.emit(rid, source, device, dtype)
+        return rid
+
+    def new_session(self, req: SessionRequest) -> int:
+        rid = self._issue("session")
+        self._new_session.emit(rid, req)
+        return rid
+
+    def set_sampling(self, **changes: Any) -> int:
+        rid = self._issue("sampling")
+        self._set_sampling.emit(rid, changes)
+        return rid
+
+    def step(self, token_id: int | None = None) -> int:
+        rid = self._issue("step")
+        self._step.emit(rid, token_id)
+        return rid
+
+    def back(self) -> int:
+        rid = self._issue("back")
+        self._back.emit(rid)
+        return rid
+
+    def branch(self, position: int, token_id: int) -> int:
+        rid = self._issue("branch")
+        self._branch.emit(rid, position, token_id)
+        return rid
+
+    def mask(self, position: int) -> int:
+        rid = self._issue("mask")
+        self._mask.emit(rid, position)
+        return rid
+
+    def run(self, n: int) -> int:
+        rid = self._issue("run")
+        self.running = True
+        self._run.emit(rid, n)
+        return rid
+
+    def stop(self) -> None:
+        """Cooperative: the worker checks the flag between steps, so this takes effect at once."""
+        self.worker.cancel()
+
+    def shutdown(self) -> None:
+        self.worker.cancel()
+        self._thread.quit()
+        if not self._thread.wait(5000):
+            log.warning("the engine thread did not stop within 5 s")
+
+    # -- results (GUI thread) ------------------------------------------------------------------
+    def _finish(self, rid: int) -> str:
+        op = self._pending.pop(rid, "?")
+        if op == "run":
+            self.running = False
+        if not self._pending:
+            self.busy_changed.emit(False, "")
+        return op
+
+    def _stale(self, rid: int, op: str) -> bool:
+        return op in TRACE_OPS and rid < self._latest_trace_id
+
+    @Slot(int, str, object)
+    def _on_done(self, rid: int, op: str, payload: object) -> None:
+        self._finish(rid)
+        if self._stale(rid, op):
+            log.debug("dropped stale %s result %d", op, rid)
+            return
+        if op == "load":
+            self.model_loaded.emit(payload)
+        elif isinstance(payload, Trace):
+            self.trace_ready.emit(payload, op)
+
+    @Slot(int, object)
+    def _on_progress(self, rid: int, trace: Trace) -> None:
+        if rid == self._latest_trace_id:
+            self.trace_ready.emit(trace, "progress")
+
+    @Slot(int, str, str)
+    def _on_failed(self, rid: int, op: str, message: str) -> None:
+        self._finish(rid)
+        # an error is never dropped: even a stale request's failure is news to the person
+        self.error.emit(op, message)
