@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QGraphicsRectItem,
     QHBoxLayout,
-    QLabel,
     QSpinBox,
     QToolTip,
     QVBoxLayout,
@@ -54,7 +53,7 @@ class AttentionView(QWidget):
         self.mean_box = QCheckBox("mean of heads")
         self.cmap_box = QComboBox()
         self.cmap_box.addItems(display.COLORMAPS)
-        self.cmap_box.setToolTip("Colour map")
+        self.cmap_box.setToolTip("Colour map of the heatmap and the head grid")
         self.scale_box = QComboBox()
         self.scale_box.addItems(["linear", "log"])
         self.scale_box.setToolTip("Colour scale: linear weights, or log10 (faint attention becomes visible)")
@@ -63,7 +62,6 @@ class AttentionView(QWidget):
         for w in (self.kind_box, self.layer_spin, self.head_spin, self.mean_box):
             controls.addWidget(w)
         controls.addStretch(1)
-        controls.addWidget(QLabel("colours"))
         controls.addWidget(self.cmap_box)
         controls.addWidget(self.scale_box)
 
@@ -121,6 +119,7 @@ class AttentionView(QWidget):
         for k in info.kinds:
             self.kind_box.addItem(kind_name(k, info.family), k)
         self.kind_box.blockSignals(False)
+        self.kind_box.setMinimumWidth(self.kind_box.sizeHint().width())  # never squeezed into "cross-att…"
         self._sync_controls()
         self.plot.enableAutoRange()
         self._show_empty("Type a prompt")

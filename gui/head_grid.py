@@ -114,7 +114,7 @@ class HeadGrid(QWidget):
         self.image.setRect(QRectF(0, 0, atlas.shape[1] / cell, atlas.shape[0] / cell))
         self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(n_layers)]])
         self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(n_heads)]])
-        self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.02)
+        self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.04)
         self.caption.setText(f"{kind_name(s.kind, s.model.family)}: {n_layers} layers × {n_heads} heads"
                              + (f" · {n} tokens shown at {t}px" if n > t else ""))
         self._place_outline()

@@ -39,12 +39,10 @@ class LogitsPanel(QWidget):
         self.heading.setWordWrap(True)
         self.count_spin = QSpinBox()
         self.count_spin.setRange(3, MAX_BARS)
-        self.count_spin.setValue(12)
+        self.count_spin.setValue(10)
         self.count_spin.setPrefix("show top ")
-        top = QHBoxLayout()
-        top.setContentsMargins(4, 2, 4, 2)
-        top.addWidget(self.heading, 1)
-        top.addWidget(self.count_spin)
+        self.heading.setToolTip("Double-click a candidate: at the end of the sequence it becomes the next token; "
+                                "earlier, the generation branches onto it")
 
         self.axis = TokenAxis("left")
         self.plot = pg.PlotWidget(axisItems={"left": self.axis})
@@ -65,9 +63,13 @@ class LogitsPanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(top)
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(4, 0, 4, 2)
+        bottom.addWidget(self.message, 1)
+        bottom.addWidget(self.count_spin)
+        layout.addWidget(self.heading)
         layout.addWidget(self.plot, 1)
-        layout.addWidget(self.message)
+        layout.addLayout(bottom)
 
         self.count_spin.valueChanged.connect(lambda _v: self.redraw())
         self.plot.scene().sigMouseClicked.connect(self._on_clicked)
@@ -109,20 +111,19 @@ class LogitsPanel(QWidget):
         if encoder_only:
             self.target_position = pos
             chosen = trace.token_ids[pos]
-            self.heading.setText(f"Predictions at position {pos} ({trace.tokens[pos]!r}). "
-                                 "Double-click one to put it there.")
+            self.heading.setText(f"Predictions at position {pos} (“{trace.tokens[pos]}”); double-click to fill")
         else:
             self.target_position = pos + 1
             chosen = trace.token_ids[pos + 1] if pos + 1 < len(trace) else None
             where = "next token" if pos + 1 >= len(trace) else f"token {pos + 1}"
-            self.heading.setText(f"{where} after {trace.tokens[pos]!r} (position {pos}). Double-click one to "
-                                 + ("choose it." if pos + 1 >= len(trace) else "branch onto it."))
+            self.heading.setText(f"{where.capitalize()} after “{trace.tokens[pos]}” (position {pos}); double-click to "
+                                 + ("choose" if pos + 1 >= len(trace) else "branch"))
         brushes = [pg.mkBrush(CHOSEN_COLOR if int(i) == chosen else BAR_COLOR) for i in order]
         self.bars.setOpts(x0=np.zeros(n), y=np.arange(n), width=self.bar_values, brushes=brushes)
         self.axis.set_tokens([vocab[int(i)] if int(i) < len(vocab) else f"<{int(i)}>" for i in order])
         for j, item in enumerate(self.labels):
             if j < n:
-                mark = "  ◀ chosen" if int(order[j]) == chosen else ""
+                mark = " ◀" if int(order[j]) == chosen else ""
                 item.setText(f"{self.bar_values[j]:.3f}{mark}")
                 item.setPos(float(self.bar_values[j]), j)
                 item.setColor(self.palette().windowText().color())
@@ -132,12 +133,13 @@ class LogitsPanel(QWidget):
         self.plot.setXRange(0, max(top_p * 1.35, 0.05), padding=0)
         self.plot.setYRange(-0.6, n - 0.4, padding=0)
         shown = float(self.bar_values.sum())
+        self.message.setToolTip("◀ marks the token that was chosen there")
         self.message.setText(f"T={settings.temperature:g}"
                              + (f", top-k={settings.top_k}" if settings.top_k else "")
                              + (f", top-p={settings.top_p:g}" if settings.top_p else "")
-                             + f" · these {n} hold {shown:.1%} of the probability"
+                             + f" · top {n}: {shown:.1%}"
                              + ("" if chosen is None or chosen in set(order.tolist()) else
-                                f" · the chosen {vocab[chosen]!r} is not among them"))
+                                f" · chosen “{vocab[chosen]}” not shown"))
         self.redraws += 1
 
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent

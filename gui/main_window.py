@@ -159,8 +159,8 @@ class MainWindow(QMainWindow):
     def _apply_default_sizes(self) -> None:
         self.resizeDocks([self.docks["prompt"]], [300], Qt.Orientation.Horizontal)
         self.resizeDocks([self.docks["heads"]], [400], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["tokens"]], [112], Qt.Orientation.Vertical)
-        self.resizeDocks([self.docks["heads"], self.docks["logits"]], [380, 420], Qt.Orientation.Vertical)
+        self.resizeDocks([self.docks["tokens"]], [120], Qt.Orientation.Vertical)
+        self.resizeDocks([self.docks["heads"], self.docks["logits"]], [300, 500], Qt.Orientation.Vertical)
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -317,6 +317,7 @@ class MainWindow(QMainWindow):
 
     def _on_model_changed(self, info: ModelInfo) -> None:
         self.setWindowTitle(f"{info.name} — {APP_NAME}")
+        self.docks["logits"].setWindowTitle("Masked-token predictions" if info.family == "encoder" else "Next-token candidates")
         params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
         texts = {"model": info.name, "family": info.family, "params": f"{params} parameters",
                  "device": f"{info.device} · {info.dtype}", "load": f"loaded in {info.load_seconds:.2f} s"}

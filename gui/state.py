@@ -56,6 +56,8 @@ class InspectorState(QObject):
         self.trace = trace
         n = len(trace)
         self.query = n - 1 if following else min(self.query, n - 1)
+        if trace.family == "encoder":
+            self.query = self._encoder_focus(old, trace)
         if trace.source_tokens is not None:
             ns = len(trace.source_tokens)
             if old is None or old.source_tokens != trace.source_tokens:
@@ -63,6 +65,15 @@ class InspectorState(QObject):
             self.source_query = min(self.source_query, ns - 1)
         self.trace_changed.emit(trace)
         self.selection_changed.emit()
+
+    def _encoder_focus(self, old: Trace | None, trace: Trace) -> int:
+        """Fill-mask models: look at the token the last step changed, else the first mask, else stay."""
+        if trace.steps and (old is None or old.steps != trace.steps):
+            return trace.steps[-1].position
+        mask = self.model.mask_token if self.model else None
+        if (old is None or old.token_ids != trace.token_ids) and mask in trace.tokens:
+            return trace.tokens.index(mask)
+        return min(self.query, len(trace) - 1)
 
     # -- what the attention view shows -----------------------------------------------------------
     @property

@@ -40,6 +40,7 @@ class TokenAxis(pg.AxisItem):
         return f"{i} {text}" if self.prefix_index else text
 
     def tickValues(self, minVal: float, maxVal: float, size: float) -> list:  # noqa: N802 - pyqtgraph API
+        minVal, maxVal = min(minVal, maxVal), max(minVal, maxVal)  # an inverted view passes them reversed
         n = len(self.tokens)
         if n == 0 or size <= 0:
             return []

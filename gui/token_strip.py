@@ -79,9 +79,12 @@ class ChipRow(QWidget):
     clicked = Signal(int)
     hovered = Signal(int)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, caption: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.flow = FlowLayout(self)
+        self.caption = QLabel(caption)  # inline, first in the flow: saves a line per row
+        self.caption.setObjectName("caption")
+        self.flow.addWidget(self.caption)
         self.chips: list[TokenChip] = []
         self.n = 0
 
@@ -145,17 +148,13 @@ class TokenStrip(QWidget):
         bar.addWidget(self.summary, 1)
 
         # -- chips -----------------------------------------------------------------------------------
-        self.source_label = QLabel("source (encoder)")
-        self.source_label.setObjectName("caption")
-        self.source_row = ChipRow()
-        self.main_label = QLabel("decoder")
-        self.main_label.setObjectName("caption")
-        self.main_row = ChipRow()
+        self.source_row = ChipRow("source:")
+        self.main_row = ChipRow("decoder:")
         inner = QWidget()
         rows = QVBoxLayout(inner)
         rows.setContentsMargins(2, 0, 2, 0)
         rows.setSpacing(1)
-        for w in (self.source_label, self.source_row, self.main_label, self.main_row):
+        for w in (self.source_row, self.main_row):
             rows.addWidget(w)
         rows.addStretch(1)
         self.scroll = QScrollArea()
@@ -224,8 +223,8 @@ class TokenStrip(QWidget):
     def _on_model(self, info) -> None:  # noqa: ANN001 - ModelInfo | None
         family = info.family if info else None
         two_rows = family == "encoder-decoder"
-        for w in (self.source_label, self.source_row, self.main_label):
-            w.setVisible(two_rows)
+        self.source_row.setVisible(two_rows)
+        self.main_row.caption.setVisible(two_rows)
         self.mask_button.setVisible(family == "encoder")
         self.step_button.setText("Fill mask →" if family == "encoder" else "Step →")
         self.main_row.set_tokens((), [], [])
@@ -259,7 +258,7 @@ class TokenStrip(QWidget):
         text = (f"{len(trace)} tokens" if trace.family == "encoder" else
                 f"{len(trace)} tokens ({trace.n_prompt} prompt + {n_gen} generated)")
         if last is not None:
-            text += f" · last: {last.token!r} ({last.how}, p={last.prob:.3f})"
+            text += f" · last: “{last.token}” ({last.how}, p={last.prob:.3f})"
         self.summary.setText(text)
         self._sync_buttons()
         self._refresh_marks()

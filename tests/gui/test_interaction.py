@@ -177,3 +177,32 @@ def test_screenshot_command_line(checkpoints, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_keyboard_steps_back_and_selects_heads(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    n = len(win.state.trace)
+    win.attention_view.graphics.setFocus()
+    qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_Right)
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+    wait_idle(qtbot, win)
+    qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_Left)
+    qtbot.waitUntil(lambda: len(win.state.trace) == n, timeout=30_000)
+    qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_BracketRight)
+    qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_Down)
+    assert (win.state.layer, win.state.head) == (1, 1)
+
+
+def test_drop_a_checkpoint_folder_opens_it(qtbot, window, checkpoints):
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(checkpoints["encoder"]))])
+    event = QDropEvent(QPointF(100, 100), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                       Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+    wait_idle(qtbot, window)
+    assert window.state.model is not None and window.state.model.family == "encoder"
+    assert window.recent_models()[0] == str(checkpoints["encoder"])
