@@ -152,8 +152,11 @@ class AttentionView(QWidget):
         self.image.clear()
         self.row_box.hide()
         self.empty_text.setText(text)
-        self.empty_text.setPos(0, 0)
+        self.empty_text.setColor(self.palette().windowText().color())
+        self.empty_text.setPos(0.5, 0.5)
         self.empty_text.show()
+        self.plot.setTitle("")
+        self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
         self.left_axis.set_tokens(())
         self.bottom_axis.set_tokens(())
 

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
 
@@ -20,7 +20,8 @@ from .state import InspectorState
 
 log = logging.getLogger(__name__)
 
-MIN_THUMB, MAX_THUMB = 12, 32  # thumbnail resolution in atlas pixels
+MIN_THUMB, MAX_THUMB = 4, 32  # thumbnail resolution in atlas pixels
+MIN_LABEL_PX = 18  # layer/head numbers closer than this are thinned out
 GAP = 1  # atlas pixels between thumbnails
 GAP_INDEX = 255  # the lookup-table entry reserved for the gaps
 
@@ -63,11 +64,21 @@ class HeadGrid(QWidget):
         layout.addWidget(self.caption)
         self.setToolTip("Click a thumbnail to show that head. Each thumbnail is scaled to its own maximum.")
         self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
+        # the thumbnail resolution follows the on-screen size (about one atlas pixel per screen pixel,
+        # so the gaps between thumbnails neither vanish nor alias); re-fit after resizing settles
+        self._resize_timer = QTimer(self)
+        self._resize_timer.setSingleShot(True)
+        self._resize_timer.setInterval(150)
+        self._resize_timer.timeout.connect(self._refit)
+        self.plot.getViewBox().sigResized.connect(self._resize_timer.start)
         state.model_changed.connect(lambda _i: self.redraw())
         state.trace_changed.connect(lambda _t: self.redraw())
         state.selection_changed.connect(self._on_selection)
         state.display_changed.connect(self._on_display)
         self._on_display()
+        for side in ("left", "top"):  # no numbers until there is something to number
+            self.plot.getAxis(side).setTicks([[]])
+        self.caption.setText("Every layer × head of the selected kind; click one to show it large.")
 
     @property
     def cell_count(self) -> int:
@@ -96,7 +107,7 @@ class HeadGrid(QWidget):
             return
         n_layers, n_heads = trace.n_layers[s.kind], trace.n_heads
         n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
-        t = int(np.clip(n, MIN_THUMB, MAX_THUMB))
+        t = self._thumb_size(n, n_layers, n_heads)
         cell = t + GAP
         atlas = np.full((n_layers * cell - GAP, n_heads * cell - GAP), GAP_INDEX, dtype=np.uint8)
         for layer in range(n_layers):
@@ -112,12 +123,31 @@ class HeadGrid(QWidget):
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))
         # atlas coordinates: one unit per thumbnail, so layer/head are the integer cells
         self.image.setRect(QRectF(0, 0, atlas.shape[1] / cell, atlas.shape[0] / cell))
-        self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(n_layers)]])
-        self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(n_heads)]])
+        px = self._cell_pixels(n_layers, n_heads) or MIN_LABEL_PX
+        every = max(1, int(np.ceil(MIN_LABEL_PX / px)))
+        self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(0, n_layers, every)]])
+        self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(0, n_heads, every)]])
         self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.04)
         self.caption.setText(f"{kind_name(s.kind, s.model.family)}: {n_layers} layers × {n_heads} heads"
                              + (f" · {n} tokens shown at {t}px" if n > t else ""))
         self._place_outline()
+
+    def _cell_pixels(self, n_layers: int, n_heads: int) -> float:
+        size = self.plot.getViewBox().size()
+        return min(size.width() / max(n_heads, 1), size.height() / max(n_layers, 1))
+
+    def _thumb_size(self, n: int, n_layers: int, n_heads: int) -> int:
+        px = self._cell_pixels(n_layers, n_heads)
+        limit = MAX_THUMB if px < 2 else int(px) - GAP  # not laid out yet: full resolution
+        return int(np.clip(limit, MIN_THUMB, MAX_THUMB))  # short sequences are repeated up to it
+
+    def _refit(self) -> None:
+        s, trace = self.state, self.state.trace
+        if trace is None or s.kind not in trace.kinds or not self.cell_count:
+            return
+        n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
+        if self._thumb_size(n, *self.shape) != self.thumb:
+            self.redraw()
 
     def _place_outline(self) -> None:
         s = self.state

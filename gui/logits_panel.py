@@ -87,6 +87,8 @@ class LogitsPanel(QWidget):
             item.setText("")
         self.axis.set_tokens(())
         self.heading.setText(text)
+        self.message.setText("")
+        self.plot.setXRange(0, 1, padding=0)
 
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace

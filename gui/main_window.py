@@ -160,7 +160,7 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.docks["prompt"]], [300], Qt.Orientation.Horizontal)
         self.resizeDocks([self.docks["heads"]], [400], Qt.Orientation.Horizontal)
         self.resizeDocks([self.docks["tokens"]], [120], Qt.Orientation.Vertical)
-        self.resizeDocks([self.docks["heads"], self.docks["logits"]], [300, 500], Qt.Orientation.Vertical)
+        self.resizeDocks([self.docks["heads"], self.docks["logits"]], [400, 400], Qt.Orientation.Vertical)
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()

@@ -42,6 +42,7 @@ class TokenChip(QLabel):
         self.role = "prompt"
         self.selected = False
         self.tint = 0.0
+        self._sheet = ""
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setTextFormat(Qt.TextFormat.PlainText)
 
@@ -65,12 +66,15 @@ class TokenChip(QLabel):
         }
         bg, border = styles[self.role]
         if self.tint > 0:
-            a = int(40 + 215 * self.tint)
+            a = int(40 + 215 * round(self.tint * 16) / 16)  # quantised: fewer distinct styles to apply
             bg = f"rgba({TINT.red()},{TINT.green()},{TINT.blue()},{a})"
         if self.selected:
             border = "2px solid #e04040"
         italic = "font-style: italic; color: palette(placeholder-text);" if self.role in ("special", "masked") else ""
-        self.setStyleSheet(f"QLabel {{ background: {bg}; border: {border}; border-radius: 4px; padding: 1px 4px; {italic} }}")
+        sheet = f"QLabel {{ background: {bg}; border: {border}; border-radius: 4px; padding: 1px 4px; {italic} }}"
+        if sheet != self._sheet:  # re-polishing is slow; long sequences would lag on every hover
+            self._sheet = sheet
+            self.setStyleSheet(sheet)
 
 
 class ChipRow(QWidget):

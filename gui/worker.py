@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from engine import EngineError, Session, Trace, load_model
 
@@ -241,6 +241,7 @@ class EngineClient(QObject):
         self._pending: dict[int, str] = {}
         self.forward_requests = 0  # requests that run the model; tests check a re-draw adds none
         self.running = False
+        self._progress: tuple[int, Trace] | None = None
         self._thread = QThread()
         self._thread.setObjectName("engine-worker")
         self.worker = EngineWorker()
@@ -349,8 +350,18 @@ class EngineClient(QObject):
 
     @Slot(int, object)
     def _on_progress(self, rid: int, trace: Trace) -> None:
-        if rid == self._latest_trace_id:
-            self.trace_ready.emit(trace, "progress")
+        if rid != self._latest_trace_id:
+            return
+        # coalesce: if the GUI fell behind, only the newest of the queued progress traces is drawn
+        first = self._progress is None
+        self._progress = (rid, trace)
+        if first:
+            QTimer.singleShot(0, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        pending, self._progress = self._progress, None
+        if pending is not None and pending[0] == self._latest_trace_id and pending[0] in self._pending:
+            self.trace_ready.emit(pending[1], "progress")
 
     @Slot(int, str, str)
     def _on_failed(self, rid: int, op: str, message: str) -> None:
