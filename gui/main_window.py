@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -144,6 +144,7 @@ class MainWindow(QMainWindow):
         self._default_state = self.saveState()
         self._restore_settings()
         style.theme_plots(self)
+        QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _scheme: self._on_scheme_changed())
         self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
 
     # -- construction helpers ----------------------------------------------------------------------------
@@ -237,6 +238,8 @@ class MainWindow(QMainWindow):
         self._chain_steps = steps
         self._chain_texts = (prompt, source_text)
         self.prompt_panel.set_model_text(source)
+        if device:
+            self.prompt_panel.set_device(device)
         self.statusBar().showMessage(f"Loading {source} …")
         self.client.load(source, device, dtype)
 
@@ -358,6 +361,13 @@ class MainWindow(QMainWindow):
         log.warning("%s", message)
         self.banner.show_message(message + hint)
         self.statusBar().showMessage(message.splitlines()[0] if message else "error", 10000)
+
+    def _on_scheme_changed(self) -> None:
+        """The system switched between light and dark: plots and chips pick up the new palette."""
+        style.theme_plots(self)
+        self.head_grid._on_display()
+        if self.state.trace is not None:
+            self.state.trace_changed.emit(self.state.trace)
 
     # -- help ----------------------------------------------------------------------------------------------
     def show_shortcuts(self) -> None:

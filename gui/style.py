@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pyqtgraph as pg
-from PySide6.QtGui import QFont, QPalette
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QFont, QPalette
 from PySide6.QtWidgets import QApplication, QWidget
 
 STYLESHEET = """
@@ -21,13 +24,38 @@ def configure_pyqtgraph() -> None:
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 
+def dark_palette() -> QPalette:
+    pal = QPalette()
+    roles = {
+        QPalette.ColorRole.Window: "#2b2d31", QPalette.ColorRole.WindowText: "#e6e6e6",
+        QPalette.ColorRole.Base: "#1f2023", QPalette.ColorRole.AlternateBase: "#2f3136",
+        QPalette.ColorRole.Text: "#e6e6e6", QPalette.ColorRole.Button: "#35373c",
+        QPalette.ColorRole.ButtonText: "#e6e6e6", QPalette.ColorRole.Highlight: "#3d7bd9",
+        QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#35373c",
+        QPalette.ColorRole.ToolTipText: "#e6e6e6", QPalette.ColorRole.PlaceholderText: "#9a9a9a",
+        QPalette.ColorRole.Mid: "#55575c", QPalette.ColorRole.Light: "#4a4c52", QPalette.ColorRole.Dark: "#202124",
+        QPalette.ColorRole.Link: "#7fb0ff",
+    }
+    for role, color in roles.items():
+        pal.setColor(role, QColor(color))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
+        pal.setColor(QPalette.ColorGroup.Disabled, role, QColor("#7a7a7a"))
+    return pal
+
+
 def is_dark(palette: QPalette) -> bool:
     return palette.window().color().lightness() < 128
 
 
 def apply(app: QApplication) -> None:
-    """Fusion follows the system colour scheme (light or dark) in Qt ≥ 6.5; we only add spacing and captions."""
+    """Fusion follows the system colour scheme (light or dark) in Qt ≥ 6.5; we only add spacing and captions.
+    ATTENTION_INSPECTOR_THEME=dark|light overrides the system (e.g. for screenshots)."""
+    forced = os.environ.get("ATTENTION_INSPECTOR_THEME", "").lower()
+    if forced in ("dark", "light"):
+        app.styleHints().setColorScheme(Qt.ColorScheme.Dark if forced == "dark" else Qt.ColorScheme.Light)
     app.setStyle("Fusion")
+    if forced == "dark" and not is_dark(app.palette()):  # platforms without a theme (offscreen, bare X)
+        app.setPalette(dark_palette())
     font = app.font()
     if font.pointSizeF() < 9.5:
         font.setPointSizeF(9.5)

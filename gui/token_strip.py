@@ -274,7 +274,8 @@ class TokenStrip(QWidget):
         self._refresh_marks()
 
     def hover_weights(self) -> tuple[str, np.ndarray] | None:
-        """(side tinted, weights scaled to their max) for the hovered token under the selected head."""
+        """(side tinted, tint 0..1) for the hovered token under the selected head: the square root of the
+        weight, so that weak attention still shows while uniform attention does not look strong."""
         s, trace = self.state, self.state.trace
         if self.hover is None or trace is None:
             return None
@@ -290,8 +291,7 @@ class TokenStrip(QWidget):
         layer = min(s.layer, trace.n_layers[kind] - 1)
         rows = trace.attention_row(kind, layer, i)  # [heads, keys]
         w = rows.mean(axis=0) if s.mean_heads else rows[s.head]
-        peak = float(w.max())
-        return tinted, (w / peak if peak > 0 else w)
+        return tinted, np.sqrt(np.clip(w, 0.0, 1.0))
 
     def _refresh_marks(self) -> None:
         s = self.state
