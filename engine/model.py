@@ -17,18 +17,22 @@ from .device import is_out_of_memory
 from .errors import CaptureError, OutOfMemoryError, PromptError
 from .network import Transformer
 from .tokenizer import Tokenizer
-from .trace import KINDS, PatternBlock, Trace, capture_name
+from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name
 
 log = logging.getLogger(__name__)
+
+PATTERN_BUDGET = 64 * 1024 * 1024  # bytes of float32 patterns for a full context before "auto" stores float16
+ROW_CHUNK = 32  # causal prefill patterns are stored in row chunks trimmed to their keys (no upper triangle)
 
 
 @dataclass
 class Forward:
-    """What one forward pass recorded: patterns per capture name (heads, T, S) and logits (T, vocab)."""
+    """What one forward pass recorded: pattern blocks per capture name, and the logits."""
 
-    patterns: dict[str, np.ndarray]
-    logits: np.ndarray | None
+    blocks: dict[str, list[PatternBlock]]
+    logits: np.ndarray | None  # encoder: masked-LM logits of every position; decoder: the last position only
     hidden: torch.Tensor | None = None  # encoder output, kept on the device for cross-attention
+    lazy_logits: LazyLogits | None = None  # decoder: the other fed positions, computed when asked for
 
 
 class Model:
@@ -38,15 +42,26 @@ class Model:
         tokenizer: Tokenizer,
         name: str = "model",
         folder: Path | None = None,
-        capture_dtype: type = np.float32,
+        capture_dtype: str = "auto",
     ) -> None:
         self.net = net.eval()
         self.config: ModelConfig = net.cfg
         self.tokenizer = tokenizer
         self.name = name
         self.folder = folder
-        self.capture_dtype = capture_dtype  # np.float16 halves the memory of long traces
+        self.capture_dtype = capture_dtype
         self.load_seconds: float | None = None
+        self._unembedding: tuple | None = None
+
+    @property
+    def pattern_dtype(self) -> type:
+        """dtype of stored patterns. "auto": exact float32 while a full context's patterns would fit in
+        PATTERN_BUDGET bytes, float16 beyond (halves memory; error below 5e-4 of each weight)."""
+        if self.capture_dtype == "auto":
+            c = self.config
+            heads = (c.n_encoder_layers + 2 * c.n_decoder_layers) * c.n_heads
+            return np.float16 if heads * c.max_positions**2 * 2 > PATTERN_BUDGET else np.float32
+        return {"float32": np.float32, "float16": np.float16}[np.dtype(self.capture_dtype).name]
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -194,8 +209,25 @@ class Model:
                 ) from exc
             raise
 
-    def _patterns(self, capture: dict) -> dict[str, np.ndarray]:
-        return {name: p[0].to("cpu", torch.float32).numpy().astype(self.capture_dtype, copy=False) for name, p in capture.items()}
+    def _blocks(self, capture: dict | None, q_start: int) -> dict[str, list[PatternBlock]]:
+        if capture is None:
+            return {}
+        dtype = self.pattern_dtype
+        tdtype = torch.float16 if dtype == np.float16 else torch.float32
+        out = {}
+        for name, p in capture.items():
+            rows = p[0].to(tdtype).cpu().numpy()  # (heads, T, S)
+            T, S = rows.shape[1:]
+            causal = name.startswith("decoder") and not name.endswith("cross_attn") and T > ROW_CHUNK
+            if not causal:
+                out[name] = [PatternBlock(q_start, _frozen(rows))]
+                continue
+            blocks = []
+            for a in range(0, T, ROW_CHUNK):  # copy each chunk so no block keeps the square alive
+                b = min(a + ROW_CHUNK, T)
+                blocks.append(PatternBlock(q_start + a, _frozen(np.ascontiguousarray(rows[:, a:b, : S - T + b]))))
+            out[name] = blocks
+        return out
 
     def encode(self, ids: list[int], capture: bool = True) -> Forward:
         """Run the encoder over `ids`; masked-LM logits for encoder-only models."""
@@ -204,18 +236,32 @@ class Model:
             x = torch.tensor([ids], device=self.device)
             h = self.net.encode(x, capture=rec)
             logits = self.net.mlm_logits(h) if self.family == "encoder" else None
-            return Forward(self._patterns(rec) if rec is not None else {},
-                           logits[0].cpu().numpy() if logits is not None else None, h)
+            return Forward(self._blocks(rec, 0), logits[0].cpu().numpy() if logits is not None else None, h)
 
-    def decode(self, ids: list[int], cache: KVCache, memory: torch.Tensor | None = None, capture: bool = True,
-               all_logits: bool = True) -> Forward:
-        """Feed `ids` after the cache's tokens; logits for every fed position (or the last only)."""
+    def decode(self, ids: list[int], cache: KVCache, memory: torch.Tensor | None = None, capture: bool = True) -> Forward:
+        """Feed `ids` after the cache's tokens. The last position's logits are computed now (the next
+        choice needs them); the others are kept as final hidden states and unembedded on demand."""
         rec: dict | None = {} if capture else None
+        start = cache.length
         with self._guard(cache):
             x = torch.tensor([ids], device=self.device)
-            h = self.net.decode(x, cache.length, cache, memory, capture=rec)
-            logits = self.net.logits(h if all_logits else h[:, -1:])
-            return Forward(self._patterns(rec) if rec is not None else {}, logits[0].cpu().numpy())
+            h = self.net.decode(x, start, cache, memory, capture=rec)
+            last = self.net.logits(h[:, -1:])[0, 0].cpu().numpy()
+            lazy = None
+            if len(ids) > 1:
+                lazy = LazyLogits(h[0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
+            return Forward(self._blocks(rec, start), last, lazy_logits=lazy)
+
+    def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """(weights [d, vocab], bias or None, scale) as float32 numpy on the CPU, shared by every trace
+        (on a float32 CPU model it is the model's own memory, not a copy)."""
+        if self._unembedding is None:
+            net = self.net
+            w_t = getattr(net, "unembedding_t", None)
+            w = (w_t if w_t is not None else net.unembedding.t()).detach().to("cpu", torch.float32).numpy()  # (d, vocab)
+            bias = net.final_logits_bias.detach().to("cpu", torch.float32).numpy()[0] if net.final_logits_bias is not None else None
+            self._unembedding = (_frozen(w), _frozen(bias) if bias is not None else None, self.config.lm_head_scale)
+        return self._unembedding
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_decoder_layers)
@@ -235,9 +281,6 @@ class Model:
                      gates=self.gates(), no_logits_reason=self.no_logits_reason, **kw)
 
 
-def blocks_from(forward: Forward, q_start: int) -> dict[str, PatternBlock]:
-    out = {}
-    for name, rows in forward.patterns.items():
-        rows.flags.writeable = False
-        out[name] = PatternBlock(q_start, rows)
-    return out
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import PromptError, SessionError
-from .model import Model, blocks_from
+from .model import Forward, Model
 from .sampling import SamplingSettings, choose, distribution
-from .trace import PatternBlock, StepInfo, Trace
+from .trace import LazyLogits, PatternBlock, StepInfo, Trace
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,11 @@ class Session:
         if self.source_ids is not None:
             enc = model.encode(self.source_ids, capture)
             self._memory = enc.hidden
-            self._encoder_blocks = {k: (v,) for k, v in blocks_from(enc, 0).items()}
+            self._encoder_blocks = {k: tuple(v) for k, v in enc.blocks.items()}
         self._cache = model.new_cache()
-        fwd = model.decode(self._ids, self._cache, self._memory, capture)
-        self._blocks: dict[str, list[PatternBlock]] = {k: [v] for k, v in blocks_from(fwd, 0).items()}
-        self._logit_rows: list[np.ndarray] = [fwd.logits]
+        self._blocks: dict[str, list[PatternBlock]] = {}
+        self._logit_rows: list[np.ndarray | LazyLogits] = []
+        self._add(model.decode(self._ids, self._cache, self._memory, capture))
         self._tokens = model.tokenizer.token_strings(self._ids)
 
     # -- settings -----------------------------------------------------------------------------
@@ -149,6 +149,13 @@ class Session:
             return self._logit_rows[-1][-1]
         return self.trace.logits_at(position)
 
+    def _add(self, fwd: Forward) -> None:
+        for name, blocks in fwd.blocks.items():
+            self._blocks.setdefault(name, []).extend(blocks)
+        if fwd.lazy_logits is not None:
+            self._logit_rows.append(fwd.lazy_logits)
+        self._logit_rows.append(fwd.logits[None, :])
+
     # -- stepping -----------------------------------------------------------------------------
     def step(self, token_id: int | None = None) -> Step:
         """Choose the next token (greedy or sampled), or force `token_id`, and feed it to the model."""
@@ -170,9 +177,7 @@ class Session:
             fwd = self.model.decode([token_id], self._cache, self._memory, self.capture)
             self._ids.append(token_id)
             self._tokens.append(token)
-            for name, block in blocks_from(fwd, position).items():
-                self._blocks[name].append(block)
-            self._logit_rows.append(fwd.logits)
+            self._add(fwd)
             self._steps.append(StepInfo(position, token_id, token, how, float(probs[token_id])))
         self._trace = None
         return Step(position, token_id, token, how, probs, logits)
@@ -238,7 +243,7 @@ class Session:
 
     def _refresh_encoder(self) -> None:
         fwd = self.model.encode(self._ids, self.capture)
-        self._enc_blocks = {k: (v,) for k, v in blocks_from(fwd, 0).items()}
+        self._enc_blocks = {k: tuple(v) for k, v in fwd.blocks.items()}
         self._enc_logits = fwd.logits
         self._tokens = self.model.tokenizer.token_strings(self._ids)
 

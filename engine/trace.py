@@ -38,6 +38,32 @@ class PatternBlock:
 
 
 @dataclass(frozen=True, eq=False)
+class LazyLogits:
+    """Logit rows kept as final hidden states: (h · scale) Wᵀ + bias, computed when first asked for.
+    Wᵀ is shared read-only data (no reference to the model)."""
+
+    hidden: np.ndarray  # (n, d) float32
+    unembedding_t: np.ndarray  # (d, vocab)
+    bias: np.ndarray | None
+    scale: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.hidden.shape[0], self.unembedding_t.shape[1])
+
+    def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        h = self.hidden[start:stop]
+        out = (h * self.scale if self.scale != 1.0 else h) @ self.unembedding_t
+        return out + self.bias if self.bias is not None else out
+
+
+def _rows(block: np.ndarray | LazyLogits, start: int = 0, stop: int | None = None) -> np.ndarray:
+    if isinstance(block, LazyLogits):
+        return block.rows(start, stop)
+    return block[start:stop]
+
+
+@dataclass(frozen=True, eq=False)
 class Trace:
     family: str
     model_name: str
@@ -48,7 +74,7 @@ class Trace:
     special: tuple[bool, ...]
     n_prompt: int
     blocks: dict[str, tuple[PatternBlock, ...]]  # capture name -> row blocks in query order
-    logit_rows: tuple[np.ndarray, ...] | None  # blocks of (n, vocab), in token order
+    logit_rows: tuple[np.ndarray | LazyLogits, ...] | None  # (n, vocab) blocks in token order
     source_ids: tuple[int, ...] | None = None
     source_tokens: tuple[str, ...] | None = None
     source_special: tuple[bool, ...] | None = None
@@ -101,7 +127,7 @@ class Trace:
         """float32 [tokens, vocab]: row i are the logits at position i (next token; encoders: masked-LM)."""
         if self.logit_rows is None:
             return None
-        out = np.concatenate(self.logit_rows, axis=0).astype(np.float32, copy=False)
+        out = np.concatenate([_rows(b) for b in self.logit_rows], axis=0).astype(np.float32, copy=False)
         out.flags.writeable = False
         return out
 
@@ -109,10 +135,10 @@ class Trace:
         if self.logit_rows is None:
             return None
         start = 0
-        for rows in self.logit_rows:
-            if position < start + rows.shape[0]:
-                return rows[position - start].astype(np.float32)
-            start += rows.shape[0]
+        for block in self.logit_rows:
+            if position < start + block.shape[0]:
+                return np.asarray(_rows(block, position - start, position - start + 1)[0], dtype=np.float32)
+            start += block.shape[0]
         raise CaptureError(f"position {position} is outside 0..{len(self) - 1}")
 
     @property

@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from ..device import resolve_device, resolve_dtype
 from ..errors import CheckpointError, TokenizerError, UnsupportedArchitectureError
 from ..model import Model
-from ..network import Transformer
+from ..network import Transformer, to_inference_layout
 from ..tokenizer import Tokenizer
 from .mapping import build_state_dict, plan
 from .registry import CONVERTERS, SUPPORTED
@@ -84,7 +84,7 @@ def load_model(source, device=None, dtype=None, allow_pickle: bool = False) -> M
     state = build_state_dict(resolved, weights.load())
     net.load_state_dict(state, assign=True, strict=True)
     net.init_buffers(torch.device("cpu"))
-    net = net.to(device=dev, dtype=torch_dtype)
+    net = to_inference_layout(net.to(device=dev, dtype=torch_dtype))
     model = Model(net, tokenizer, name=name, folder=folder)
     model.load_seconds = time.perf_counter() - t0
     log.info("loaded %s (%s, %.1fM parameters) on %s in %.2fs", name, cfg.model_type, model.n_params / 1e6, dev,

@@ -119,7 +119,7 @@ def test_sharded_checkpoint(folders, tmp_path):
     assert (dst / "model.safetensors.index.json").exists()
     a = load_model(dst).run("In the beginning").logits
     b = load_model(folders["gpt2"]).run("In the beginning").logits
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)  # same weights; BLAS may round differently
     shard = sorted(dst.glob("model-*.safetensors"))[0]
     shard.unlink()
     with pytest.raises(CheckpointError, match=f"{shard.name}.*missing"):
@@ -221,4 +221,4 @@ def test_t5_v11_untied_layout_uses_its_own_head(folders, tmp_path):
     save_file(sd, dst / "model.safetensors")
     model = load_model(dst)
     assert model.net.lm_head is not None and model.config.lm_head_scale == 1.0
-    torch.testing.assert_close(model.net.lm_head.weight, sd["lm_head.weight"])
+    torch.testing.assert_close(model.net.unembedding_t, sd["lm_head.weight"].t())
