@@ -32,8 +32,12 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
+_MARKS = {" ": SPACE, "\n": NEWLINE, "\t": TAB}
+
+
 def _visible(text: str) -> str:
-    return text.replace(" ", SPACE).replace("\n", NEWLINE).replace("\t", TAB)
+    """Whitespace as visible marks; other unprintable characters as <0xNN> (a control byte draws as nothing)."""
+    return "".join(_MARKS.get(c) or (c if c.isprintable() else f"<0x{ord(c):02X}>") for c in text)
 
 
 class Tokenizer:
