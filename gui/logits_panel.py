@@ -99,7 +99,8 @@ class LogitsPanel(QWidget):
             return
         encoder_only = trace.family == "encoder"
         pos = min(s.query, len(trace) - 1)
-        logits = trace.logits_at(pos)
+        before_fill = s.fill_predictions(pos) if encoder_only else None
+        logits = before_fill if before_fill is not None else trace.logits_at(pos)
         if logits is None:
             self._clear("no logits at this position")
             return
@@ -113,7 +114,10 @@ class LogitsPanel(QWidget):
         if encoder_only:
             self.target_position = pos
             chosen = trace.token_ids[pos]
-            self.heading.setText(f"Predictions at position {pos} (“{trace.tokens[pos]}”); double-click to fill")
+            if before_fill is not None:
+                self.heading.setText(f"Predictions at position {pos} while it was masked; double-click to refill")
+            else:
+                self.heading.setText(f"Predictions at position {pos} (“{trace.tokens[pos]}”); double-click to fill")
         else:
             self.target_position = pos + 1
             chosen = trace.token_ids[pos + 1] if pos + 1 < len(trace) else None

@@ -30,6 +30,7 @@ class InspectorState(QObject):
         super().__init__(parent)
         self.model: ModelInfo | None = None
         self.trace: Trace | None = None
+        self.previous_trace: Trace | None = None  # the one before: fill-mask shows the predictions that chose
         self.kind = "self"
         self.layer = 0
         self.head = 0
@@ -43,7 +44,7 @@ class InspectorState(QObject):
     # -- model & trace --------------------------------------------------------------------------
     def set_model(self, info: ModelInfo) -> None:
         self.model = info
-        self.trace = None
+        self.trace = self.previous_trace = None
         self.kind = "cross" if "cross" in info.kinds else info.kinds[0]
         self.layer = min(self.layer, info.layers_by_kind[self.kind] - 1)
         self.head = min(self.head, info.n_heads - 1)
@@ -53,7 +54,7 @@ class InspectorState(QObject):
         old = self.trace
         # follow the frontier: if the last token was selected (or nothing yet), select the new last one
         following = old is None or self.query >= len(old) - 1 or len(old.token_ids) == 0
-        self.trace = trace
+        self.previous_trace, self.trace = old, trace
         n = len(trace)
         self.query = n - 1 if following else min(self.query, n - 1)
         if trace.family == "encoder":
@@ -74,6 +75,19 @@ class InspectorState(QObject):
         if (old is None or old.token_ids != trace.token_ids) and mask in trace.tokens:
             return trace.tokens.index(mask)
         return min(self.query, len(trace) - 1)
+
+    def fill_predictions(self, position: int):  # noqa: ANN201 - np.ndarray | None
+        """Encoder-only: if the last step filled `position`, the logits it was chosen from (with the mask
+        still in place), else None. The current trace's logits there already see the filled token."""
+        old, new = self.previous_trace, self.trace
+        if old is None or new is None or new.family != "encoder" or not new.steps or old.logit_rows is None:
+            return None
+        last = new.steps[-1]
+        if last.how == "masked" or last.position != position or len(old) != len(new):
+            return None
+        if old.token_ids[position] != last.replaced_id:
+            return None
+        return old.logits_at(position)
 
     # -- what the attention view shows -----------------------------------------------------------
     @property

@@ -21,6 +21,8 @@ class TokenAxis(pg.AxisItem):
         super().__init__(orientation, **kw)
         self.tokens: tuple[str, ...] = ()
         self.prefix_index = False  # "3 ␣the" on the vertical axis helps to find positions
+        if orientation in ("top", "bottom"):
+            self.setStyle(hideOverlappingLabels=40)  # let the first/last token's label overhang the ends a little
 
     def set_tokens(self, tokens: tuple[str, ...] | list[str], prefix_index: bool = False) -> None:
         tokens = tuple(tokens)

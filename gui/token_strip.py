@@ -218,10 +218,14 @@ class TokenStrip(QWidget):
     def _sync_buttons(self) -> None:
         has = self.state.trace is not None
         running = self.client.running
+        # a checkpoint without a prediction head (sentence-embedding BERT) can be inspected but not stepped
+        predicts = self.state.model is not None and self.state.model.has_logits
         self.run_button.setText("Stop" if running else "Run")
-        for w in (self.step_button, self.back_button, self.reset_button, self.run_spin):
+        for w in (self.back_button, self.reset_button):
             w.setEnabled(has and not running)
-        self.run_button.setEnabled(has or running)
+        for w in (self.step_button, self.run_spin):
+            w.setEnabled(has and predicts and not running)
+        self.run_button.setEnabled((has and predicts) or running)
         self.mask_button.setEnabled(has and not running)
 
     def _on_model(self, info) -> None:  # noqa: ANN001 - ModelInfo | None
