@@ -53,6 +53,8 @@ class Session:
         self.capture = capture
         self._steps: list[StepInfo] = []
         self._trace: Trace | None = None
+        # every step / back / mask in order (branches included), enough to rebuild the session exactly
+        self.history: list[tuple] = []
         family = model.family
         if family == "encoder-decoder":
             if source is None:
@@ -64,10 +66,11 @@ class Session:
             self.source_ids = None
         if family == "encoder":
             self._ids = model.encoder_ids(prompt if prompt is not None else "", "prompt")
-            self._prompt_ids = list(self._ids)
+            self.prompt_ids = list(self._ids)
             self._refresh_encoder()
             return
         self._ids = model.decoder_ids(prompt)
+        self.prompt_ids = list(self._ids)
         self.n_prompt = len(self._ids)
         self._memory = None
         self._encoder_blocks: dict[str, tuple[PatternBlock, ...]] = {}
@@ -170,17 +173,47 @@ class Session:
             token_id = self._check_token(token_id)
             probs = self.distribution()
             how = "forced"
-        token = self.model.tokenizer.display(token_id)
+        self._feed(position, token_id, how, float(probs[token_id]))
+        return Step(position, token_id, self._steps[-1].token, how, probs, logits)
+
+    def _feed(self, position: int, token_id: int, how: str, prob: float) -> None:
         if self.family == "encoder":
-            self._replace(position, token_id, how, float(probs[token_id]))
+            self._replace(position, token_id, how, prob)
         else:
+            token = self.model.tokenizer.display(token_id)
             fwd = self.model.decode([token_id], self._cache, self._memory, self.capture)
             self._ids.append(token_id)
             self._tokens.append(token)
             self._add(fwd)
-            self._steps.append(StepInfo(position, token_id, token, how, float(probs[token_id])))
+            self._steps.append(StepInfo(position, token_id, token, how, prob))
+        self.history.append(("step", token_id, how, prob))
         self._trace = None
-        return Step(position, token_id, token, how, probs, logits)
+
+    def recompute(self) -> None:
+        """Run the prompt and replay the history again on the model as it is now (e.g. after head gates
+        changed): same tokens, fresh patterns and logits."""
+        st = self.settings
+        fresh = Session(self.model, self.prompt_ids, source=self.source_ids, temperature=st.temperature, top_k=st.top_k,
+                        top_p=st.top_p, seed=st.seed, greedy=st.greedy, capture=self.capture)
+        fresh.replay(self.history)
+        self.__dict__.update(fresh.__dict__)
+
+    def replay(self, history: list) -> None:
+        """Re-apply a recorded history (see `history`): tokens are fed as recorded, with their original
+        "how" and probability, so the trace is the one that was saved."""
+        for event in history:
+            if event[0] == "step":
+                _, token_id, how, prob = event
+                if self.finished:
+                    raise SessionError(f"cannot replay: {self._why_finished()}")
+                position = self._next_mask() if self.family == "encoder" else len(self._ids)
+                self._feed(position, self._check_token(token_id), str(how), float(prob))
+            elif event[0] == "back":
+                self.back()
+            elif event[0] == "mask":
+                self.mask(int(event[1]))
+            else:
+                raise SessionError(f"unknown session event {event[0]!r}")
 
     def back(self) -> StepInfo:
         """Undo the last step. Decoders truncate the KV cache; nothing before it is recomputed."""
@@ -197,6 +230,7 @@ class Session:
             for blocks in self._blocks.values():
                 blocks.pop()
             self._logit_rows.pop()
+        self.history.append(("back",))
         self._trace = None
         return last
 
@@ -218,6 +252,7 @@ class Session:
         if self.model.tokenizer.is_special(self._ids[position]):
             raise SessionError(f"position {position} holds a special token; mask a word token instead")
         self._replace(position, mask, "masked", 1.0)
+        self.history.append(("mask", position))
         self._trace = None
         return self._steps[-1]
 

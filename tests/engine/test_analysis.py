@@ -123,3 +123,68 @@ def test_command_line_export_and_heads(folders, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "main.py"), "export", "--model", str(tmp_path / "missing"),
                           "--out", str(tmp_path / "x.npz")], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "no model called" in bad.stderr
+
+
+def test_session_saved_and_reopened_gives_identical_traces(folders, tmp_path):
+    from engine import load_model
+    from engine.session_file import load_session, save_session
+
+    for name, prompt, source in (("gpt2", "In the", None), ("marian", None, "And God said"), ("bert", "In the [MASK] God", None)):
+        model = load_model(folders[name], device="cpu")
+        s = Session(model, prompt, source=source, greedy=False, temperature=1.3, seed=3)
+        model.set_head_gate(model.kinds[-1], 0, 1, 0.0)
+        s.recompute()  # the prompt's patterns now reflect the ablation too
+        if model.family == "encoder":
+            s.step()
+            s.mask(2)
+            s.step(token_id=7)
+        else:
+            s.step()
+            s.step()
+            s.branch(5)
+            s.set_sampling(greedy=True)
+            s.step()
+        path = save_session(s, tmp_path / f"{name}.json", view={"layer": 1})
+        before = s.trace
+        model.clear_gates()
+        again, view = load_session(path, loader=lambda ref: load_model(ref, device="cpu"))
+        after = again.trace
+        assert view == {"layer": 1}
+        assert after.token_ids == before.token_ids and after.steps == before.steps and after.gates == before.gates
+        for n in before.capture_names:
+            kind = "cross" if n.endswith("cross_attn") else ("encoder" if n.startswith("encoder") else "self")
+            np.testing.assert_array_equal(after.attention(kind, int(n.split(".")[1])), before.attention(kind, int(n.split(".")[1])))
+        np.testing.assert_allclose(after.logits, before.logits, atol=1e-6)
+        model.clear_gates()
+
+
+def test_recompute_after_ablation_keeps_tokens_and_changes_patterns(gpt):
+    s = Session(gpt, "In the beginning")
+    s.step()
+    s.step()
+    before = s.trace
+    gpt.set_head_gate("self", 0, 0, 0.0)
+    try:
+        s.recompute()
+        after = s.trace
+        assert after.token_ids == before.token_ids and [x.how for x in after.steps] == ["greedy", "greedy"]
+        assert not np.allclose(after.attention("self", 1), before.attention("self", 1))
+        assert not np.allclose(after.logits, before.logits)
+        s.step()  # the session keeps working
+    finally:
+        gpt.clear_gates()
+
+
+def test_damaged_session_files_give_clear_errors(tmp_path):
+    from engine.session_file import SessionFileError, read_session_file
+
+    p = tmp_path / "s.json"
+    p.write_text('{"format": "attention-inspector-session", "version": 1, "mod')
+    with pytest.raises(SessionFileError, match="damaged"):
+        read_session_file(p)
+    p.write_text('{"format": "attention-inspector-session", "version": 99}')
+    with pytest.raises(SessionFileError, match="version 99"):
+        read_session_file(p)
+    p.write_text('{"hello": 1}')
+    with pytest.raises(SessionFileError, match="not an Attention Inspector session"):
+        read_session_file(p)

@@ -1,0 +1,97 @@
+"""Saving and reopening a session: model reference, prompt/source, every step and branch, settings,
+ablations and the caller's view state, as JSON written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import EngineError
+from .export import atomic_write
+from .model import Model
+from .session import Session
+
+FORMAT = "attention-inspector-session"
+VERSION = 1
+
+
+class SessionFileError(EngineError):
+    """A session file that cannot be read back (damaged, another format, or a newer version)."""
+
+
+def session_state(session: Session, view: dict | None = None) -> dict:
+    model = session.model
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": model.name, "folder": str(model.folder) if model.folder else None,
+                  "model_type": model.config.model_type},
+        "prompt_ids": session.prompt_ids,
+        "source_ids": session.source_ids,
+        "settings": {k: getattr(session.settings, k) for k in ("temperature", "top_k", "top_p", "greedy", "seed")},
+        "gates": {name: list(g) for name, g in model.gates().items()},
+        "history": [list(e) for e in session.history],
+        "view": view or {},
+    }
+
+
+def save_session(session: Session, path: str | os.PathLike, view: dict | None = None) -> Path:
+    data = json.dumps(session_state(session, view), indent=1).encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def read_session_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SessionFileError(f"{path} does not exist") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SessionFileError(f"{path} is damaged or not a session file ({exc}); it cannot be opened") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SessionFileError(f"{path} is not an Attention Inspector session file")
+    if state.get("version") != VERSION:
+        raise SessionFileError(f"{path} was written by session format version {state.get('version')}; "
+                               f"this version reads version {VERSION}")
+    missing = [k for k in ("model", "prompt_ids", "settings", "history") if k not in state]
+    if missing:
+        raise SessionFileError(f"{path} is incomplete (missing {', '.join(missing)}); it cannot be opened")
+    return state
+
+
+def model_reference(state: dict) -> str:
+    """Where to load the session's model from: its folder when it still exists, else its name."""
+    m = state["model"]
+    folder = m.get("folder")
+    return folder if folder and Path(folder).is_dir() else m["name"]
+
+
+def restore_session(state: dict, model: Model) -> Session:
+    """Rebuild the saved session on `model` (gates applied, history replayed)."""
+    try:
+        model.clear_gates()
+        for name, gates in state.get("gates", {}).items():
+            stack, layer, what = name.split(".")
+            kind = "encoder" if stack == "encoder" else ("cross" if what == "cross_attn" else "self")
+            for head, value in enumerate(gates):
+                model.set_head_gate(kind, int(layer), head, float(value))
+        s = state["settings"]
+        session = Session(model, state["prompt_ids"], source=state.get("source_ids"), temperature=s["temperature"],
+                          top_k=s["top_k"], top_p=s["top_p"], greedy=s["greedy"], seed=s["seed"])
+        session.replay([tuple(e) for e in state["history"]])
+    except EngineError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SessionFileError(f"the session file is inconsistent with this model or damaged: {exc}") from exc
+    return session
+
+
+def load_session(path: str | os.PathLike, loader: Callable[[str], Model] | None = None) -> tuple[Session, dict]:
+    """Read `path`, load its model (through `loader`, default engine.load_model) and replay it."""
+    state = read_session_file(path)
+    if loader is None:
+        from . import load_model as loader
+    model = loader(model_reference(state))
+    return restore_session(state, model), state.get("view", {})
