@@ -8,9 +8,9 @@ import logging
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtGui import QColor, QCursor
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QToolTip, QVBoxLayout, QWidget
 
 from engine import distribution
 
@@ -33,6 +33,7 @@ class LogitsPanel(QWidget):
         self.candidate_ids = np.zeros(0, dtype=np.int64)
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.target_position: int | None = None  # where a chosen candidate would go
+        self._logits = np.zeros(0, dtype=np.float32)
         self.redraws = 0
 
         self.heading = QLabel()
@@ -73,6 +74,7 @@ class LogitsPanel(QWidget):
 
         self.count_spin.valueChanged.connect(lambda _v: self.redraw())
         self.plot.scene().sigMouseClicked.connect(self._on_clicked)
+        self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
         state.model_changed.connect(lambda _i: self._clear("Type a prompt"))
         state.trace_changed.connect(lambda _t: self.redraw())
         state.selection_changed.connect(self.redraw)
@@ -109,6 +111,7 @@ class LogitsPanel(QWidget):
         n = min(self.count_spin.value(), probs.size)
         order = np.argsort(-probs, kind="stable")[:n]
         self.candidate_ids, self.bar_values = order, probs[order]
+        self._logits = logits
         vocab = s.model.vocab
         # which token actually stands there (marked), and where a choice would go
         if encoder_only:
@@ -148,12 +151,30 @@ class LogitsPanel(QWidget):
                                 f" · chosen “{vocab[chosen]}” not shown"))
         self.redraws += 1
 
+    def bar_at(self, scene_pos: QPointF) -> int | None:
+        if self.candidate_ids.size == 0 or not self.plot.getPlotItem().sceneBoundingRect().contains(scene_pos):
+            return None
+        j = int(round(self.plot.getViewBox().mapSceneToView(scene_pos).y()))
+        return j if 0 <= j < self.candidate_ids.size else None
+
+    def describe(self, j: int) -> str:
+        i = int(self.candidate_ids[j])
+        vocab = self.state.model.vocab if self.state.model else ()
+        token = vocab[i] if i < len(vocab) else f"<{i}>"
+        return f"“{token}” (id {i}): probability {self.bar_values[j]:.4f}, logit {float(self._logits[i]):.3f}"
+
+    def _on_mouse_moved(self, scene_pos: QPointF) -> None:
+        j = self.bar_at(scene_pos)
+        if j is None:
+            QToolTip.hideText()
+        else:
+            QToolTip.showText(QCursor.pos(), self.describe(j), self.plot)
+
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
         if not event.double() or event.button() != Qt.MouseButton.LeftButton or self.candidate_ids.size == 0:
             return
-        p = self.plot.getViewBox().mapSceneToView(event.scenePos())
-        j = int(round(p.y()))
-        if 0 <= j < self.candidate_ids.size:
+        j = self.bar_at(event.scenePos())
+        if j is not None:
             self.choose(j)
 
     def choose(self, j: int) -> None:

@@ -207,3 +207,22 @@ def test_drop_a_checkpoint_folder_opens_it(qtbot, window, checkpoints):
     wait_idle(qtbot, window)
     assert window.state.model is not None and window.state.model.family == "encoder"
     assert window.recent_models()[0] == str(checkpoints["encoder"])
+
+
+def test_double_click_on_a_bar_chooses_it(qtbot, window, checkpoints):
+    from PySide6.QtCore import QPointF
+
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    panel = win.logits_panel
+    n = len(win.state.trace)
+    j = 2
+    wanted = int(panel.candidate_ids[j])
+    scene = panel.plot.getViewBox().mapViewToScene(QPointF(float(panel.bar_values[j]) / 2, j))
+    assert panel.bar_at(scene) == j
+    assert "probability" in panel.describe(j) and "logit" in panel.describe(j)
+    pos = panel.plot.mapFromScene(scene)
+    qtbot.mouseDClick(panel.plot.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    qtbot.mouseRelease(panel.plot.viewport(), Qt.MouseButton.LeftButton, pos=pos)  # QTest's double click ends pressed
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+    assert win.state.trace.token_ids[-1] == wanted
