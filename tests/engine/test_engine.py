@@ -291,3 +291,25 @@ def test_trace_holds_no_model_and_is_read_only(gpt):
         tr.logits[0, 0] = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         tr.tokens = ()
+
+
+def test_out_of_memory_is_a_clear_error_and_loses_nothing(gpt, monkeypatch):
+    from engine import OutOfMemoryError
+
+    s = _session(gpt)
+    s.step()
+    before = s.trace
+    real_forward = gpt.net.decoder.layers[1].forward
+
+    def exploding(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(gpt.net.decoder.layers[1], "forward", exploding)
+    with pytest.raises(OutOfMemoryError, match="ran out of memory"):
+        s.step()
+    monkeypatch.setattr(gpt.net.decoder.layers[1], "forward", real_forward)
+    assert s.trace is before and s._cache.length == len(s.ids)  # layer 0 had appended; rolled back
+    step = s.step()
+    full = gpt.run(s.ids)
+    np.testing.assert_allclose(s.trace.logits, full.logits, atol=1e-5)
+    assert step.position == len(s.ids) - 1
