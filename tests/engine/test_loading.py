@@ -208,6 +208,22 @@ def test_hf_cache_resolution(folders, tmp_path, monkeypatch):
         load_model("someone/absent")
 
 
+def test_every_architecture_loads_from_a_cache_id(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the hub cache is then $HF_HOME/hub
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    for name, folder in folders.items():
+        snap = tmp_path / "hf" / "hub" / f"models--tests--{name}" / "snapshots" / "abc"
+        shutil.copytree(folder, snap)
+        from_cache = load_model(f"tests/{name}", device="cpu")
+        from_folder = load_model(folder, device="cpu")
+        a, b = from_cache.run("In the beginning"), from_folder.run("In the beginning")
+        assert from_cache.folder == snap and a.token_ids == b.token_ids
+        for n in a.capture_names:
+            kind = "cross" if n.endswith("cross_attn") else ("encoder" if n.startswith("encoder") else "self")
+            np.testing.assert_array_equal(a.attention(kind, int(n.split(".")[1])), b.attention(kind, int(n.split(".")[1])))
+
+
 def test_t5_v11_untied_layout_uses_its_own_head(folders, tmp_path):
     """transformers 4 saved T5 v1.1 with tie_word_embeddings=false and a separate lm_head.weight."""
     dst = tmp_path / "t5"
