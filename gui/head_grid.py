@@ -33,6 +33,7 @@ class HeadGrid(QWidget):
         self.thumb = MIN_THUMB
         self.shape = (0, 0)  # (layers, heads) on screen
         self.atlas: np.ndarray | None = None
+        self._drawn_kind: str | None = None
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
         self.plot = self.graphics.addPlot()
@@ -71,7 +72,7 @@ class HeadGrid(QWidget):
         self._resize_timer.setInterval(150)
         self._resize_timer.timeout.connect(self._refit)
         self.plot.getViewBox().sigResized.connect(self._resize_timer.start)
-        state.model_changed.connect(lambda _i: self.redraw())
+        state.model_changed.connect(lambda _i: self.clear())
         state.trace_changed.connect(lambda _t: self.redraw())
         state.selection_changed.connect(self._on_selection)
         state.display_changed.connect(self._on_display)
@@ -99,7 +100,13 @@ class HeadGrid(QWidget):
         else:
             self._place_outline()
 
-    _drawn_kind: str | None = None
+    def clear(self) -> None:
+        """A new model: nothing of the old one may linger until its first trace arrives."""
+        self.image.clear()
+        self.atlas, self.shape, self._drawn_kind = None, (0, 0), None
+        self.outline.setRect(QRectF())
+        for side in ("left", "top"):
+            self.plot.getAxis(side).setTicks([[]])
 
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace

@@ -117,10 +117,10 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.docks: dict[str, QDockWidget] = {}
-        self._add_dock("prompt", "Model && prompt", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
-        self._add_dock("tokens", "Tokens", self.token_strip, Qt.DockWidgetArea.TopDockWidgetArea)
-        self._add_dock("heads", "All heads", self.head_grid, Qt.DockWidgetArea.RightDockWidgetArea)
-        self._add_dock("logits", "Next-token candidates", self.logits_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.add_dock("prompt", "Model && prompt", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.add_dock("tokens", "Tokens", self.token_strip, Qt.DockWidgetArea.TopDockWidgetArea)
+        self.add_dock("heads", "All heads", self.head_grid, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.add_dock("logits", "Next-token candidates", self.logits_panel, Qt.DockWidgetArea.RightDockWidgetArea)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -148,7 +148,9 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
 
     # -- construction helpers ----------------------------------------------------------------------------
-    def _add_dock(self, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
+    def add_dock(self, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        """Later panels (head ablation, logit lens, head statistics) plug in here: build them with
+        (self.state, self.client), as the panels below are, and add them as docks."""
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock-{key}")
         dock.setWidget(widget)
@@ -156,6 +158,9 @@ class MainWindow(QMainWindow):
                          | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         self.addDockWidget(area, dock)
         self.docks[key] = dock
+        if hasattr(self, "view_menu"):  # a dock added after the menus were built
+            self.view_menu.insertAction(self._view_separator, dock.toggleViewAction())
+        return dock
 
     def _apply_default_sizes(self) -> None:
         self.resizeDocks([self.docks["prompt"]], [300], Qt.Orientation.Horizontal)
@@ -201,10 +206,10 @@ class MainWindow(QMainWindow):
         self._action(gen, "R&eset to prompt", self.prompt_panel.request_session, "Ctrl+R")
         self._action(gen, "&Mask selected token", self.token_strip.mask_selected, Qt.Key.Key_M)
 
-        view = mb.addMenu("&View")
+        view = self.view_menu = mb.addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
-        view.addSeparator()
+        self._view_separator = view.addSeparator()
         s = self.state
         self._action(view, "Previous layer", lambda: s.step_layer(-1), Qt.Key.Key_Up)
         self._action(view, "Next layer", lambda: s.step_layer(1), Qt.Key.Key_Down)

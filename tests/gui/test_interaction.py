@@ -226,3 +226,17 @@ def test_double_click_on_a_bar_chooses_it(qtbot, window, checkpoints):
     qtbot.mouseRelease(panel.plot.viewport(), Qt.MouseButton.LeftButton, pos=pos)  # QTest's double click ends pressed
     qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
     assert win.state.trace.token_ids[-1] == wanted
+
+
+def test_stale_results_are_dropped(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    n = len(win.state.trace)
+    seen = []
+    win.client.trace_ready.connect(lambda trace, op: seen.append(len(trace)))
+    # both requests leave before any answer is handled, so the first answer is already stale
+    win.client.step()
+    win.client.step()
+    wait_idle(qtbot, win)
+    assert seen == [n + 2]
+    assert len(win.state.trace) == n + 2
