@@ -240,3 +240,14 @@ def test_stale_results_are_dropped(qtbot, window, checkpoints):
     wait_idle(qtbot, win)
     assert seen == [n + 2]
     assert len(win.state.trace) == n + 2
+
+
+def test_file_menus_list_models(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["decoder"])
+    window._fill_recent_menu()
+    assert [a.text() for a in window.recent_menu.actions()] == [str(checkpoints["decoder"])]
+    window._fill_bundled_menu()
+    window._fill_hf_menu()
+    assert window.bundled_menu.actions() and window.hf_menu.actions()  # names, or a disabled "none" entry
+    titles = [a.text() for a in window.view_menu.actions()]
+    assert "All heads" in titles and "Next-token candidates" in titles
