@@ -175,6 +175,10 @@ class MainWindow(QMainWindow):
         self.busy_bar.setMaximumWidth(140)
         self.busy_bar.setMaximumHeight(14)
         self.busy_bar.hide()
+        self._busy_delay = QTimer(self)
+        self._busy_delay.setSingleShot(True)
+        self._busy_delay.setInterval(300)
+        self._busy_delay.timeout.connect(lambda: self.busy_bar.setVisible(self.client.busy))
         self.status_labels = {k: QLabel() for k in ("model", "family", "params", "device", "load")}
         bar.addPermanentWidget(self.busy_bar)
         for label in self.status_labels.values():
@@ -346,7 +350,14 @@ class MainWindow(QMainWindow):
         self._maybe_settled()
 
     def _on_busy(self, busy: bool, op: str) -> None:
-        self.busy_bar.setVisible(busy and op in ("load", "run"))
+        # loads and runs show progress at once; a step only if it is slow (no flicker on small models)
+        if busy and op in ("load", "run"):
+            self.busy_bar.show()
+        elif busy:
+            self._busy_delay.start()
+        else:
+            self._busy_delay.stop()
+            self.busy_bar.hide()
         if busy and op == "run":
             self.statusBar().showMessage("Running … (Esc or Stop to stop)")
         if not busy:
