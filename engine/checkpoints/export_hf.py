@@ -1,0 +1,66 @@
+"""Saving one of our Transformers as a Hugging Face checkpoint folder (the inverse of the converters).
+
+    save_hf(net, folder, hf_config, tokenizer)   # config.json + model.safetensors (+ tokenizer.json)
+
+`hf_config` is the config.json the reference implementation expects (its `model_type` picks the
+converter); every parameter is written under the first checkpoint name its converter lists:
+"T" sources are transposed back, "cat" sources split into equal chunks along dim 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from .registry import CONVERTERS
+
+log = logging.getLogger(__name__)
+
+# special-token ids may come from the tokenizer rather than config.json
+_LOOSE = ("mask_token_id", "extra")
+
+
+def hf_state_dict(net: torch.nn.Module, model_type: str) -> dict[str, torch.Tensor]:
+    """Our state dict -> tensors under the checkpoint names of `model_type`."""
+    sources = CONVERTERS[model_type].keys(net.cfg)
+    out: dict[str, torch.Tensor] = {}
+    for ours, tensor in net.state_dict().items():
+        source = sources[ours]
+        names = source.alternatives[0]
+        t = tensor.detach().to("cpu", torch.float32)
+        if source.op == "T":
+            out[names[0]] = t.t().contiguous()
+        elif source.op == "cat":
+            for name, part in zip(names, t.chunk(len(names), dim=0)):
+                out[name] = part.contiguous()
+        else:
+            out[names[0]] = t.contiguous()
+    return out
+
+
+def _check_config(cfg: ModelConfig, hf_config: dict, keys: set[str]) -> None:
+    back = CONVERTERS[hf_config["model_type"]].config(hf_config, keys)
+    diff = [f for f in cfg.__dataclass_fields__ if f not in _LOOSE and getattr(cfg, f) != getattr(back, f)]
+    if diff:
+        raise ValueError("config.json does not describe this network: " +
+                         ", ".join(f"{f}={getattr(back, f)!r} (network has {getattr(cfg, f)!r})" for f in diff))
+
+
+def save_hf(net: torch.nn.Module, folder: str | Path, hf_config: dict, tokenizer=None) -> Path:  # noqa: ANN001
+    """Write config.json, model.safetensors and (given a `tokenizers.Tokenizer`) tokenizer.json."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = hf_state_dict(net, hf_config["model_type"])
+    _check_config(net.cfg, hf_config, set(tensors))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    log.info("saved %d tensors (%.1fM values) to %s", len(tensors), sum(t.numel() for t in tensors.values()) / 1e6, folder)
+    return folder
