@@ -170,6 +170,9 @@ class AttentionView(QWidget):
         self.pattern = pattern
         img, levels = display.scaled(pattern, s.log_scale)
         n_q, n_k = pattern.shape
+        if s.kind == "self":
+            img = img.copy()
+            img[display.future_mask(n_q, n_k)] = np.nan  # transparent: outside the causal mask
         new_shape = self.image.image is None or self.image.image.shape != img.shape
         self.image.setImage(img, autoLevels=False, levels=levels)
         self.image.setRect(QRectF(-0.5, -0.5, n_k, n_q))  # pixel (q, k) centred on integer coordinates
@@ -204,6 +207,8 @@ class AttentionView(QWidget):
 
     def describe(self, q: int, k: int) -> str:
         qt, kt = self.state.query_tokens(), self.state.key_tokens()
+        if self.state.kind == "self" and k > q:
+            return f"{q} {qt[q]!r} → {k} {kt[k]!r}: masked (a query never sees later keys)"
         return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {self.pattern[q, k]:.4f}"
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:

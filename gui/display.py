@@ -34,6 +34,21 @@ def scaled(weights: np.ndarray, log_scale: bool) -> tuple[np.ndarray, tuple[floa
     return weights.astype(np.float32, copy=False), LINEAR_LEVELS
 
 
+def future_mask(n_q: int, n_k: int) -> np.ndarray:
+    """True where key > query: a causal (decoder self-attention) pattern is 0 there by construction.
+    Drawn transparent, so "cannot see" looks different from "chose not to look"."""
+    return np.triu(np.ones((n_q, n_k), dtype=bool), k=1)
+
+
+def normalised(thumb: np.ndarray, log_scale: bool) -> np.ndarray:
+    """0..1 for a thumbnail: log10 on the fixed LOG_LEVELS range, or linear scaled to the thumbnail's maximum."""
+    if log_scale:
+        lo, hi = LOG_LEVELS
+        return (np.log10(np.maximum(thumb, LOG_FLOOR)) - lo) / (hi - lo)
+    peak = float(thumb.max()) if thumb.size else 0.0
+    return thumb / peak if peak > 0 else thumb
+
+
 def fit(pattern: np.ndarray, size: int) -> np.ndarray:
     """Resample a [rows, cols] pattern to [size, size] for a thumbnail.
 

@@ -63,7 +63,8 @@ class HeadGrid(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.caption)
-        self.setToolTip("Click a thumbnail to show that head. Each thumbnail is scaled to its own maximum.")
+        self.setToolTip("Click a thumbnail to show that head. Linear scale: each thumbnail is scaled to its own "
+                        "maximum; log scale: the same range as the large view.")
         self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
         # the thumbnail resolution follows the on-screen size (about one atlas pixel per screen pixel,
         # so the gaps between thumbnails neither vanish nor alias); re-fit after resizing settles
@@ -117,14 +118,17 @@ class HeadGrid(QWidget):
         t = self._thumb_size(n, n_layers, n_heads)
         cell = t + GAP
         atlas = np.full((n_layers * cell - GAP, n_heads * cell - GAP), GAP_INDEX, dtype=np.uint8)
+        hidden = None
         for layer in range(n_layers):
             weights = trace.attention(s.kind, layer)  # [heads, queries, keys]
+            if hidden is None and s.kind == "self":  # outside the causal mask: background, as in the large view
+                hidden = display.fit((~display.future_mask(*weights.shape[1:])).astype(np.float32), t) == 0
             for head in range(n_heads):
-                thumb = display.fit(weights[head], t)
-                peak = float(thumb.max())
-                scaled = thumb / peak if peak > 0 else thumb
-                atlas[layer * cell : layer * cell + t, head * cell : head * cell + t] = np.round(
-                    scaled * (GAP_INDEX - 1)).astype(np.uint8)
+                values = np.round(display.normalised(display.fit(weights[head], t), s.log_scale) * (GAP_INDEX - 1))
+                tile = values.astype(np.uint8)
+                if hidden is not None:
+                    tile[hidden] = GAP_INDEX
+                atlas[layer * cell : layer * cell + t, head * cell : head * cell + t] = tile
         self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
         self._drawn_kind = s.kind
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))

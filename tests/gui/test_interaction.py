@@ -157,6 +157,8 @@ def test_hover_tints_and_tooltip_text(qtbot, window, checkpoints):
     assert all(c.tint == 0 for c in win.token_strip.main_row.chips)
     text = win.attention_view.describe(q, 0)
     assert "→" in text and f"{row[0]:.4f}" in text
+    assert "masked" in win.attention_view.describe(0, 1)  # causal: later keys are not weights but a mask
+    assert np.isnan(win.attention_view.image.image[0, 1]) and not np.isnan(win.attention_view.image.image[1, 0])
     # clicking a chip selects the query row
     qtbot.mouseClick(win.token_strip.main_row.chips[1], Qt.MouseButton.LeftButton)
     assert win.state.query == 1
