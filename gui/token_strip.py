@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QEnterEvent, QMouseEvent
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QEnterEvent, QMouseEvent, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -30,9 +30,13 @@ from .worker import EngineClient
 log = logging.getLogger(__name__)
 
 TINT = QColor(255, 120, 30)
+SELECTED = QColor(224, 64, 64)
 
 
 class TokenChip(QLabel):
+    """One token. Painted by hand (not with style sheets): re-polishing hundreds of chips on every
+    hover would lag; a repaint is cheap."""
+
     clicked = Signal(int)
     hovered = Signal(int)  # -1 when the mouse leaves
 
@@ -42,9 +46,25 @@ class TokenChip(QLabel):
         self.role = "prompt"
         self.selected = False
         self.tint = 0.0
-        self._sheet = ""
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setContentsMargins(6, 2, 6, 2)
+
+    def set_role(self, role: str) -> None:
+        if role != self.role:
+            self.role = role
+            font = self.font()
+            font.setItalic(role in ("special", "masked"))
+            self.setFont(font)
+            muted = role in ("special", "masked")
+            self.setForegroundRole(QPalette.ColorRole.PlaceholderText if muted else QPalette.ColorRole.WindowText)
+            self.update()
+
+    def set_marks(self, selected: bool, tint: float) -> None:
+        tint = round(tint * 32) / 32  # no repaint for invisible changes
+        if selected != self.selected or tint != self.tint:
+            self.selected, self.tint = selected, tint
+            self.update()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt API
         if event.button() == Qt.MouseButton.LeftButton:
@@ -56,25 +76,33 @@ class TokenChip(QLabel):
     def leaveEvent(self, event) -> None:  # noqa: ANN001, N802
         self.hovered.emit(-1)
 
-    def restyle(self, base: QColor, text: QColor) -> None:
-        styles = {
-            "prompt": ("palette(button)", "1px solid palette(mid)"),
-            "generated": ("#d5ecd4" if base.lightness() > 128 else "#2f5a33", "1px solid #5aa35a"),
-            "special": ("transparent", "1px dashed palette(mid)"),
-            "filled": ("#fde2c4" if base.lightness() > 128 else "#6b4a1e", "1px solid #d08a2c"),
-            "masked": ("transparent", "1px dashed #d08a2c"),
-        }
-        bg, border = styles[self.role]
+    def colours(self) -> tuple[QColor, QColor, Qt.PenStyle]:
+        """(fill, border, border style) for the role, the hover tint and the selection."""
+        pal = self.palette()
+        light = pal.window().color().lightness() > 128
+        fill, border, style = {
+            "prompt": (pal.button().color(), pal.mid().color(), Qt.PenStyle.SolidLine),
+            "generated": (QColor("#d5ecd4" if light else "#2f5a33"), QColor("#5aa35a"), Qt.PenStyle.SolidLine),
+            "special": (QColor(0, 0, 0, 0), pal.mid().color(), Qt.PenStyle.DashLine),
+            "filled": (QColor("#fde2c4" if light else "#6b4a1e"), QColor("#d08a2c"), Qt.PenStyle.SolidLine),
+            "masked": (QColor(0, 0, 0, 0), QColor("#d08a2c"), Qt.PenStyle.DashLine),
+        }[self.role]
         if self.tint > 0:
-            a = int(40 + 215 * round(self.tint * 16) / 16)  # quantised: fewer distinct styles to apply
-            bg = f"rgba({TINT.red()},{TINT.green()},{TINT.blue()},{a})"
+            fill = QColor(TINT.red(), TINT.green(), TINT.blue(), int(40 + 215 * self.tint))
         if self.selected:
-            border = "2px solid #e04040"
-        italic = "font-style: italic; color: palette(placeholder-text);" if self.role in ("special", "masked") else ""
-        sheet = f"QLabel {{ background: {bg}; border: {border}; border-radius: 4px; padding: 1px 4px; {italic} }}"
-        if sheet != self._sheet:  # re-polishing is slow; long sequences would lag on every hover
-            self._sheet = sheet
-            self.setStyleSheet(sheet)
+            border, style = SELECTED, Qt.PenStyle.SolidLine
+        return fill, border, style
+
+    def paintEvent(self, event) -> None:  # noqa: ANN001, N802
+        fill, border, style = self.colours()
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pen = QPen(border, 2.0 if self.selected else 1.0, style)
+        painter.setPen(pen)
+        painter.setBrush(fill)
+        painter.drawRoundedRect(QRectF(self.rect()).adjusted(1, 1, -1, -1), 4, 4)
+        painter.end()
+        super().paintEvent(event)  # the text
 
 
 class ChipRow(QWidget):
@@ -103,7 +131,7 @@ class ChipRow(QWidget):
         for i, chip in enumerate(self.chips):
             if i < self.n:
                 chip.setText(tokens[i] if tokens[i] else "∅")
-                chip.role = roles[i]
+                chip.set_role(roles[i])
                 chip.setToolTip(tips[i])
                 chip.show()
             else:
@@ -111,13 +139,8 @@ class ChipRow(QWidget):
         self.flow.invalidate()
 
     def set_marks(self, selected: int | None, tints: np.ndarray | None) -> None:
-        base = self.palette().window().color()
-        text = self.palette().windowText().color()
         for i in range(self.n):
-            chip = self.chips[i]
-            chip.selected = i == selected
-            chip.tint = float(tints[i]) if tints is not None and i < len(tints) else 0.0
-            chip.restyle(base, text)
+            self.chips[i].set_marks(i == selected, float(tints[i]) if tints is not None and i < len(tints) else 0.0)
 
 
 class TokenStrip(QWidget):

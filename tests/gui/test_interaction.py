@@ -151,8 +151,7 @@ def test_hover_tints_and_tooltip_text(qtbot, window, checkpoints):
     win.token_strip._hover("main", q)
     tints = [c.tint for c in win.token_strip.main_row.chips[: len(trace)]]
     row = trace.attention_row("self", win.state.layer, q)[win.state.head]
-    assert int(np.argmax(tints)) == int(np.argmax(row))
-    assert max(tints) == np.sqrt(row.max())
+    np.testing.assert_allclose(tints, np.round(np.sqrt(row) * 32) / 32)  # square root of the weight, 1/32 steps
     win.token_strip._hover("main", -1)
     assert all(c.tint == 0 for c in win.token_strip.main_row.chips)
     text = win.attention_view.describe(q, 0)
