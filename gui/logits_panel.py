@@ -53,7 +53,7 @@ class LogitsPanel(QWidget):
         self.plot.invertY(True)
         self.plot.setLabel("bottom", "probability")
         self.plot.getAxis("bottom").enableAutoSIPrefix(False)
-        self.bars = pg.BarGraphItem(x0=[], y=[], height=0.72, width=[], brushes=[])
+        self.bars = pg.BarGraphItem(x0=[], y=[], height=0.72, width=[], brushes=[], pen=pg.mkPen(None))
         self.plot.addItem(self.bars)
         self.labels = [pg.TextItem("", anchor=(0, 0.5)) for _ in range(MAX_BARS)]
         for item in self.labels:
@@ -133,13 +133,17 @@ class LogitsPanel(QWidget):
         for j, item in enumerate(self.labels):
             if j < n:
                 mark = " ◀" if int(order[j]) == chosen else ""
-                item.setText(f"{self.bar_values[j]:.3f}{mark}")
+                p = float(self.bar_values[j])
+                item.setText((f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark)
                 item.setPos(float(self.bar_values[j]), j)
                 item.setColor(self.palette().windowText().color())
             else:
                 item.setText("")
         top_p = float(self.bar_values[0]) if n else 1.0
-        self.plot.setXRange(0, max(top_p * 1.35, 0.05), padding=0)
+        x_max = max(top_p * 1.35, 0.05)
+        self.plot.setXRange(0, x_max, padding=0)
+        for j in range(n):  # clear of the axis ticks, even for bars of width ~0
+            self.labels[j].setPos(float(self.bar_values[j]) + 0.01 * x_max, j)
         self.plot.setYRange(-0.6, n - 0.4, padding=0)
         shown = float(self.bar_values.sum())
         self.message.setToolTip("◀ marks the token that was chosen there")
