@@ -204,13 +204,18 @@ class EngineWorker(QObject):
         def work() -> Trace:
             s = self._session()
             last_report = time.monotonic()
-            for _ in range(n):
-                if self._cancel.is_set() or s.finished:
-                    break
-                s.step()
-                if time.monotonic() - last_report > PROGRESS_INTERVAL_S:
+            try:
+                for _ in range(n):
+                    if self._cancel.is_set() or s.finished:
+                        break
+                    s.step()
+                    if time.monotonic() - last_report > PROGRESS_INTERVAL_S:
+                        self.progress.emit(rid, s.trace)
+                        last_report = time.monotonic()
+            except Exception:
+                if s.steps:  # the steps taken before the error stay; show them with the message
                     self.progress.emit(rid, s.trace)
-                    last_report = time.monotonic()
+                raise
             return s.trace
 
         self._do(rid, "run", work)
@@ -339,6 +344,8 @@ class EngineClient(QObject):
 
     @Slot(int, str, object)
     def _on_done(self, rid: int, op: str, payload: object) -> None:
+        if self._progress is not None and self._progress[0] == rid:
+            self._progress = None  # the final trace supersedes any progress still queued
         self._finish(rid)
         if self._stale(rid, op):
             log.debug("dropped stale %s result %d", op, rid)
@@ -365,6 +372,9 @@ class EngineClient(QObject):
 
     @Slot(int, str, str)
     def _on_failed(self, rid: int, op: str, message: str) -> None:
+        pending, self._progress = self._progress, None
+        if pending is not None and pending[0] == rid == self._latest_trace_id:
+            self.trace_ready.emit(pending[1], "progress")  # what a run managed before it failed
         self._finish(rid)
         # an error is never dropped: even a stale request's failure is news to the person
         self.error.emit(op, message)

@@ -252,3 +252,24 @@ def test_file_menus_list_models(qtbot, window, checkpoints):
     assert window.bundled_menu.actions() and window.hf_menu.actions()  # names, or a disabled "none" entry
     titles = [a.text() for a in window.view_menu.actions()]
     assert "All heads" in titles and "Next-token candidates" in titles
+
+
+def test_a_run_that_fails_keeps_its_steps_and_says_why(qtbot, window, checkpoints, monkeypatch):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    n = len(win.state.trace)
+    real_step = Session.step
+    calls = []
+
+    def flaky(self, token_id=None):  # noqa: ANN001
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real_step(self, token_id)
+
+    monkeypatch.setattr(Session, "step", flaky)
+    win.client.run(10)
+    qtbot.waitUntil(lambda: bool(win.errors), timeout=30_000)
+    wait_idle(qtbot, win)
+    assert "device lost" in win.last_error
+    assert len(win.state.trace) == n + 2
