@@ -30,8 +30,17 @@ EDIT_DEBOUNCE_MS = 400  # a new session starts this long after the last keystrok
 DEFAULT_TEXT = "In the beginning God created the heaven and the earth."
 
 
+# the bundled models were trained on particular text; their examples show what they learned
+BUNDLED_EXAMPLES = {
+    "tiny-gpt": ("In the beginning God created the heaven and the earth. And God said,", ""),
+    "tiny-seq2seq": ("", "Tuesday, 3rd March 1987"),
+}
+
+
 def default_prompts(info: ModelInfo) -> tuple[str, str]:
-    """(prompt, source) a model of this family starts with."""
+    """(prompt, source) a model starts with: its own example if it is a bundled one, else its family's."""
+    if info.name in BUNDLED_EXAMPLES:
+        return BUNDLED_EXAMPLES[info.name]
     if info.family == "encoder":
         mask = info.mask_token or "[MASK]"
         return f"In the beginning God created the {mask} and the earth.", ""
