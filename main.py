@@ -17,16 +17,19 @@ log = logging.getLogger("attention_inspector")
 DEFAULT_MODEL = "tiny-gpt"
 
 
-def _common(p: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
-    p.add_argument("--model", default=default_model,
+def _common(p: argparse.ArgumentParser, sub: bool = False) -> None:
+    """The options every command takes. On a subcommand they default to SUPPRESS, so an option given
+    before the subcommand's name is not overwritten by the subcommand's default."""
+    d = (lambda value: argparse.SUPPRESS) if sub else (lambda value: value)
+    p.add_argument("--model", default=d(DEFAULT_MODEL),
                    help="bundled model name (tiny-gpt, tiny-bert, tiny-seq2seq), checkpoint folder, or HF cache id "
-                        "(default: %(default)s)")
-    p.add_argument("--prompt", default=None, help="prompt text (decoder prefix for encoder-decoder models)")
-    p.add_argument("--source", default=None, help="source text for the encoder of an encoder-decoder model")
-    p.add_argument("--steps", type=int, default=0, help="generation steps to take after the prompt (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pytorch_model.bin (weights_only) checkpoints")
+                        f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--prompt", default=d(None), help="prompt text (decoder prefix for encoder-decoder models)")
+    p.add_argument("--source", default=d(None), help="source text for the encoder of an encoder-decoder model")
+    p.add_argument("--steps", type=int, default=d(0), help="generation steps to take after the prompt (default: 0)")
+    p.add_argument("--device", default=d(None), help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    p.add_argument("--dtype", default=d(None), choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)")
+    p.add_argument("--allow-pickle", action="store_true", default=d(False), help="allow pytorch_model.bin (weights_only) checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     exp = sub.add_parser("export", help="run headless and write tokens, every attention pattern and the logits to .npz")
-    _common(exp)
+    _common(exp, sub=True)
     exp.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     heads = sub.add_parser("heads", help="print head statistics (entropy, previous-token, induction, sink)")
-    _common(heads)
+    _common(heads, sub=True)
     heads.add_argument("--json", action="store_true", help="print a JSON list of objects")
     return parser
 
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return cmd_export(args) if args.command == "export" else cmd_heads(args)
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
     from gui.app import run_app

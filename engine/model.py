@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name
 
 log = logging.getLogger(__name__)
 
-PATTERN_BUDGET = 64 * 1024 * 1024  # bytes of float32 patterns for a full context before "auto" stores float16
+PATTERN_BUDGET = 128 * 1024 * 1024  # bytes of float32 patterns for a full context before "auto" stores float16
 ROW_CHUNK = 32  # causal prefill patterns are stored in row chunks trimmed to their keys (no upper triangle)
 
 
@@ -55,13 +56,22 @@ class Model:
 
     @property
     def pattern_dtype(self) -> type:
-        """dtype of stored patterns. "auto": exact float32 while a full context's patterns would fit in
-        PATTERN_BUDGET bytes, float16 beyond (halves memory; error below 5e-4 of each weight)."""
+        """dtype of stored patterns. "auto": exact float32 while one full context's patterns (every layer
+        and head, causal ones stored as triangles) fit in PATTERN_BUDGET bytes, float16 beyond (half the
+        memory; each weight within 5e-4 of its value)."""
         if self.capture_dtype == "auto":
-            c = self.config
-            heads = (c.n_encoder_layers + 2 * c.n_decoder_layers) * c.n_heads
-            return np.float16 if heads * c.max_positions**2 * 2 > PATTERN_BUDGET else np.float32
-        return {"float32": np.float32, "float16": np.float16}[np.dtype(self.capture_dtype).name]
+            c, n = self.config, self.config.max_positions
+            per_head = n * n * (c.n_encoder_layers + c.n_decoder_layers / 2)  # causal self: a triangle
+            if c.family == "encoder-decoder":
+                per_head += n * n * c.n_decoder_layers  # cross
+            return np.float16 if per_head * c.n_heads * 4 > PATTERN_BUDGET else np.float32
+        try:
+            dtype = np.dtype(self.capture_dtype)
+        except TypeError as exc:
+            raise ValueError(f"capture_dtype must be 'auto', 'float32' or 'float16', not {self.capture_dtype!r}") from exc
+        if dtype not in (np.float32, np.float16):
+            raise ValueError(f"capture_dtype must be 'auto', 'float32' or 'float16', not {self.capture_dtype!r}")
+        return dtype.type
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -149,10 +159,12 @@ class Model:
 
     # -- ids ----------------------------------------------------------------------------------
     def check_ids(self, ids: Sequence[int], what: str = "prompt") -> list[int]:
+        if isinstance(ids, (bytes, bytearray)) or not isinstance(ids, Sequence):
+            raise PromptError(f"the {what} must be text or a list of whole-number token ids, not {type(ids).__name__}")
         try:
-            ids = [int(i) for i in ids]
-        except (TypeError, ValueError) as exc:
-            raise PromptError(f"the {what} must be text or a list of whole-number token ids") from exc
+            ids = [operator.index(i) for i in ids]
+        except TypeError as exc:
+            raise PromptError(f"the {what} must be text or a list of whole-number token ids ({exc})") from exc
         bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
         if bad:
             raise PromptError(f"token id {bad[0]} in the {what} is outside this model's vocabulary (0..{self.config.vocab_size - 1})")
@@ -166,7 +178,7 @@ class Model:
                 raise PromptError(f"the {what} is empty; type some text")
             ids = self.tokenizer.encode(text_or_ids, special_tokens=True)
         else:
-            ids = list(text_or_ids)
+            ids = self.check_ids(text_or_ids, what)
         if not ids:
             raise PromptError(f"the {what} is empty; give at least one token")
         return self.check_ids(ids, what)
@@ -178,11 +190,13 @@ class Model:
         if text_or_ids is None or isinstance(text_or_ids, str):
             text = text_or_ids or ""
             if cfg.family == "encoder-decoder":
+                if cfg.decoder_start_token_id is None:
+                    raise PromptError("config.json names no decoder_start_token_id; pass the decoder prompt as token ids")
                 ids = [cfg.decoder_start_token_id] + (self.tokenizer.encode(text, special_tokens=False) if text.strip() else [])
             else:
                 ids = self.tokenizer.encode(text, special_tokens=True) if text.strip() else []
         else:
-            ids = list(text_or_ids)
+            ids = self.check_ids(text_or_ids, "prompt")
         if not ids:
             if cfg.bos_token_id is None:
                 raise PromptError("the prompt is empty and this model has no beginning-of-text token; type a prompt")
@@ -236,7 +250,7 @@ class Model:
             x = torch.tensor([ids], device=self.device)
             h = self.net.encode(x, capture=rec)
             logits = self.net.mlm_logits(h) if self.family == "encoder" else None
-            return Forward(self._blocks(rec, 0), logits[0].cpu().numpy() if logits is not None else None, h)
+            return Forward(self._blocks(rec, 0), _frozen(logits[0].cpu().numpy()) if logits is not None else None, h)
 
     def decode(self, ids: list[int], cache: KVCache, memory: torch.Tensor | None = None, capture: bool = True) -> Forward:
         """Feed `ids` after the cache's tokens. The last position's logits are computed now (the next
@@ -246,7 +260,7 @@ class Model:
         with self._guard(cache):
             x = torch.tensor([ids], device=self.device)
             h = self.net.decode(x, start, cache, memory, capture=rec)
-            last = self.net.logits(h[:, -1:])[0, 0].cpu().numpy()
+            last = _frozen(self.net.logits(h[:, -1:])[0, 0].cpu().numpy())
             lazy = None
             if len(ids) > 1:
                 lazy = LazyLogits(h[0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
@@ -278,7 +292,7 @@ class Model:
 
     def make_trace(self, **kw) -> Trace:
         return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,
-                     gates=self.gates(), no_logits_reason=self.no_logits_reason, **kw)
+                     no_logits_reason=self.no_logits_reason, **kw)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ Pure numpy, so the GUI can re-colour a distribution after a settings change with
 
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +24,24 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if not isinstance(t, (int, float)) or t != t or t < 0 or (t == 0 and not self.greedy):
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or t != t or t < 0 or (t == 0 and not self.greedy):
             raise SamplingError(
-                f"temperature must be > 0 for sampling (got {t}); use greedy decoding for a deterministic choice"
+                f"temperature must be a number > 0 for sampling (got {t!r}); use greedy decoding for a deterministic choice"
             )
-        if self.top_k is not None and (int(self.top_k) != self.top_k or self.top_k < 1):
-            raise SamplingError(f"top-k must be a whole number >= 1 or None (got {self.top_k})")
-        if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
-            raise SamplingError(f"top-p must be in (0, 1] or None (got {self.top_p})")
+        if self.top_k is not None:
+            ok = isinstance(self.top_k, numbers.Real) and not isinstance(self.top_k, bool) and float(self.top_k).is_integer()
+            k = int(self.top_k) if ok else 0
+            if k < 1:
+                raise SamplingError(f"top-k must be a whole number >= 1, or None for no limit (got {self.top_k!r})")
+            object.__setattr__(self, "top_k", k)
+        if self.top_p is not None and (not isinstance(self.top_p, numbers.Real) or not 0.0 < self.top_p <= 1.0):
+            raise SamplingError(f"top-p must be a number in (0, 1], or None for no limit (got {self.top_p!r})")
+        try:
+            seed = operator.index(self.seed)
+        except TypeError:
+            seed = -1
+        if seed < 0:
+            raise SamplingError(f"the seed must be a whole number >= 0 (got {self.seed!r})")
 
 
 def distribution(
@@ -41,7 +53,8 @@ def distribution(
         probs = np.zeros_like(x)
         probs[int(np.argmax(x))] = 1.0
         return probs.astype(np.float32)
-    x = x / temperature
+    with np.errstate(over="ignore"):  # shift first, so a tiny temperature sends the rest to -inf, not NaN
+        x = (x - x.max()) / temperature
     keep = np.ones(x.shape, dtype=bool)
     if top_k is not None and top_k < x.size:
         kth = np.partition(x, -top_k)[-top_k]

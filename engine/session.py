@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class Session:
         self._trace: Trace | None = None
         # every step / back / mask in order (branches included), enough to rebuild the session exactly
         self.history: list[tuple] = []
+        self._gates = model.gates()  # head gates in force for every recorded forward
         family = model.family
         if family == "encoder-decoder":
             if source is None:
@@ -144,13 +146,24 @@ class Session:
         if self.family == "encoder":
             if self._enc_logits is None:
                 raise SessionError(self.model.no_logits_reason or "no predictions")
-            pos = self._next_mask() if position is None else position
+            pos = self._next_mask() if position is None else self._check_position(position)
             if pos is None:
                 raise SessionError(self._why_finished())
             return self._enc_logits[pos]
         if position is None:
             return self._logit_rows[-1][-1]
-        return self.trace.logits_at(position)
+        return self.trace.logits_at(self._check_position(position))
+
+    def _check_position(self, position: int) -> int:
+        if not isinstance(position, (int, np.integer)) or not 0 <= position < len(self._ids):
+            raise SessionError(f"position {position} is outside 0..{len(self._ids) - 1}")
+        return int(position)
+
+    def _sync_gates(self) -> None:
+        """Head gates changed on the model since the last forward: recompute, so patterns, logits and
+        the recorded gates agree."""
+        if self.model.gates() != self._gates:
+            self.recompute()
 
     def _add(self, fwd: Forward) -> None:
         for name, blocks in fwd.blocks.items():
@@ -162,6 +175,7 @@ class Session:
     # -- stepping -----------------------------------------------------------------------------
     def step(self, token_id: int | None = None) -> Step:
         """Choose the next token (greedy or sampled), or force `token_id`, and feed it to the model."""
+        self._sync_gates()
         if self.finished:
             raise SessionError(f"cannot step: {self._why_finished()}")
         position = self._next_mask() if self.family == "encoder" else len(self._ids)
@@ -219,11 +233,18 @@ class Session:
         """Undo the last step. Decoders truncate the KV cache; nothing before it is recomputed."""
         if not self._steps:
             raise SessionError("nothing to undo: the session is back at its prompt")
-        last = self._steps.pop()
+        self._sync_gates()
         if self.family == "encoder":
+            last = self._steps[-1]
             self._ids[last.position] = last.replaced_id
-            self._refresh_encoder()
+            try:
+                self._refresh_encoder()
+            except BaseException:
+                self._ids[last.position] = last.token_id
+                raise
+            self._steps.pop()
         else:
+            last = self._steps.pop()
             self._ids.pop()
             self._tokens.pop()
             self._cache.truncate(len(self._ids))
@@ -244,6 +265,7 @@ class Session:
         """Encoder-only: replace the token at `position` with the mask token (a step of its own)."""
         if self.family != "encoder":
             raise SessionError("masking applies to encoder-only (masked-LM) models; decoders step forward instead")
+        self._sync_gates()
         mask = self.model.config.mask_token_id
         if mask is None:
             raise SessionError("this model has no mask token")
@@ -258,8 +280,8 @@ class Session:
 
     def _check_token(self, token_id: int) -> int:
         try:
-            token_id = int(token_id)
-        except (TypeError, ValueError) as exc:
+            token_id = operator.index(token_id)
+        except TypeError as exc:
             raise SessionError(f"a token id must be a whole number, not {token_id!r}") from exc
         if not 0 <= token_id < self.model.config.vocab_size:
             raise SessionError(f"token id {token_id} is outside this model's vocabulary (0..{self.model.config.vocab_size - 1})")
@@ -285,6 +307,7 @@ class Session:
     # -- trace --------------------------------------------------------------------------------
     @property
     def trace(self) -> Trace:
+        self._sync_gates()
         if self._trace is None:
             self._trace = self._make_trace()
         return self._trace
@@ -296,12 +319,12 @@ class Session:
             return m.make_trace(token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special,
                                 n_prompt=len(self._ids), blocks=dict(self._enc_blocks),
                                 logit_rows=(self._enc_logits,) if self._enc_logits is not None else None,
-                                steps=tuple(self._steps))
+                                steps=tuple(self._steps), gates=self._gates)
         blocks = {**self._encoder_blocks, **{k: tuple(v) for k, v in self._blocks.items()}}
         src = self.source_ids
         return m.make_trace(
             token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special, n_prompt=self.n_prompt,
-            blocks=blocks, logit_rows=tuple(self._logit_rows), steps=tuple(self._steps),
+            blocks=blocks, logit_rows=tuple(self._logit_rows), steps=tuple(self._steps), gates=self._gates,
             source_ids=tuple(src) if src is not None else None,
             source_tokens=tuple(tok.token_strings(src)) if src is not None else None,
             source_special=tuple(tok.is_special(i) for i in src) if src is not None else None,

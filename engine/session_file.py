@@ -12,6 +12,7 @@ from .errors import EngineError
 from .export import atomic_write
 from .model import Model
 from .session import Session
+from .trace import parse_capture_name
 
 FORMAT = "attention-inspector-session"
 VERSION = 1
@@ -68,24 +69,44 @@ def model_reference(state: dict) -> str:
     return folder if folder and Path(folder).is_dir() else m["name"]
 
 
+def _parse_gates(state: dict) -> list[tuple[str, int, int, float]]:
+    """[(kind, layer, head, value)] from the file's gates, checked before anything touches the model."""
+    gates = state.get("gates", {})
+    if not isinstance(gates, dict):
+        raise TypeError("gates must be an object")
+    out = []
+    for name, values in gates.items():
+        kind, layer = parse_capture_name(name)
+        out += [(kind, layer, head, float(v)) for head, v in enumerate(values)]
+    return out
+
+
 def restore_session(state: dict, model: Model) -> Session:
-    """Rebuild the saved session on `model` (gates applied, history replayed)."""
+    """Rebuild the saved session on `model` (gates applied, history replayed). On failure the model's
+    gates are put back as they were."""
+    previous = model.gates()
     try:
+        gates = _parse_gates(state)
+        history = [tuple(e) for e in state["history"]]
+        if not all(e and isinstance(e[0], str) for e in history):
+            raise ValueError("history entries must start with an event name")
         model.clear_gates()
-        for name, gates in state.get("gates", {}).items():
-            stack, layer, what = name.split(".")
-            kind = "encoder" if stack == "encoder" else ("cross" if what == "cross_attn" else "self")
-            for head, value in enumerate(gates):
-                model.set_head_gate(kind, int(layer), head, float(value))
+        for kind, layer, head, value in gates:
+            model.set_head_gate(kind, layer, head, value)
         s = state["settings"]
         session = Session(model, state["prompt_ids"], source=state.get("source_ids"), temperature=s["temperature"],
                           top_k=s["top_k"], top_p=s["top_p"], greedy=s["greedy"], seed=s["seed"])
-        session.replay([tuple(e) for e in state["history"]])
-    except EngineError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SessionFileError(f"the session file is inconsistent with this model or damaged: {exc}") from exc
-    return session
+        session.replay(history)
+        return session
+    except BaseException as exc:
+        model.clear_gates()
+        for name, values in previous.items():
+            kind, layer = parse_capture_name(name)
+            for head, value in enumerate(values):
+                model.set_head_gate(kind, layer, head, value)
+        if isinstance(exc, EngineError) or not isinstance(exc, Exception):
+            raise
+        raise SessionFileError(f"the session file is inconsistent with this model or damaged: {exc!r}") from exc
 
 
 def load_session(path: str | os.PathLike, loader: Callable[[str], Model] | None = None) -> tuple[Session, dict]:

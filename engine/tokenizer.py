@@ -105,7 +105,7 @@ class Tokenizer:
         return [self.display(i) for i in ids]
 
     def display(self, i: int) -> str:
-        raw = self._tok.id_to_token(int(i))
+        raw = self._tok.id_to_token(int(i)) if 0 <= int(i) < 2**32 else None
         if raw is None:
             return f"<{i}>"
         if int(i) in self.special_ids:

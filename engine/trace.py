@@ -17,6 +17,16 @@ def capture_name(kind: str, layer: int) -> str:
     return {"encoder": f"encoder.{layer}.attn", "self": f"decoder.{layer}.attn", "cross": f"decoder.{layer}.cross_attn"}[kind]
 
 
+def parse_capture_name(name: str) -> tuple[str, int]:
+    """The inverse of capture_name: "decoder.3.cross_attn" -> ("cross", 3)."""
+    try:
+        stack, layer, what = name.split(".")
+        kind = {("encoder", "attn"): "encoder", ("decoder", "attn"): "self", ("decoder", "cross_attn"): "cross"}[(stack, what)]
+        return kind, int(layer)
+    except (ValueError, KeyError) as exc:
+        raise CaptureError(f"{name!r} is not a capture name (encoder.i.attn, decoder.i.attn, decoder.i.cross_attn)") from exc
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """How one token after the prompt was chosen."""
@@ -99,7 +109,10 @@ class Trace:
         n = self.n_layers[kind]
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
             raise CaptureError(f"layer {layer} does not exist for {kind!r} attention; layers are 0..{n - 1}")
-        return capture_name(kind, int(layer))
+        name = capture_name(kind, int(layer))
+        if name not in self.blocks:
+            raise CaptureError("attention patterns were not recorded for this trace (the session ran with capture=False)")
+        return name
 
     def attention(self, kind: str, layer: int) -> np.ndarray:
         """Pattern (post-softmax) as float32 [heads, queries, keys]; causal entries above the diagonal are 0."""
@@ -134,10 +147,12 @@ class Trace:
     def logits_at(self, position: int) -> np.ndarray | None:
         if self.logit_rows is None:
             return None
+        if not isinstance(position, (int, np.integer)) or not 0 <= position < len(self):
+            raise CaptureError(f"position {position} is outside 0..{len(self) - 1}")
         start = 0
         for block in self.logit_rows:
             if position < start + block.shape[0]:
-                return np.asarray(_rows(block, position - start, position - start + 1)[0], dtype=np.float32)
+                return np.array(_rows(block, position - start, position - start + 1)[0], dtype=np.float32)  # a copy
             start += block.shape[0]
         raise CaptureError(f"position {position} is outside 0..{len(self) - 1}")
 

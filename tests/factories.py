@@ -142,6 +142,7 @@ ARCHITECTURES = {
     "bert": bert,
     "bert-no-head": lambda f: bert(f, head=False),
     "roberta": roberta,
+    "roberta-gelu-new": lambda f: roberta(f, hidden_act="gelu_new"),  # its masked-LM head still uses gelu
     "t5-v1.0": t5,
     "t5-v1.1": lambda f: t5(f, v11=True),
     "bart": bart,

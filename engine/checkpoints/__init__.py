@@ -69,16 +69,17 @@ def load_model(source, device=None, dtype=None, allow_pickle: bool = False) -> M
     weights = WeightFiles(folder, allow_pickle=allow_pickle)
     try:
         cfg = conv.config(hf, set(weights.shapes))
+        with torch.device("meta"):
+            net = Transformer(cfg)
     except KeyError as exc:
         raise CheckpointError(f"{folder / 'config.json'} lacks the field {exc} that a {hf['model_type']} config needs") from exc
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / 'config.json'} has invalid values: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'} has invalid values ({exc}); repair it or re-download it") from exc
     cfg = _special_ids(cfg, tokenizer)
+    net.cfg = cfg
     if tokenizer.max_id >= cfg.vocab_size:
         raise TokenizerError(f"the tokenizer in {folder} knows ids up to {tokenizer.max_id} but the model's vocabulary "
                              f"has {cfg.vocab_size} rows; the tokenizer belongs to another model")
-    with torch.device("meta"):
-        net = Transformer(cfg)
     expected = {k: list(v.shape) for k, v in net.state_dict().items()}
     resolved = plan(conv, cfg, expected, weights.shapes)
     state = build_state_dict(resolved, weights.load())

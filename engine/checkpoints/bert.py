@@ -21,7 +21,9 @@ def _config(hf: dict, keys: set[str], model_type: str, head_prefix: str) -> Mode
         max_positions=table - offset, position_scheme="learned", position_offset=offset, position_table_size=table,
         token_types=hf.get("type_vocab_size", 2), embed_norm=True, norm="layernorm", norm_placement="post",
         norm_eps=hf.get("layer_norm_eps", 1e-12), final_norm=False, activation=activation_of(hf.get("hidden_act", "gelu")),
-        mlm_head=any(k.startswith(head_prefix) for k in keys), mlm_activation=activation_of(hf.get("hidden_act", "gelu")),
+        mlm_head=any(k.startswith(head_prefix) for k in keys),
+        # BERT's prediction head uses hidden_act; RoBERTa's is hard-wired to gelu
+        mlm_activation="gelu" if roberta else activation_of(hf.get("hidden_act", "gelu")),
         pad_token_id=hf.get("pad_token_id"), bos_token_id=hf.get("bos_token_id") if roberta else None,
         eos_token_id=hf.get("eos_token_id") if roberta else None,
     )

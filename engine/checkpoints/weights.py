@@ -64,12 +64,13 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+            dtype, shape, (start, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+            start, end = int(start), int(end)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from exc
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry; the file is corrupt") from exc
         numel = 1
         for s in shape:
-            numel *= int(s)
+            numel *= s
         if end > data_size or start > end or end - start != numel * DTYPE_BYTES.get(dtype, 0):
             raise CheckpointError(f"{path} is truncated or corrupt: tensor {name!r} claims bytes {start}..{end} "
                                   f"but the data section holds {data_size}; download or save the weights again")
@@ -114,6 +115,8 @@ class WeightFiles:
     def _shards(self, index: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to file names")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{index} is not a valid shard index (it needs a 'weight_map'); save the model again") from exc
         names = sorted(set(weight_map.values()))
@@ -129,8 +132,8 @@ class WeightFiles:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
             raise CheckpointError(f"cannot read {path} as weights-only torch pickle: {exc}") from exc
-        if not isinstance(sd, dict):
-            raise CheckpointError(f"{path} does not hold a state dict")
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path} does not hold a plain state dict (name -> tensor); save the model's state_dict()")
         return sd
 
     def load(self) -> dict[str, torch.Tensor]:

@@ -313,3 +313,48 @@ def test_out_of_memory_is_a_clear_error_and_loses_nothing(gpt, monkeypatch):
     full = gpt.run(s.ids)
     np.testing.assert_allclose(s.trace.logits, full.logits, atol=1e-5)
     assert step.position == len(s.ids) - 1
+
+
+def test_recorded_data_is_read_only_and_positions_are_checked(gpt):
+    s = _session(gpt)
+    step = s.step()
+    with pytest.raises(ValueError):
+        step.logits[0] = 1e9
+    row = s.trace.logits_at(2)
+    row[0] = 1e9  # a copy: the trace is unchanged
+    assert s.trace.logits_at(2)[0] != 1e9
+    with pytest.raises(CaptureError, match="outside"):
+        s.trace.logits_at(-1)
+    with pytest.raises(SessionError, match="outside"):
+        s.distribution(-1)
+
+
+def test_trace_without_capture_says_so(gpt):
+    tr = Session(gpt, "In the", capture=False).trace
+    with pytest.raises(CaptureError, match="capture=False"):
+        tr.attention("self", 0)
+    assert tr.logits.shape[0] == len(tr)
+
+
+def test_gates_changed_mid_session_are_applied_before_the_next_trace(gpt):
+    s = _session(gpt)
+    s.step()
+    plain = s.trace
+    gpt.set_head_gate("self", 0, 1, 0.0)
+    try:
+        gated = s.trace  # recomputed with the gate, and says so
+        assert gated.gates == {"decoder.0.attn": (1.0, 0.0, 1.0, 1.0)} and plain.gates == {}
+        assert not np.allclose(gated.attention("self", 1), plain.attention("self", 1))
+    finally:
+        gpt.clear_gates()
+
+
+@pytest.mark.parametrize("prompt", [5, b"hi", [5.5], [1, "a"]])
+def test_prompts_that_are_not_text_or_whole_ids(gpt, prompt):
+    with pytest.raises(PromptError, match="whole-number"):
+        Session(gpt, prompt)
+
+
+def test_forced_token_must_be_a_whole_number(gpt):
+    with pytest.raises(SessionError, match="whole number"):
+        _session(gpt).step(token_id=3.7)

@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 ATTN_TOL, LOGIT_TOL, N_GREEDY = 1e-5, 1e-4, 32
 REFERENCE = {
     "gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM", "bert-no-head": "BertModel", "roberta": "RobertaForMaskedLM",
+    "roberta-gelu-new": "RobertaForMaskedLM",
     "t5-v1.0": "T5ForConditionalGeneration", "t5-v1.1": "T5ForConditionalGeneration",
     "bart": "BartForConditionalGeneration", "marian": "MarianMTModel", "transformer": "MarianMTModel",
 }
