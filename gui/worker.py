@@ -243,6 +243,7 @@ class EngineClient(QObject):
         super().__init__(parent)
         self._next_id = 0
         self._latest_trace_id = 0  # results of older trace requests are stale
+        self._latest_load_id = 0  # only a newer load makes a load stale (a session typed meanwhile does not)
         self._pending: dict[int, str] = {}
         self.forward_requests = 0  # requests that run the model; tests check a re-draw adds none
         self.running = False
@@ -265,6 +266,8 @@ class EngineClient(QObject):
     def _issue(self, op: str) -> int:
         self._next_id += 1
         rid = self._next_id
+        if op == "load":
+            self._latest_load_id = rid
         if op in TRACE_OPS:
             self._latest_trace_id = rid
             self.forward_requests += 1
@@ -340,6 +343,8 @@ class EngineClient(QObject):
         return op
 
     def _stale(self, rid: int, op: str) -> bool:
+        if op == "load":
+            return rid < self._latest_load_id
         return op in TRACE_OPS and rid < self._latest_trace_id
 
     @Slot(int, str, object)

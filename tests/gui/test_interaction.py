@@ -273,3 +273,13 @@ def test_a_run_that_fails_keeps_its_steps_and_says_why(qtbot, window, checkpoint
     wait_idle(qtbot, win)
     assert "device lost" in win.last_error
     assert len(win.state.trace) == n + 2
+
+
+def test_typing_while_a_model_loads_does_not_lose_the_model(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    win.open_model(str(checkpoints["encoder"]))
+    win.prompt_panel.request_session()  # e.g. the prompt's debounce fires during the load
+    wait_idle(qtbot, win)
+    assert win.state.model.family == "encoder"
+    assert win.state.trace is not None and win.state.trace.family == "encoder"
