@@ -210,23 +210,26 @@ class TokenStrip(QWidget):
         self._on_model(None)
 
     # -- actions ---------------------------------------------------------------------------------------
+    def _ready(self) -> bool:
+        return self.state.trace is not None and not self.client.loading
+
     def step(self) -> None:
-        if self.state.trace is not None:
+        if self._ready():
             self.client.step()
 
     def back(self) -> None:
-        if self.state.trace is not None:
+        if self._ready():
             self.client.back()
 
     def run_or_stop(self) -> None:
         if self.client.running:
             self.client.stop()
-        elif self.state.trace is not None:
+        elif self._ready():
             self.client.run(self.run_spin.value())
         self._sync_buttons()
 
     def mask_selected(self) -> None:
-        if self.state.trace is not None and self.state.trace.family == "encoder":
+        if self._ready() and self.state.trace.family == "encoder":
             self.client.mask(self.state.query)
 
     def _select_main(self, i: int) -> None:

@@ -282,6 +282,11 @@ class EngineClient(QObject):
     def busy(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def loading(self) -> bool:
+        """A model is being opened: stepping now would act on a session that is about to go."""
+        return "load" in self._pending.values()
+
     def load(self, source: str, device: str | None = None, dtype: str | None = None) -> int:
         rid = self._issue("load")
         self._load.emit(rid, source, device, dtype)
