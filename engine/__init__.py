@@ -23,13 +23,13 @@ from .errors import (
 from .model import Model
 from .sampling import SamplingSettings, distribution
 from .session import Session, Step
-from .trace import KINDS, StepInfo, Trace, capture_name
+from .trace import KINDS, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
 
 __all__ = [
     "KINDS", "CaptureError", "CheckpointError", "DeviceError", "EngineError", "Model", "ModelConfig",
-    "OutOfMemoryError", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError", "Step",
-    "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
-    "load_model",
+    "OutOfMemoryError", "PatternBlock", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError",
+    "Step", "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
+    "load_model", "parse_capture_name",
 ]
 
 

@@ -124,6 +124,23 @@ class Trace:
             out[:, b.q_start : b.q_start + b.rows.shape[1], : b.rows.shape[2]] = b.rows
         return out
 
+    def attention_head(self, kind: str, layer: int, head: int) -> np.ndarray:
+        """One head's pattern, float32 [queries, keys], without assembling the other heads."""
+        blocks = self.blocks[self._check(kind, layer)]
+        if not 0 <= head < self.n_heads:
+            raise CaptureError(f"head {head} does not exist; heads are 0..{self.n_heads - 1}")
+        n_q = sum(b.rows.shape[1] for b in blocks)
+        n_k = max(b.rows.shape[2] for b in blocks)
+        out = np.zeros((n_q, n_k), dtype=np.float32)
+        for b in blocks:
+            out[b.q_start : b.q_start + b.rows.shape[1], : b.rows.shape[2]] = b.rows[head]
+        return out
+
+    def pattern_blocks(self, kind: str, layer: int) -> tuple[PatternBlock, ...]:
+        """The stored row blocks of one capture point, in query order (shared with earlier traces of the
+        same session, so a view can update incrementally by identity)."""
+        return self.blocks[self._check(kind, layer)]
+
     def attention_row(self, kind: str, layer: int, query: int) -> np.ndarray:
         """One query's attention over keys, float32 [heads, keys], without assembling the whole pattern."""
         for b in self.blocks[self._check(kind, layer)]:

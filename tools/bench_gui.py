@@ -1,0 +1,116 @@
+"""GUI timings for tools/bench.py: panel updates after one step, and event-loop stalls during a run.
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python tools/bench_gui.py
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+log = logging.getLogger("bench.gui")
+
+
+def _window():
+    from PySide6.QtCore import QSettings
+
+    from gui.app import make_app
+    from gui.main_window import MainWindow
+
+    app = make_app()
+    settings = QSettings(str(Path(tempfile.mkdtemp()) / "bench.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    window.resize(1400, 900)
+    window.show()
+    app.processEvents()
+    return app, window
+
+
+def update_times(app, window, model, n: int, rounds: int) -> list[float]:
+    """ms to take one new trace into the window and repaint the head grid and the attention view."""
+    from engine import Session
+    from gui.worker import _model_info
+
+    window.state.set_model(_model_info(model))
+    s = Session(model, np.random.default_rng(n).integers(0, model.config.vocab_size - 1, n - rounds - 1).tolist())
+    window.state.set_trace(s.trace)
+    app.processEvents()
+    times = []
+    for _ in range(rounds):
+        s.step()
+        trace = s.trace  # the engine's work, not timed here
+        t0 = time.perf_counter()
+        window.state.set_trace(trace)
+        window.head_grid.grab()  # paints the widget now
+        window.attention_view.grab()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def longest_stall(app, window, folder: Path, n_prompt: int, steps: int) -> float:
+    """Run `steps` generation steps through the worker thread and record the longest gap between
+    event-loop turns (a 1 ms timer) on the GUI thread, in ms."""
+    from PySide6.QtCore import QElapsedTimer, QTimer
+
+    done = {"loading": True}
+    window.client.model_loaded.connect(lambda _info: done.update(loading=False))
+    prompt = " ".join(f"t{i}" for i in np.random.default_rng(0).integers(0, 50000, n_prompt))
+    window.open_model(str(folder), device="cpu", prompt=prompt, steps=0)
+    deadline = time.time() + 300
+    while (done["loading"] or window.state.trace is None) and time.time() < deadline:
+        app.processEvents()
+        time.sleep(0.005)
+    clock, gaps, last = QElapsedTimer(), [], [0]
+    clock.start()
+
+    def tick() -> None:
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(1)
+    start_len = len(window.state.trace)
+    window.client.run(steps)
+    deadline = time.time() + 600
+    while len(window.state.trace) < start_len + steps and time.time() < deadline:
+        app.processEvents()
+    timer.stop()
+    return float(max(gaps[1:] or [0]))
+
+
+def gui_timings(lengths=(512, 1024), rounds: int = 12, steps: int = 100) -> dict:
+    from engine import load_model
+    from tools.bench import gpt2_small_folder
+
+    folder = gpt2_small_folder()
+    model = load_model(folder, device="cpu")
+    app, window = _window()
+    out = {}
+    for n in lengths:
+        t = update_times(app, window, model, n, rounds)
+        out[f"update_ms_median@{n}"] = statistics.median(t)
+        out[f"update_ms_max@{n}"] = max(t)
+        log.info("gui update @%d: median %.1f ms, max %.1f ms", n, statistics.median(t), max(t))
+    out[f"longest_stall_ms_{steps}_steps"] = longest_stall(app, window, folder, 256, steps)
+    log.info("longest stall over %d steps: %.1f ms", steps, out[f"longest_stall_ms_{steps}_steps"])
+    window.client.shutdown()
+    window.close()
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for k, v in gui_timings().items():
+        sys.stdout.write(f"{k:32s} {v:8.1f}\n")
