@@ -46,6 +46,7 @@ class LogitsPanel(QWidget):
                                 "earlier, the generation branches onto it")
 
         self.axis = TokenAxis("left")
+        self.axis.setStyle(tickLength=0)  # token names suffice; tick marks would read as minus signs
         self.plot = pg.PlotWidget(axisItems={"left": self.axis})
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
