@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QSignalBlocker, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -47,6 +47,17 @@ def default_prompts(info: ModelInfo) -> tuple[str, str]:
     if info.family == "encoder-decoder":
         return "", DEFAULT_TEXT
     return "In the beginning God created the", ""
+
+
+class KeepReturnKey(QObject):
+    """Return in an input field belongs to the field (open the model, confirm a value), not to the
+    window-wide Run shortcut: claim it during the ShortcutOverride phase."""
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.ShortcutOverride and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            event.accept()
+            return True
+        return False
 
 
 class PromptPanel(QWidget):
@@ -157,6 +168,10 @@ class PromptPanel(QWidget):
             w.valueChanged.connect(lambda _v: self._sampling_changed())
         self.mode_box.currentIndexChanged.connect(lambda _i: self._sampling_changed())
         state.model_changed.connect(self._on_model)
+        self._keep_return = KeepReturnKey(self)
+        for w in (self.model_box.lineEdit(), self.temperature_spin, self.top_k_spin, self.top_p_spin, self.seed_spin,
+                  self.prompt_edit, self.source_edit):
+            w.installEventFilter(self._keep_return)
         self._show_source(False)
 
     # -- public --------------------------------------------------------------------------------------

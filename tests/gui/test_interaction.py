@@ -283,3 +283,17 @@ def test_typing_while_a_model_loads_does_not_lose_the_model(qtbot, window, check
     wait_idle(qtbot, win)
     assert win.state.model.family == "encoder"
     assert win.state.trace is not None and win.state.trace.family == "encoder"
+
+
+def test_return_in_the_model_box_opens_the_model(qtbot, window, checkpoints):
+    edit = window.prompt_panel.model_box.lineEdit()
+    edit.setText(str(checkpoints["decoder"]))
+    edit.setFocus()
+    with qtbot.waitSignal(window.prompt_panel.open_requested, timeout=5_000):
+        qtbot.keyClick(edit, Qt.Key.Key_Return)
+    wait_idle(qtbot, window)
+    assert window.state.model is not None and window.state.model.family == "decoder"
+    n = len(window.state.trace)
+    window.prompt_panel.prompt_edit.setFocus()  # Return in the prompt is a new line, not a run
+    qtbot.keyClick(window.prompt_panel.prompt_edit, Qt.Key.Key_Return)
+    assert not window.client.running and len(window.state.trace) == n
