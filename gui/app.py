@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -64,8 +65,11 @@ def run_app(args: argparse.Namespace) -> int:
     """Open the window, prefilled from the command line; with --screenshot, render, save and exit."""
     from .main_window import MainWindow
 
-    app = make_app()
     screenshot = getattr(args, "screenshot", None)
+    headless_linux = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if screenshot and headless_linux and "QT_QPA_PLATFORM" not in os.environ:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
+    app = make_app()
     settings = None
     if screenshot:  # a screenshot uses the default layout, and leaves the person's settings alone
         settings = QSettings(str(Path(tempfile.mkdtemp()) / "screenshot.ini"), QSettings.Format.IniFormat)
