@@ -1,0 +1,139 @@
+"""The worker thread: Stop, stale results, and every error shown in the window while the app keeps working."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+
+from engine import Session
+from tests.gui.conftest import open_model, wait_idle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_stop_interrupts_long_run(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"])
+    n = len(win.state.trace)
+    strip = win.token_strip
+    strip.run_spin.setValue(100_000)
+    qtbot.mouseClick(strip.run_button, Qt.MouseButton.LeftButton)
+    assert strip.run_button.text() == "Stop"
+    qtbot.waitUntil(lambda: len(win.state.trace) > n + 2, timeout=30_000)  # progress arrives during the run
+    qtbot.mouseClick(strip.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not win.client.running, timeout=10_000)
+    wait_idle(qtbot, win)
+    stopped_at = len(win.state.trace)
+    assert n + 2 < stopped_at < 1024
+    assert strip.run_button.text() == "Run"
+    # still usable
+    qtbot.mouseClick(strip.step_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(win.state.trace) == stopped_at + 1, timeout=30_000)
+
+
+def test_stale_results_are_dropped(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    n = len(win.state.trace)
+    seen = []
+    win.client.trace_ready.connect(lambda trace, op: seen.append(len(trace)))
+    # both requests leave before any answer is handled, so the first answer is already stale
+    win.client.step()
+    win.client.step()
+    wait_idle(qtbot, win)
+    assert seen == [n + 2]
+    assert len(win.state.trace) == n + 2
+
+
+def test_typing_while_a_model_loads_does_not_lose_the_model(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    win.open_model(str(checkpoints["encoder"]))
+    win.prompt_panel.request_session()  # e.g. the prompt's debounce fires during the load
+    wait_idle(qtbot, win)
+    assert win.state.model.family == "encoder"
+    assert win.state.trace is not None and win.state.trace.family == "encoder"
+
+
+def test_broken_folder_shows_error_and_app_keeps_working(qtbot, window, checkpoints, tmp_path):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    win.open_model(str(broken))
+    qtbot.waitUntil(lambda: bool(win.errors), timeout=30_000)
+    wait_idle(qtbot, win)
+    assert "config.json" in win.last_error
+    assert win.banner.isVisibleTo(win) and "config.json" in win.banner.label.text()
+    # the old model is still open and steps
+    assert win.state.model.family == "decoder"
+    n = len(win.state.trace)
+    win.token_strip.step()
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+    # and another model opens fine
+    open_model(qtbot, win, checkpoints["encoder"])
+    assert not win.banner.isVisibleTo(win)
+
+
+def test_missing_model_name_is_a_message(qtbot, window):
+    window.open_model("no-such-bundled-model")
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=30_000)
+    assert "no-such-bundled-model" in window.last_error
+    assert window.banner.isVisibleTo(window)
+
+
+def test_unexpected_worker_error_is_shown(qtbot, window, checkpoints, monkeypatch):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+
+    def explode(self, token_id=None):  # noqa: ANN001
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(Session, "step", explode)
+    win.token_strip.step()
+    qtbot.waitUntil(lambda: bool(win.errors), timeout=30_000)
+    assert "RuntimeError" in win.last_error and "kaboom" in win.last_error
+    monkeypatch.undo()
+    n = len(win.state.trace)
+    win.token_strip.step()
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+
+
+def test_a_run_that_fails_keeps_its_steps_and_says_why(qtbot, window, checkpoints, monkeypatch):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    n = len(win.state.trace)
+    real_step = Session.step
+    calls = []
+
+    def flaky(self, token_id=None):  # noqa: ANN001
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real_step(self, token_id)
+
+    monkeypatch.setattr(Session, "step", flaky)
+    win.client.run(10)
+    qtbot.waitUntil(lambda: bool(win.errors), timeout=30_000)
+    wait_idle(qtbot, win)
+    assert "device lost" in win.last_error
+    assert len(win.state.trace) == n + 2
+
+
+def test_excepthook_shows_unexpected_errors(qtbot, window):
+    from gui.app import install_excepthook
+
+    saved = sys.excepthook
+    try:
+        relay = install_excepthook(window)
+        try:
+            raise ValueError("lost in a slot")
+        except ValueError as exc:
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+        qtbot.waitUntil(lambda: "lost in a slot" in window.last_error, timeout=5_000)
+        assert relay is not None
+    finally:
+        sys.excepthook = saved
