@@ -165,8 +165,10 @@ class AttentionView(QWidget):
         self._sync_controls()
         if trace is None or s.model is None or s.kind not in trace.kinds:
             return
-        weights = trace.attention(s.kind, s.layer)  # [heads, queries, keys]
-        pattern = weights.mean(axis=0) if s.mean_heads else weights[s.head]
+        if s.mean_heads:
+            pattern = trace.attention(s.kind, s.layer).mean(axis=0)  # [heads, queries, keys] -> [queries, keys]
+        else:
+            pattern = trace.attention_head(s.kind, s.layer, s.head)  # only the head on screen is assembled
         self.pattern = pattern
         img, levels = display.scaled(pattern, s.log_scale)
         n_q, n_k = pattern.shape

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
 from . import display
 from .attention_view import kind_name
 from .state import InspectorState
+from .thumbnails import ThumbnailPooler
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class HeadGrid(QWidget):
         self.shape = (0, 0)  # (layers, heads) on screen
         self.atlas: np.ndarray | None = None
         self._drawn_kind: str | None = None
+        self.pooler = ThumbnailPooler(size=2 * MAX_THUMB)
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
         self.plot = self.graphics.addPlot()
@@ -104,6 +106,7 @@ class HeadGrid(QWidget):
     def clear(self) -> None:
         """A new model: nothing of the old one may linger until its first trace arrives."""
         self.image.clear()
+        self.pooler.clear()
         self.atlas, self.shape, self._drawn_kind = None, (0, 0), None
         self.outline.setRect(QRectF())
         for side in ("left", "top"):
@@ -120,11 +123,13 @@ class HeadGrid(QWidget):
         atlas = np.full((n_layers * cell - GAP, n_heads * cell - GAP), GAP_INDEX, dtype=np.uint8)
         hidden = None
         for layer in range(n_layers):
-            weights = trace.attention(s.kind, layer)  # [heads, queries, keys]
+            # [heads, ≤64, ≤64] max-pooled, updated incrementally from the blocks a step adds
+            pooled = self.pooler.pooled(trace, s.kind, layer)
             if hidden is None and s.kind == "self":  # outside the causal mask: background, as in the large view
-                hidden = display.fit((~display.future_mask(*weights.shape[1:])).astype(np.float32), t) == 0
+                # a pooled bin above the diagonal holds only future keys (bins are square)
+                hidden = display.fit((~display.future_mask(*pooled.shape[1:])).astype(np.float32), t) == 0
             for head in range(n_heads):
-                values = np.round(display.normalised(display.fit(weights[head], t), s.log_scale) * (GAP_INDEX - 1))
+                values = np.round(display.normalised(display.fit(pooled[head], t), s.log_scale) * (GAP_INDEX - 1))
                 tile = values.astype(np.uint8)
                 if hidden is not None:
                     tile[hidden] = GAP_INDEX
