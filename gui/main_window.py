@@ -149,7 +149,8 @@ class MainWindow(QMainWindow):
         self._default_state = self.saveState()
         self._restore_settings()
         style.theme_plots(self)
-        QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _scheme: self._on_scheme_changed())
+        # a bound method (not a lambda), so the connection ends with the window
+        QGuiApplication.styleHints().colorSchemeChanged.connect(self._on_scheme_changed)
         self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
 
     # -- construction helpers ----------------------------------------------------------------------------
@@ -383,7 +384,7 @@ class MainWindow(QMainWindow):
         self.banner.show_message(message + hint)
         self.statusBar().showMessage(message.splitlines()[0] if message else "error", 10000)
 
-    def _on_scheme_changed(self) -> None:
+    def _on_scheme_changed(self, _scheme: object = None) -> None:
         """The system switched between light and dark: plots and chips pick up the new palette."""
         style.theme_plots(self)
         self.head_grid._on_display()
