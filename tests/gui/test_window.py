@@ -105,3 +105,21 @@ def test_screenshot_command_line(checkpoints, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_a_colour_scheme_change_rethemes_the_plots(qtbot, window, checkpoints):
+    from PySide6.QtWidgets import QApplication
+
+    from gui import style
+
+    open_model(qtbot, window, checkpoints["decoder"])
+    app = QApplication.instance()
+    saved = app.palette()
+    try:
+        app.setPalette(style.dark_palette())
+        qtbot.waitUntil(lambda: style.is_dark(window.palette()), timeout=5_000)  # palettes propagate by events
+        window._on_scheme_changed()
+        assert window.attention_view.graphics.backgroundBrush().color().lightness() < 128
+    finally:
+        app.setPalette(saved)
+        window._on_scheme_changed()
