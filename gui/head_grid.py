@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
-from PySide6.QtGui import QColor, QPen
-from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
+from PySide6.QtGui import QColor, QCursor, QPen
+from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QToolTip, QVBoxLayout, QWidget
 
 from . import display
 from .attention_view import kind_name
@@ -68,6 +68,7 @@ class HeadGrid(QWidget):
         self.setToolTip("Click a thumbnail to show that head. Linear scale: each thumbnail is scaled to its own "
                         "maximum; log scale: the same range as the large view.")
         self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
+        self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         # the thumbnail resolution follows the on-screen size (about one atlas pixel per screen pixel,
         # so the gaps between thumbnails neither vanish nor alias); re-fit after resizing settles
         self._resize_timer = QTimer(self)
@@ -183,6 +184,13 @@ class HeadGrid(QWidget):
         if 0 <= layer < self.shape[0] and 0 <= head < self.shape[1]:
             return layer, head
         return None
+
+    def _on_mouse_moved(self, scene_pos: QPointF) -> None:
+        cell = self.cell_at(scene_pos) if self.plot.sceneBoundingRect().contains(scene_pos) else None
+        if cell is None:
+            QToolTip.hideText()
+        else:
+            QToolTip.showText(QCursor.pos(), f"layer {cell[0]} · head {cell[1]} (click to show it)", self.graphics)
 
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
         cell = self.cell_at(event.scenePos())

@@ -153,8 +153,12 @@ class LogitsPanel(QWidget):
                              + (f", top-p={settings.top_p:g}" if settings.top_p else "")
                              + f" · top {n}: {shown:.1%}"
                              + ("" if chosen is None or chosen in set(order.tolist()) else
-                                f" · chosen “{vocab[chosen]}” not shown"))
+                                f" · chosen “{vocab[chosen]}”: p={probs[chosen]:.3g}, rank {self._rank(probs, chosen)}"))
         self.redraws += 1
+
+    @staticmethod
+    def _rank(probs: np.ndarray, token_id: int) -> int:
+        return int((probs > probs[token_id]).sum()) + 1
 
     def bar_at(self, scene_pos: QPointF) -> int | None:
         if self.candidate_ids.size == 0 or not self.plot.getPlotItem().sceneBoundingRect().contains(scene_pos):

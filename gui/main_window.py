@@ -203,6 +203,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("&Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addSeparator()
+        self._action(file_menu, "&Export trace (.npz)…", self._export_trace_dialog, "Ctrl+E")
         self._action(file_menu, "Save &screenshot…", self._save_screenshot_dialog)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -423,6 +424,25 @@ class MainWindow(QMainWindow):
                           "for every layer and head, the attention pattern and the next-token candidates.</p>"
                           "<p>Decoder-only (GPT-2), encoder-only (BERT) and encoder-decoder (T5, BART, Marian) "
                           "models, run by a small torch engine of its own.</p>")
+
+    def export_trace(self, path: str) -> None:
+        """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""
+        from engine.export import save_npz  # plain numpy I/O on the immutable Trace: safe on this thread
+
+        if self.state.trace is None:
+            self.show_error("nothing to export yet: open a model and type a prompt")
+            return
+        try:
+            written = save_npz(self.state.trace, path)
+        except OSError as exc:
+            self.show_error(f"could not write {path}: {exc}")
+            return
+        self.statusBar().showMessage(f"Wrote {written}", 5000)
+
+    def _export_trace_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export trace", "trace.npz", "NumPy archive (*.npz)")
+        if path:
+            self.export_trace(path)
 
     def _save_screenshot_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")

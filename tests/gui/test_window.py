@@ -123,3 +123,12 @@ def test_a_colour_scheme_change_rethemes_the_plots(qtbot, window, checkpoints):
     finally:
         app.setPalette(saved)
         window._on_scheme_changed()
+
+
+def test_export_trace_writes_the_npz(qtbot, window, checkpoints, tmp_path):
+    open_model(qtbot, window, checkpoints["decoder"])
+    out = tmp_path / "trace.npz"
+    window.export_trace(str(out))
+    with np.load(out) as data:
+        assert "decoder.0.attn" in data.files
+        assert data["decoder.0.attn"].shape[-1] == len(window.state.trace)
