@@ -8,7 +8,6 @@ has made stale. What comes back is immutable: a ModelInfo or an engine.Trace (pl
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -82,14 +81,16 @@ class EngineWorker(QObject):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cancel = threading.Event()
+        # runs with a request id up to this one stop; an int, not an Event, so a Stop that arrives
+        # before its run has started is not undone when the run begins (ints are set atomically)
+        self._cancel_upto = 0
         self.model = None
         self.session: Session | None = None
         self._request: SessionRequest | None = None
 
-    def cancel(self) -> None:
-        """Called from the GUI thread: a running loop stops after the step in progress."""
-        self._cancel.set()
+    def cancel(self, upto: int) -> None:
+        """Called from the GUI thread: runs with request id <= `upto` stop after the step in progress."""
+        self._cancel_upto = max(self._cancel_upto, upto)
 
     # one wrapper so every error, expected or not, becomes a message and the worker lives on
     def _do(self, rid: int, op: str, fn) -> None:  # noqa: ANN001
@@ -199,14 +200,12 @@ class EngineWorker(QObject):
 
     @Slot(int, int)
     def run(self, rid: int, n: int) -> None:
-        self._cancel.clear()
-
         def work() -> Trace:
             s = self._session()
             last_report = time.monotonic()
             try:
                 for _ in range(n):
-                    if self._cancel.is_set() or s.finished:
+                    if rid <= self._cancel_upto or s.finished:
                         break
                     s.step()
                     if time.monotonic() - last_report > PROGRESS_INTERVAL_S:
@@ -272,7 +271,7 @@ class EngineClient(QObject):
             self._latest_trace_id = rid
             self.forward_requests += 1
             if self.running and op != "run":  # anything that changes the session ends a run first
-                self.worker.cancel()
+                self.worker.cancel(rid - 1)
         self._pending[rid] = op
         if len(self._pending) == 1 or op == "load":
             self.busy_changed.emit(True, op)
@@ -329,11 +328,12 @@ class EngineClient(QObject):
         return rid
 
     def stop(self) -> None:
-        """Cooperative: the worker checks the flag between steps, so this takes effect at once."""
-        self.worker.cancel()
+        """Cooperative: the worker checks between steps, so this takes effect at once (also for a run
+        still waiting in the queue)."""
+        self.worker.cancel(self._next_id)
 
     def shutdown(self) -> None:
-        self.worker.cancel()
+        self.worker.cancel(self._next_id)
         self._thread.quit()
         if not self._thread.wait(5000):
             log.warning("the engine thread did not stop within 5 s")

@@ -137,3 +137,14 @@ def test_excepthook_shows_unexpected_errors(qtbot, window):
         assert relay is not None
     finally:
         sys.excepthook = saved
+
+
+def test_stop_before_the_run_starts_still_stops_it(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"])
+    n = len(win.state.trace)
+    win.client.step()  # keeps the worker busy, so the run waits in the queue
+    win.client.run(500)
+    win.client.stop()
+    wait_idle(qtbot, win)
+    assert len(win.state.trace) == n + 1  # the step happened; the run stopped before its first step
