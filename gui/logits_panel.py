@@ -34,7 +34,6 @@ class LogitsPanel(QWidget):
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.target_position: int | None = None  # where a chosen candidate would go
         self._logits = np.zeros(0, dtype=np.float32)
-        self.redraws = 0
 
         self.heading = QLabel()
         self.heading.setWordWrap(True)
@@ -136,7 +135,6 @@ class LogitsPanel(QWidget):
                 mark = " ◀" if int(order[j]) == chosen else ""
                 p = float(self.bar_values[j])
                 item.setText((f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark)
-                item.setPos(float(self.bar_values[j]), j)
                 item.setColor(self.palette().windowText().color())
             else:
                 item.setText("")
@@ -154,7 +152,6 @@ class LogitsPanel(QWidget):
                              + f" · top {n}: {shown:.1%}"
                              + ("" if chosen is None or chosen in set(order.tolist()) else
                                 f" · chosen “{vocab[chosen]}”: p={probs[chosen]:.3g}, rank {self._rank(probs, chosen)}"))
-        self.redraws += 1
 
     @staticmethod
     def _rank(probs: np.ndarray, token_id: int) -> int:
