@@ -344,6 +344,8 @@ class MainWindow(QMainWindow):
             self.status_labels[key].setText(text)
 
     def _on_trace(self, trace, op: str) -> None:  # noqa: ANN001 - engine.Trace
+        if op != "progress":
+            self.banner.hide()  # the last request worked: an older error no longer applies
         self.state.set_trace(trace)
         if op == "session" and self._chain == ["run"]:
             self._chain = []

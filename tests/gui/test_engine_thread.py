@@ -73,6 +73,7 @@ def test_broken_folder_shows_error_and_app_keeps_working(qtbot, window, checkpoi
     n = len(win.state.trace)
     win.token_strip.step()
     qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+    assert not win.banner.isVisibleTo(win)  # a request that worked clears the old error
     # and another model opens fine
     open_model(qtbot, win, checkpoints["encoder"])
     assert not win.banner.isVisibleTo(win)
