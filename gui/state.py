@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 class InspectorState(QObject):
     model_changed = Signal(object)  # ModelInfo
-    trace_changed = Signal(object)  # Trace
+    trace_changed = Signal(object)  # Trace (and possibly a moved query; not signalled twice)
     selection_changed = Signal()  # kind / layer / head / query / mean_heads
     sampling_changed = Signal(object)  # SamplingSettings
     display_changed = Signal()  # colormap / scale
@@ -64,8 +64,7 @@ class InspectorState(QObject):
             if old is None or old.source_tokens != trace.source_tokens:
                 self.source_query = ns - 1
             self.source_query = min(self.source_query, ns - 1)
-        self.trace_changed.emit(trace)
-        self.selection_changed.emit()
+        self.trace_changed.emit(trace)  # the query may have moved with it: views redraw everything here
 
     def _encoder_focus(self, old: Trace | None, trace: Trace) -> int:
         """Fill-mask models: look at the token the last step changed, else the first mask, else stay."""
