@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -83,6 +84,11 @@ def run_app(args: argparse.Namespace) -> int:
     window.open_model(args.model, device=args.device, dtype=getattr(args, "dtype", None),
                       prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0))
     if not screenshot:
+        # Ctrl+C in the terminal closes the window (saving its layout); the timer lets Python see the signal
+        signal.signal(signal.SIGINT, lambda *_: window.close())
+        heartbeat = QTimer()
+        heartbeat.timeout.connect(lambda: None)
+        heartbeat.start(250)
         return app.exec()
 
     result = {"code": 1}
