@@ -51,6 +51,7 @@ SHORTCUTS = [
     ("↑ / ↓", "Previous / next layer"),
     ("[ / ]", "Previous / next head"),
     ("A", "Mean of heads on / off"),
+    (", / .", "Previous / next query token"),
     ("L", "Linear / log colour scale"),
     ("Ctrl+O", "Open a checkpoint folder"),
     ("click a token", "Select it as the query"),
@@ -227,6 +228,8 @@ class MainWindow(QMainWindow):
         self._action(view, "Previous head", lambda: s.step_head(-1), Qt.Key.Key_BracketLeft)
         self._action(view, "Next head", lambda: s.step_head(1), Qt.Key.Key_BracketRight)
         self._action(view, "Mean of heads", lambda: s.select(mean_heads=not s.mean_heads), Qt.Key.Key_A)
+        self._action(view, "Previous query token", lambda: s.step_query(-1), Qt.Key.Key_Comma)
+        self._action(view, "Next query token", lambda: s.step_query(1), Qt.Key.Key_Period)
         self._action(view, "Log colour scale", lambda: self.attention_view.scale_box.setCurrentIndex(
             1 - self.attention_view.scale_box.currentIndex()), Qt.Key.Key_L)
         view.addSeparator()

@@ -150,6 +150,15 @@ class InspectorState(QObject):
         if self.n_layers:
             self.select(layer=(self.layer + delta) % self.n_layers)
 
+    def step_query(self, delta: int) -> None:
+        """Move the highlighted query row (source side for encoder self-attention of an encoder-decoder)."""
+        if self.trace is None:
+            return
+        if self.uses_source_rows():
+            self.select(source_query=max(0, min(self.source_query + delta, len(self.trace.source_tokens) - 1)))
+        else:
+            self.select(query=max(0, min(self.query + delta, len(self.trace) - 1)))
+
     def step_head(self, delta: int) -> None:
         if self.n_heads:
             self.select(head=(self.head + delta) % self.n_heads)

@@ -49,6 +49,8 @@ def test_keyboard_steps_back_and_selects_heads(qtbot, window, checkpoints):
     qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_BracketRight)
     qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_Down)
     assert (win.state.layer, win.state.head) == (1, 1)
+    qtbot.keyClick(win.attention_view.graphics, Qt.Key.Key_Comma)
+    assert win.state.query == n - 2
 
 
 def test_return_in_the_model_box_opens_the_model(qtbot, window, checkpoints):
