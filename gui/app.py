@@ -63,7 +63,8 @@ def make_app(argv: list[str] | None = None) -> QApplication:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    """Open the window, prefilled from the command line; with --screenshot, render, save and exit."""
+    """Open the window, prefilled from the command line; with --screenshot, render, save and exit.
+    A screenshot run returns 0 when saved, 3 when saved but showing an error message, 1 when not saved."""
     from .main_window import MainWindow
 
     screenshot = getattr(args, "screenshot", None)
@@ -79,7 +80,7 @@ def run_app(args: argparse.Namespace) -> int:
     if screenshot:
         w, h = parse_size(getattr(args, "size", "1400x900"))
         window.resize(w, h)
-        window._apply_default_sizes()
+        window.apply_default_sizes()
     window.show()
     window.open_model(args.model, device=args.device, dtype=getattr(args, "dtype", None),
                       prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0))

@@ -146,7 +146,7 @@ class MainWindow(QMainWindow):
         self.state.model_changed.connect(self._on_model_changed)
 
         self.resize(1400, 900)
-        self._apply_default_sizes()
+        self.apply_default_sizes()
         self._default_state = self.saveState()
         self._restore_settings()
         style.theme_plots(self)
@@ -169,7 +169,7 @@ class MainWindow(QMainWindow):
             self.view_menu.insertAction(self._view_separator, dock.toggleViewAction())
         return dock
 
-    def _apply_default_sizes(self) -> None:
+    def apply_default_sizes(self) -> None:
         self.resizeDocks([self.docks["prompt"]], [300], Qt.Orientation.Horizontal)
         self.resizeDocks([self.docks["heads"]], [400], Qt.Orientation.Horizontal)
         self.resizeDocks([self.docks["tokens"]], [120], Qt.Orientation.Vertical)
