@@ -87,6 +87,12 @@ def test_encoder_decoder_family(qtbot, window, checkpoints):
     assert len(win.state.trace) == n_dec + 2
     assert win.state.kind == "cross"  # the default view of an encoder-decoder
     assert win.attention_view.image.image.shape == (n_dec + 2, n_src)
+    # hovering a decoder token under cross-attention tints the source tokens it reads
+    win.token_strip._hover("main", n_dec + 1)
+    row = win.state.trace.attention_row("cross", 0, n_dec + 1)[0]
+    tints = [c.tint for c in win.token_strip.source_row.chips[:n_src]]
+    np.testing.assert_allclose(tints, np.round(np.sqrt(row) * 32) / 32)
+    win.token_strip._hover("main", -1)
     win.state.select(kind="self")
     assert win.attention_view.image.image.shape == (n_dec + 2, n_dec + 2)
     win.state.select(kind="encoder")
