@@ -68,6 +68,7 @@ class LogitsPanel(QWidget):
         bottom.setContentsMargins(4, 0, 4, 2)
         bottom.addWidget(self.message, 1)
         bottom.addWidget(self.count_spin)
+        self.heading.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.heading)
         layout.addWidget(self.plot, 1)
         layout.addLayout(bottom)
@@ -90,7 +91,7 @@ class LogitsPanel(QWidget):
         self.axis.set_tokens(())
         self.heading.setText(text)
         self.message.setText("")
-        self.plot.setXRange(0, 1, padding=0)
+        self.plot.setVisible(False)  # an empty axis says nothing; the heading says why
 
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace
@@ -112,6 +113,7 @@ class LogitsPanel(QWidget):
         order = np.argsort(-probs, kind="stable")[:n]
         self.candidate_ids, self.bar_values = order, probs[order]
         self._logits = logits
+        self.plot.setVisible(True)
         vocab = s.model.vocab
         # which token actually stands there (marked), and where a choice would go
         if encoder_only:
