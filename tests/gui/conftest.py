@@ -28,6 +28,7 @@ def checkpoints(tmp_path_factory):
         "decoder": factories.gpt2(root / "gpt2"),
         "long-decoder": long_gpt2(root / "gpt2-long"),
         "encoder": factories.bert(root / "bert"),
+        "encoder-no-head": factories.bert(root / "bert-no-head", head=False),
         "encoder-decoder": factories.marian(root / "marian"),
     }
 

@@ -145,3 +145,14 @@ def test_head_grid_click_and_keyboard_select_head(qtbot, window, checkpoints):
     win.attention_view.mean_box.setChecked(True)
     trace = win.state.trace
     np.testing.assert_allclose(win.attention_view.pattern, trace.attention("self", 0).mean(axis=0), rtol=1e-6)
+
+
+def test_encoder_without_prediction_head_is_inspectable(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["encoder-no-head"])
+    trace = win.state.trace
+    assert win.attention_view.image.image.shape == (len(trace), len(trace))
+    assert win.head_grid.cell_count == 2 * 4
+    assert "masked-LM head" in win.logits_panel.heading.text() and not win.logits_panel.plot.isVisibleTo(win)
+    assert not win.token_strip.step_button.isEnabled() and not win.token_strip.run_button.isEnabled()
+    assert win.token_strip.mask_button.isEnabled()  # masking still changes the attention
