@@ -51,6 +51,8 @@ class InspectorState(QObject):
         self.model_changed.emit(info)
 
     def set_trace(self, trace: Trace) -> None:
+        if trace is self.trace:  # a run's last progress report and its result can be the same trace
+            return
         old = self.trace
         # follow the frontier: if the last token was selected (or nothing yet), select the new last one
         following = old is None or self.query >= len(old) - 1 or len(old.token_ids) == 0

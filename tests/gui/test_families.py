@@ -119,6 +119,8 @@ def test_encoder_family_fill_and_mask(qtbot, window, checkpoints):
     assert win.token_strip.main_row.chips[pos].role == "filled"
     # the panel shows the predictions the token was chosen from (mask still in place): greedy took the top one
     assert win.state.query == pos and win.logits_panel.candidate_ids[0] == trace.token_ids[pos]
+    win.state.set_trace(trace)  # the same trace again (a run's last progress report, then its result)
+    assert win.logits_panel.candidate_ids[0] == trace.token_ids[pos]
     assert win.attention_view.image.image.shape == (len(trace), len(trace))
     assert win.head_grid.cell_count == 2 * 4
 
