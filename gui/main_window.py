@@ -144,6 +144,9 @@ class MainWindow(QMainWindow):
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
         self.state.model_changed.connect(self._on_model_changed)
+        from .analysis_ui import install as install_analysis  # issue 7: ablation, lens, statistics, sessions
+
+        self.analysis = install_analysis(self)
 
         self.resize(1400, 900)
         self.apply_default_sizes()

@@ -20,7 +20,7 @@ from engine import EngineError, Session, Trace, load_model
 log = logging.getLogger(__name__)
 
 # ops whose result replaces the trace on screen; a newer one makes older ones stale
-TRACE_OPS = ("session", "step", "back", "branch", "mask", "run", "load")
+TRACE_OPS = ("session", "step", "back", "branch", "mask", "run", "load", "gates", "open_session")
 PROGRESS_INTERVAL_S = 0.05  # a long run reports at most this often, so the GUI queue never floods
 
 
@@ -219,6 +219,11 @@ class EngineWorker(QObject):
 
         self._do(rid, "run", work)
 
+    @Slot(int, str, object)
+    def call(self, rid: int, op: str, fn) -> None:  # noqa: ANN001 - fn(worker) -> plain data or Trace
+        """Analysis ops (gui/analysis_ops.py): `fn` runs here, in the worker thread, with this worker."""
+        self._do(rid, op, lambda: fn(self))
+
 
 class EngineClient(QObject):
     """GUI-thread face of the worker: numbered requests out, fresh results in, stale ones dropped."""
@@ -227,6 +232,7 @@ class EngineClient(QObject):
     trace_ready = Signal(object, str)  # Trace, op
     error = Signal(str, str)  # op, message
     busy_changed = Signal(bool, str)  # busy, what
+    result_ready = Signal(int, str, object)  # request id, op, plain data (analysis ops through call())
 
     # queued into the worker thread
     _load = Signal(int, str, object, object)
@@ -237,6 +243,7 @@ class EngineClient(QObject):
     _branch = Signal(int, int, int)
     _mask = Signal(int, int)
     _run = Signal(int, int)
+    _call = Signal(int, str, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -254,7 +261,8 @@ class EngineClient(QObject):
         for sig, slot in ((self._load, self.worker.load), (self._new_session, self.worker.new_session),
                           (self._set_sampling, self.worker.set_sampling), (self._step, self.worker.step),
                           (self._back, self.worker.back), (self._branch, self.worker.branch),
-                          (self._mask, self.worker.mask), (self._run, self.worker.run)):
+                          (self._mask, self.worker.mask), (self._run, self.worker.run),
+                          (self._call, self.worker.call)):
             sig.connect(slot)
         self.worker.done.connect(self._on_done)
         self.worker.progress.connect(self._on_progress)
@@ -327,6 +335,13 @@ class EngineClient(QObject):
         self._run.emit(rid, n)
         return rid
 
+    def call(self, op: str, fn) -> int:  # noqa: ANN001
+        """Run fn(worker) in the worker thread. A Trace result comes back as trace_ready (ops in TRACE_OPS
+        replace the trace and follow its staleness), anything else as result_ready with the request id."""
+        rid = self._issue(op)
+        self._call.emit(rid, op, fn)
+        return rid
+
     def stop(self) -> None:
         """Cooperative: the worker checks between steps, so this takes effect at once (also for a run
         still waiting in the queue)."""
@@ -364,6 +379,8 @@ class EngineClient(QObject):
             self.model_loaded.emit(payload)
         elif isinstance(payload, Trace):
             self.trace_ready.emit(payload, op)
+        else:
+            self.result_ready.emit(rid, op, payload)
 
     @Slot(int, object)
     def _on_progress(self, rid: int, trace: Trace) -> None:

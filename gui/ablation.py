@@ -1,0 +1,295 @@
+"""Head ablation from the head grid: right-click (or Ctrl+click) a head to switch it off or scale it.
+
+The gates live on the model in the worker thread (engine: Model.set_head_gate); the session recomputes
+with them and the new Trace says which gates produced it (Trace.gates). Here: the context menu, the
+crosses over ablated heads in the grid, a status line, and under the candidates a "biggest movers" table
+comparing the next-token distribution with the one from the trace before the ablation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from PySide6.QtCore import QObject, QRectF, Qt
+from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QGraphicsPathItem,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QMenu,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import capture_name, distribution, parse_capture_name
+
+from . import analysis_ops
+from .head_grid import GAP, HeadGrid
+from .state import InspectorState
+from .worker import EngineClient
+
+log = logging.getLogger(__name__)
+
+N_MOVERS = 5
+CROSS_COLOR = QColor(255, 255, 255)
+CROSS_SHADOW = QColor(0, 0, 0)
+SCALED_COLOR = QColor(255, 190, 40)
+
+
+def count_gates(gates: dict[str, tuple[float, ...]]) -> tuple[int, int]:
+    """(heads switched off, heads scaled) in a Trace.gates-style dict."""
+    off = sum(1 for g in gates.values() for v in g if v == 0)
+    scaled = sum(1 for g in gates.values() for v in g if 0 < v != 1)
+    return off, scaled
+
+
+def biggest_movers(before: np.ndarray, after: np.ndarray, n: int = N_MOVERS) -> list[tuple[int, float, float]]:
+    """[(token id, p before, p after)] of the n tokens whose probability changed most."""
+    delta = np.abs(after - before)
+    order = np.argsort(-delta, kind="stable")[:n]
+    return [(int(i), float(before[i]), float(after[i])) for i in order]
+
+
+def _prob(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.01 else f"{p:.2e}"
+
+
+class AblationDiff(QWidget):
+    """Under the candidates: how the ablation moved the distribution at the selected position."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.heading = QLabel()
+        self.heading.setWordWrap(True)
+        self.heading.setObjectName("caption")
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["token", "before", "after", "change"])
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setDefaultSectionSize(18)
+        self.table.setMaximumHeight(26 + 18 * N_MOVERS)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.addWidget(self.heading)
+        layout.addWidget(self.table)
+        self.rows: list[tuple[int, float, float]] = []
+        self.hide()
+
+    def show_movers(self, heading: str, rows: list[tuple[int, float, float]], vocab: tuple[str, ...]) -> None:
+        self.rows = rows
+        self.heading.setText(heading)
+        self.table.setVisible(bool(rows))
+        self.table.setRowCount(len(rows))
+        for r, (tid, p0, p1) in enumerate(rows):
+            token = vocab[tid] if tid < len(vocab) else f"<{tid}>"
+            d = p1 - p0
+            items = [QTableWidgetItem(token), QTableWidgetItem(_prob(p0)), QTableWidgetItem(_prob(p1)),
+                     QTableWidgetItem(f"{d:+.2e}" if abs(d) < 0.001 else f"{d:+.3f}")]
+            items[3].setForeground(QColor(30, 140, 60) if d > 0 else QColor(200, 50, 50))
+            for c, item in enumerate(items):
+                self.table.setItem(r, c, item)
+        self.show()
+
+
+class AblationController(QObject):
+    """Owns the ablation UI around the head grid and the logits panel; panels stay unaware of it."""
+
+    def __init__(self, state: InspectorState, client: EngineClient, grid: HeadGrid, logits_host: QWidget,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.state, self.client, self.grid = state, client, grid
+        self.gates: dict[str, tuple[float, ...]] = {}  # capture name -> per-head gates (as the model has them)
+        self.baseline = None  # the last trace without gates: the "before" of the comparison
+        self._pending_gates_rid = 0
+
+        self.overlay = QGraphicsPathItem()
+        pen = QPen(CROSS_COLOR)
+        pen.setWidthF(2.0)
+        pen.setCosmetic(True)
+        self.overlay.setPen(pen)
+        self.overlay.setZValue(8)
+        self.shadow = QGraphicsPathItem()
+        shadow_pen = QPen(CROSS_SHADOW)
+        shadow_pen.setWidthF(4.0)
+        shadow_pen.setCosmetic(True)
+        self.shadow.setPen(shadow_pen)
+        self.shadow.setZValue(7)
+        self.scaled_overlay = QGraphicsPathItem()
+        spen = QPen(SCALED_COLOR)
+        spen.setWidthF(2.0)
+        spen.setCosmetic(True)
+        spen.setStyle(Qt.PenStyle.DashLine)
+        self.scaled_overlay.setPen(spen)
+        self.scaled_overlay.setZValue(8)
+        for item in (self.shadow, self.overlay, self.scaled_overlay):
+            grid.plot.addItem(item)
+
+        self.status = QLabel()
+        self.status.setObjectName("caption")
+        self.status.setWordWrap(True)
+        grid.layout().addWidget(self.status)
+        self.diff = AblationDiff()
+        logits_host.layout().addWidget(self.diff)
+
+        grid.graphics.scene().sigMouseClicked.connect(self._on_grid_clicked)
+        grid._resize_timer.timeout.connect(self.update_overlay)  # after the grid's own re-fit
+        state.model_changed.connect(self._on_model)
+        state.trace_changed.connect(self._on_trace)
+        state.selection_changed.connect(self._on_selection)
+        client.result_ready.connect(self._on_result)
+        self._update_status()
+
+    # -- requests --------------------------------------------------------------------------------
+    def gate(self, kind: str, layer: int, head: int) -> float:
+        g = self.gates.get(capture_name(kind, layer))
+        return float(g[head]) if g is not None else 1.0
+
+    def set_gates(self, changes: list[tuple[str, int, int, float]], clear: bool = False) -> int | None:
+        if self.state.model is None:
+            return None
+        trace = self.state.trace
+        if trace is not None and not trace.gates:
+            self.baseline = trace  # the un-ablated distribution to compare against
+        if clear and not changes:
+            self.baseline = None
+        self._pending_gates_rid = self.client.call("gates", analysis_ops.set_gates(changes, clear))
+        return self._pending_gates_rid
+
+    def ablate(self, layer: int, head: int, value: float = 0.0, kind: str | None = None) -> int | None:
+        return self.set_gates([(kind or self.state.kind, layer, head, value)])
+
+    def toggle(self, layer: int, head: int, kind: str | None = None) -> int | None:
+        kind = kind or self.state.kind
+        return self.ablate(layer, head, 1.0 if self.gate(kind, layer, head) != 1 else 0.0, kind)
+
+    def ablate_layer(self, layer: int, value: float = 0.0, kind: str | None = None) -> int | None:
+        kind = kind or self.state.kind
+        return self.set_gates([(kind, layer, h, value) for h in range(self.state.n_heads)])
+
+    def clear(self) -> int | None:
+        return self.set_gates([], clear=True)
+
+    def scale_dialog(self, layer: int, head: int) -> None:
+        kind = self.state.kind
+        value, ok = QInputDialog.getDouble(self.grid, "Scale head", f"Multiply the output of layer {layer} head {head} "
+                                           "by (0 = ablated, 1 = untouched):", self.gate(kind, layer, head), 0.0, 1.0, 2)
+        if ok:
+            self.ablate(layer, head, value, kind)
+
+    # -- grid ------------------------------------------------------------------------------------
+    def _on_grid_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
+        cell = self.grid.cell_at(event.scenePos())
+        if cell is None:
+            return
+        ctrl = bool(QApplication.keyboardModifiers() & Qt.KeyboardModifier.ControlModifier)
+        if event.button() == Qt.MouseButton.RightButton:
+            event.accept()
+            self.menu_for(*cell).popup(QCursor.pos())
+        elif event.button() == Qt.MouseButton.LeftButton and ctrl:
+            self.toggle(*cell)
+
+    def menu_for(self, layer: int, head: int) -> QMenu:
+        kind = self.state.kind
+        menu = QMenu(self.grid)
+        g = self.gate(kind, layer, head)
+        if g == 1:
+            menu.addAction(f"Ablate head {layer}.{head}", lambda: self.ablate(layer, head, 0.0, kind))
+        else:
+            menu.addAction(f"Restore head {layer}.{head} (now ×{g:g})", lambda: self.ablate(layer, head, 1.0, kind))
+        menu.addAction("Scale head…", lambda: self.scale_dialog(layer, head))
+        menu.addSeparator()
+        menu.addAction(f"Ablate whole layer {layer}", lambda: self.ablate_layer(layer, 0.0, kind))
+        restore = menu.addAction(f"Restore layer {layer}", lambda: self.ablate_layer(layer, 1.0, kind))
+        restore.setEnabled(capture_name(kind, layer) in self.gates)
+        clear = menu.addAction("Clear all ablations", self.clear)
+        clear.setEnabled(bool(self.gates))
+        self.menu = menu  # kept for tests
+        return menu
+
+    def update_overlay(self) -> None:
+        crosses, dashed = QPainterPath(), QPainterPath()
+        grid = self.grid
+        if grid.cell_count:
+            frac = grid.thumb / (grid.thumb + GAP)
+            inset = 0.15 * frac
+            for name, values in self.gates.items():
+                kind, layer = parse_capture_name(name)
+                if kind != self.state.kind or layer >= grid.shape[0]:
+                    continue
+                for head, v in enumerate(values):
+                    if v == 1 or head >= grid.shape[1]:
+                        continue
+                    x0, y0 = head + inset, layer + inset
+                    x1, y1 = head + frac - inset, layer + frac - inset
+                    if v == 0:
+                        crosses.moveTo(x0, y0)
+                        crosses.lineTo(x1, y1)
+                        crosses.moveTo(x0, y1)
+                        crosses.lineTo(x1, y0)
+                    else:
+                        dashed.addRect(QRectF(head + 0.08 * frac, layer + 0.08 * frac, 0.84 * frac, 0.84 * frac))
+        self.overlay.setPath(crosses)
+        self.shadow.setPath(crosses)
+        self.scaled_overlay.setPath(dashed)
+
+    def _update_status(self) -> None:
+        off, scaled = count_gates(self.gates)
+        if not off and not scaled:
+            self.status.setText("No heads ablated · right-click a head (or Ctrl+click) to ablate or scale it")
+            return
+        parts = [f"{off} head{'s' if off != 1 else ''} ablated"] + ([f"{scaled} scaled"] if scaled else [])
+        self.status.setText(" · ".join(parts) + " (✕ = off, dashed = scaled) · right-click → Clear all ablations")
+
+    # -- state -----------------------------------------------------------------------------------
+    def _on_model(self, _info: object) -> None:
+        self.gates, self.baseline = {}, None  # a freshly loaded model has no gates
+        self.update_overlay()
+        self._update_status()
+        self.diff.hide()
+
+    def _on_trace(self, trace: object) -> None:
+        self.gates = dict(trace.gates)
+        if not trace.gates:
+            self.baseline = None  # nothing ablated: the next ablation compares with this trace
+        self.update_overlay()
+        self._update_status()
+        self.update_diff()
+
+    def _on_selection(self) -> None:
+        self.update_overlay()
+        self.update_diff()
+
+    def _on_result(self, rid: int, op: str, payload: object) -> None:
+        if op == "gates" and isinstance(payload, dict):  # no session yet: the gates wait for the next one
+            self.gates = dict(payload["gates"])
+            self.update_overlay()
+            self._update_status()
+
+    def update_diff(self) -> None:
+        s, trace, base = self.state, self.state.trace, self.baseline
+        if trace is None or not trace.gates or trace.logit_rows is None or s.model is None:
+            self.diff.hide()
+            return
+        pos = min(s.query, len(trace) - 1)
+        if (base is None or base.logit_rows is None or len(base) <= pos
+                or base.token_ids[: pos + 1] != trace.token_ids[: pos + 1] or base.source_ids != trace.source_ids):
+            self.diff.show_movers(f"Ablated: no un-ablated distribution at position {pos} to compare with "
+                                  "(the comparison uses the trace from just before the first ablation).", [], ())
+            return
+        before = distribution(base.logits_at(pos), 1.0)
+        after = distribution(trace.logits_at(pos), 1.0)
+        tv = 0.5 * float(np.abs(after - before).sum())
+        rows = biggest_movers(before, after)
+        top0, top1 = int(np.argmax(before)), int(np.argmax(after))
+        vocab = s.model.vocab
+        same = "top token unchanged" if top0 == top1 else f"top token “{vocab[top0]}” → “{vocab[top1]}”"
+        self.diff.show_movers(f"Ablation effect at position {pos} (T=1): total variation {tv:.3f}, {same}. "
+                              "Biggest movers:", rows, vocab)

@@ -1,0 +1,123 @@
+"""Work for the engine thread behind the analysis docks (issue 7): head gates, logit lens, head
+statistics, session files, a second prompt.
+
+Each function here returns a callable `fn(worker)` for EngineClient.call(op, fn); it runs in the worker
+thread (the only thread that touches Model and Session) and returns plain data or a Trace. Nothing
+here runs in the GUI thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine import EngineError
+
+Gate = tuple[str, int, int, float]  # kind, layer, head, value (0 = ablated, 1 = untouched)
+LENS_TOP = 8
+
+
+def _model(w: Any) -> Any:
+    if w.model is None:
+        raise EngineError("no model is open; use File → Open model folder")
+    return w.model
+
+
+def set_gates(changes: Sequence[Gate], clear: bool = False) -> Callable:
+    """Change head gates on the model; the session recomputes with them. -> the new Trace, or
+    {"gates": ...} when there is no session yet (the gates then apply to the next one)."""
+
+    def fn(w: Any) -> Any:
+        model = _model(w)
+        if clear:
+            model.clear_gates()
+        for kind, layer, head, value in changes:
+            model.set_head_gate(kind, int(layer), int(head), float(value))
+        if w.session is not None:
+            return w.session.trace  # notices the changed gates and recomputes
+        return {"gates": model.gates()}
+
+    return fn
+
+
+def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
+    """Top tokens read off the residual stream after each layer at `position` (main stack)."""
+
+    def fn(w: Any) -> dict:
+        from engine.analysis import logit_lens as lens
+
+        out = lens(_model(w), trace, position, top=top)
+        return {"trace": trace, "position": position, "top_ids": out["top_ids"], "top_probs": out["top_probs"]}
+
+    return fn
+
+
+def head_statistics(trace: Any) -> Callable:
+    """Every head's statistics on `trace`; induction scores are cached per model and gates."""
+
+    def fn(w: Any) -> dict:
+        from engine.analysis import head_statistics as stats
+        from engine.analysis import induction_scores
+
+        model = _model(w)
+        cache = w.__dict__.setdefault("_induction_cache", {})
+        key = (id(model), tuple(sorted(model.gates().items())))
+        if key not in cache:
+            cache.clear()  # one model at a time: the cache never keeps an old model's numbers
+            cache[key] = induction_scores(model)
+        return {"trace": trace, "stats": stats(model, trace, induction=cache[key])}
+
+    return fn
+
+
+def save_session(path: str, view: dict) -> Callable:
+    def fn(w: Any) -> dict:
+        from engine.session_file import save_session as save
+
+        if w.session is None:
+            raise EngineError("no session to save: open a model and type a prompt first")
+        return {"path": str(save(w.session, path, view=view))}
+
+    return fn
+
+
+def open_session(path: str) -> Callable:
+    """Read a session file, reuse the open model when it is the one the file names (else load it),
+    replay it. Damaged or foreign files raise SessionFileError; the old model and session stay."""
+
+    def fn(w: Any) -> dict:
+        from engine import load_model
+        from engine.session_file import model_reference, read_session_file, restore_session
+
+        from .worker import _model_info
+
+        state = read_session_file(path)
+        ref = model_reference(state)
+        model = w.model
+        same = model is not None and ref in (model.name, str(model.folder) if model.folder else None)
+        if not same:
+            model = load_model(ref)
+        session = restore_session(state, model)
+        w.model, w.session, w._request = model, session, None
+        tok = model.tokenizer
+        return {"info": _model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},
+                "prompt": tok.decode(session.prompt_ids),
+                "source": tok.decode(session.source_ids) if session.source_ids is not None else None}
+
+    return fn
+
+
+def run_other(prompt: str, source: str | None) -> Callable:
+    """One full forward of another prompt on the same model (and its gates); the open session is untouched."""
+
+    def fn(w: Any) -> dict:
+        model = _model(w)
+        if model.family == "encoder-decoder":
+            if not (source or "").strip():
+                raise EngineError("type a source text for the encoder")
+            trace = model.run(prompt if prompt.strip() else None, source=source)
+        else:
+            trace = model.run(prompt)
+        return {"trace": trace}  # wrapped: a bare Trace would replace the one on screen
+
+    return fn
