@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMainWindow, QMenu
 
 from .ablation import AblationController
+from .logit_lens_panel import LogitLensPanel
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,21 @@ class AnalysisUI:
     def __init__(self, window: QMainWindow) -> None:
         self.window = window
         self.ablation = AblationController(window.state, window.client, window.head_grid, window.logits_panel, window)
+        self.logit_lens = LogitLensPanel(window.state, window.client)
+        self._dock("lens", "Logit lens", self.logit_lens)
         self.menu = self._analysis_menu()
+
+    def _dock(self, key: str, title: str, widget) -> None:  # noqa: ANN001
+        """A new dock, tabbed behind the candidates (the right column stays two panels high)."""
+        w = self.window
+        dock = w.add_dock(key, title, widget, Qt.DockWidgetArea.RightDockWidgetArea)
+        w.tabifyDockWidget(w.docks["logits"], dock)
+        w.docks["logits"].raise_()
+
+    def show_dock(self, key: str) -> None:
+        dock = self.window.docks[key]
+        dock.show()
+        dock.raise_()
 
     def _analysis_menu(self) -> QMenu:
         w = self.window
@@ -33,6 +49,10 @@ class AnalysisUI:
         clear = QAction("&Clear ablations", w)
         clear.triggered.connect(lambda _c=False: self.ablation.clear())
         menu.addAction(clear)
+        menu.addSeparator()
+        lens = QAction("Logit &lens", w)
+        lens.triggered.connect(lambda _c=False: self.show_dock("lens"))
+        menu.addAction(lens)
         return menu
 
 

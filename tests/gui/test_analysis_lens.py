@@ -1,0 +1,53 @@
+"""The logit lens dock: one request per trace/position while on screen, stale answers dropped, all families."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.gui.conftest import open_model, wait_idle
+
+
+def _show_lens(qtbot, win):
+    win.analysis.show_dock("lens")
+    panel = win.analysis.logit_lens
+    qtbot.waitUntil(lambda: panel.result is not None and panel.result["trace"] is win.state.trace
+                    and panel.result["position"] == panel.position(), timeout=30_000)
+    wait_idle(qtbot, win)
+    return panel
+
+
+def test_logit_lens_table_follows_the_query(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    panel = _show_lens(qtbot, win)
+    trace = win.state.trace
+    n_layers = trace.n_layers["self"]
+    assert panel.table.rowCount() == n_layers and panel.table.columnCount() == panel.top
+    # the last layer is the model's own prediction: its top token is the candidates panel's top token
+    vocab = win.state.model.vocab
+    top = int(np.argmax(trace.logits_at(panel.position())))
+    assert panel.cell_text(n_layers - 1, 0).split("\n")[0] == vocab[top]
+    assert int(panel.result["top_ids"][-1, 0]) == top
+    assert "after each layer" in panel.heading.text()
+    # moving the query asks again; a burst of moves gives one request for the last position
+    requests = panel.requests
+    win.state.select(query=1)
+    win.state.select(query=2)
+    qtbot.waitUntil(lambda: panel.result["position"] == 2, timeout=30_000)
+    assert panel.requests == requests + 1
+    # a stale answer (an older request id) is dropped
+    shown = panel.result
+    panel._on_result(panel._latest - 1, "lens", {**shown, "position": 0})
+    assert panel.result is shown
+
+
+def test_logit_lens_encoder_decoder_and_no_head(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["encoder-decoder"])
+    panel = _show_lens(qtbot, win)
+    assert panel.table.rowCount() == win.state.trace.n_layers["self"]
+    assert "decoder, position" in panel.heading.text()
+    open_model(qtbot, win, checkpoints["encoder-no-head"])
+    qtbot.waitUntil(lambda: "No logit lens" in panel.heading.text(), timeout=10_000)
+    assert panel.table.isHidden() and panel.result is None
+    assert win.errors == []
