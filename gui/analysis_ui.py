@@ -10,6 +10,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMainWindow, QMenu
 
 from .ablation import AblationController
+from .head_stats_panel import HeadStatsPanel
 from .logit_lens_panel import LogitLensPanel
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ class AnalysisUI:
         self.ablation = AblationController(window.state, window.client, window.head_grid, window.logits_panel, window)
         self.logit_lens = LogitLensPanel(window.state, window.client)
         self._dock("lens", "Logit lens", self.logit_lens)
+        self.head_stats = HeadStatsPanel(window.state, window.client, window.head_grid)
+        self._dock("stats", "Head statistics", self.head_stats)
         self.menu = self._analysis_menu()
 
     def _dock(self, key: str, title: str, widget) -> None:  # noqa: ANN001
@@ -53,6 +56,9 @@ class AnalysisUI:
         lens = QAction("Logit &lens", w)
         lens.triggered.connect(lambda _c=False: self.show_dock("lens"))
         menu.addAction(lens)
+        stats = QAction("Head &statistics", w)
+        stats.triggered.connect(lambda _c=False: self.show_dock("stats"))
+        menu.addAction(stats)
         return menu
 
 

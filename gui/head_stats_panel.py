@@ -1,0 +1,238 @@
+"""Head statistics dock: every head of every kind with its entropy, previous-token, induction, sink and
+mean-distance scores (engine.analysis.head_statistics, computed in the worker), as a sortable table.
+Selecting a row shows that head; "colour grid by" draws the chosen statistic as a bar under each
+thumbnail of the head grid."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from PySide6.QtCore import QRectF, Qt, QTimer
+from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QGraphicsPathItem,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import analysis_ops
+from .head_grid import GAP, HeadGrid
+from .state import InspectorState
+from .worker import EngineClient
+
+log = logging.getLogger(__name__)
+
+# (HeadStat field, column title, tooltip)
+COLUMNS = (
+    ("kind", "kind", "attention kind"),
+    ("layer", "layer", ""),
+    ("head", "head", ""),
+    ("entropy", "entropy", "mean row entropy in bits (0 = always one key)"),
+    ("prev_token", "prev-token", "mean weight on the key just before the query"),
+    ("induction", "induction", "mean weight on the token after the previous occurrence, on a repeated random "
+                               "sequence (main stack only)"),
+    ("sink", "sink", "mean weight on the first key"),
+    ("distance", "mean distance", "mean |query − key| weighted by attention"),
+)
+STATISTICS = tuple(c[0] for c in COLUMNS[3:])
+BAR_COLOR = QColor(255, 150, 30)
+
+
+class _Item(QTableWidgetItem):
+    """Sorts by number (NaN last), shows a rounded value."""
+
+    def __init__(self, value: object) -> None:
+        if isinstance(value, float):
+            text = "—" if math.isnan(value) else f"{value:.3f}"
+        else:
+            text = str(value)
+        super().__init__(text)
+        self.key = value
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        a, b = self.key, getattr(other, "key", None)
+        if isinstance(a, float) and isinstance(b, float):
+            if math.isnan(a) or math.isnan(b):
+                return not math.isnan(a) and math.isnan(b)
+            return a < b
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return a < b
+        return str(a) < str(b)
+
+
+class GridTint:
+    """The chosen statistic as a bar along the bottom of each head-grid thumbnail (full width = the
+    largest value among the heads shown)."""
+
+    def __init__(self, grid: HeadGrid) -> None:
+        self.grid = grid
+        self.item = QGraphicsPathItem()
+        self.item.setBrush(QBrush(BAR_COLOR))
+        pen = QPen(QColor(0, 0, 0))
+        pen.setCosmetic(True)
+        pen.setWidthF(0.5)
+        self.item.setPen(pen)
+        self.item.setZValue(9)
+        grid.plot.addItem(self.item)
+        self.values: dict[tuple[int, int], float] = {}
+
+    def draw(self, values: dict[tuple[int, int], float]) -> None:
+        """values: (layer, head) -> statistic of the kind on the grid; {} hides the bars."""
+        self.values = values
+        path = QPainterPath()
+        grid = self.grid
+        finite = [v for v in values.values() if math.isfinite(v)]
+        top = max((abs(v) for v in finite), default=0.0)
+        if grid.cell_count and top > 0:
+            frac = grid.thumb / (grid.thumb + GAP)
+            h = 0.14 * frac
+            for (layer, head), v in values.items():
+                if layer < grid.shape[0] and head < grid.shape[1] and math.isfinite(v):
+                    path.addRect(QRectF(head, layer + frac - h, frac * max(abs(v) / top, 0.02), h))
+        self.item.setPath(path)
+
+
+class HeadStatsPanel(QWidget):
+    def __init__(self, state: InspectorState, client: EngineClient, grid: HeadGrid,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state, self.client = state, client
+        self.stats: list = []  # engine.analysis.HeadStat of the trace on screen
+        self.stats_trace = None
+        self._latest = 0
+        self._wanted: int | None = None  # id of the trace asked for
+        self.requests = 0
+        self.tint = GridTint(grid)
+
+        self.color_box = QComboBox()
+        self.color_box.addItem("none", None)
+        for key, title, _tip in COLUMNS[3:]:
+            self.color_box.addItem(title, key)
+        self.color_box.setToolTip("Draw this statistic as a bar under each thumbnail of the head grid")
+        self.message = QLabel()
+        self.message.setObjectName("caption")
+        self.message.setWordWrap(True)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([c[1] for c in COLUMNS])
+        for i, (_k, _t, tip) in enumerate(COLUMNS):
+            if tip:
+                self.table.horizontalHeaderItem(i).setToolTip(tip)
+        self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(20)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setSortingEnabled(True)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("colour grid by"))
+        top.addWidget(self.color_box)
+        top.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.addLayout(top)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.message)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(30)
+        self._timer.timeout.connect(self.refresh)
+        self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self.color_box.currentIndexChanged.connect(lambda _i: (self.update_tint(), self._timer.start()))
+        grid._resize_timer.timeout.connect(self.update_tint)
+        state.model_changed.connect(self._on_model)
+        state.trace_changed.connect(lambda _t: self._timer.start())
+        state.selection_changed.connect(self.update_tint)  # the grid may show another kind now
+        client.result_ready.connect(self._on_result)
+        self.message.setText("Open a model to see head statistics")
+
+    @property
+    def color_by(self) -> str | None:
+        return self.color_box.currentData()
+
+    def _on_model(self, _info: object) -> None:
+        self.stats, self.stats_trace, self._wanted, self._latest = [], None, None, 0
+        self.table.setRowCount(0)
+        self.tint.draw({})
+        self.message.setText("Type a prompt")
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        self._timer.start()
+
+    def refresh(self) -> None:
+        trace = self.state.trace
+        if trace is None or self.state.model is None:
+            return
+        if id(trace) == self._wanted or not (self.isVisible() or self.color_by):
+            return
+        self._wanted = id(trace)
+        self.requests += 1
+        self._latest = self.client.call("head_stats", analysis_ops.head_statistics(trace))
+        self.message.setText("computing … (the induction score runs the model on repeated random tokens once)")
+
+    def _on_result(self, rid: int, op: str, payload: object) -> None:
+        if op != "head_stats" or rid != self._latest or payload["trace"] is not self.state.trace:
+            return
+        self.show_stats(payload["trace"], payload["stats"])
+
+    def show_stats(self, trace: object, stats: list) -> None:
+        self.stats, self.stats_trace = stats, trace
+        header = self.table.horizontalHeader()
+        column, order = header.sortIndicatorSection(), header.sortIndicatorOrder()
+        self.table.setSortingEnabled(False)
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(stats))
+        for r, st in enumerate(stats):
+            for c, (key, _t, _tip) in enumerate(COLUMNS):
+                item = _Item(getattr(st, key))
+                item.setData(Qt.ItemDataRole.UserRole, r)
+                self.table.setItem(r, c, item)
+        self.table.setSortingEnabled(True)
+        if 0 <= column < len(COLUMNS):
+            self.table.sortItems(column, order)
+        self._select_current_row()
+        self.table.blockSignals(False)
+        n_gated = sum(1 for g in trace.gates.values() for v in g if v != 1)
+        gated = f" · with {n_gated} head{'s' if n_gated != 1 else ''} ablated/scaled" if n_gated else ""
+        self.message.setText(f"{len(stats)} heads on {len(trace)} tokens{gated}. Click a column to sort, "
+                             "a row to show the head.")
+        self.update_tint()
+
+    def _select_current_row(self) -> None:
+        """Highlight the head on screen (not whatever row index was selected before the refill)."""
+        s = self.state
+        self.table.clearSelection()
+        for r in range(self.table.rowCount()):
+            st = self.row_stat(r)
+            if (st.kind, st.layer, st.head) == (s.kind, s.layer, s.head):
+                self.table.selectRow(r)
+                break
+
+    def row_stat(self, row: int):  # noqa: ANN201 - HeadStat
+        return self.stats[self.table.item(row, 0).data(Qt.ItemDataRole.UserRole)]
+
+    def _on_row_selected(self) -> None:
+        rows = {i.row() for i in self.table.selectedItems()}
+        if len(rows) == 1 and self.stats:
+            st = self.row_stat(rows.pop())
+            self.state.select(kind=st.kind)  # first the kind: the layer range depends on it
+            self.state.select(layer=st.layer, head=st.head, mean_heads=False)
+
+    def update_tint(self) -> None:
+        key = self.color_by
+        if not key or not self.stats:
+            self.tint.draw({})
+            return
+        kind = self.state.kind
+        self.tint.draw({(st.layer, st.head): float(getattr(st, key)) for st in self.stats if st.kind == kind})

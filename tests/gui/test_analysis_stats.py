@@ -1,0 +1,60 @@
+"""The head statistics dock: computed in the worker, sortable, a row selects its head, the grid tint."""
+
+from __future__ import annotations
+
+import math
+
+from PySide6.QtCore import Qt
+
+from tests.gui.conftest import open_model, wait_idle
+
+
+def _show_stats(qtbot, win):
+    win.analysis.show_dock("stats")
+    panel = win.analysis.head_stats
+    qtbot.waitUntil(lambda: panel.stats_trace is win.state.trace, timeout=60_000)
+    wait_idle(qtbot, win)
+    return panel
+
+
+def test_head_statistics_table_sort_select_and_tint(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    panel = _show_stats(qtbot, win)
+    trace = win.state.trace
+    assert panel.table.rowCount() == trace.n_layers["self"] * trace.n_heads == len(panel.stats)
+    # sort by sink, descending: the first row has the largest sink score
+    col = [c[0] for c in __import__("gui.head_stats_panel", fromlist=["COLUMNS"]).COLUMNS].index("sink")
+    panel.table.sortItems(col, Qt.SortOrder.DescendingOrder)
+    first = panel.row_stat(0)
+    assert first.sink == max(s.sink for s in panel.stats)
+    # selecting a row shows that head
+    target_row = next(r for r in range(panel.table.rowCount()) if panel.row_stat(r).layer == 1)
+    st = panel.row_stat(target_row)
+    panel.table.selectRow(target_row)
+    assert (win.state.kind, win.state.layer, win.state.head, win.state.mean_heads) == ("self", 1, st.head, False)
+    # colour the grid by induction: one bar per head, the widest for the largest score
+    assert panel.tint.item.path().isEmpty()
+    panel.color_box.setCurrentIndex(panel.color_box.findData("induction"))
+    assert not panel.tint.item.path().isEmpty()
+    assert len(panel.tint.values) == trace.n_layers["self"] * trace.n_heads
+    panel.color_box.setCurrentIndex(0)
+    assert panel.tint.item.path().isEmpty()
+    # a new step: the table follows (one request per trace)
+    requests = panel.requests
+    win.client.step()
+    qtbot.waitUntil(lambda: panel.stats_trace is win.state.trace and win.state.trace is not trace, timeout=60_000)
+    assert panel.requests == requests + 1
+
+
+def test_head_statistics_encoder_decoder_kinds(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["encoder-decoder"])
+    panel = _show_stats(qtbot, win)
+    kinds = {s.kind for s in panel.stats}
+    assert kinds == {"encoder", "self", "cross"}
+    assert all(math.isnan(s.induction) for s in panel.stats if s.kind != "self")
+    row = next(r for r in range(panel.table.rowCount()) if panel.row_stat(r).kind == "encoder")
+    panel.table.selectRow(row)
+    assert win.state.kind == "encoder"
+    assert win.errors == []
