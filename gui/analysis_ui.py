@@ -10,6 +10,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMainWindow, QMenu
 
 from .ablation import AblationController
+from .aggregate import RolloutControl
 from .head_stats_panel import HeadStatsPanel
 from .logit_lens_panel import LogitLensPanel
 
@@ -22,6 +23,7 @@ class AnalysisUI:
     def __init__(self, window: QMainWindow) -> None:
         self.window = window
         self.ablation = AblationController(window.state, window.client, window.head_grid, window.logits_panel, window)
+        self.rollout = RolloutControl(window.state, window.attention_view, window)
         self.logit_lens = LogitLensPanel(window.state, window.client)
         self._dock("lens", "Logit lens", self.logit_lens)
         self.head_stats = HeadStatsPanel(window.state, window.client, window.head_grid)
@@ -52,6 +54,9 @@ class AnalysisUI:
         clear = QAction("&Clear ablations", w)
         clear.triggered.connect(lambda _c=False: self.ablation.clear())
         menu.addAction(clear)
+        rollout = QAction("Attention &rollout (attention view)", w)
+        rollout.triggered.connect(lambda _c=False: self.rollout.box.toggle())
+        menu.addAction(rollout)
         menu.addSeparator()
         lens = QAction("Logit &lens", w)
         lens.triggered.connect(lambda _c=False: self.show_dock("lens"))

@@ -39,6 +39,8 @@ class AttentionView(QWidget):
         self.state = state
         self.pattern: np.ndarray | None = None  # the [queries, keys] weights on screen (before scaling)
         self.hover_text = ""
+        # an aggregate view plugged in from outside (gui/aggregate.py: rollout): (trace) -> (pattern, label) | None
+        self.pattern_override = None
 
         # -- controls --------------------------------------------------------------------------
         self.kind_box = QComboBox()
@@ -165,7 +167,10 @@ class AttentionView(QWidget):
         self._sync_controls()
         if trace is None or s.model is None or s.kind not in trace.kinds:
             return
-        if s.mean_heads:
+        override = self.pattern_override(trace) if self.pattern_override is not None else None
+        if override is not None:
+            pattern = override[0]
+        elif s.mean_heads:
             pattern = trace.attention(s.kind, s.layer).mean(axis=0)  # [heads, queries, keys] -> [queries, keys]
         else:
             pattern = trace.attention_head(s.kind, s.layer, s.head)  # only the head on screen is assembled
@@ -187,7 +192,7 @@ class AttentionView(QWidget):
         self.row_box.show()
         if new_shape:
             self.plot.setRange(xRange=(-0.5, n_k - 0.5), yRange=(-0.5, n_q - 0.5), padding=0)
-        head = "mean of heads" if s.mean_heads else f"head {s.head}"
+        head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
         self.plot.setTitle(f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}", size="10pt")
 
     def _row_pen(self) -> QPen:

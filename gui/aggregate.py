@@ -1,0 +1,70 @@
+"""Aggregate attention views beside "mean of heads": attention rollout (Abnar & Zuidema 2020) through the
+layers up to the selected one. The math is engine.analysis.rollout (numpy on the immutable Trace);
+this module adds the control and hands the attention view its pattern."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from PySide6.QtCore import QObject
+from PySide6.QtWidgets import QCheckBox
+
+from .attention_view import AttentionView
+from .state import InspectorState
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_TIP = ("Attention rollout: the mean of heads of each layer mixed half-and-half with the residual "
+               "(identity), multiplied through layers 0 … the selected one: where information at each query "
+               "came from. Not for cross-attention.")
+
+
+class RolloutControl(QObject):
+    def __init__(self, state: InspectorState, view: AttentionView, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.state, self.view = state, view
+        self.box = QCheckBox("rollout")
+        self.box.setToolTip(ROLLOUT_TIP)
+        controls = view.layout().itemAt(0).layout()  # the row of kind / layer / head / mean controls
+        controls.insertWidget(controls.indexOf(view.mean_box) + 1, self.box)
+        self._cache: tuple[tuple[int, str, int], np.ndarray] | None = None
+        view.pattern_override = self.pattern
+        self.box.toggled.connect(self._on_toggled)
+        state.selection_changed.connect(self._on_selection)
+        state.model_changed.connect(lambda _i: self._on_selection())
+
+    @property
+    def active(self) -> bool:
+        return self.box.isChecked() and self.state.kind != "cross"
+
+    def set_active(self, on: bool) -> None:
+        self.box.setChecked(on)
+
+    def _on_toggled(self, on: bool) -> None:
+        if on and self.state.mean_heads:
+            self.state.select(mean_heads=False)  # one aggregate at a time (this redraws)
+        self.view.redraw()
+
+    def _on_selection(self) -> None:
+        self.box.setEnabled(self.state.kind != "cross")
+        if self.state.mean_heads and self.box.isChecked():
+            self.box.blockSignals(True)  # "mean of heads" was chosen: rollout steps aside
+            self.box.setChecked(False)
+            self.box.blockSignals(False)
+            self.view.redraw()
+
+    def pattern(self, trace) -> tuple[np.ndarray, str] | None:  # noqa: ANN001 - engine.Trace
+        """Called by AttentionView.redraw: the rollout [queries, queries] up to the selected layer, or None."""
+        s = self.state
+        self.box.setEnabled(s.kind != "cross")  # the view may redraw before _on_selection runs
+        on = self.active and not s.mean_heads
+        self.view.head_spin.setEnabled(not on and not s.mean_heads)
+        if not on:
+            return None
+        key = (id(trace), s.kind, s.layer)
+        if self._cache is None or self._cache[0] != key:
+            from engine.analysis import rollout
+
+            self._cache = (key, rollout(trace, s.kind, s.layer))
+        return self._cache[1], f"rollout of layers 0–{s.layer}"
