@@ -101,6 +101,7 @@ def open_session(path: str) -> Callable:
         w.model, w.session, w._request = model, session, None
         tok = model.tokenizer
         return {"info": _model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},
+                "settings": dict(state["settings"]),
                 "prompt": tok.decode(session.prompt_ids),
                 "source": tok.decode(session.source_ids) if session.source_ids is not None else None}
 

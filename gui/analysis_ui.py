@@ -13,6 +13,7 @@ from .ablation import AblationController
 from .aggregate import RolloutControl
 from .head_stats_panel import HeadStatsPanel
 from .logit_lens_panel import LogitLensPanel
+from .session_io import SessionIO
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class AnalysisUI:
         self.head_stats = HeadStatsPanel(window.state, window.client, window.head_grid)
         self._dock("stats", "Head statistics", self.head_stats)
         self.menu = self._analysis_menu()
+        self.session_io = SessionIO(window, self.rollout)
 
     def _dock(self, key: str, title: str, widget) -> None:  # noqa: ANN001
         """A new dock, tabbed behind the candidates (the right column stays two panels high)."""
