@@ -23,6 +23,7 @@ class AnalysisUI:
 
     def __init__(self, window: QMainWindow) -> None:
         self.window = window
+        self.compare = None
         self.ablation = AblationController(window.state, window.client, window.head_grid, window.logits_panel, window)
         self.rollout = RolloutControl(window.state, window.attention_view, window)
         self.logit_lens = LogitLensPanel(window.state, window.client)
@@ -66,7 +67,25 @@ class AnalysisUI:
         stats = QAction("Head &statistics", w)
         stats.triggered.connect(lambda _c=False: self.show_dock("stats"))
         menu.addAction(stats)
+        menu.addSeparator()
+        compare = QAction("Compare &with another prompt…", w)
+        compare.triggered.connect(lambda _c=False: self.open_compare())
+        menu.addAction(compare)
         return menu
+
+
+    def open_compare(self):  # noqa: ANN201 - CompareDialog
+        """The compare dialog (one per window, non-modal), prefilled with the prompt on screen."""
+        from .compare_dialog import CompareDialog
+
+        w = self.window
+        if self.compare is None:
+            self.compare = CompareDialog(w.state, w.client, w)
+            self.compare.prompt_edit.setText(w.prompt_panel.prompt_edit.toPlainText())
+            self.compare.source_edit.setText(w.prompt_panel.source_edit.toPlainText())
+        self.compare.show()
+        self.compare.raise_()
+        return self.compare
 
 
 def install(window: QMainWindow) -> AnalysisUI:
