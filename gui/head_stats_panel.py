@@ -111,6 +111,7 @@ class HeadStatsPanel(QWidget):
         self._latest = 0
         self._wanted: int | None = None  # id of the trace asked for
         self.requests = 0
+        self._in_flight = 0  # at most one request queued: a long run's progress must not pile up work
         self.tint = GridTint(grid)
 
         self.color_box = QComboBox()
@@ -154,6 +155,7 @@ class HeadStatsPanel(QWidget):
         state.trace_changed.connect(lambda _t: self._timer.start())
         state.selection_changed.connect(self.update_tint)  # the grid may show another kind now
         client.result_ready.connect(self._on_result)
+        client.busy_changed.connect(self._on_busy)
         self.message.setText("Open a model to see head statistics")
 
     @property
@@ -174,14 +176,22 @@ class HeadStatsPanel(QWidget):
         trace = self.state.trace
         if trace is None or self.state.model is None:
             return
-        if id(trace) == self._wanted or not (self.isVisible() or self.color_by):
-            return
+        if id(trace) == self._wanted or not (self.isVisible() or self.color_by) or self._in_flight or self.client.running:
+            return  # asked again when the answer, or the end of the run, arrives
         self._wanted = id(trace)
         self.requests += 1
-        self._latest = self.client.call("head_stats", analysis_ops.head_statistics(trace))
+        self._latest = self._in_flight = self.client.call("head_stats", analysis_ops.head_statistics(trace))
         self.message.setText("computing … (the induction score runs the model on repeated random tokens once)")
 
+    def _on_busy(self, busy: bool, _op: str) -> None:
+        if not busy:  # nothing is in flight any more (answered, dropped or failed): catch up
+            self._in_flight = 0
+            self._timer.start()
+
     def _on_result(self, rid: int, op: str, payload: object) -> None:
+        if op == "head_stats" and rid == self._in_flight:
+            self._in_flight = 0
+            self._timer.start()  # the selection may have moved on meanwhile
         if op != "head_stats" or rid != self._latest or payload["trace"] is not self.state.trace:
             return
         self.show_stats(payload["trace"], payload["stats"])

@@ -31,6 +31,7 @@ class LogitLensPanel(QWidget):
         self._latest = 0  # request id whose answer is wanted
         self._wanted: tuple[int, int] | None = None  # (id(trace), position) requested or shown
         self.requests = 0
+        self._in_flight = 0  # at most one request queued: a long run's progress must not pile up work
 
         self.heading = QLabel()
         self.heading.setWordWrap(True)
@@ -58,6 +59,7 @@ class LogitLensPanel(QWidget):
         state.trace_changed.connect(lambda _t: self._timer.start())
         state.selection_changed.connect(self._timer.start)
         client.result_ready.connect(self._on_result)
+        client.busy_changed.connect(self._on_busy)
         self._show_message("Open a model to see the logit lens")
 
     def _on_model(self, _info: object) -> None:
@@ -88,14 +90,22 @@ class LogitLensPanel(QWidget):
             self._wanted = None
             return
         key = (id(trace), self.position())
-        if key == self._wanted or not self.isVisible():
-            return
+        if key == self._wanted or not self.isVisible() or self._in_flight or self.client.running:
+            return  # asked again when the answer, or the end of the run, arrives
         self._wanted = key
         self.requests += 1
-        self._latest = self.client.call("lens", analysis_ops.logit_lens(trace, key[1], self.top))
+        self._latest = self._in_flight = self.client.call("lens", analysis_ops.logit_lens(trace, key[1], self.top))
         self.message.setText("computing …")
 
+    def _on_busy(self, busy: bool, _op: str) -> None:
+        if not busy:  # nothing is in flight any more (answered, dropped or failed): catch up
+            self._in_flight = 0
+            self._timer.start()
+
     def _on_result(self, rid: int, op: str, payload: object) -> None:
+        if op == "lens" and rid == self._in_flight:
+            self._in_flight = 0
+            self._timer.start()  # the selection may have moved on meanwhile
         if op != "lens" or rid != self._latest:
             return  # stale: a newer position or trace was asked for
         if payload["trace"] is not self.state.trace:

@@ -51,3 +51,33 @@ def test_logit_lens_encoder_decoder_and_no_head(qtbot, window, checkpoints):
     qtbot.waitUntil(lambda: "No logit lens" in panel.heading.text(), timeout=10_000)
     assert panel.table.isHidden() and panel.result is None
     assert win.errors == []
+
+
+def test_a_long_run_does_not_pile_up_lens_requests(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"])
+    panel = _show_lens(qtbot, win)
+    requests = panel.requests
+    win.client.run(60)
+    qtbot.waitUntil(lambda: not win.client.running, timeout=120_000)
+    panel = _show_lens(qtbot, win)  # then it catches up with the last trace
+    assert panel.result["trace"] is win.state.trace
+    assert panel.requests - requests <= 3  # not one per progress report
+
+
+def test_encoder_only_ablation_lens_and_statistics(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["encoder"])
+    old = win.state.trace
+    win.analysis.ablation.ablate(0, 0)
+    qtbot.waitUntil(lambda: win.state.trace is not old, timeout=30_000)
+    wait_idle(qtbot, win)
+    assert win.state.trace.gates == {"encoder.0.attn": (0.0, 1.0, 1.0, 1.0)}
+    panel = _show_lens(qtbot, win)
+    assert "Masked-LM predictions" in panel.heading.text()
+    win.analysis.show_dock("stats")
+    stats = win.analysis.head_stats
+    qtbot.waitUntil(lambda: stats.stats_trace is win.state.trace, timeout=60_000)
+    assert {s.kind for s in stats.stats} == {"encoder"}
+    assert "1 head ablated" in stats.message.text()
+    assert win.errors == []
