@@ -23,6 +23,12 @@ def _model(w: Any) -> Any:
     return w.model
 
 
+def _same_model(model: Any, trace: Any) -> bool:
+    """The trace came from this model (a request queued before another model was opened did not)."""
+    return (trace.model_name == model.name and trace.family == model.family
+            and dict(trace.n_layers) == dict(model.layers_by_kind))
+
+
 def set_gates(changes: Sequence[Gate], clear: bool = False) -> Callable:
     """Change head gates on the model; the session recomputes with them. -> the new Trace, or
     {"gates": ...} when there is no session yet (the gates then apply to the next one)."""
@@ -46,7 +52,10 @@ def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
     def fn(w: Any) -> dict:
         from engine.analysis import logit_lens as lens
 
-        out = lens(_model(w), trace, position, top=top)
+        model = _model(w)
+        if not _same_model(model, trace):
+            return {"trace": trace, "stale": True}  # the panel drops it: its trace is gone
+        out = lens(model, trace, position, top=top)
         return {"trace": trace, "position": position, "top_ids": out["top_ids"], "top_probs": out["top_probs"]}
 
     return fn
@@ -60,6 +69,8 @@ def head_statistics(trace: Any) -> Callable:
         from engine.analysis import induction_scores
 
         model = _model(w)
+        if not _same_model(model, trace):
+            return {"trace": trace, "stale": True}
         cache = w.__dict__.setdefault("_induction_cache", {})
         key = (id(model), tuple(sorted(model.gates().items())))
         if key not in cache:

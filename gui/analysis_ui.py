@@ -38,6 +38,7 @@ class AnalysisUI:
         w = self.window
         dock = w.add_dock(key, title, widget, Qt.DockWidgetArea.RightDockWidgetArea)
         w.tabifyDockWidget(w.docks["logits"], dock)
+        dock.visibilityChanged.connect(lambda on: on and widget._timer.start())  # brought to the front: catch up
         w.docks["logits"].raise_()
 
     def show_dock(self, key: str) -> None:

@@ -168,6 +168,10 @@ class HeadStatsPanel(QWidget):
         self.tint.draw({})
         self.message.setText("Type a prompt")
 
+    def on_screen(self) -> bool:
+        """Shown and not behind another tab (a tabbed-away dock can still report isVisible())."""
+        return self.isVisible() and not self.visibleRegion().isEmpty()
+
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         self._timer.start()
@@ -176,7 +180,7 @@ class HeadStatsPanel(QWidget):
         trace = self.state.trace
         if trace is None or self.state.model is None:
             return
-        if id(trace) == self._wanted or not (self.isVisible() or self.color_by) or self._in_flight or self.client.running:
+        if id(trace) == self._wanted or not (self.on_screen() or self.color_by) or self._in_flight or self.client.running:
             return  # asked again when the answer, or the end of the run, arrives
         self._wanted = id(trace)
         self.requests += 1
@@ -192,7 +196,8 @@ class HeadStatsPanel(QWidget):
         if op == "head_stats" and rid == self._in_flight:
             self._in_flight = 0
             self._timer.start()  # the selection may have moved on meanwhile
-        if op != "head_stats" or rid != self._latest or payload["trace"] is not self.state.trace:
+        if op != "head_stats" or rid != self._latest or payload["trace"] is not self.state.trace \
+                or payload.get("stale"):
             return
         self.show_stats(payload["trace"], payload["stats"])
 

@@ -77,6 +77,10 @@ class LogitLensPanel(QWidget):
         trace = self.state.trace
         return min(self.state.query, len(trace) - 1) if trace is not None else 0
 
+    def on_screen(self) -> bool:
+        """Shown and not behind another tab (a tabbed-away dock can still report isVisible())."""
+        return self.isVisible() and not self.visibleRegion().isEmpty()
+
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         self._timer.start()  # it was hidden (another tab): catch up
@@ -90,7 +94,7 @@ class LogitLensPanel(QWidget):
             self._wanted = None
             return
         key = (id(trace), self.position())
-        if key == self._wanted or not self.isVisible() or self._in_flight or self.client.running:
+        if key == self._wanted or not self.on_screen() or self._in_flight or self.client.running:
             return  # asked again when the answer, or the end of the run, arrives
         self._wanted = key
         self.requests += 1
@@ -108,7 +112,7 @@ class LogitLensPanel(QWidget):
             self._timer.start()  # the selection may have moved on meanwhile
         if op != "lens" or rid != self._latest:
             return  # stale: a newer position or trace was asked for
-        if payload["trace"] is not self.state.trace:
+        if payload["trace"] is not self.state.trace or payload.get("stale"):
             return
         self.show_lens(payload)
 

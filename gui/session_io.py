@@ -99,7 +99,9 @@ class SessionIO:
         w = self.window
         s = w.state
         w.banner.hide()
-        s.set_model(payload["info"])  # panels reset for the (possibly other) model
+        info = payload["info"]
+        s.set_model(info)  # panels reset for the (possibly other) model
+        w.prompt_panel.set_model_text(info.folder or info.name)
         w.prompt_panel.set_texts(payload["prompt"], payload["source"])
         s.set_trace(payload["trace"])
         view = payload["view"] or {}

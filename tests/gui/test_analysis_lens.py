@@ -81,3 +81,28 @@ def test_encoder_only_ablation_lens_and_statistics(qtbot, window, checkpoints):
     assert {s.kind for s in stats.stats} == {"encoder"}
     assert "1 head ablated" in stats.message.text()
     assert win.errors == []
+
+
+def test_a_request_for_another_models_trace_is_answered_as_stale(qtbot, window, checkpoints):
+    from gui import analysis_ops
+
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    old = win.state.trace
+    open_model(qtbot, win, checkpoints["encoder-decoder"])
+    worker = win.client.worker  # idle: calling it from here is safe
+    assert analysis_ops.logit_lens(old, 1)(worker)["stale"]
+    assert analysis_ops.head_statistics(old)(worker)["stale"]
+
+
+def test_a_tabbed_away_lens_computes_nothing(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    panel = win.analysis.logit_lens
+    win.client.step()
+    qtbot.waitUntil(lambda: bool(win.state.trace.steps), timeout=30_000)
+    wait_idle(qtbot, win)
+    qtbot.wait(100)
+    assert panel.requests == 0 and win.analysis.head_stats.requests == 0  # behind the candidates tab
+    _show_lens(qtbot, win)  # brought to the front, it catches up
+    assert panel.requests == 1

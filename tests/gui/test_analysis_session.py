@@ -89,3 +89,27 @@ def test_exports(qtbot, window, checkpoints, tmp_path):
     assert summary["tokens"] == list(win.state.trace.tokens) and summary["family"] == "decoder"
     assert summary["view"]["kind"] == "self"
     assert win.errors == []
+
+
+def test_open_session_of_another_model_loads_it(qtbot, window, checkpoints, tmp_path):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    io_ = win.analysis.session_io
+    win.client.step()
+    qtbot.waitUntil(lambda: bool(win.state.trace.steps), timeout=30_000)
+    wait_idle(qtbot, win)
+    saved = win.state.trace
+    path = tmp_path / "s.json"
+    io_.save_session(str(path))
+    qtbot.waitUntil(lambda: io_.saved is not None, timeout=30_000)
+    open_model(qtbot, win, checkpoints["encoder-decoder"])
+    old = win.state.trace
+    io_.open_session(str(path))
+    opened = _wait_trace(qtbot, win, old)
+    assert win.state.model.family == "decoder" and opened.token_ids == saved.token_ids
+    assert win.prompt_panel.model_box.currentText() == str(checkpoints["decoder"])
+    assert win.attention_view.kind_box.currentData() == "self"
+    n = len(opened)
+    win.client.step()  # the reopened session goes on
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+    assert win.errors == []
