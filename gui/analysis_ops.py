@@ -110,13 +110,18 @@ def open_session(path: str) -> Callable:
             model = load_model(ref)
         session = restore_session(state, model)
         w.model, w.session, w._request = model, session, None
-        tok = model.tokenizer
         return {"info": _model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},
-                "settings": dict(state["settings"]),
-                "prompt": tok.decode(session.prompt_ids),
-                "source": tok.decode(session.source_ids) if session.source_ids is not None else None}
+                "settings": dict(state["settings"]), "prompt": _text(model, session.prompt_ids),
+                "source": _text(model, session.source_ids) if session.source_ids is not None else None}
 
     return fn
+
+
+def _text(model: Any, ids: Sequence[int]) -> str:
+    """Prompt text for the prompt box: special tokens dropped, except the masks a fill-mask prompt needs."""
+    mask = model.config.mask_token_id
+    special = set(model.tokenizer.special_ids) - {mask}
+    return model.tokenizer.decode([i for i in ids if i not in special], skip_special_tokens=False)
 
 
 def run_other(prompt: str, source: str | None) -> Callable:
