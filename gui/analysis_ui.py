@@ -89,5 +89,17 @@ class AnalysisUI:
         return self.compare
 
 
+HELP = [
+    ("right-click a head", "Ablate it, scale it, ablate its layer, or clear all ablations (head grid)"),
+    ("Ctrl+click a head", "Switch that head off / on again (head grid)"),
+    ("Ctrl+S / Ctrl+Shift+O", "Save / open a session (prompt, steps, ablations, view)"),
+]
+
+
 def install(window: QMainWindow) -> AnalysisUI:
+    from . import main_window  # loaded by now: it is the caller
+
+    for entry in HELP:  # Help → Keyboard shortcuts lists these too
+        if entry not in main_window.SHORTCUTS:
+            main_window.SHORTCUTS.append(entry)
     return AnalysisUI(window)

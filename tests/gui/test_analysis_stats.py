@@ -58,3 +58,22 @@ def test_head_statistics_encoder_decoder_kinds(qtbot, window, checkpoints):
     panel.table.selectRow(row)
     assert win.state.kind == "encoder"
     assert win.errors == []
+
+
+def test_analysis_menu_and_help(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    menu = win.analysis.menu
+    actions = {a.text().replace("&", ""): a for a in menu.actions() if a.text()}
+    assert {"Clear ablations", "Attention rollout (attention view)", "Logit lens", "Head statistics",
+            "Compare with another prompt…"} <= set(actions)
+    actions["Head statistics"].trigger()
+    panel = win.analysis.head_stats
+    qtbot.waitUntil(lambda: panel.on_screen() and panel.stats_trace is win.state.trace, timeout=60_000)
+    actions["Attention rollout (attention view)"].trigger()
+    assert win.analysis.rollout.active
+    win.show_shortcuts()
+    table = win.shortcuts_dialog.findChild(type(panel.table))
+    keys = [table.item(r, 0).text() for r in range(table.rowCount())]
+    assert "right-click a head" in keys and keys.count("right-click a head") == 1
+    win.shortcuts_dialog.close()
