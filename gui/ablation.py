@@ -36,7 +36,7 @@ from .worker import EngineClient
 
 log = logging.getLogger(__name__)
 
-N_MOVERS = 5
+N_MOVERS = 4
 CROSS_COLOR = QColor(255, 255, 255)
 CROSS_SHADOW = QColor(0, 0, 0)
 SCALED_COLOR = QColor(255, 190, 40)
@@ -291,5 +291,6 @@ class AblationController(QObject):
         top0, top1 = int(np.argmax(before)), int(np.argmax(after))
         vocab = s.model.vocab
         same = "top token unchanged" if top0 == top1 else f"top token “{vocab[top0]}” → “{vocab[top1]}”"
-        self.diff.show_movers(f"Ablation effect at position {pos} (T=1): total variation {tv:.3f}, {same}. "
+        where = f"position {pos}" + (f" (with “{trace.tokens[pos]}” in place)" if trace.family == "encoder" else "")
+        self.diff.show_movers(f"Ablation effect at {where}, T=1: total variation {tv:.3f}, {same}. "
                               "Biggest movers:", rows, vocab)

@@ -36,7 +36,7 @@ def test_ablate_head_recomputes_marks_and_compares(qtbot, window, checkpoints):
     # the candidates panel compares with the distribution before the ablation
     assert ab.diff.isVisible()
     assert ab.baseline is before
-    assert len(ab.diff.rows) == 5 and "total variation" in ab.diff.heading.text()
+    assert len(ab.diff.rows) == 4 and "total variation" in ab.diff.heading.text()
     tid, p0, p1 = ab.diff.rows[0]
     pos = win.state.query
     from engine import distribution
