@@ -107,3 +107,15 @@ def test_gates_without_a_session_and_encoder_decoder(qtbot, window, checkpoints)
     assert not ab.overlay.path().isEmpty()
     win.state.select(kind="self")  # the marks belong to the cross-attention grid
     assert ab.overlay.path().isEmpty()
+
+
+def test_right_click_opens_the_ablation_menu(qtbot, window, checkpoints):
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    ab, grid = win.analysis.ablation, win.head_grid
+    scene = grid.plot.getViewBox().mapViewToScene(QPointF(2.4, 1.4))
+    pos = grid.graphics.mapFromScene(scene)
+    qtbot.mouseClick(grid.graphics.viewport(), Qt.MouseButton.RightButton, pos=pos)
+    qtbot.waitUntil(lambda: getattr(ab, "menu", None) is not None and ab.menu.isVisible(), timeout=5_000)
+    assert ab.menu.actions()[0].text() == "Ablate head 1.2"
+    ab.menu.close()
