@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 SESSION_FILTER = "Attention Inspector session (*.json)"
 
 
+def _with_suffix(path: str, chosen_filter: str) -> str:
+    """A name typed without a suffix gets the one of the chosen file type ("SVG (*.svg)" -> .svg)."""
+    if Path(path).suffix or "*." not in chosen_filter:
+        return path
+    return path + "." + chosen_filter.split("*.", 1)[1].split(")", 1)[0]
+
+
 class SessionIO:
     def __init__(self, window: QMainWindow, rollout=None) -> None:  # noqa: ANN001 - aggregate.RolloutControl
         self.window, self.rollout = window, rollout
@@ -225,15 +232,15 @@ class SessionIO:
         return out
 
     def export_view_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Export view", "attention.png", "PNG (*.png);;SVG (*.svg)")
+        path, chosen = QFileDialog.getSaveFileName(self.window, "Export view", "attention.png", "PNG (*.png);;SVG (*.svg)")
         if path:
-            self.export_view(path)
+            self.export_view(_with_suffix(path, chosen))
 
     def export_pattern_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Export pattern", "pattern.csv",
+        path, chosen = QFileDialog.getSaveFileName(self.window, "Export pattern", "pattern.csv",
                                               "CSV with token labels (*.csv);;NumPy array (*.npy)")
         if path:
-            self.export_pattern(path)
+            self.export_pattern(_with_suffix(path, chosen))
 
     def export_summary_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self.window, "Export trace summary", "trace-summary.json", "JSON (*.json)")

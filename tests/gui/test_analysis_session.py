@@ -113,3 +113,11 @@ def test_open_session_of_another_model_loads_it(qtbot, window, checkpoints, tmp_
     win.client.step()  # the reopened session goes on
     qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
     assert win.errors == []
+
+
+def test_a_name_without_suffix_gets_the_chosen_type():
+    from gui.session_io import _with_suffix
+
+    assert _with_suffix("/tmp/view", "SVG (*.svg)") == "/tmp/view.svg"
+    assert _with_suffix("/tmp/view.png", "SVG (*.svg)") == "/tmp/view.png"
+    assert _with_suffix("/tmp/p", "NumPy array (*.npy)") == "/tmp/p.npy"
