@@ -140,10 +140,20 @@ def test_excepthook_shows_unexpected_errors(qtbot, window):
         sys.excepthook = saved
 
 
-def test_stop_before_the_run_starts_still_stops_it(qtbot, window, checkpoints):
+def test_stop_before_the_run_starts_still_stops_it(qtbot, window, checkpoints, monkeypatch):
+    import time
+
     win = window
     open_model(qtbot, win, checkpoints["long-decoder"])
     n = len(win.state.trace)
+    real_step = Session.step
+
+    def slow_step(self, token_id=None):  # noqa: ANN001 - the first step holds the worker for a moment
+        time.sleep(0.5)
+        monkeypatch.setattr(Session, "step", real_step)
+        return real_step(self, token_id)
+
+    monkeypatch.setattr(Session, "step", slow_step)
     win.client.step()  # keeps the worker busy, so the run waits in the queue
     win.client.run(500)
     win.client.stop()
