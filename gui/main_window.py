@@ -468,7 +468,9 @@ class MainWindow(QMainWindow):
         if isinstance(geometry, QByteArray):
             self.restoreGeometry(geometry)
         window_state = self.settings.value("window_state")
-        if isinstance(window_state, QByteArray):
+        # a layout saved with other docks (an older version) would squeeze the new ones: keep the default
+        same_docks = str(self.settings.value("docks", "")) == ",".join(sorted(self.docks))
+        if isinstance(window_state, QByteArray) and same_docks:
             self.restoreState(window_state)
         cmap = self.settings.value("colormap")
         if cmap:
@@ -477,6 +479,7 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("window_state", self.saveState())
+        self.settings.setValue("docks", ",".join(sorted(self.docks)))
         self.settings.setValue("colormap", self.state.colormap)
         self.settings.sync()
 

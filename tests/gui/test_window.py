@@ -134,3 +134,19 @@ def test_export_trace_writes_the_npz(qtbot, window, checkpoints, tmp_path):
     with np.load(out) as data:
         assert "decoder.0.attn" in data.files
         assert data["decoder.0.attn"].shape[-1] == len(window.state.trace)
+
+
+def test_a_layout_saved_with_other_docks_is_not_restored(qtbot, window, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from gui.main_window import MainWindow
+
+    window.save_settings()
+    assert window.settings.value("docks") == ",".join(sorted(window.docks))
+    ini = QSettings(str(tmp_path / "old.ini"), QSettings.Format.IniFormat)
+    ini.setValue("window_state", window.saveState())
+    ini.setValue("docks", "heads,logits,prompt,tokens")  # as saved before more docks existed
+    other = MainWindow(settings=ini, devices=["cpu"])
+    qtbot.addWidget(other)
+    assert other.saveState() == other._default_state
+    other.close()
