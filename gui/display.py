@@ -68,3 +68,40 @@ def fit(pattern: np.ndarray, size: int) -> np.ndarray:
     if out.shape != (size, size):  # empty input
         out = np.zeros((size, size), dtype=np.float32)
     return out
+
+
+def top_indices(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n largest values, largest first (ties by index). A partial sort: sorting a 50k
+    vocabulary every step cost more than the rest of the panel."""
+    n = min(n, values.size)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-values, n - 1)[:n] if n < values.size else np.arange(values.size)
+    return part[np.lexsort((part, -values[part]))]
+
+
+def fit_stack(patterns: np.ndarray, size: int) -> np.ndarray:
+    """fit() for a stack [heads, rows, cols] at once -> [heads, size, size]."""
+    out = patterns
+    for axis in (1, 2):
+        n = out.shape[axis]
+        if n == size or n == 0:
+            continue
+        if n > size:
+            edges = np.linspace(0, n, size + 1).astype(int)
+            out = np.maximum.reduceat(out, edges[:-1], axis=axis)
+        else:
+            idx = (np.arange(size) * n // size).astype(int)
+            out = np.take(out, idx, axis=axis)
+    if out.shape[1:] != (size, size):
+        out = np.zeros((patterns.shape[0], size, size), dtype=np.float32)
+    return out
+
+
+def normalised_stack(thumbs: np.ndarray, log_scale: bool) -> np.ndarray:
+    """normalised() per thumbnail of a stack [heads, h, w]."""
+    if log_scale:
+        lo, hi = LOG_LEVELS
+        return (np.log10(np.maximum(thumbs, LOG_FLOOR)) - lo) / (hi - lo)
+    peak = thumbs.max(axis=(1, 2), keepdims=True) if thumbs.size else np.zeros((thumbs.shape[0], 1, 1))
+    return np.divide(thumbs, peak, out=np.zeros_like(thumbs, dtype=np.float64), where=peak > 0)

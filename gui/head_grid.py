@@ -129,12 +129,12 @@ class HeadGrid(QWidget):
             if hidden is None and s.kind == "self":  # outside the causal mask: background, as in the large view
                 # a pooled bin above the diagonal holds only future keys (bins are square)
                 hidden = display.fit((~display.future_mask(*pooled.shape[1:])).astype(np.float32), t) == 0
+            tiles = np.round(display.normalised_stack(display.fit_stack(pooled, t), s.log_scale) * (GAP_INDEX - 1))
+            tiles = tiles.astype(np.uint8)  # [heads, t, t], all heads of the layer at once
+            if hidden is not None:
+                tiles[:, hidden] = GAP_INDEX
             for head in range(n_heads):
-                values = np.round(display.normalised(display.fit(pooled[head], t), s.log_scale) * (GAP_INDEX - 1))
-                tile = values.astype(np.uint8)
-                if hidden is not None:
-                    tile[hidden] = GAP_INDEX
-                atlas[layer * cell : layer * cell + t, head * cell : head * cell + t] = tile
+                atlas[layer * cell : layer * cell + t, head * cell : head * cell + t] = tiles[head]
         self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
         self._drawn_kind = s.kind
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))

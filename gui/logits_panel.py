@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QToolTip, QVBoxLayo
 
 from engine import distribution
 
+from . import display
 from .state import InspectorState
 from .token_axis import TokenAxis
 from .worker import EngineClient
@@ -110,7 +111,7 @@ class LogitsPanel(QWidget):
         settings = s.sampling
         probs = distribution(logits, settings.temperature, settings.top_k, settings.top_p)
         n = min(self.count_spin.value(), probs.size)
-        order = np.argsort(-probs, kind="stable")[:n]
+        order = display.top_indices(probs, n)
         self.candidate_ids, self.bar_values = order, probs[order]
         self._logits = logits
         self.plot.setVisible(True)
