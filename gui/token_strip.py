@@ -127,16 +127,24 @@ class ChipRow(QWidget):
             chip.hovered.connect(self.hovered)
             self.flow.addWidget(chip)
             self.chips.append(chip)
+        changed = len(tokens) != self.n
         self.n = len(tokens)
         for i, chip in enumerate(self.chips):
             if i < self.n:
-                chip.setText(tokens[i] if tokens[i] else "∅")
-                chip.set_role(roles[i])
-                chip.setToolTip(tips[i])
+                shown = (tokens[i] if tokens[i] else "∅", roles[i], tips[i])
+                if getattr(chip, "_shown", None) == shown and chip.isVisibleTo(self):
+                    continue  # a step changes a chip or two; restyling hundreds cost more than the heatmaps
+                chip._shown = shown
+                chip.setText(shown[0])
+                chip.set_role(shown[1])
+                chip.setToolTip(shown[2])
                 chip.show()
-            else:
+                changed = True
+            elif chip.isVisibleTo(self):
                 chip.hide()
-        self.flow.invalidate()
+                changed = True
+        if changed:
+            self.flow.invalidate()
 
     def set_marks(self, selected: int | None, tints: np.ndarray | None) -> None:
         for i in range(self.n):
