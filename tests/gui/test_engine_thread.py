@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -13,9 +14,16 @@ from tests.gui.conftest import open_model, wait_idle
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_stop_interrupts_long_run(qtbot, window, checkpoints):
+def test_stop_interrupts_long_run(qtbot, window, checkpoints, monkeypatch):
     win = window
     open_model(qtbot, win, checkpoints["long-decoder"])
+    real_step = Session.step
+
+    def slow_step(self, *args, **kwargs):  # a tiny model runs ~1000 steps before a click lands; a real one does not
+        time.sleep(0.005)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "step", slow_step)
     n = len(win.state.trace)
     strip = win.token_strip
     strip.run_spin.setValue(100_000)
