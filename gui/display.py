@@ -42,32 +42,12 @@ def future_mask(n_q: int, n_k: int) -> np.ndarray:
 
 def normalised(thumb: np.ndarray, log_scale: bool) -> np.ndarray:
     """0..1 for a thumbnail: log10 on the fixed LOG_LEVELS range, or linear scaled to the thumbnail's maximum."""
-    if log_scale:
-        lo, hi = LOG_LEVELS
-        return (np.log10(np.maximum(thumb, LOG_FLOOR)) - lo) / (hi - lo)
-    peak = float(thumb.max()) if thumb.size else 0.0
-    return thumb / peak if peak > 0 else thumb
+    return normalised_stack(thumb[None], log_scale)[0]
 
 
 def fit(pattern: np.ndarray, size: int) -> np.ndarray:
-    """Resample a [rows, cols] pattern to [size, size] for a thumbnail.
-
-    Longer axes are max-pooled (a single strong weight, e.g. an attention sink, must not
-    vanish); shorter ones are repeated (nearest neighbour)."""
-    out = pattern
-    for axis in (0, 1):
-        n = out.shape[axis]
-        if n == size or n == 0:
-            continue
-        if n > size:
-            edges = np.linspace(0, n, size + 1).astype(int)
-            out = np.maximum.reduceat(out, edges[:-1], axis=axis)
-        else:
-            idx = (np.arange(size) * n // size).astype(int)
-            out = np.take(out, idx, axis=axis)
-    if out.shape != (size, size):  # empty input
-        out = np.zeros((size, size), dtype=np.float32)
-    return out
+    """Resample a [rows, cols] pattern to [size, size] for a thumbnail (see fit_stack)."""
+    return fit_stack(pattern[None], size)[0]
 
 
 def top_indices(values: np.ndarray, n: int) -> np.ndarray:
@@ -81,7 +61,10 @@ def top_indices(values: np.ndarray, n: int) -> np.ndarray:
 
 
 def fit_stack(patterns: np.ndarray, size: int) -> np.ndarray:
-    """fit() for a stack [heads, rows, cols] at once -> [heads, size, size]."""
+    """Resample a stack [heads, rows, cols] to [heads, size, size] for thumbnails.
+
+    Longer axes are max-pooled (a single strong weight, e.g. an attention sink, must not
+    vanish); shorter ones are repeated (nearest neighbour)."""
     out = patterns
     for axis in (1, 2):
         n = out.shape[axis]
