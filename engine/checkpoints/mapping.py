@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -49,8 +49,6 @@ class Converter:
     keys: Callable[[ModelConfig], dict[str, Source]]
     ignore: tuple[str, ...] = ()  # regexes of keys a checkpoint may hold that we do not need
     prefixes: tuple[str, ...] = ()  # base-model prefixes that headless checkpoints leave out
-    notes: str = ""
-    _ignore_re: list = field(default_factory=list, compare=False)
 
     def ignored(self, key: str) -> bool:
         return any(re.search(p, key) for p in self.ignore)
