@@ -17,6 +17,18 @@ from .trace import LazyLogits, PatternBlock, StepInfo, Trace
 log = logging.getLogger(__name__)
 
 
+def live_events(history: list) -> list:
+    """The events of `history` still in effect: each "back" cancels the latest step or mask before it."""
+    stack: list = []
+    for event in history:
+        if event[0] == "back":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(event)
+    return stack
+
+
 @dataclass(frozen=True)
 class Step:
     """The result of one step: the chosen token and the distribution it was chosen from."""
@@ -205,11 +217,13 @@ class Session:
 
     def recompute(self) -> None:
         """Run the prompt and replay the history again on the model as it is now (e.g. after head gates
-        changed): same tokens, fresh patterns and logits."""
+        changed): same tokens, fresh patterns and logits. Only the steps still standing are replayed,
+        not the branches undone on the way, so the cost follows the current length, not every step ever taken."""
         st = self.settings
         fresh = Session(self.model, self.prompt_ids, source=self.source_ids, temperature=st.temperature, top_k=st.top_k,
                         top_p=st.top_p, seed=st.seed, greedy=st.greedy, capture=self.capture)
-        fresh.replay(self.history)
+        fresh.replay(live_events(self.history))
+        fresh.history = list(self.history)
         self.__dict__.update(fresh.__dict__)
 
     def replay(self, history: list) -> None:

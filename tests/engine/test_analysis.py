@@ -175,6 +175,29 @@ def test_recompute_after_ablation_keeps_tokens_and_changes_patterns(gpt):
         gpt.clear_gates()
 
 
+def test_recompute_replays_only_the_steps_still_standing(gpt, monkeypatch):
+    from engine.session import live_events
+
+    s = Session(gpt, "In the beginning")
+    for _ in range(3):
+        s.step()
+    for _ in range(3):
+        s.back()
+    s.step()
+    s.step(5)
+    history = list(s.history)
+    assert live_events(history) == history[-2:]
+    before = s.trace
+    fed = []
+    original = Session._feed
+    monkeypatch.setattr(Session, "_feed", lambda self, *a: (fed.append(a), original(self, *a))[1])
+    s.recompute()
+    assert len(fed) == 2  # not the three undone steps
+    assert s.history == history  # the record of every branch is kept (session files save it)
+    assert s.trace.token_ids == before.token_ids
+    np.testing.assert_allclose(s.trace.attention("self", 1), before.attention("self", 1), atol=1e-6)
+
+
 def test_damaged_session_files_give_clear_errors(tmp_path):
     from engine.session_file import SessionFileError, read_session_file
 
