@@ -87,6 +87,22 @@ def verses(tok: Tokenizer, path: Path, max_len: int) -> list[list[int]]:
     return out
 
 
+def bucketed_batches(seqs: list[list[int]], batch: int, rng: np.random.Generator, pool: int = 50):
+    """Endless batches of verses of similar length: each epoch is shuffled, cut into pools of
+    `pool` batches, each pool sorted by length and cut into batches, and the batches shuffled.
+    Random batches of verses are half padding (lengths 10–64 tokens); these are nearly full."""
+    lengths = np.array([len(s) for s in seqs])
+    while True:
+        order = rng.permutation(len(seqs))
+        batches = []
+        for start in range(0, len(order), batch * pool):
+            chunk = order[start:start + batch * pool]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
+        for b in rng.permutation(len(batches)):
+            yield [seqs[i] for i in batches[b]]
+
+
 def mask_batch(seqs: list[list[int]], rng: np.random.Generator, vocab: int, mask_id: int, rate: float
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(map(len, seqs))
@@ -159,6 +175,8 @@ def main() -> None:
     ap.add_argument("--mask-rate", type=float, default=0.15)
     ap.add_argument("--minutes", type=float, default=None,
                     help="wall-clock budget: the schedule runs on max(step/steps, elapsed/budget) and training stops at 1")
+    ap.add_argument("--length-buckets", action="store_true",
+                    help="batch verses of similar length (about twice the verses per second; phases 1-3 did not)")
     ap.add_argument("--init", default=None, help="start from this exported tiny-bert folder (a later phase)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -203,6 +221,7 @@ def main() -> None:
     other = [p for p in net.parameters() if p.dim() != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
+    batches = bucketed_batches(train, args.batch, rng) if args.length_buckets else None
     t0 = time.time()
     smooth = None
     step = 0
@@ -212,7 +231,10 @@ def main() -> None:
         lr = args.lr * min(1.0, step / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [train[i] for i in rng.integers(0, len(train), size=args.batch)]
+        if batches is not None:
+            batch = next(batches)
+        else:
+            batch = [train[i] for i in rng.integers(0, len(train), size=args.batch)]
         inputs, key_mask, labels = mask_batch(batch, rng, vocab, mask_id, args.mask_rate)
         where = labels != -100
         loss = F.cross_entropy(masked_logits(net, inputs, key_mask, where), labels[where])
