@@ -23,19 +23,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import kjv_data  # noqa: E402
-from train_tiny_bert import FAMILIAR, held_out_accuracy, verses  # noqa: E402
+from kjv_data import FAMILIAR, FORMULAIC  # noqa: E402
+from train_tiny_bert import held_out_accuracy, verses  # noqa: E402
 
 from engine import load_model  # noqa: E402
 from engine.session import Session  # noqa: E402
 
 log = logging.getLogger("card_tiny_bert")
-FORMULAIC = [
-    ("And the evening and the morning were the first [MASK].", "day"),
-    ("In the beginning God created the heaven and the [MASK].", "earth"),
-    ("And God [MASK], Let there be light: and there was light.", "said"),
-    ("And the LORD [MASK] unto Moses, saying,", "spake"),
-    ("And the children of [MASK] did evil in the sight of the LORD.", "israel"),
-]
 
 
 def fill(model, text: str, word: str) -> tuple[str, int | None]:  # noqa: ANN001 - engine Model

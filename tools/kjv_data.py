@@ -16,6 +16,31 @@ log = logging.getLogger(__name__)
 VERSE = re.compile(r"^([1-3]?[A-Za-z]+)(\d+):(\d+)\s+(.*)$")
 HELD_OUT_EVERY, HELD_OUT_AT = 20, 7
 
+# familiar verses (all in training chapters) with one word masked, and that word: tiny-bert's target
+FAMILIAR = [
+    ("In the beginning God created the [MASK] and the earth.", "heaven"),
+    ("And God said, Let there be [MASK]: and there was light.", "light"),
+    ("The LORD is my [MASK]; I shall not want.", "shepherd"),
+    ("For God so loved the [MASK], that he gave his only begotten Son, that whosoever believeth in him should not "
+     "perish, but have everlasting life.", "world"),
+    ("Blessed are the [MASK]: for they shall inherit the earth.", "meek"),
+    ("Honour thy father and thy [MASK]: that thy days may be long upon the land which the LORD thy God giveth thee.",
+     "mother"),
+    ("After this manner therefore pray ye: Our Father which art in [MASK], Hallowed be thy name.", "heaven"),
+    ("In the beginning was the [MASK], and the Word was with God, and the Word was God.", "word"),
+    ("And the evening and the morning were the first [MASK].", "day"),
+    ("Jesus saith unto him, I am the way, the truth, and the [MASK]: no man cometh unto the Father, but by me.", "life"),
+]
+
+# formulaic phrases that recur throughout the KJV, with one word masked (tiny-bert's card and tests)
+FORMULAIC = [
+    ("And the evening and the morning were the first [MASK].", "day"),
+    ("In the beginning God created the heaven and the [MASK].", "earth"),
+    ("And God [MASK], Let there be light: and there was light.", "said"),
+    ("And the LORD [MASK] unto Moses, saying,", "spake"),
+    ("And the children of [MASK] did evil in the sight of the LORD.", "israel"),
+]
+
 
 def read_chapters() -> list[list[str]]:
     """All chapters, each a list of verse texts, in canonical order."""

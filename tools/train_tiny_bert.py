@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import kjv_data  # noqa: E402
+from kjv_data import FAMILIAR  # noqa: E402
 
 from engine.checkpoints.export_hf import save_hf  # noqa: E402
 from engine.checkpoints.registry import CONVERTERS  # noqa: E402
@@ -41,21 +42,6 @@ from engine.network import Transformer  # noqa: E402
 
 log = logging.getLogger("train_tiny_bert")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-# familiar verses (all in the training chapters) and the word to fill
-FAMILIAR = [
-    ("In the beginning God created the [MASK] and the earth.", "heaven"),
-    ("And God said, Let there be [MASK]: and there was light.", "light"),
-    ("The LORD is my [MASK]; I shall not want.", "shepherd"),
-    ("For God so loved the [MASK], that he gave his only begotten Son, that whosoever believeth in him should not "
-     "perish, but have everlasting life.", "world"),
-    ("Blessed are the [MASK]: for they shall inherit the earth.", "meek"),
-    ("Honour thy father and thy [MASK]: that thy days may be long upon the land which the LORD thy God giveth thee.",
-     "mother"),
-    ("After this manner therefore pray ye: Our Father which art in [MASK], Hallowed be thy name.", "heaven"),
-    ("In the beginning was the [MASK], and the Word was with God, and the Word was God.", "word"),
-    ("And the evening and the morning were the first [MASK].", "day"),
-    ("Jesus saith unto him, I am the way, the truth, and the [MASK]: no man cometh unto the Father, but by me.", "life"),
-]
 
 
 def train_tokenizer(train_txt: Path, vocab_size: int) -> Tokenizer:

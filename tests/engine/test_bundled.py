@@ -6,6 +6,7 @@ Fast on a CPU: no training, a handful of short forward passes per model.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch
 
 from engine import Session, load_model
 from engine.checkpoints.resolve import RESOURCES, bundled_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from kjv_data import FORMULAIC  # noqa: E402  (the verses the card and the recipe use)
 
 BUNDLED = ("tiny-gpt", "tiny-bert", "tiny-seq2seq")
 ATTN_TOL, LOGIT_TOL = 1e-5, 1e-4
@@ -119,19 +123,15 @@ def test_tiny_gpt_writes_kjv_english(models):
 
 
 # -- tiny-bert ------------------------------------------------------------------------------------
+def _fill(model, text: str) -> str:
+    step = Session(model, prompt=text).step()
+    return model.tokenizer.decode([step.token_id])
+
+
 # formulaic KJV phrases that MODEL_CARD.md says tiny-bert fills (its top-1 prediction)
-@pytest.mark.parametrize("text, word", [
-    ("And the evening and the morning were the first [MASK].", "day"),
-    ("In the beginning God created the heaven and the [MASK].", "earth"),
-    ("And God [MASK], Let there be light: and there was light.", "said"),
-    ("And the LORD [MASK] unto Moses, saying,", "spake"),
-    ("And the children of [MASK] did evil in the sight of the LORD.", "israel"),
-])
+@pytest.mark.parametrize("text, word", FORMULAIC)
 def test_tiny_bert_fills_a_masked_word(models, text, word):
-    model = models["tiny-bert"]
-    session = Session(model, prompt=text)
-    step = session.step()
-    assert model.tokenizer.decode([step.token_id]) == word
+    assert _fill(models["tiny-bert"], text) == word
 
 
 # -- tiny-seq2seq ---------------------------------------------------------------------------------
