@@ -121,20 +121,19 @@ class HeadGrid(QWidget):
         n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
         t = self._thumb_size(n, n_layers, n_heads)
         cell = t + GAP
-        atlas = np.full((n_layers * cell - GAP, n_heads * cell - GAP), GAP_INDEX, dtype=np.uint8)
-        hidden = None
-        for layer in range(n_layers):
-            # [heads, ≤64, ≤64] max-pooled, updated incrementally from the blocks a step adds
-            pooled = self.pooler.pooled(trace, s.kind, layer)
-            if hidden is None and s.kind == "self":  # outside the causal mask: background, as in the large view
-                # a pooled bin above the diagonal holds only future keys (bins are square)
-                hidden = display.fit((~display.future_mask(*pooled.shape[1:])).astype(np.float32), t) == 0
-            tiles = np.round(display.normalised_stack(display.fit_stack(pooled, t), s.log_scale) * (GAP_INDEX - 1))
-            tiles = tiles.astype(np.uint8)  # [heads, t, t], all heads of the layer at once
-            if hidden is not None:
-                tiles[:, hidden] = GAP_INDEX
-            for head in range(n_heads):
-                atlas[layer * cell : layer * cell + t, head * cell : head * cell + t] = tiles[head]
+        # [layers, heads, ≤64, ≤64] max-pooled, updated incrementally from the blocks a step adds;
+        # resampled and scaled as one stack (per-layer calls cost more in numpy overhead than in work)
+        pooled = np.stack([self.pooler.pooled(trace, s.kind, layer) for layer in range(n_layers)])
+        stack = pooled.reshape(-1, *pooled.shape[2:])
+        tiles = np.round(display.normalised_stack(display.fit_stack(stack, t), s.log_scale) * (GAP_INDEX - 1))
+        tiles = tiles.astype(np.uint8).reshape(n_layers, n_heads, t, t)
+        if s.kind == "self":  # outside the causal mask: background, as in the large view
+            # a pooled bin above the diagonal holds only future keys (bins are square)
+            hidden = display.fit((~display.future_mask(*pooled.shape[2:])).astype(np.float32), t) == 0
+            tiles[:, :, hidden] = GAP_INDEX
+        cells = np.full((n_layers, cell, n_heads, cell), GAP_INDEX, dtype=np.uint8)
+        cells[:, :t, :, :t] = tiles.transpose(0, 2, 1, 3)
+        atlas = np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP])
         self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
         self._drawn_kind = s.kind
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))

@@ -34,3 +34,28 @@ def test_pooled_thumbnails_match_direct_pooling(checkpoints):
             s.back()  # not an extension: rebuilt
     trace = s.trace
     np.testing.assert_array_equal(trace.attention_head("self", 1, 2), trace.attention("self", 1)[2])
+
+
+def test_head_grid_atlas_puts_each_head_in_its_cell(qtbot, window, checkpoints):
+    """The atlas, built for all layers at once, holds at (layer, head) that head's own thumbnail,
+    scaled to its maximum, with gap pixels between cells and future keys as background."""
+    from gui import display
+    from gui.head_grid import GAP, GAP_INDEX
+
+    from tests.gui.conftest import open_model
+
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"], prompt="In the beginning God created the heaven", steps=3)
+    grid, trace = win.head_grid, win.state.trace
+    t, cell = grid.thumb, grid.thumb + GAP
+    fresh = ThumbnailPooler(size=grid.pooler.size)
+    assert grid.atlas.shape == (2 * cell - GAP, 4 * cell - GAP)
+    for layer in range(2):
+        pooled = fresh.pooled(trace, "self", layer)
+        hidden = display.fit((~display.future_mask(*pooled.shape[1:])).astype(np.float32), t) == 0
+        for head in range(4):
+            want = np.round(display.normalised(display.fit(pooled[head], t), False) * (GAP_INDEX - 1)).astype(np.uint8)
+            want[hidden] = GAP_INDEX
+            got = grid.atlas[layer * cell: layer * cell + t, head * cell: head * cell + t]
+            np.testing.assert_array_equal(got, want)
+    assert (grid.atlas[t::cell, :] == GAP_INDEX).all() and (grid.atlas[:, t::cell] == GAP_INDEX).all()
