@@ -21,6 +21,8 @@ class TokenAxis(pg.AxisItem):
         super().__init__(orientation, **kw)
         self.tokens: tuple[str, ...] = ()
         self.prefix_index = False  # "3 ␣the" on the vertical axis helps to find positions
+        self._advances: dict[str, float] = {}  # label -> width in pixels, for the font in _advance_font
+        self._advance_font = ""
         if orientation in ("top", "bottom"):
             self.setStyle(hideOverlappingLabels=40)  # let the first/last token's label overhang the ends a little
 
@@ -31,11 +33,24 @@ class TokenAxis(pg.AxisItem):
             self.prefix_index = prefix_index
             if self.orientation in ("left", "right"):
                 # pyqtgraph drops tick text that does not fit, so make room for the widest label
-                fm = QFontMetricsF(self.style.get("tickFont") or self.font())
-                widest = max((fm.horizontalAdvance(self.label_text(i)) for i in range(len(tokens))), default=0)
+                self._font_metrics()  # forgets the widths if the font changed
+                widest = max((self._advance(self.label_text(i)) for i in range(len(tokens))), default=0)
                 self.setWidth(int(widest + 16))
             self.picture = None  # force a redraw with the new strings
             self.update()
+
+    def _font_metrics(self) -> QFontMetricsF:
+        font = self.style.get("tickFont") or self.font()
+        if font.toString() != self._advance_font:
+            self._advances.clear()
+            self._advance_font = font.toString()
+        return QFontMetricsF(font)
+
+    def _advance(self, text: str) -> float:
+        """Label width in pixels, remembered: a step re-measures hundreds of labels that did not change."""
+        if text not in self._advances:
+            self._advances[text] = self._font_metrics().horizontalAdvance(text)
+        return self._advances[text]
 
     def label_text(self, i: int) -> str:
         text = short(self.tokens[i])
@@ -49,11 +64,11 @@ class TokenAxis(pg.AxisItem):
         lo, hi = max(0, math.ceil(minVal)), min(n - 1, math.floor(maxVal))
         if hi < lo:
             return []
-        fm = QFontMetricsF(self.style.get("tickFont") or self.font())
+        fm = self._font_metrics()
         if self.orientation in ("left", "right"):
             per_label = fm.height() * 1.05
         else:
-            widest = max(fm.horizontalAdvance(self.label_text(i)) for i in range(lo, hi + 1))
+            widest = max(self._advance(self.label_text(i)) for i in range(lo, hi + 1))
             per_label = widest + 8
         visible = maxVal - minVal
         px_per_token = size / max(visible, 1e-9)

@@ -41,7 +41,6 @@ def test_head_grid_atlas_puts_each_head_in_its_cell(qtbot, window, checkpoints):
     scaled to its maximum, with gap pixels between cells and future keys as background."""
     from gui import display
     from gui.head_grid import GAP, GAP_INDEX
-
     from tests.gui.conftest import open_model
 
     win = window
@@ -59,3 +58,20 @@ def test_head_grid_atlas_puts_each_head_in_its_cell(qtbot, window, checkpoints):
             got = grid.atlas[layer * cell: layer * cell + t, head * cell: head * cell + t]
             np.testing.assert_array_equal(got, want)
     assert (grid.atlas[t::cell, :] == GAP_INDEX).all() and (grid.atlas[:, t::cell] == GAP_INDEX).all()
+
+
+def test_fit_stack_max_pools_longer_axes_and_repeats_shorter_ones():
+    from gui.display import fit_stack
+
+    rng = np.random.default_rng(0)
+    for shape, size in [((5, 64, 64), 45), ((5, 64, 64), 32), ((2, 100, 3), 7), ((3, 7, 5), 4), ((1, 64, 9), 16)]:
+        x = rng.random(shape).astype(np.float32)
+        want = x
+        for axis in (1, 2):  # by definition: bin i covers [floor(i n / size), floor((i + 1) n / size))
+            n = want.shape[axis]
+            if n > size:
+                edges = [i * n // size for i in range(size + 1)]
+                want = np.stack([want.take(range(a, b), axis=axis).max(axis=axis) for a, b in zip(edges, edges[1:])], axis=axis)
+            elif n < size:
+                want = want.take([i * n // size for i in range(size)], axis=axis)
+        np.testing.assert_array_equal(fit_stack(x, size), want)
