@@ -39,7 +39,8 @@ class FlowLayout(QLayout):
             return None
         item = self._items.pop(index)
         self._applied.pop(id(item), None)
-        self.invalidate()
+        self._placed.clear()  # no cached placement may refer to it (removeWidget invalidates Qt's side)
+        self._min_size = None
         return item
 
     def expandingDirections(self) -> Qt.Orientation:  # noqa: N802
