@@ -12,8 +12,9 @@ import torch
 from ..config import ModelConfig
 from ..device import resolve_device, resolve_dtype
 from ..errors import CheckpointError, TokenizerError, UnsupportedArchitectureError
+from ..inference_layout import to_inference_layout
 from ..model import Model
-from ..network import Transformer, to_inference_layout
+from ..network import Transformer
 from ..tokenizer import Tokenizer
 from .mapping import build_state_dict, plan
 from .registry import CONVERTERS, SUPPORTED
