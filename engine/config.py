@@ -52,6 +52,7 @@ class ModelConfig:
     # special tokens
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    extra_eos_token_ids: tuple[int, ...] = ()  # config.json may list several ids that end generation (Llama 3)
     pad_token_id: int | None = None
     mask_token_id: int | None = None
     decoder_start_token_id: int | None = None
@@ -73,6 +74,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: eos_token_id first, then the others config.json lists."""
+        first = () if self.eos_token_id is None else (self.eos_token_id,)
+        return first + tuple(i for i in self.extra_eos_token_ids if i != self.eos_token_id)
 
     @property
     def inner_dim(self) -> int:
