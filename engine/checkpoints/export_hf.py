@@ -25,21 +25,14 @@ _LOOSE = ("mask_token_id", "extra")
 
 
 def hf_state_dict(net: torch.nn.Module, model_type: str) -> dict[str, torch.Tensor]:
-    """Our state dict -> tensors under the checkpoint names of `model_type`."""
+    """Our state dict -> tensors under the checkpoint names of `model_type` (each conversion step inverted)."""
     sources = CONVERTERS[model_type].keys(net.cfg)
-    out: dict[str, torch.Tensor] = {}
+    pieces: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for ours, tensor in net.state_dict().items():
-        source = sources[ours]
-        names = source.alternatives[0]
-        t = tensor.detach().to("cpu", torch.float32)
-        if source.op == "T":
-            out[names[0]] = t.t().contiguous()
-        elif source.op == "cat":
-            for name, part in zip(names, t.chunk(len(names), dim=0)):
-                out[name] = part.contiguous()
-        else:
-            out[names[0]] = t.contiguous()
-    return out
+        for name, first_row, part in sources[ours].from_ours(tensor.detach().to("cpu", torch.float32)):
+            pieces.setdefault(name, []).append((first_row, part))
+    return {name: parts[0][1] if len(parts) == 1 else torch.cat([p for _, p in sorted(parts, key=lambda x: x[0])])
+            for name, parts in pieces.items()}
 
 
 def _check_config(cfg: ModelConfig, hf_config: dict, keys: set[str]) -> None:

@@ -15,29 +15,64 @@ from ..errors import CheckpointError
 @dataclass(frozen=True)
 class Source:
     """Where one of our parameters comes from: one or several checkpoint keys and how to combine them.
+    Each op has its inverse (`from_ours`), so saving a checkpoint is the same table read backwards.
 
     `alternatives` are tried in order (tied weights are often saved under only one name).
-    op: "copy"; "T" (GPT-2's Conv1D stores weights transposed); "cat" (separate q, k, v -> fused).
+    op: "copy"; "T" (GPT-2's Conv1D stores weights transposed); "cat" (separate q, k, v -> fused, `sizes`
+    the rows each key gives, equal parts when empty); "rows" (rows `sizes` = (start, stop, total) of one
+    fused checkpoint tensor, e.g. Phi-3's gate_up_proj -> our gate and up).
     """
 
     alternatives: tuple[tuple[str, ...], ...]
     op: str = "copy"
+    sizes: tuple[int, ...] = ()
+
+    def _cat_sizes(self, rows: int) -> list[int]:
+        n = len(self.alternatives[0])
+        return list(self.sizes) if self.sizes else [rows // n] * n
 
     def hf_shapes(self, ours: list[int]) -> list[list[int]]:
-        n = len(self.alternatives[0])
         if self.op == "T":
             return [list(reversed(ours))]
         if self.op == "cat":
-            return [[ours[0] // n, *ours[1:]]] * n
+            return [[s, *ours[1:]] for s in self._cat_sizes(ours[0])]
+        if self.op == "rows":
+            return [[self.sizes[2], *ours[1:]]]
         return [list(ours)]
+
+    def to_ours(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Checkpoint tensors (in `alternatives` order) -> our parameter."""
+        if self.op == "T":
+            return parts[0].t().contiguous()
+        if self.op == "cat":
+            return torch.cat(parts, dim=0)
+        if self.op == "rows":
+            return parts[0][self.sizes[0] : self.sizes[1]].clone()  # a copy: the fused tensor can be freed
+        return parts[0]
+
+    def from_ours(self, t: torch.Tensor) -> list[tuple[str, int, torch.Tensor]]:
+        """Our parameter -> (checkpoint name, first row, tensor) pieces under the first alternative's names;
+        pieces of one name ("rows") are stacked by their first row."""
+        names = self.alternatives[0]
+        if self.op == "T":
+            return [(names[0], 0, t.t().contiguous())]
+        if self.op == "cat":
+            return [(n, 0, part.contiguous()) for n, part in zip(names, t.split(self._cat_sizes(t.shape[0]), dim=0))]
+        if self.op == "rows":
+            return [(names[0], self.sizes[0], t.contiguous())]
+        return [(names[0], 0, t.contiguous())]
 
 
 def src(*names: str | tuple[str, ...], op: str = "copy") -> Source:
     return Source(tuple((n,) if isinstance(n, str) else tuple(n) for n in names), op)
 
 
-def cat(*names: str) -> Source:
-    return Source((tuple(names),), "cat")
+def cat(*names: str, sizes: tuple[int, ...] = ()) -> Source:
+    return Source((tuple(names),), "cat", tuple(sizes))
+
+
+def rows(name: str, start: int, stop: int, total: int) -> Source:
+    return Source(((name,),), "rows", (start, stop, total))
 
 
 @dataclass(frozen=True)
@@ -105,13 +140,4 @@ def plan(conv: Converter, cfg: ModelConfig, expected: dict[str, list[int]], avai
 
 def build_state_dict(resolved: dict[str, tuple[Source, tuple[str, ...]]], tensors: dict[str, torch.Tensor]
                      ) -> dict[str, torch.Tensor]:
-    out = {}
-    for ours, (source, keys) in resolved.items():
-        parts = [tensors[k] for k in keys]
-        if source.op == "T":
-            out[ours] = parts[0].t().contiguous()
-        elif source.op == "cat":
-            out[ours] = torch.cat(parts, dim=0)
-        else:
-            out[ours] = parts[0]
-    return out
+    return {ours: source.to_ours([tensors[k] for k in keys]) for ours, (source, keys) in resolved.items()}
