@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         except (EngineError, OSError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
-    from gui.app import run_app
+    from gui.shell.app import run_app
 
     return run_app(args)
 

@@ -1,13 +1,11 @@
-"""Attention Inspector's PySide6 + pyqtgraph views. Owns every thread; draws Traces; no tensor math.
+"""Attention Inspector's PySide6 + pyqtgraph GUI: owns every thread, draws the engine's numpy Traces, no tensor math.
 
-    app.py            QApplication, style, excepthook, --screenshot         (run_app)
-    main_window.py    docks, menus, status bar, drag & drop, QSettings        (MainWindow)
-    worker.py         the one engine thread and its GUI-side client           (EngineWorker, EngineClient)
-    state.py          the selection/state object every panel subscribes to    (InspectorState)
-    prompt_panel.py   model picker, device, prompt / source, sampling
-    token_strip.py    stepper + token chips
-    attention_view.py one head's pattern, large
-    head_grid.py      every layer × head as thumbnails in one atlas image
-    logits_panel.py   top-k candidates as bars; branch by double-click
-    display.py, token_axis.py, flow_layout.py, style.py   small helpers
+Grouped by role, each layer importing only the ones below it (enforced by import-linter, see pyproject.toml):
+
+    shell/      the app, the main window, its menus and actions (by id), the style
+    features/   what spans panels: head ablation, rollout, compare, session files, exports
+    panels/     one dock each: prompt, tokens, attention, heads, candidates, logit lens, head statistics
+    core/       state (one signal per field), the engine worker thread and the jobs it runs
+    widgets/    small reusable Qt widgets: flow layout, token axis, error banner
+    rendering/  numpy display helpers: colour maps, scaling and pooling, head-grid thumbnails, labels
 """

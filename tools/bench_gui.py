@@ -24,8 +24,8 @@ log = logging.getLogger("bench.gui")
 def _window():
     from PySide6.QtCore import QSettings
 
-    from gui.app import make_app
-    from gui.main_window import MainWindow
+    from gui.shell.app import make_app
+    from gui.shell.main_window import MainWindow
 
     app = make_app()
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "bench.ini"), QSettings.Format.IniFormat)
@@ -39,9 +39,9 @@ def _window():
 def update_times(app, window, model, n: int, rounds: int) -> list[float]:
     """ms to take one new trace into the window and repaint the head grid and the attention view."""
     from engine import Session
-    from gui.worker import _model_info
+    from gui.core.worker import model_info
 
-    window.state.set_model(_model_info(model))
+    window.state.set_model(model_info(model))
     s = Session(model, np.random.default_rng(n).integers(0, model.config.vocab_size - 1, n - rounds - 1).tolist())
     window.state.set_trace(s.trace)
     app.processEvents()

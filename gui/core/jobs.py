@@ -1,9 +1,10 @@
-"""Work for the engine thread behind the analysis docks (issue 7): head gates, logit lens, head
+"""Jobs for the engine thread behind the features and analysis docks: head gates, logit lens, head
 statistics, session files, a second prompt.
 
 Each function here returns a callable `fn(worker)` for EngineClient.call(op, fn); it runs in the worker
 thread (the only thread that touches Model and Session) and returns plain data or a Trace. Nothing
-here runs in the GUI thread.
+here runs in the GUI thread. A job uses the worker's public face only: `model`, `session`, `cache`,
+`adopt()`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any
 
 from engine import EngineError
 
+from .worker import EngineWorker, model_info
+
 Gate = tuple[str, int, int, float]  # kind, layer, head, value (0 = ablated, 1 = untouched)
 LENS_TOP = 8
 
 
-def _model(w: Any) -> Any:
+def _model(w: EngineWorker) -> Any:
     if w.model is None:
         raise EngineError("no model is open; use File → Open model folder")
     return w.model
@@ -33,7 +36,7 @@ def set_gates(changes: Sequence[Gate], clear: bool = False) -> Callable:
     """Change head gates on the model; the session recomputes with them. -> the new Trace, or
     {"gates": ...} when there is no session yet (the gates then apply to the next one)."""
 
-    def fn(w: Any) -> Any:
+    def fn(w: EngineWorker) -> Any:
         model = _model(w)
         if clear:
             model.clear_gates()
@@ -49,7 +52,7 @@ def set_gates(changes: Sequence[Gate], clear: bool = False) -> Callable:
 def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
     """Top tokens read off the residual stream after each layer at `position` (main stack)."""
 
-    def fn(w: Any) -> dict:
+    def fn(w: EngineWorker) -> dict:
         from engine.analysis import logit_lens as lens
 
         model = _model(w)
@@ -64,25 +67,24 @@ def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
 def head_statistics(trace: Any) -> Callable:
     """Every head's statistics on `trace`; induction scores are cached per model and gates."""
 
-    def fn(w: Any) -> dict:
+    def fn(w: EngineWorker) -> dict:
         from engine.analysis import head_statistics as stats
         from engine.analysis import induction_scores
 
         model = _model(w)
         if not _same_model(model, trace):
             return {"trace": trace, "stale": True}
-        cache = w.__dict__.setdefault("_induction_cache", {})
         key = (id(model), tuple(sorted(model.gates().items())))
-        if key not in cache:
-            cache.clear()  # one model at a time: the cache never keeps an old model's numbers
-            cache[key] = induction_scores(model)
-        return {"trace": trace, "stats": stats(model, trace, induction=cache[key])}
+        cached = w.cache.get("induction")
+        if cached is None or cached[0] != key:  # one entry: the cache never keeps other gates' numbers
+            cached = w.cache["induction"] = (key, induction_scores(model))
+        return {"trace": trace, "stats": stats(model, trace, induction=cached[1])}
 
     return fn
 
 
 def save_session(path: str, view: dict) -> Callable:
-    def fn(w: Any) -> dict:
+    def fn(w: EngineWorker) -> dict:
         from engine.session_file import save_session as save
 
         if w.session is None:
@@ -96,11 +98,9 @@ def open_session(path: str) -> Callable:
     """Read a session file, reuse the open model when it is the one the file names (else load it),
     replay it. Damaged or foreign files raise SessionFileError; the old model and session stay."""
 
-    def fn(w: Any) -> dict:
+    def fn(w: EngineWorker) -> dict:
         from engine import load_model
         from engine.session_file import model_reference, read_session_file, restore_session
-
-        from .worker import _model_info
 
         state = read_session_file(path)
         ref = model_reference(state)
@@ -109,8 +109,8 @@ def open_session(path: str) -> Callable:
         if not same:
             model = load_model(ref)
         session = restore_session(state, model)
-        w.model, w.session, w._request = model, session, None
-        return {"info": _model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},
+        w.adopt(model, session)
+        return {"info": model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},
                 "settings": dict(state["settings"]), "prompt": _text(model, session.prompt_ids),
                 "source": _text(model, session.source_ids) if session.source_ids is not None else None}
 
@@ -127,7 +127,7 @@ def _text(model: Any, ids: Sequence[int]) -> str:
 def run_other(prompt: str, source: str | None) -> Callable:
     """One full forward of another prompt on the same model (and its gates); the open session is untouched."""
 
-    def fn(w: Any) -> dict:
+    def fn(w: EngineWorker) -> dict:
         model = _model(w)
         if model.family == "encoder-decoder":
             if not (source or "").strip():

@@ -1,16 +1,22 @@
-"""The one selection/state object every panel reads and subscribes to (napari style).
+"""The one selection/state object every panel reads and subscribes to (ndv / napari style).
 
 It holds the open model's description, the current Trace and what is selected in it
-(attention kind, layer, head, query position), plus display choices. Panels never talk to
-each other; they change the state and redraw when it signals. Later docks (head ablation,
-logit lens, head statistics) plug in the same way.
+(attention kind, layer, head, query position), plus sampling and display choices. Panels never
+talk to each other; they change the state and redraw when it signals.
+
+One signal per field, so a view subscribes to what it draws (the head grid's outline follows
+`layer_changed`/`head_changed`, the candidates follow `query_changed`). A change of several fields at
+once (`select(kind=…, layer=…)`) sets them all first, emits each field's signal, then one group
+signal (`selection_changed`, `display_changed`) for views that draw from many fields and should
+redraw once. `model_changed` and `trace_changed` stand for everything: the selection may move with
+them (a new model's kind, the query following the frontier) without its field signals.
 """
 
 from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Signal, SignalInstance
 
 from engine import SamplingError, SamplingSettings, Trace
 
@@ -18,13 +24,26 @@ from .worker import ModelInfo
 
 log = logging.getLogger(__name__)
 
+SELECTION_FIELDS = ("kind", "layer", "head", "mean_heads", "query", "source_query")
+DISPLAY_FIELDS = ("colormap", "log_scale")
+
 
 class InspectorState(QObject):
     model_changed = Signal(object)  # ModelInfo
     trace_changed = Signal(object)  # Trace (and possibly a moved query; not signalled twice)
-    selection_changed = Signal()  # kind / layer / head / query / mean_heads
+    # -- selection, one signal per field ------------------------------------------------------------
+    kind_changed = Signal(str)
+    layer_changed = Signal(int)
+    head_changed = Signal(int)
+    mean_heads_changed = Signal(bool)
+    query_changed = Signal(int)  # main sequence (decoder, or the encoder-only input)
+    source_query_changed = Signal(int)  # source side of an encoder-decoder
+    selection_changed = Signal()  # once, after the field signals of one select()
+    # -- sampling and view options --------------------------------------------------------------------
     sampling_changed = Signal(object)  # SamplingSettings
-    display_changed = Signal()  # colormap / scale
+    colormap_changed = Signal(str)
+    log_scale_changed = Signal(bool)
+    display_changed = Signal()  # once, after the field signals of one set_display()
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -128,25 +147,31 @@ class InspectorState(QObject):
     # -- changes ---------------------------------------------------------------------------------
     def select(self, kind: str | None = None, layer: int | None = None, head: int | None = None,
                query: int | None = None, source_query: int | None = None, mean_heads: bool | None = None) -> None:
-        changed = False
+        before = {f: getattr(self, f) for f in SELECTION_FIELDS}
         if kind is not None and self.model is not None and kind in self.model.kinds and kind != self.kind:
             self.kind = kind
             self.layer = min(self.layer, self.n_layers - 1)
-            changed = True
-        if layer is not None and 0 <= layer < self.n_layers and layer != self.layer:
-            self.layer, changed = layer, True
-        if head is not None and 0 <= head < self.n_heads and head != self.head:
-            self.head, changed = head, True
-        if mean_heads is not None and mean_heads != self.mean_heads:
-            self.mean_heads, changed = mean_heads, True
+        if layer is not None and 0 <= layer < self.n_layers:
+            self.layer = layer
+        if head is not None and 0 <= head < self.n_heads:
+            self.head = head
+        if mean_heads is not None:
+            self.mean_heads = bool(mean_heads)
         n = len(self.trace) if self.trace is not None else 0
-        if query is not None and 0 <= query < n and query != self.query:
-            self.query, changed = query, True
+        if query is not None and 0 <= query < n:
+            self.query = query
         ns = len(self.trace.source_tokens) if self.trace is not None and self.trace.source_tokens else 0
-        if source_query is not None and 0 <= source_query < ns and source_query != self.source_query:
-            self.source_query, changed = source_query, True
+        if source_query is not None and 0 <= source_query < ns:
+            self.source_query = source_query
+        self._emit_changes(before, self.selection_changed)
+
+    def _emit_changes(self, before: dict[str, object], group: SignalInstance) -> None:
+        """Every field is set before any signal goes out, so a handler always reads a consistent state."""
+        changed = [f for f, old in before.items() if getattr(self, f) != old]
+        for field in changed:
+            getattr(self, f"{field}_changed").emit(getattr(self, field))
         if changed:
-            self.selection_changed.emit()
+            group.emit()
 
     def step_layer(self, delta: int) -> None:
         if self.n_layers:
@@ -174,11 +199,12 @@ class InspectorState(QObject):
         return settings
 
     def set_display(self, colormap: str | None = None, log_scale: bool | None = None) -> None:
+        before = {f: getattr(self, f) for f in DISPLAY_FIELDS}
         if colormap is not None:
             self.colormap = colormap
         if log_scale is not None:
-            self.log_scale = log_scale
-        self.display_changed.emit()
+            self.log_scale = bool(log_scale)
+        self._emit_changes(before, self.display_changed)
 
 
 __all__ = ["InspectorState", "SamplingError"]

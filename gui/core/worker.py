@@ -70,7 +70,7 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
-def _model_info(model: Any) -> ModelInfo:
+def model_info(model: Any) -> ModelInfo:
     tok = model.tokenizer
     cfg = model.config
     vocab = tuple(tok.display(i) for i in range(cfg.vocab_size))
@@ -98,6 +98,15 @@ class EngineWorker(QObject):
         self.model = None
         self.session: Session | None = None
         self._request: SessionRequest | None = None
+        # what jobs (gui/core/jobs.py) keep between calls for the open model; emptied when it changes,
+        # so it never keeps an old model alive
+        self.cache: dict[str, Any] = {}
+
+    def adopt(self, model: Any, session: Session | None) -> None:
+        """Jobs that open a model or a session themselves (a session file) hand them over here."""
+        if model is not self.model:
+            self.cache.clear()
+        self.model, self.session, self._request = model, session, None
 
     def cancel(self, upto: int) -> None:
         """Called from the GUI thread: runs with request id <= `upto` stop after the step in progress."""
@@ -124,8 +133,8 @@ class EngineWorker(QObject):
         def work() -> ModelInfo:
             model = load_model(source, device=device, dtype=dtype)
             # swap only after a successful load, so a broken folder leaves the old model usable
-            self.model, self.session = model, None
-            info = _model_info(model)
+            self.adopt(model, None)
+            info = model_info(model)
             settle_garbage_collector()
             return info
 
@@ -234,7 +243,8 @@ class EngineWorker(QObject):
 
     @Slot(int, str, object)
     def call(self, rid: int, op: str, fn) -> None:  # noqa: ANN001 - fn(worker) -> plain data or Trace
-        """Analysis ops (gui/analysis_ops.py): `fn` runs here, in the worker thread, with this worker."""
+        """Jobs (gui/core/jobs.py): `fn` runs here, in the worker thread, with this worker. A job may read
+        `model` and `session`, keep results in `cache`, and replace the model or session through adopt()."""
         self._do(rid, op, lambda: fn(self))
 
 

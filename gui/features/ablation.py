@@ -29,10 +29,10 @@ from PySide6.QtWidgets import (
 
 from engine import capture_name, distribution, parse_capture_name
 
-from . import analysis_ops
-from .head_grid import GAP, HeadGrid
-from .state import InspectorState
-from .worker import EngineClient
+from ..core import jobs
+from ..core.state import InspectorState
+from ..core.worker import EngineClient
+from ..panels.heads import GAP, HeadGrid
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class AblationController(QObject):
             self.baseline = trace  # the un-ablated distribution to compare against
         if clear and not changes:
             self.baseline = None
-        self._pending_gates_rid = self.client.call("gates", analysis_ops.set_gates(changes, clear))
+        self._pending_gates_rid = self.client.call("gates", jobs.set_gates(changes, clear))
         return self._pending_gates_rid
 
     def ablate(self, layer: int, head: int, value: float = 0.0, kind: str | None = None) -> int | None:

@@ -10,8 +10,8 @@ import numpy as np
 from PySide6.QtCore import QObject
 from PySide6.QtWidgets import QCheckBox
 
-from .attention_view import AttentionView
-from .state import InspectorState
+from ..core.state import InspectorState
+from ..panels.attention import AttentionView
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,12 @@ from PySide6.QtWidgets import (
 
 from engine import distribution
 
-from . import analysis_ops, display, style
-from .attention_view import kind_name
-from .state import InspectorState
-from .token_axis import TokenAxis
-from .worker import EngineClient
+from ..core import jobs
+from ..core.state import InspectorState
+from ..core.worker import EngineClient
+from ..rendering import colormaps, display
+from ..rendering.labels import kind_name
+from ..widgets.token_axis import TokenAxis
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,7 @@ class CompareDialog(QDialog):
         state.trace_changed.connect(lambda _t: self.redraw())
         state.display_changed.connect(self.redraw)
         state.model_changed.connect(self._on_model)
-        self._on_model(state.model)
-        style.theme_plots(self)
+        self._on_model(state.model)  # the shell themes its plots (style lives above features)
         self.resize(1100, 650)
 
     def _on_model(self, info: object) -> None:
@@ -157,7 +157,7 @@ class CompareDialog(QDialog):
             self.caption.setText("Open a model first.")
             return None
         self.caption.setText("running the second prompt …")
-        self._latest = self.client.call("compare", analysis_ops.run_other(self.prompt_edit.text(),
+        self._latest = self.client.call("compare", jobs.run_other(self.prompt_edit.text(),
                                                                           self.source_edit.text() or None))
         return self._latest
 
@@ -198,7 +198,7 @@ class CompareDialog(QDialog):
         nq, nk = shared_prefix(qa, qb), shared_prefix(ka, kb)  # where the two sequences part
         mq, mk = min(len(qa), len(qb)), min(len(ka), len(kb))  # compared position by position up to here
         causal = s.kind == "self"
-        lut = display.lookup_table(s.colormap)
+        lut = colormaps.lookup_table(s.colormap)
         img_a, levels = display.scaled(pa, s.log_scale)
         img_b, _ = display.scaled(pb, s.log_scale)
         head = "mean of heads" if s.mean_heads else f"head {s.head}"
@@ -210,7 +210,7 @@ class CompareDialog(QDialog):
             # aligned at the start: identical tokens up to the shared prefix (dashed lines), then each its own
             self.diff = pa[:mq, :mk] - pb[:mq, :mk]
             m = max(float(np.abs(self.diff).max()), 1e-6)
-            diff_lut = display.lookup_table(DIFF_MAP)
+            diff_lut = colormaps.lookup_table(DIFF_MAP)
             labels_q = tuple(x if x == y else f"{x}|{y}" for x, y in zip(qta[:mq], qtb[:mq], strict=True))
             labels_k = tuple(x if x == y else f"{x}|{y}" for x, y in zip(kta[:mk], ktb[:mk], strict=True))
             self.maps[2].show(self.diff, (-m, m), diff_lut, f"this − second (±{m:.3g}; red dashes: end of the "

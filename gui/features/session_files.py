@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QFileDialog, QMainWindow, QMenu
 
 from engine.export import atomic_write
 
-from . import analysis_ops
+from ..core import jobs
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class SessionIO:
         if self.window.state.trace is None:
             self.window.show_error("nothing to save yet: open a model and type a prompt")
             return None
-        return self.window.client.call("save_session", analysis_ops.save_session(str(path), self.view_state()))
+        return self.window.client.call("save_session", jobs.save_session(str(path), self.view_state()))
 
     def open_session(self, path: str) -> int:
         self.window.statusBar().showMessage(f"Opening session {path} …")
-        self._open_rid = self.window.client.call("open_session", analysis_ops.open_session(str(path)))
+        self._open_rid = self.window.client.call("open_session", jobs.open_session(str(path)))
         return self._open_rid
 
     def _on_result(self, rid: int, op: str, payload: object) -> None:

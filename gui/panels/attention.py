@@ -19,19 +19,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from . import display
-from .state import InspectorState
-from .token_axis import TokenAxis
+from ..core.state import InspectorState
+from ..rendering import colormaps, display
+from ..rendering.labels import kind_name
+from ..widgets.token_axis import TokenAxis
 
 log = logging.getLogger(__name__)
-
-KIND_NAMES = {"encoder": "encoder self-attention", "self": "decoder self-attention", "cross": "cross-attention"}
-ENCODER_ONLY_NAME = "self-attention"
-
-
-def kind_name(kind: str, family: str | None) -> str:
-    return ENCODER_ONLY_NAME if (kind == "encoder" and family == "encoder") else KIND_NAMES[kind]
-
 
 class AttentionView(QWidget):
     def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
@@ -54,7 +47,7 @@ class AttentionView(QWidget):
         self.head_spin.setToolTip("Head ([ / ])")
         self.mean_box = QCheckBox("mean of heads")
         self.cmap_box = QComboBox()
-        self.cmap_box.addItems(display.COLORMAPS)
+        self.cmap_box.addItems(colormaps.COLORMAPS)
         self.cmap_box.setToolTip("Colour map of the heatmap and the head grid")
         self.scale_box = QComboBox()
         self.scale_box.addItems(["linear", "log"])
@@ -86,7 +79,7 @@ class AttentionView(QWidget):
         self.row_box.setBrush(Qt.BrushStyle.NoBrush)
         self.row_box.setZValue(10)
         self.plot.addItem(self.row_box)
-        self.colorbar = pg.ColorBarItem(values=display.LINEAR_LEVELS, colorMap=display.colormap("viridis"),
+        self.colorbar = pg.ColorBarItem(values=display.LINEAR_LEVELS, colorMap=colormaps.colormap("viridis"),
                                         interactive=False, width=14)
         self.graphics.addItem(self.colorbar, row=0, col=1)
         self.empty_text = pg.TextItem("", anchor=(0.5, 0.5))
@@ -143,8 +136,8 @@ class AttentionView(QWidget):
 
     def _on_display(self) -> None:
         s = self.state
-        self.image.setLookupTable(display.lookup_table(s.colormap))
-        self.colorbar.setColorMap(display.colormap(s.colormap))
+        self.image.setLookupTable(colormaps.lookup_table(s.colormap))
+        self.colorbar.setColorMap(colormaps.colormap(s.colormap))
         self.colorbar.setLevels(display.LOG_LEVELS if s.log_scale else display.LINEAR_LEVELS)
         self.colorbar.axis.setLabel("log₁₀ weight" if s.log_scale else "weight")
         self.redraw()

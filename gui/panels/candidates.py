@@ -14,10 +14,10 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QToolTip, QVBoxLayo
 
 from engine import distribution
 
-from . import display
-from .state import InspectorState
-from .token_axis import TokenAxis
-from .worker import EngineClient
+from ..core.state import InspectorState
+from ..core.worker import EngineClient
+from ..rendering import display
+from ..widgets.token_axis import TokenAxis
 
 log = logging.getLogger(__name__)
 

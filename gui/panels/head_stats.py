@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from . import analysis_ops
-from .head_grid import GAP, HeadGrid
-from .state import InspectorState
-from .worker import EngineClient
+from ..core import jobs
+from ..core.state import InspectorState
+from ..core.worker import EngineClient
+from .heads import GAP, HeadGrid
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class HeadStatsPanel(QWidget):
             return  # asked again when the answer, or the end of the run, arrives
         self._wanted = id(trace)
         self.requests += 1
-        self._latest = self._in_flight = self.client.call("head_stats", analysis_ops.head_statistics(trace))
+        self._latest = self._in_flight = self.client.call("head_stats", jobs.head_statistics(trace))
         self.message.setText("computing … (the induction score runs the model on repeated random tokens once)")
 
     def _on_busy(self, busy: bool, _op: str) -> None:

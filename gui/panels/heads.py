@@ -14,10 +14,10 @@ from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
 from PySide6.QtGui import QColor, QCursor, QPen
 from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QToolTip, QVBoxLayout, QWidget
 
-from . import display
-from .attention_view import kind_name
-from .state import InspectorState
-from .thumbnails import ThumbnailPooler
+from ..core.state import InspectorState
+from ..rendering import colormaps, display
+from ..rendering.labels import kind_name
+from ..rendering.thumbnails import ThumbnailPooler
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class HeadGrid(QWidget):
 
     def _on_display(self) -> None:
         lut = np.empty((256, 3), dtype=np.uint8)
-        lut[:GAP_INDEX] = display.colormap(self.state.colormap).getLookupTable(0.0, 1.0, GAP_INDEX, alpha=False)
+        lut[:GAP_INDEX] = colormaps.colormap(self.state.colormap).getLookupTable(0.0, 1.0, GAP_INDEX, alpha=False)
         bg = self.palette().window().color()
         lut[GAP_INDEX] = (bg.red(), bg.green(), bg.blue())
         self.image.setLookupTable(lut)

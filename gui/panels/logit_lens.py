@@ -13,9 +13,9 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QShowEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
-from . import analysis_ops
-from .state import InspectorState
-from .worker import EngineClient
+from ..core import jobs
+from ..core.state import InspectorState
+from ..core.worker import EngineClient
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class LogitLensPanel(QWidget):
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state, self.client = state, client
-        self.top = analysis_ops.LENS_TOP
+        self.top = jobs.LENS_TOP
         self.result: dict | None = None  # the lens on screen
         self._latest = 0  # request id whose answer is wanted
         self._wanted: tuple[int, int] | None = None  # (id(trace), position) requested or shown
@@ -98,7 +98,7 @@ class LogitLensPanel(QWidget):
             return  # asked again when the answer, or the end of the run, arrives
         self._wanted = key
         self.requests += 1
-        self._latest = self._in_flight = self.client.call("lens", analysis_ops.logit_lens(trace, key[1], self.top))
+        self._latest = self._in_flight = self.client.call("lens", jobs.logit_lens(trace, key[1], self.top))
         self.message.setText("computing …")
 
     def _on_busy(self, busy: bool, _op: str) -> None:

@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (
 
 from engine import SamplingError
 
-from .state import InspectorState
-from .worker import EngineClient, ModelInfo, SessionRequest
+from ..core.state import InspectorState
+from ..core.worker import EngineClient, ModelInfo, SessionRequest
 
 log = logging.getLogger(__name__)
 

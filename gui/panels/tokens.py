@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (
 
 from engine import Trace
 
-from .flow_layout import FlowLayout
-from .state import InspectorState
-from .worker import EngineClient
+from ..core.state import InspectorState
+from ..core.worker import EngineClient
+from ..widgets.flow_layout import FlowLayout
 
 log = logging.getLogger(__name__)
 

@@ -1,30 +1,12 @@
-"""Display transforms for heatmaps (numpy only; no model math): colour tables, log scale, downsampling."""
+"""Display transforms for heatmaps (numpy only; no model math): log scale, causal mask, downsampling for thumbnails."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
-import pyqtgraph as pg
 
-COLORMAPS = ("viridis", "inferno", "magma", "plasma", "cividis", "CET-L1", "CET-L3")
 LOG_FLOOR = 1e-4  # weights below this are drawn as the floor colour on the log scale
 LOG_LEVELS = (float(np.log10(LOG_FLOOR)), 0.0)
 LINEAR_LEVELS = (0.0, 1.0)
-
-
-@lru_cache(maxsize=32)
-def colormap(name: str) -> pg.ColorMap:
-    cmap = pg.colormap.get(name)
-    if name == "CET-L1":  # greys run white→black in CET-L1's reverse; black = strong attention reads better
-        cmap.reverse()
-    return cmap
-
-
-@lru_cache(maxsize=32)
-def lookup_table(name: str) -> np.ndarray:
-    """uint8 [256, 3] colour table for ImageItem.setLookupTable."""
-    return colormap(name).getLookupTable(0.0, 1.0, 256, alpha=False).astype(np.uint8)
 
 
 def scaled(weights: np.ndarray, log_scale: bool) -> tuple[np.ndarray, tuple[float, float]]:

@@ -9,11 +9,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMainWindow, QMenu
 
-from .ablation import AblationController
-from .aggregate import RolloutControl
-from .head_stats_panel import HeadStatsPanel
-from .logit_lens_panel import LogitLensPanel
-from .session_io import SessionIO
+from ..features.ablation import AblationController
+from ..features.aggregate import RolloutControl
+from ..features.session_files import SessionIO
+from ..panels.head_stats import HeadStatsPanel
+from ..panels.logit_lens import LogitLensPanel
+from . import style
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,12 @@ class AnalysisUI:
 
     def open_compare(self):  # noqa: ANN201 - CompareDialog
         """The compare dialog (one per window, non-modal), prefilled with the prompt on screen."""
-        from .compare_dialog import CompareDialog
+        from ..features.compare import CompareDialog
 
         w = self.window
         if self.compare is None:
             self.compare = CompareDialog(w.state, w.client, w)
+            style.theme_plots(self.compare)
             self.compare.prompt_edit.setText(w.prompt_panel.prompt_edit.toPlainText())
             self.compare.source_edit.setText(w.prompt_panel.source_edit.toPlainText())
         self.compare.show()
@@ -97,9 +99,4 @@ HELP = [
 
 
 def install(window: QMainWindow) -> AnalysisUI:
-    from . import main_window  # loaded by now: it is the caller
-
-    for entry in HELP:  # Help → Keyboard shortcuts lists these too
-        if entry not in main_window.SHORTCUTS:
-            main_window.SHORTCUTS.append(entry)
     return AnalysisUI(window)

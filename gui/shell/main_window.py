@@ -12,8 +12,6 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QDockWidget,
     QFileDialog,
-    QFrame,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QMainWindow,
@@ -21,21 +19,23 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QTableWidget,
     QTableWidgetItem,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from engine.checkpoints.resolve import bundled_models, cached_models
 
+from ..core.state import InspectorState
+from ..core.worker import EngineClient, ModelInfo
+from ..panels.attention import AttentionView
+from ..panels.candidates import LogitsPanel
+from ..panels.heads import HeadGrid
+from ..panels.prompt import PromptPanel
+from ..panels.tokens import TokenStrip
+from ..widgets.error_banner import ErrorBanner
 from . import style
-from .attention_view import AttentionView
-from .head_grid import HeadGrid
-from .logits_panel import LogitsPanel
-from .prompt_panel import PromptPanel
-from .state import InspectorState
-from .token_strip import TokenStrip
-from .worker import EngineClient, ModelInfo
+from .analysis import HELP as ANALYSIS_HELP
+from .analysis import install as install_analysis
 
 log = logging.getLogger(__name__)
 
@@ -57,32 +57,8 @@ SHORTCUTS = [
     ("click a token", "Select it as the query"),
     ("hover a token", "Tint the others by the selected head's attention from it"),
     ("double-click a candidate", "Choose it (at the frontier) or branch onto it"),
+    *ANALYSIS_HELP,
 ]
-
-
-class ErrorBanner(QFrame):
-    """An inline, dismissable error message: never blocks the window (or a test, or a screenshot)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.label = QLabel()
-        self.label.setObjectName("banner")
-        self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.clicked.connect(self.hide)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 0)
-        layout.addWidget(self.label, 1)
-        layout.addWidget(close)
-        self.setStyleSheet("QLabel#banner { background: #fbe3e3; color: #5c1010; border: 1px solid #e0a0a0; }")
-        self.hide()
-
-    def show_message(self, text: str) -> None:
-        self.label.setText(text)
-        self.show()
 
 
 class MainWindow(QMainWindow):
@@ -144,9 +120,7 @@ class MainWindow(QMainWindow):
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
         self.state.model_changed.connect(self._on_model_changed)
-        from .analysis_ui import install as install_analysis  # issue 7: ablation, lens, statistics, sessions
-
-        self.analysis = install_analysis(self)
+        self.analysis = install_analysis(self)  # issue 7: ablation, lens, statistics, sessions
 
         self.resize(1400, 900)
         self.apply_default_sizes()

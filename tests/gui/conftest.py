@@ -35,8 +35,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    from gui.app import make_app
-    from gui.main_window import MainWindow
+    from gui.shell.app import make_app
+    from gui.shell.main_window import MainWindow
 
     make_app()
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)

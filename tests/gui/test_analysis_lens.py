@@ -84,7 +84,7 @@ def test_encoder_only_ablation_lens_and_statistics(qtbot, window, checkpoints):
 
 
 def test_a_request_for_another_models_trace_is_answered_as_stale(qtbot, window, checkpoints):
-    from gui import analysis_ops
+    from gui.core import jobs as analysis_ops
 
     win = window
     open_model(qtbot, win, checkpoints["decoder"])

@@ -116,7 +116,7 @@ def test_open_session_of_another_model_loads_it(qtbot, window, checkpoints, tmp_
 
 
 def test_a_name_without_suffix_gets_the_chosen_type():
-    from gui.session_io import _with_suffix
+    from gui.features.session_files import _with_suffix
 
     assert _with_suffix("/tmp/view", "SVG (*.svg)") == "/tmp/view.svg"
     assert _with_suffix("/tmp/view.png", "SVG (*.svg)") == "/tmp/view.png"

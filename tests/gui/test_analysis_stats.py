@@ -24,7 +24,7 @@ def test_head_statistics_table_sort_select_and_tint(qtbot, window, checkpoints):
     trace = win.state.trace
     assert panel.table.rowCount() == trace.n_layers["self"] * trace.n_heads == len(panel.stats)
     # sort by sink, descending: the first row has the largest sink score
-    col = [c[0] for c in __import__("gui.head_stats_panel", fromlist=["COLUMNS"]).COLUMNS].index("sink")
+    col = [c[0] for c in __import__("gui.panels.head_stats", fromlist=["COLUMNS"]).COLUMNS].index("sink")
     panel.table.sortItems(col, Qt.SortOrder.DescendingOrder)
     first = panel.row_stat(0)
     assert first.sink == max(s.sink for s in panel.stats)

@@ -133,7 +133,7 @@ def test_a_run_that_fails_keeps_its_steps_and_says_why(qtbot, window, checkpoint
 
 
 def test_excepthook_shows_unexpected_errors(qtbot, window):
-    from gui.app import install_excepthook
+    from gui.shell.app import install_excepthook
 
     saved = sys.excepthook
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QWidget
 
-from gui.flow_layout import FlowLayout
+from gui.widgets.flow_layout import FlowLayout
 
 
 def _check_reading_order(labels: list[QLabel], width: int) -> None:

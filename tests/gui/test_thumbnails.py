@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from engine import Session, load_model
-from gui.thumbnails import ThumbnailPooler
+from gui.rendering.thumbnails import ThumbnailPooler
 
 
 def _direct(pattern: np.ndarray, w: int) -> np.ndarray:
@@ -39,8 +39,8 @@ def test_pooled_thumbnails_match_direct_pooling(checkpoints):
 def test_head_grid_atlas_puts_each_head_in_its_cell(qtbot, window, checkpoints):
     """The atlas, built for all layers at once, holds at (layer, head) that head's own thumbnail,
     scaled to its maximum, with gap pixels between cells and future keys as background."""
-    from gui import display
-    from gui.head_grid import GAP, GAP_INDEX
+    from gui.panels.heads import GAP, GAP_INDEX
+    from gui.rendering import display
     from tests.gui.conftest import open_model
 
     win = window
@@ -61,7 +61,7 @@ def test_head_grid_atlas_puts_each_head_in_its_cell(qtbot, window, checkpoints):
 
 
 def test_fit_stack_max_pools_longer_axes_and_repeats_shorter_ones():
-    from gui.display import fit_stack
+    from gui.rendering.display import fit_stack
 
     rng = np.random.default_rng(0)
     for shape, size in [((5, 64, 64), 45), ((5, 64, 64), 32), ((2, 100, 3), 7), ((3, 7, 5), 4), ((1, 64, 9), 16)]:

@@ -112,7 +112,7 @@ def test_screenshot_command_line(checkpoints, tmp_path):
 def test_a_colour_scheme_change_rethemes_the_plots(qtbot, window, checkpoints):
     from PySide6.QtWidgets import QApplication
 
-    from gui import style
+    from gui.shell import style
 
     open_model(qtbot, window, checkpoints["decoder"])
     app = QApplication.instance()
@@ -139,7 +139,7 @@ def test_export_trace_writes_the_npz(qtbot, window, checkpoints, tmp_path):
 def test_a_layout_saved_with_other_docks_is_not_restored(qtbot, window, tmp_path):
     from PySide6.QtCore import QSettings
 
-    from gui.main_window import MainWindow
+    from gui.shell.main_window import MainWindow
 
     window.save_settings()
     assert window.settings.value("docks") == ",".join(sorted(window.docks))
