@@ -266,15 +266,16 @@ class Model:
                 lazy = LazyLogits(h[0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
             return Forward(self._blocks(rec, start), last, lazy_logits=lazy)
 
-    def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """(weights [d, vocab], bias or None, scale) as float32 numpy on the CPU, shared by every trace
+    def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
+        """(weights [d, vocab], bias or None, scale, final soft-cap) as float32 numpy on the CPU, shared by every trace
         (on a float32 CPU model it is the model's own memory, not a copy)."""
         if self._unembedding is None:
             net = self.net
             w_t = getattr(net, "unembedding_t", None)
             w = (w_t if w_t is not None else net.unembedding.t()).detach().to("cpu", torch.float32).numpy()  # (d, vocab)
             bias = net.final_logits_bias.detach().to("cpu", torch.float32).numpy()[0] if net.final_logits_bias is not None else None
-            self._unembedding = (_frozen(w), _frozen(bias) if bias is not None else None, self.config.lm_head_scale)
+            self._unembedding = (_frozen(w), _frozen(bias) if bias is not None else None, self.config.lm_head_scale,
+                                 self.config.final_logit_softcap)
         return self._unembedding
 
     def new_cache(self) -> KVCache:

@@ -6,6 +6,7 @@ Shapes: B batch, T query tokens, S key tokens, nh heads, hs head size, d model w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import LayerCache
-from .config import ModelConfig
+from .config import AttentionSpec, ModelConfig, RopeSpec
+from .rotary import apply_rotary
 
 Capture = dict | None  # capture name -> pattern (B, nh, T, S); None turns capture off
 
@@ -31,23 +33,29 @@ def activation(name: str):
 
 
 class RMSNorm(nn.Module):
-    """T5's norm: scale only, no mean subtraction and no bias; computed in float32."""
+    """Scale-only norm (no mean, no bias), normalised in float32. `kind` says where the weight is applied:
+    "rmsnorm" after casting back (T5, Llama), "rmsnorm_f32" before (OLMo 2), "rmsnorm_gemma" before, as (1 + w)."""
 
-    def __init__(self, d: int, eps: float) -> None:
+    def __init__(self, d: int, eps: float, kind: str = "rmsnorm") -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
+        self.weight = nn.Parameter(torch.zeros(d) if kind == "rmsnorm_gemma" else torch.ones(d))
         self.eps = eps
+        self.kind = kind
 
     def forward(self, x: Tensor) -> Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + self.eps).to(x.dtype)
-        return self.weight * x
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.kind == "rmsnorm":
+            return self.weight * normed.to(x.dtype)
+        w = self.weight.float()
+        return (normed * (1.0 + w if self.kind == "rmsnorm_gemma" else w)).to(x.dtype)
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+def make_norm(cfg: ModelConfig, d: int | None = None) -> nn.Module:
+    d = cfg.d_model if d is None else d
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(d, eps=cfg.norm_eps)
+    return RMSNorm(d, cfg.norm_eps, cfg.norm)
 
 
 def relative_position_bucket(relative: Tensor, bidirectional: bool, n_buckets: int, max_distance: int) -> Tensor:
@@ -86,66 +94,98 @@ class RelativePositionBias(nn.Module):
         return self.table(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, nh, T, S)
 
 
-class Attention(nn.Module):
-    """Multi-head attention: softmax(Q Kᵀ · scale + bias) V, with the pattern captured by name.
+@dataclass
+class LayerInputs:
+    """What one forward hands to every layer, built once by the stack: the additive masks (one per
+    sliding window; None = full), the rotary tables (one per RopeSpec), and the encoder memory."""
 
-    `gate` multiplies each head's output (1 = untouched, 0 = ablated) before the output projection.
+    masks: dict[int | None, Tensor | None]
+    rotary: dict[RopeSpec, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    memory: Tensor | None = None
+    memory_bias: Tensor | None = None
+
+
+class Attention(nn.Module):
+    """Multi-head attention: softmax(soft-cap(Q Kᵀ · scale) + mask) V, with the pattern captured by name.
+
+    Grouped-query attention keeps K and V at `n_kv_heads`; each group of query heads reads its shared
+    key/value head without copying it. The pattern is recorded per query head.
+    `gate` multiplies each query head's output (1 = untouched, 0 = ablated) before the output projection.
     """
 
-    def __init__(self, cfg: ModelConfig, name: str, cross: bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, spec: AttentionSpec, name: str, cross: bool = False) -> None:
         super().__init__()
-        d, inner = cfg.d_model, cfg.inner_dim
-        self.name = name
-        self.cross = cross
-        self.n_heads, self.head_dim, self.inner = cfg.n_heads, cfg.head_dim, inner
-        self.scale = cfg.head_dim**-0.5 if cfg.attn_scale else 1.0
+        d, hs = cfg.d_model, spec.head_dim
+        self.name, self.cross, self.spec = name, cross, spec
+        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, hs
+        self.inner, self.kv_inner = spec.n_heads * hs, spec.n_kv_heads * hs
         if cross:
-            self.q = nn.Linear(d, inner, bias=cfg.attn_bias)
-            self.kv = nn.Linear(d, 2 * inner, bias=cfg.attn_bias)
+            self.q = nn.Linear(d, self.inner, bias=spec.qkv_bias)
+            self.kv = nn.Linear(d, 2 * self.kv_inner, bias=spec.qkv_bias)
         else:
-            self.qkv = nn.Linear(d, 3 * inner, bias=cfg.attn_bias)
-        self.out = nn.Linear(inner, d, bias=cfg.attn_bias)
-        self.register_buffer("gate", torch.ones(cfg.n_heads), persistent=False)
+            self.qkv = nn.Linear(d, self.inner + 2 * self.kv_inner, bias=spec.qkv_bias)
+        self.out = nn.Linear(self.inner, d, bias=spec.out_bias)
+        if spec.qk_norm == "head":
+            self.q_norm, self.k_norm = make_norm(cfg, hs), make_norm(cfg, hs)
+        elif spec.qk_norm == "full":
+            self.q_norm, self.k_norm = make_norm(cfg, self.inner), make_norm(cfg, self.kv_inner)
+        self.register_buffer("gate", torch.ones(spec.n_heads), persistent=False)
 
     def init_buffers(self, device: torch.device) -> None:
         self.gate = torch.ones(self.n_heads, device=device)
 
-    def _heads(self, x: Tensor) -> Tensor:
+    def _heads(self, x: Tensor, n: int) -> Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hs)
 
-    def forward(
-        self,
-        x: Tensor,
-        bias: Tensor | None = None,
-        cache: LayerCache | None = None,
-        memory: Tensor | None = None,
-        capture: Capture = None,
-    ) -> Tensor:
-        B, T, _ = x.shape
+    def _project(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> q (B, nh, T, hs) and every key and value so far (B, nkv, S, hs), normed and rotated."""
+        spec = self.spec
         if self.cross:
-            q = self._heads(self.q(x))
+            q = self.q(x)
             if cache is not None and cache.cross is not None:
                 k, v = cache.cross
             else:
-                k, v = (self._heads(t) for t in self.kv(memory).split(self.inner, dim=-1))
+                k, v = (self._heads(t, self.n_kv) for t in self.kv(ctx.memory).split(self.kv_inner, dim=-1))
                 if cache is not None:
                     cache.cross = (k, v)
+            return self._heads(q, self.n_heads), k, v
+        q, k, v = self.qkv(x).split((self.inner, self.kv_inner, self.kv_inner), dim=-1)
+        if spec.qk_norm == "full":  # OLMo 2: over the whole projection, before splitting into heads
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
+        if spec.qk_norm == "head":  # Qwen 3, Gemma 3: per head, before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
+        if spec.rope is not None:
+            cos, sin = ctx.rotary[spec.rope]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return q, k, v
+
+    def forward(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None = None, capture: Capture = None) -> Tensor:
+        B, T, _ = x.shape
+        spec = self.spec
+        q, k, v = self._project(x, ctx, cache)
+        mask = ctx.memory_bias if self.cross else ctx.masks[spec.window]
+        if capture is None and spec.softcap is None:  # nothing to record: let torch pick a fused kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
+                                               scale=spec.scale, enable_gqa=self.n_kv != self.n_heads)
         else:
-            q, k, v = (self._heads(t) for t in self.qkv(x).split(self.inner, dim=-1))
-            if cache is not None:
-                k, v = cache.append(k, v)
-        if capture is None:  # nothing to record: let torch pick a fused kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype), scale=self.scale)
-        else:
-            scores = torch.matmul(q, k.transpose(-2, -1))  # (B, nh, T, S)
-            if self.scale != 1.0:
-                scores = scores * self.scale
-            if bias is not None:
-                scores = scores + bias
+            g, S = spec.group, k.shape[2]
+            qg = q.view(B, self.n_kv, g, T, self.head_dim)  # query heads grouped by the key/value head they read
+            scores = torch.matmul(qg, k.unsqueeze(2).transpose(-2, -1)).view(B, self.n_heads, T, S)  # (B, nh, T, S)
+            if spec.scale != 1.0:
+                scores = scores * spec.scale
+            if spec.softcap is not None:
+                scores = torch.tanh(scores / spec.softcap) * spec.softcap
+            if mask is not None:
+                scores = scores + mask
             pattern = torch.softmax(scores.float(), dim=-1)
-            capture[self.name] = pattern
-            y = torch.matmul(pattern.to(v.dtype), v)  # (B, nh, T, hs)
+            if capture is not None:
+                capture[self.name] = pattern
+            pg = pattern.to(v.dtype).view(B, self.n_kv, g, T, S)
+            y = torch.matmul(pg, v.unsqueeze(2)).view(B, self.n_heads, T, self.head_dim)  # (B, nh, T, hs)
         y = y * self.gate.view(1, -1, 1, 1).to(y.dtype)
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner))
 
@@ -159,42 +199,45 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ffn_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gate is not None:  # T5 v1.1: act(x W_0) * (x W_1)
+        if self.gate is not None:  # T5 v1.1 / SwiGLU: act(x W_gate) * (x W_up)
             return self.down(self.act(self.gate(x)) * self.up(x))
         return self.down(self.act(self.up(x)))
 
 
 class Block(nn.Module):
-    """One layer: self-attention, optional cross-attention, feed-forward; pre- or post-norm residuals."""
+    """One layer: self-attention, optional cross-attention, feed-forward, each wrapped in a residual with
+    its norm placed as the layer spec says (pre, post, sandwich or output)."""
 
     def __init__(self, cfg: ModelConfig, stack: str, index: int, cross: bool) -> None:
         super().__init__()
-        self.pre_norm = cfg.norm_placement == "pre"
-        self.attn = Attention(cfg, f"{stack}.{index}.attn")
+        spec = cfg.layer_spec(stack, index)
+        self.placement = spec.norm_placement
+        self.attn = Attention(cfg, spec.attention, f"{stack}.{index}.attn")
         self.attn_norm = make_norm(cfg)
-        self.cross_attn = Attention(cfg, f"{stack}.{index}.cross_attn", cross=True) if cross else None
+        self.cross_attn = Attention(cfg, spec.attention, f"{stack}.{index}.cross_attn", cross=True) if cross else None
         self.cross_norm = make_norm(cfg) if cross else None
         self.ffn = FeedForward(cfg)
         self.ffn_norm = make_norm(cfg)
+        if self.placement == "sandwich":  # Gemma: a second norm on each sublayer's output
+            self.attn_post_norm, self.ffn_post_norm = make_norm(cfg), make_norm(cfg)
 
-    def forward(
-        self,
-        x: Tensor,
-        bias: Tensor | None,
-        cache: LayerCache | None = None,
-        memory: Tensor | None = None,
-        memory_bias: Tensor | None = None,
-        capture: Capture = None,
-    ) -> Tensor:
-        if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), bias, cache, capture=capture)
-            if self.cross_attn is not None:
-                x = x + self.cross_attn(self.cross_norm(x), memory_bias, cache, memory, capture)
-            return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.attn(x, bias, cache, capture=capture))
+    def _residual(self, x: Tensor, f, norm: nn.Module, post_norm: nn.Module | None = None) -> Tensor:  # noqa: ANN001
+        p = self.placement
+        if p == "pre":
+            return x + f(norm(x))
+        if p == "post":
+            return norm(x + f(x))
+        if p == "sandwich":
+            return x + post_norm(f(norm(x)))
+        return x + norm(f(x))  # "output"
+
+    def forward(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None = None, capture: Capture = None) -> Tensor:
+        sandwich = self.placement == "sandwich"
+        x = self._residual(x, lambda h: self.attn(h, ctx, cache, capture), self.attn_norm,
+                           self.attn_post_norm if sandwich else None)
         if self.cross_attn is not None:
-            x = self.cross_norm(x + self.cross_attn(x, memory_bias, cache, memory, capture))
-        return self.ffn_norm(x + self.ffn(x))
+            x = self._residual(x, lambda h: self.cross_attn(h, ctx, cache, capture), self.cross_norm)
+        return self._residual(x, self.ffn, self.ffn_norm, self.ffn_post_norm if sandwich else None)
 
 
 def sinusoidal_table(n_positions: int, dim: int) -> Tensor:
@@ -210,14 +253,21 @@ def sinusoidal_table(n_positions: int, dim: int) -> Tensor:
 
 
 def additive_mask(
-    q_start: int, n_q: int, n_k: int, causal: bool, key_mask: Tensor | None, device: torch.device
+    q_start: int, n_q: int, n_k: int, causal: bool, key_mask: Tensor | None, device: torch.device,
+    window: int | None = None,
 ) -> Tensor | None:
-    """-inf where a query may not look: future keys (causal) and padding keys. (B|1, 1, T, S)"""
+    """-inf where a query may not look: future keys (causal), keys `window` or more positions back
+    (sliding window), and padding keys. (B|1, 1, T, S); None when nothing is blocked."""
+    q_pos = torch.arange(q_start, q_start + n_q, device=device)[:, None]
+    k_pos = torch.arange(n_k, device=device)[None, :]
     blocked = None
     if causal and (n_q > 1 or q_start + n_q < n_k):
-        q_pos = torch.arange(q_start, q_start + n_q, device=device)[:, None]
-        k_pos = torch.arange(n_k, device=device)[None, :]
-        blocked = (k_pos > q_pos)[None, None]
+        blocked = k_pos > q_pos
+    if window is not None and q_start + n_q > window:
+        far = k_pos <= q_pos - window
+        blocked = far if blocked is None else blocked | far
+    if blocked is not None:
+        blocked = blocked[None, None]
     if key_mask is not None:
         pad = ~key_mask.bool()[:, None, None, :]
         blocked = pad if blocked is None else blocked | pad

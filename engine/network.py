@@ -10,12 +10,15 @@ from .config import ModelConfig
 from .modules import (
     Block,
     Capture,
+    LayerInputs,
     RelativePositionBias,
     activation,
     additive_mask,
     make_norm,
     sinusoidal_table,
 )
+from .rotary import cos_sin, inv_frequencies
+from .trace import softcap
 
 
 class Stack(nn.Module):
@@ -36,10 +39,15 @@ class Stack(nn.Module):
         self.embed_norm = make_norm(cfg) if cfg.embed_norm else None
         self.layers = nn.ModuleList(Block(cfg, name, i, cross) for i in range(n_layers))
         self.final_norm = make_norm(cfg) if cfg.final_norm else None
+        specs = [cfg.layer_spec(name, i).attention for i in range(n_layers)]
+        self.windows = sorted({a.window for a in specs}, key=lambda w: -1 if w is None else w)
+        self.ropes = list(dict.fromkeys(a.rope for a in specs if a.rope is not None))  # distinct, in layer order
+        self.inv_freqs = [inv_frequencies(r) for r in self.ropes]
 
     def init_buffers(self, device: torch.device) -> None:
         if self.cfg.position_scheme == "sinusoidal":
             self.sinusoid = sinusoidal_table(self.cfg.max_positions, self.cfg.d_model).to(device)
+        self.inv_freqs = [inv_frequencies(r).to(device) for r in self.ropes]
 
     def forward(
         self,
@@ -65,15 +73,18 @@ class Stack(nn.Module):
             x = x + self.token_type.weight[0]
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        bias = additive_mask(start, T, S, self.causal, key_mask, device)
-        if self.rel_bias is not None:
-            rel = self.rel_bias(start, T, S).to(x.dtype)
-            bias = rel if bias is None else rel + bias
-        memory_bias = None
+        rel = self.rel_bias(start, T, S).to(x.dtype) if self.rel_bias is not None else None
+        masks = {}
+        for window in self.windows:  # one mask per layer type, shared by every layer of that type
+            mask = additive_mask(start, T, S, self.causal, key_mask, device, window)
+            masks[window] = rel if mask is None else mask if rel is None else rel + mask
+        ctx = LayerInputs(masks, memory=memory)
+        for rope, inv in zip(self.ropes, self.inv_freqs):
+            ctx.rotary[rope] = cos_sin(inv, start, S, rope.attention_factor, x.dtype)
         if memory_mask is not None:
-            memory_bias = additive_mask(0, T, memory_mask.shape[1], False, memory_mask, device)
+            ctx.memory_bias = additive_mask(0, T, memory_mask.shape[1], False, memory_mask, device)
         for i, layer in enumerate(self.layers):
-            x = layer(x, bias, cache.layers[i] if cache is not None else None, memory, memory_bias, capture)
+            x = layer(x, ctx, cache.layers[i] if cache is not None else None, capture)
             if residuals is not None:
                 residuals.append(x)
         if self.final_norm is not None:
@@ -113,7 +124,9 @@ class Transformer(nn.Module):
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
         x = self.embed(ids)
-        return x * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else x
+        if self.cfg.embed_scale == 1.0:
+            return x
+        return x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)  # rounded to the weights' dtype, as Gemma does
 
     def encode(self, ids: Tensor, key_mask: Tensor | None = None, capture: Capture = None, residuals: list | None = None) -> Tensor:
         return self.encoder(self.embed_tokens(ids), key_mask=key_mask, capture=capture, residuals=residuals)
@@ -146,7 +159,7 @@ class Transformer(nn.Module):
         out = self._unembed(h)
         if self.final_logits_bias is not None:
             out = out + self.final_logits_bias
-        return out.float()
+        return softcap(out.float(), self.cfg.final_logit_softcap)
 
     def mlm_logits(self, h: Tensor) -> Tensor | None:
         """Masked-LM logits (encoder) or None when the checkpoint has no prediction head."""

@@ -49,13 +49,14 @@ class PatternBlock:
 
 @dataclass(frozen=True, eq=False)
 class LazyLogits:
-    """Logit rows kept as final hidden states: (h · scale) Wᵀ + bias, computed when first asked for.
-    Wᵀ is shared read-only data (no reference to the model)."""
+    """Logit rows kept as final hidden states: soft-cap((h · scale) Wᵀ + bias), computed when first asked
+    for, as Transformer.logits does on the device. Wᵀ is shared read-only data (no reference to the model)."""
 
     hidden: np.ndarray  # (n, d) float32
     unembedding_t: np.ndarray  # (d, vocab)
     bias: np.ndarray | None
     scale: float
+    cap: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -64,7 +65,15 @@ class LazyLogits:
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         h = self.hidden[start:stop]
         out = (h * self.scale if self.scale != 1.0 else h) @ self.unembedding_t
-        return out + self.bias if self.bias is not None else out
+        return softcap(out + self.bias if self.bias is not None else out, self.cap)
+
+
+def softcap(logits, cap: float | None):  # noqa: ANN001, ANN201 - a torch tensor or a numpy array
+    """The final-logit soft-cap c·tanh(x / c) (Gemma 2), one definition for the torch path and lazy numpy rows."""
+    if cap is None:
+        return logits
+    scaled = logits / cap
+    return (np.tanh(scaled) if isinstance(scaled, np.ndarray) else scaled.tanh()) * cap
 
 
 def _rows(block: np.ndarray | LazyLogits, start: int = 0, stop: int | None = None) -> np.ndarray:

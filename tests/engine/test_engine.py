@@ -18,7 +18,7 @@ from engine import (
     SessionError,
     load_model,
 )
-from engine.modules import additive_mask
+from engine.modules import LayerInputs, additive_mask
 from engine.network import Transformer
 
 SOURCE = "And God said, Let there be light"
@@ -77,7 +77,7 @@ def test_single_head_matches_hand_computed_attention():
     torch.testing.assert_close(rec["decoder.0.attn"][0, 0], expected[0], atol=1e-6, rtol=0)
     # and the attention output is pattern @ V through the output projection
     with torch.no_grad():
-        out = block.attn(block.attn_norm(x), additive_mask(0, 6, 6, True, None, x.device))
+        out = block.attn(block.attn_norm(x), LayerInputs({None: additive_mask(0, 6, 6, True, None, x.device)}))
         torch.testing.assert_close(out, block.attn.out(expected @ v), atol=1e-5, rtol=0)
 
 
