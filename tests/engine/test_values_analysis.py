@@ -1,0 +1,391 @@
+"""Ablation and the analyses checked by value, at layers and heads other than 0, against answers that do not
+come from the code under test: `transformers` (eager attention, forward hooks that switch a head off or read
+the residual stream), hand-built patterns with answers worked out by hand, and brute-force loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import Session, load_model
+from engine.analysis import (
+    head_statistics,
+    induction_pattern_score,
+    induction_scores,
+    logit_lens,
+    pattern_statistics,
+    repeated_random_ids,
+    rollout,
+)
+from engine.trace import PatternBlock, Trace
+from tests.engine.values_models import sharp_gpt2
+
+transformers = pytest.importorskip("transformers")
+
+ATTN_TOL = 1e-5  # README: every pattern within 1e-5 of transformers
+PROMPT_IDS = [5, 17, 42, 99, 7, 250, 13, 64, 3, 120, 77]
+
+
+@pytest.fixture(scope="module")
+def sharp(tmp_path_factory):
+    """(our model, the transformers reference) of one GPT-2 whose heads differ (see values_models)."""
+    folder = sharp_gpt2(tmp_path_factory.mktemp("sharp") / "ckpt")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    return load_model(folder, device="cpu"), ref
+
+
+@pytest.fixture(scope="module")
+def ref_bert(folders):
+    return transformers.BertForMaskedLM.from_pretrained(folders["bert"], attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="module")
+def ref_marian(folders):
+    return transformers.MarianMTModel.from_pretrained(folders["marian"], attn_implementation="eager").eval()
+
+
+def _scale_head_input(module: torch.nn.Module, head: int, n_heads: int, value: float):
+    """A pre-hook on an attention output projection: its input is the heads' outputs side by side."""
+
+    def hook(_mod, args):
+        (x,) = args
+        x = x.clone()
+        hs = x.shape[-1] // n_heads
+        x[..., head * hs:(head + 1) * hs] *= value
+        return (x,)
+
+    return module.register_forward_pre_hook(hook)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# -- head ablation ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer, head, value", [(1, 2, 0.0), (0, 3, 0.0), (1, 1, 0.5)])
+def test_gpt_ablation_switches_off_the_head_asked_for(sharp, layer, head, value):
+    gpt, ref_gpt = sharp
+    ids = PROMPT_IDS
+    handle = _scale_head_input(ref_gpt.transformer.h[layer].attn.c_proj, head, gpt.n_heads, value)
+    try:
+        with torch.no_grad():
+            out = ref_gpt(torch.tensor([ids]), output_attentions=True)
+    finally:
+        handle.remove()
+    gpt.set_head_gate("self", layer, head, value)
+    try:
+        trace = gpt.run(ids)
+    finally:
+        gpt.clear_gates()
+    assert trace.gates == {f"decoder.{layer}.attn": tuple(value if h == head else 1.0 for h in range(gpt.n_heads))}
+    np.testing.assert_allclose(trace.logits, out.logits[0].numpy(), atol=1e-4)
+    for i, a in enumerate(out.attentions):
+        np.testing.assert_allclose(trace.attention("self", i), a[0].numpy(), atol=ATTN_TOL)
+    # and it is not what switching off any other head of that layer gives
+    plain = gpt.run(ids).logits
+    assert np.abs(trace.logits - plain).max() > 1e-3
+
+
+def test_gpt_ablation_with_the_wrong_head_would_differ(sharp):
+    """The hooked reference for head 2 disagrees with our model with head 1 off: the check above can tell heads apart."""
+    gpt, ref_gpt = sharp
+    ids = PROMPT_IDS
+    handle = _scale_head_input(ref_gpt.transformer.h[1].attn.c_proj, 2, gpt.n_heads, 0.0)
+    try:
+        with torch.no_grad():
+            ref = ref_gpt(torch.tensor([ids])).logits[0].numpy()
+    finally:
+        handle.remove()
+    gpt.set_head_gate("self", 1, 1, 0.0)
+    try:
+        wrong = gpt.run(ids).logits
+    finally:
+        gpt.clear_gates()
+    assert np.abs(wrong - ref).max() > 1e-3
+
+
+def test_bert_ablation_matches_the_hooked_reference(bert, ref_bert):
+    ids = bert.tokenizer.encode("In the beginning God created the heaven")
+    handle = _scale_head_input(ref_bert.bert.encoder.layer[1].attention.output.dense, 3, bert.n_heads, 0.0)
+    try:
+        with torch.no_grad():
+            ref = ref_bert(torch.tensor([ids])).logits[0].numpy()
+    finally:
+        handle.remove()
+    bert.set_head_gate("encoder", 1, 3, 0.0)
+    try:
+        trace = bert.run(ids)
+    finally:
+        bert.clear_gates()
+    np.testing.assert_allclose(trace.logits, ref, atol=1e-4)
+
+
+def test_marian_cross_attention_ablation_matches_the_hooked_reference(marian, ref_marian):
+    tok = marian.tokenizer
+    src = tok.encode("And God said, Let there be light")
+    dec = [marian.config.decoder_start_token_id] + tok.encode("And God", special_tokens=False)
+    layer = ref_marian.model.decoder.layers[1]
+    handles = [_scale_head_input(layer.encoder_attn.out_proj, 1, marian.n_heads, 0.0),
+               _scale_head_input(layer.self_attn.out_proj, 2, marian.n_heads, 0.25)]
+    try:
+        with torch.no_grad():
+            out = ref_marian(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]))
+    finally:
+        for h in handles:
+            h.remove()
+    marian.set_head_gate("cross", 1, 1, 0.0)
+    marian.set_head_gate("self", 1, 2, 0.25)
+    try:
+        trace = marian.run(dec, source=src)
+    finally:
+        marian.clear_gates()
+    np.testing.assert_allclose(trace.logits, out.logits[0].numpy(), atol=1e-4)
+
+
+def test_ablation_through_a_session_matches_the_reference_step_by_step(sharp):
+    gpt, ref_gpt = sharp
+    s = Session(gpt, PROMPT_IDS[:4])
+    s.step(9)
+    gpt.set_head_gate("self", 1, 3, 0.0)
+    try:
+        s.step(21)  # the session recomputes with the gate before feeding the next token
+        trace = s.trace
+    finally:
+        gpt.clear_gates()
+    handle = _scale_head_input(ref_gpt.transformer.h[1].attn.c_proj, 3, gpt.n_heads, 0.0)
+    try:
+        with torch.no_grad():
+            ref = ref_gpt(torch.tensor([list(trace.token_ids)])).logits[0].numpy()
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(trace.logits, ref, atol=1e-4)
+
+
+# -- logit lens -------------------------------------------------------------------------------------------
+
+
+def _block_outputs(blocks, run) -> list[torch.Tensor]:
+    """Run the reference with forward hooks that keep each block's output (the residual stream after it)."""
+    seen: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda _m, _a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach()))
+               for b in blocks]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("position", [3, 8])
+def test_logit_lens_reads_each_layer_of_gpt(sharp, position):
+    gpt, ref_gpt = sharp
+    ids = PROMPT_IDS
+    trace = gpt.run(ids)
+    resid = _block_outputs(ref_gpt.transformer.h, lambda: ref_gpt(torch.tensor([ids])))
+    with torch.no_grad():
+        expected = [_softmax(ref_gpt.lm_head(ref_gpt.transformer.ln_f(r[0, position])).numpy()) for r in resid]
+    lens = logit_lens(gpt, trace, position, top=5)
+    assert lens["probs"].shape == (gpt.n_layers, gpt.config.vocab_size)
+    for layer in range(gpt.n_layers):
+        np.testing.assert_allclose(lens["probs"][layer], expected[layer], rtol=1e-4, atol=1e-8, err_msg=f"layer {layer}")
+        order = np.argsort(-expected[layer])[:5]
+        np.testing.assert_array_equal(lens["top_ids"][layer], order)
+        np.testing.assert_allclose(lens["top_probs"][layer], expected[layer][order], rtol=1e-4)
+    assert np.abs(expected[0] / expected[1] - 1).max() > 0.02  # layer 0 reads differently from the last layer
+
+
+def test_logit_lens_reads_each_layer_of_bert(bert, ref_bert):
+    ids = bert.tokenizer.encode("In the [MASK] God created")
+    position = ids.index(bert.config.mask_token_id)
+    trace = bert.run(ids)
+    resid = _block_outputs(ref_bert.bert.encoder.layer, lambda: ref_bert(torch.tensor([ids])))
+    with torch.no_grad():
+        expected = [_softmax(ref_bert.cls(r[0, position]).numpy()) for r in resid]
+    lens = logit_lens(bert, trace, position)
+    for layer in range(bert.n_layers):
+        np.testing.assert_allclose(lens["probs"][layer], expected[layer], rtol=1e-4, atol=1e-8, err_msg=f"layer {layer}")
+    assert np.abs(expected[0] / expected[-1] - 1).max() > 0.02
+
+
+def test_logit_lens_reads_each_decoder_layer_of_marian(marian, ref_marian):
+    tok = marian.tokenizer
+    src = tok.encode("And God said")
+    dec = [marian.config.decoder_start_token_id] + tok.encode("And God", special_tokens=False)
+    trace = marian.run(dec, source=src)
+    position = 2
+    resid = _block_outputs(ref_marian.model.decoder.layers,
+                           lambda: ref_marian(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec])))
+    with torch.no_grad():
+        expected = [_softmax((ref_marian.lm_head(r[0, position]) + ref_marian.final_logits_bias[0]).numpy()) for r in resid]
+    lens = logit_lens(marian, trace, position)
+    for layer in range(marian.n_layers):
+        np.testing.assert_allclose(lens["probs"][layer], expected[layer], rtol=1e-4, atol=1e-8, err_msg=f"layer {layer}")
+
+
+# -- rollout ----------------------------------------------------------------------------------------------
+
+
+def _hand_trace(patterns: list[np.ndarray]) -> Trace:
+    """A decoder Trace holding hand-made patterns [heads, n, n] per layer (no model involved)."""
+    h, n, _ = patterns[0].shape
+    return Trace(family="decoder", model_name="hand", n_layers={"self": len(patterns)}, n_heads=h,
+                 token_ids=tuple(range(n)), tokens=tuple("abcdefgh"[:n]), special=(False,) * n, n_prompt=n,
+                 blocks={f"decoder.{i}.attn": (PatternBlock(0, p.astype(np.float32)),) for i, p in enumerate(patterns)},
+                 logit_rows=None)
+
+
+def test_rollout_by_hand():
+    # layer 0: mean of the heads is [[1,0,0],[1,0,0],[.5,.5,0]]; with the residual: [[1,0,0],[.5,.5,0],[.25,.25,.5]]
+    l0 = np.array([[[1, 0, 0], [1, 0, 0], [1, 0, 0]], [[1, 0, 0], [1, 0, 0], [0, 1, 0]]], dtype=float)
+    # layer 1: [[1,0,0],[0,1,0],[0,1,0]]; with the residual: [[1,0,0],[0,1,0],[0,.5,.5]]
+    l1 = np.array([[[1, 0, 0], [0, 1, 0], [0, 1, 0]]] * 2, dtype=float)
+    trace = _hand_trace([l0, l1])
+    np.testing.assert_allclose(rollout(trace, "self", upto=0), [[1, 0, 0], [0.5, 0.5, 0], [0.25, 0.25, 0.5]], atol=1e-7)
+    # row 2 of layer 1 mixes rows 1 and 2 of layer 0 half and half: .5·[.5,.5,0] + .5·[.25,.25,.5]
+    np.testing.assert_allclose(rollout(trace, "self"), [[1, 0, 0], [0.5, 0.5, 0], [0.375, 0.375, 0.25]], atol=1e-7)
+
+
+def _rollout_by_loops(layers: list[np.ndarray]) -> np.ndarray:
+    """Abnar & Zuidema with explicit sums: r_l[i, j] = sum_k Ã_l[i, k] r_{l-1}[k, j], Ã = rows of (mean + I)/2."""
+    n = layers[0].shape[-1]
+    r = [[1.0 if i == j else 0.0 for j in range(n)] for i in range(n)]
+    for pattern in layers:
+        mean = pattern.mean(0)
+        a = [[0.5 * mean[i, j] + (0.5 if i == j else 0.0) for j in range(n)] for i in range(n)]
+        a = [[v / sum(row) for v in row] for row in a]
+        r = [[sum(a[i][k] * r[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+    return np.array(r)
+
+
+def test_rollout_matches_the_reference_patterns(sharp, bert, ref_bert):
+    gpt, ref_gpt = sharp
+    ids = PROMPT_IDS[:8]
+    with torch.no_grad():
+        gpt_atts = [a[0].double().numpy() for a in ref_gpt(torch.tensor([ids]), output_attentions=True).attentions]
+    trace = gpt.run(ids)
+    for upto in range(gpt.n_layers):
+        np.testing.assert_allclose(rollout(trace, "self", upto=upto), _rollout_by_loops(gpt_atts[:upto + 1]), atol=1e-5)
+    bids = bert.tokenizer.encode("In the beginning God created")
+    with torch.no_grad():
+        bert_atts = [a[0].double().numpy() for a in ref_bert(torch.tensor([bids]), output_attentions=True).attentions]
+    np.testing.assert_allclose(rollout(bert.run(bids), "encoder"), _rollout_by_loops(bert_atts), atol=1e-5)
+
+
+# -- head statistics and induction ---------------------------------------------------------------------------
+
+
+def _stats_by_loops(p: np.ndarray, causal: bool) -> dict[str, float]:
+    """One head's statistics with explicit loops. p [queries, keys]; query i sits at key position i."""
+    nq, nk = p.shape
+    ent, ent_norm, prev, sink, dist = [], [], [], [], []
+    for i in range(nq):
+        keys = i + 1 if causal and nq == nk else nk
+        e = -sum(float(w) * math.log2(float(w)) for w in p[i] if w > 0)
+        if keys > 1:
+            ent.append(e)
+            ent_norm.append(e / math.log2(keys))
+        if 1 <= i < nk:
+            prev.append(float(p[i, i - 1]))
+        if i >= 1:
+            sink.append(float(p[i, 0]))
+        dist.append(sum(float(p[i, j]) * abs(i - j) for j in range(nk)))
+    return {"entropy": np.mean(ent), "entropy_norm": np.mean(ent_norm), "prev_token": np.mean(prev),
+            "sink": np.mean(sink), "distance": np.mean(dist)}
+
+
+def test_pattern_statistics_per_head_by_hand():
+    n = 5
+    prev_head = np.zeros((n, n))
+    prev_head[0, 0] = 1
+    for i in range(1, n):
+        prev_head[i, i - 1] = 1
+    sink_head = np.zeros((n, n))
+    sink_head[:, 0] = 1
+    uniform = np.tril(np.ones((n, n)))
+    uniform /= uniform.sum(-1, keepdims=True)
+    s = pattern_statistics(np.stack([uniform, sink_head, prev_head]))  # head 0 uniform, 1 sink, 2 previous token
+    assert s["prev_token"][2] == pytest.approx(1.0) and s["prev_token"][1] == pytest.approx(0.25)
+    assert s["sink"][1] == pytest.approx(1.0) and s["sink"][2] == pytest.approx(0.25)
+    assert s["entropy"][2] == pytest.approx(0.0) and s["entropy_norm"][0] == pytest.approx(1.0)
+    assert s["entropy"][0] == pytest.approx(np.mean([math.log2(k) for k in range(2, n + 1)]))
+    assert s["distance"][1] == pytest.approx(sum(range(n)) / n) and s["distance"][2] == pytest.approx((n - 1) / n)
+
+
+def test_head_statistics_match_loops_on_reference_patterns(sharp, marian, ref_marian):
+    gpt, ref_gpt = sharp
+    ids = PROMPT_IDS
+    with torch.no_grad():
+        atts = [a[0].double().numpy() for a in ref_gpt(torch.tensor([ids]), output_attentions=True).attentions]
+    induction = np.arange(gpt.n_layers * gpt.n_heads, dtype=float).reshape(gpt.n_layers, gpt.n_heads) / 10
+    stats = {(s.kind, s.layer, s.head): s for s in head_statistics(gpt, gpt.run(ids), induction=induction)}
+    for layer, head in ((1, 2), (1, 3), (0, 1)):
+        got = stats[("self", layer, head)]
+        expected = _stats_by_loops(atts[layer][head], causal=True)
+        for name, value in expected.items():
+            assert getattr(got, name) == pytest.approx(value, abs=1e-5), (layer, head, name)
+        assert got.induction == pytest.approx(induction[layer, head])
+    # cross-attention and the encoder (not causal) of an encoder-decoder
+    tok = marian.tokenizer
+    src = tok.encode("And God said, Let there be light")
+    dec = [marian.config.decoder_start_token_id] + tok.encode("And God said", special_tokens=False)
+    with torch.no_grad():
+        out = ref_marian(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
+    m_ind = np.full((marian.n_layers, marian.n_heads), 0.5)
+    m_stats = {(s.kind, s.layer, s.head): s for s in head_statistics(marian, marian.run(dec, source=src), induction=m_ind)}
+    for kind, atts, causal in (("cross", out.cross_attentions, False), ("encoder", out.encoder_attentions, False),
+                               ("self", out.decoder_attentions, True)):
+        got = m_stats[(kind, 1, 3)]
+        for name, value in _stats_by_loops(atts[1][0, 3].double().numpy(), causal).items():
+            assert getattr(got, name) == pytest.approx(value, abs=1e-5), (kind, name)
+        assert (got.induction == 0.5) if kind == "self" else math.isnan(got.induction)
+
+
+def test_induction_scores_match_the_reference(sharp):
+    gpt, ref_gpt = sharp
+    periods = (5, 8)
+    scores = induction_scores(gpt, periods=periods, seed=3)
+    assert scores.shape == (gpt.n_layers, gpt.n_heads)
+    expected = np.zeros((gpt.n_layers, gpt.n_heads))
+    for i, period in enumerate(periods):
+        ids, offset = repeated_random_ids(gpt, period, 3 + i)
+        first = ids[offset:offset + period]
+        assert ids[offset + period:] == first and len(set(first)) == period  # prefix + R + R
+        assert not set(first) & set(gpt.tokenizer.special_ids)
+        with torch.no_grad():
+            atts = ref_gpt(torch.tensor([ids]), output_attentions=True).attentions
+        for layer in range(gpt.n_layers):
+            for head in range(gpt.n_heads):
+                p = atts[layer][0, head].double().numpy()
+                qs = range(offset + period, len(ids))
+                expected[layer, head] += sum(p[q, q - period + 1] for q in qs) / len(qs) / len(periods)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert np.ptp(expected) > 1e-3  # heads differ, so a score moved to another head would show
+
+
+def test_head_statistics_computes_induction_for_every_head(sharp):
+    gpt = sharp[0]
+    trace = gpt.run(PROMPT_IDS)
+    scores = induction_scores(gpt)
+    for s in head_statistics(gpt, trace):
+        assert s.induction == pytest.approx(scores[s.layer, s.head])
+
+
+def test_induction_pattern_score_by_hand_with_offset():
+    period, offset = 3, 2
+    n = offset + 2 * period
+    p = np.zeros((2, n, n))
+    for q in range(n):
+        p[0, q, q] = 1  # head 0: self only
+        p[1, q, max(q - period + 1, 0)] = 1  # head 1: the token after the earlier copy
+    p[1, offset + period + 1] = 0
+    p[1, offset + period + 1, 0] = 1  # one of head 1's three second-copy queries looks elsewhere
+    np.testing.assert_allclose(induction_pattern_score(p, period, offset), [0.0, 2 / 3])

@@ -1,0 +1,38 @@
+"""A tiny random GPT-2 whose heads differ from each other, for the value tests (tests/engine/test_values_*.py).
+
+factories.gpt2 leaves its layer norms (ln_1, ln_2, ln_f) scaled near 0, so its patterns are close to uniform
+and every head looks alike: a statistic moved to another head, or a value lost at a chunk edge, changes
+little. Here the norms scale by about 1 and the query/key weights are larger, so the patterns are peaked and
+each head has its own; the context is long enough for prompts of several storage chunks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests import factories
+
+N_POSITIONS = 192
+
+
+def sharp_gpt2(folder: Path, n_layer: int = 3, n_head: int = 4, n_positions: int = N_POSITIONS, seed: int = 11) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = factories.byte_level_tokenizer(300, ["<|endoftext|>"])
+    eos = tok.token_to_id("<|endoftext|>")
+    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
+                     bos_token_id=eos, eos_token_id=eos, attn_implementation="eager")
+    model = GPT2LMHeadModel(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                std = 0.5 if "c_attn" in name else 0.3
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            elif ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.copy_((1 + torch.randn(p.shape, generator=g) * 0.1) if name.endswith("weight") else p * 0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return factories._save(model.eval(), tok, folder)
