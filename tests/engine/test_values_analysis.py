@@ -21,7 +21,7 @@ from engine.analysis import (
     rollout,
 )
 from engine.trace import PatternBlock, Trace
-from tests.engine.values_models import sharp_gpt2
+from tests.engine.values_models import rollout_by_loops, sharp_gpt2
 
 transformers = pytest.importorskip("transformers")
 
@@ -254,18 +254,6 @@ def test_rollout_by_hand():
     np.testing.assert_allclose(rollout(trace, "self"), [[1, 0, 0], [0.5, 0.5, 0], [0.375, 0.375, 0.25]], atol=1e-7)
 
 
-def _rollout_by_loops(layers: list[np.ndarray]) -> np.ndarray:
-    """Abnar & Zuidema with explicit sums: r_l[i, j] = sum_k Ã_l[i, k] r_{l-1}[k, j], Ã = rows of (mean + I)/2."""
-    n = layers[0].shape[-1]
-    r = [[1.0 if i == j else 0.0 for j in range(n)] for i in range(n)]
-    for pattern in layers:
-        mean = pattern.mean(0)
-        a = [[0.5 * mean[i, j] + (0.5 if i == j else 0.0) for j in range(n)] for i in range(n)]
-        a = [[v / sum(row) for v in row] for row in a]
-        r = [[sum(a[i][k] * r[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
-    return np.array(r)
-
-
 def test_rollout_matches_the_reference_patterns(sharp, bert, ref_bert):
     gpt, ref_gpt = sharp
     ids = PROMPT_IDS[:8]
@@ -273,11 +261,11 @@ def test_rollout_matches_the_reference_patterns(sharp, bert, ref_bert):
         gpt_atts = [a[0].double().numpy() for a in ref_gpt(torch.tensor([ids]), output_attentions=True).attentions]
     trace = gpt.run(ids)
     for upto in range(gpt.n_layers):
-        np.testing.assert_allclose(rollout(trace, "self", upto=upto), _rollout_by_loops(gpt_atts[:upto + 1]), atol=1e-5)
+        np.testing.assert_allclose(rollout(trace, "self", upto=upto), rollout_by_loops(gpt_atts[:upto + 1]), atol=1e-5)
     bids = bert.tokenizer.encode("In the beginning God created")
     with torch.no_grad():
         bert_atts = [a[0].double().numpy() for a in ref_bert(torch.tensor([bids]), output_attentions=True).attentions]
-    np.testing.assert_allclose(rollout(bert.run(bids), "encoder"), _rollout_by_loops(bert_atts), atol=1e-5)
+    np.testing.assert_allclose(rollout(bert.run(bids), "encoder"), rollout_by_loops(bert_atts), atol=1e-5)
 
 
 # -- head statistics and induction ---------------------------------------------------------------------------

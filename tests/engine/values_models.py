@@ -1,4 +1,5 @@
-"""A tiny random GPT-2 whose heads differ from each other, for the value tests (tests/engine/test_values_*.py).
+"""For the value tests (tests/*/test_values_*.py): a tiny random GPT-2 whose heads differ from each other, and
+reference answers written with plain loops.
 
 factories.gpt2 leaves its layer norms (ln_1, ln_2, ln_f) scaled near 0, so its patterns are close to uniform
 and every head looks alike: a statistic moved to another head, or a value lost at a chunk edge, changes
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tests import factories
@@ -36,3 +38,16 @@ def sharp_gpt2(folder: Path, n_layer: int = 3, n_head: int = 4, n_positions: int
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return factories._save(model.eval(), tok, folder)
+
+
+def rollout_by_loops(layers: list[np.ndarray]) -> np.ndarray:
+    """Abnar & Zuidema with explicit sums: r_l[i, j] = sum_k Ã_l[i, k] r_{l-1}[k, j], Ã = rows of (mean + I)/2
+    renormalised. `layers`: patterns [heads, n, n] from layer 0 up."""
+    n = layers[0].shape[-1]
+    r = [[1.0 if i == j else 0.0 for j in range(n)] for i in range(n)]
+    for pattern in layers:
+        mean = np.asarray(pattern, dtype=np.float64).mean(0)
+        a = [[0.5 * mean[i, j] + (0.5 if i == j else 0.0) for j in range(n)] for i in range(n)]
+        a = [[v / sum(row) for v in row] for row in a]
+        r = [[sum(a[i][k] * r[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+    return np.array(r)
