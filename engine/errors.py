@@ -41,3 +41,8 @@ class CaptureError(EngineError):
 
 class OutOfMemoryError(EngineError):
     """The device ran out of memory; the session is left as it was before the request."""
+
+
+class ChatTemplateError(PromptError):
+    """A chat template that cannot render these messages (invalid Jinja, or the template refuses them,
+    e.g. a system message for a template without a system role)."""
