@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .chat import generation_eos_ids, normalise_messages
 from .errors import PromptError, SessionError
 from .model import Forward, Model
 from .sampling import SamplingSettings, choose, distribution
@@ -29,6 +31,15 @@ def live_events(history: list) -> list:
     return stack
 
 
+def stop_token_ids(model: Model) -> tuple[int, ...]:
+    """Every id whose choice ends a generation: config.json's eos ids, generation_config.json's eos ids
+    (instruction-tuned checkpoints list their end-of-turn tokens there) and the end-of-turn tokens the
+    chat template writes (<|eot_id|>, <|im_end|>, <end_of_turn>, ...)."""
+    ids = (*model.config.eos_token_ids, *generation_eos_ids(getattr(model, "folder", None)),
+           *model.tokenizer.end_of_turn_ids())
+    return tuple(dict.fromkeys(i for i in ids if 0 <= i < model.config.vocab_size))
+
+
 @dataclass(frozen=True)
 class Step:
     """The result of one step: the chosen token and the distribution it was chosen from."""
@@ -47,7 +58,12 @@ class Step:
 
 class Session:
     """Decoder and encoder-decoder models: generate token by token with a KV cache.
-    Encoder-only models: each step fills the first [MASK] with a masked-LM prediction."""
+    Encoder-only models: each step fills the first [MASK] with a masked-LM prediction.
+
+    Chat: `messages` ([{"role": "system" | "user" | "assistant", "content": ...}], instead of a prompt)
+    are rendered through the checkpoint's chat template with the generation prompt, and those ids are
+    the prompt exactly (the template writes its own special tokens); `chat_options` are extra template
+    variables (e.g. {"enable_thinking": False}). Generation stops at any of `stop_ids`."""
 
     def __init__(
         self,
@@ -60,6 +76,8 @@ class Session:
         seed: int = 0,
         greedy: bool = True,
         capture: bool = True,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        chat_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.settings = SamplingSettings(temperature, top_k, top_p, greedy, seed)
@@ -69,7 +87,13 @@ class Session:
         # every step / back / mask in order (branches included), enough to rebuild the session exactly
         self.history: list[tuple] = []
         self._gates = model.gates()  # head gates in force for every recorded forward
+        self.stop_ids = stop_token_ids(model) if model.family != "encoder" else ()
+        # the chat this session's prompt was rendered from (None for a plain prompt), kept for saving / display
+        self.messages: tuple[dict[str, Any], ...] | None = None
+        self.chat_options: dict[str, Any] = dict(chat_options or {})
         family = model.family
+        if messages is not None:
+            prompt = self._render_chat(messages, prompt, source)
         if family == "encoder-decoder":
             if source is None:
                 raise PromptError("an encoder-decoder model needs a source text for its encoder")
@@ -97,6 +121,26 @@ class Session:
         self._logit_rows: list[np.ndarray | LazyLogits] = []
         self._add(model.decode(self._ids, self._cache, self._memory, capture))
         self._tokens = model.tokenizer.token_strings(self._ids)
+
+    def _render_chat(self, messages: Sequence[Mapping[str, Any]], prompt: object, source: object) -> list[int]:
+        model = self.model
+        if prompt is not None:
+            raise PromptError("give either a prompt or chat messages, not both")
+        if model.family != "decoder" or source is not None:
+            raise PromptError(f"chat messages need a decoder-only model with a chat template; this is a {model.family} model")
+        if not model.tokenizer.has_chat_template:
+            raise PromptError(f"{model.name} has no chat template (no chat_template in tokenizer_config.json and no "
+                              "chat_template.jinja); type a plain prompt instead")
+        reserved = sorted(set(self.chat_options) & {"messages", "add_generation_prompt", "tools", "documents"})
+        if reserved:
+            raise PromptError(f"chat_options cannot set {', '.join(reserved)}: the session renders the messages "
+                              "itself, with the generation prompt")
+        chat = normalise_messages(messages)
+        ids = model.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, **self.chat_options)
+        if not ids:
+            raise PromptError("the chat template rendered these messages as no tokens at all")
+        self.messages = tuple(chat)
+        return ids
 
     # -- settings -----------------------------------------------------------------------------
     def set_sampling(self, **changes) -> None:
@@ -135,8 +179,7 @@ class Session:
     def finished(self) -> bool:
         if self.family == "encoder":
             return self._next_mask() is None
-        eos = self.model.config.eos_token_id
-        if self._steps and eos is not None and self._ids[-1] == eos:
+        if self._steps and self._ids[-1] in self.stop_ids:
             return True
         return len(self._ids) >= self.model.max_positions
 
@@ -145,7 +188,8 @@ class Session:
             return "there is no [MASK] token left to fill; mask a token first"
         if len(self._ids) >= self.model.max_positions:
             return f"the context is full ({self.model.max_positions} tokens); go back or start a new session"
-        return "the end-of-sequence token was chosen; go back or branch to continue"
+        return (f"the end-of-sequence token {self.model.tokenizer.display(self._ids[-1])} was chosen; "
+                "go back or branch to continue")
 
     def _next_mask(self) -> int | None:
         mask = self.model.config.mask_token_id
@@ -222,6 +266,8 @@ class Session:
         st = self.settings
         fresh = Session(self.model, self.prompt_ids, source=self.source_ids, temperature=st.temperature, top_k=st.top_k,
                         top_p=st.top_p, seed=st.seed, greedy=st.greedy, capture=self.capture)
+        # the same ids, not a new rendering (a template may write today's date)
+        fresh.messages, fresh.chat_options = self.messages, self.chat_options
         fresh.replay(live_events(self.history))
         fresh.history = list(self.history)
         self.__dict__.update(fresh.__dict__)

@@ -1,5 +1,5 @@
-"""Saving and reopening a session: model reference, prompt/source, every step and branch, settings,
-ablations and the caller's view state, as JSON written atomically."""
+"""Saving and reopening a session: model reference, prompt/source (and the chat messages it was rendered
+from), every step and branch, settings, ablations and the caller's view state, as JSON written atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from .chat import normalise_messages
 from .errors import EngineError
 from .export import atomic_write
 from .model import Model
@@ -31,6 +32,9 @@ def session_state(session: Session, view: dict | None = None) -> dict:
                   "model_type": model.config.model_type},
         "prompt_ids": session.prompt_ids,
         "source_ids": session.source_ids,
+        # optional (files without them still read): the chat the prompt ids were rendered from
+        "messages": list(session.messages) if session.messages is not None else None,
+        "chat_options": session.chat_options,
         "settings": {k: getattr(session.settings, k) for k in ("temperature", "top_k", "top_p", "greedy", "seed")},
         "gates": {name: list(g) for name, g in model.gates().items()},
         "history": [list(e) for e in session.history],
@@ -96,6 +100,10 @@ def restore_session(state: dict, model: Model) -> Session:
         s = state["settings"]
         session = Session(model, state["prompt_ids"], source=state.get("source_ids"), temperature=s["temperature"],
                           top_k=s["top_k"], top_p=s["top_p"], greedy=s["greedy"], seed=s["seed"])
+        # the saved ids are the prompt (not a new rendering: a template may write today's date)
+        if state.get("messages") is not None:
+            session.messages = tuple(normalise_messages(state["messages"]))
+        session.chat_options = dict(state.get("chat_options") or {})
         session.replay(history)
         return session
     except BaseException as exc:
