@@ -13,6 +13,7 @@ from .errors import (
     CheckpointError,
     DeviceError,
     EngineError,
+    LoadCancelled,
     OutOfMemoryError,
     PromptError,
     SamplingError,
@@ -26,15 +27,16 @@ from .session import Session, Step
 from .trace import KINDS, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
 
 __all__ = [
-    "KINDS", "CaptureError", "CheckpointError", "DeviceError", "EngineError", "Model", "ModelConfig",
+    "KINDS", "CaptureError", "CheckpointError", "DeviceError", "EngineError", "LoadCancelled", "Model", "ModelConfig",
     "OutOfMemoryError", "PatternBlock", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError",
     "Step", "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
     "load_model", "parse_capture_name",
 ]
 
 
-def load_model(source, device=None, dtype=None, allow_pickle: bool = False):  # noqa: ANN001 - re-exported
-    """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model."""
+def load_model(source, device=None, dtype=None, allow_pickle: bool = False, progress=None, cancel=None):  # noqa: ANN001 - re-exported
+    """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model. `progress(fraction,
+    message)` is called as the weights are read; `cancel` (threading.Event or callable) raises LoadCancelled."""
     from .checkpoints import load_model as _load
 
-    return _load(source, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    return _load(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel)

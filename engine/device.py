@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import DeviceError
@@ -51,3 +53,60 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+GiB = 1024**3
+CPU_HEADROOM = 1.25  # float32 must fit with a quarter to spare (load buffers, KV cache, traces) ...
+CPU_RESERVE = 1 * GiB  # ... plus this for the app itself
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def choose_dtype(
+    dtype: str | torch.dtype | None,
+    device: torch.device,
+    checkpoint_dtype: torch.dtype | None,
+    n_params: int,
+    available: int | None = None,
+) -> tuple[torch.dtype, str]:
+    """-> (dtype, reason for the status bar). `dtype` given: that one. CUDA: the checkpoint's own dtype.
+    CPU (and others): float32 where it fits in RAM with a margin (exact arithmetic, and the fastest layout
+    on the CPU), else bfloat16. `available` (bytes) defaults to MemAvailable."""
+    if dtype is not None:
+        chosen = resolve_dtype(dtype, device)
+        return chosen, f"{_name(chosen)}, as asked"
+    own = checkpoint_dtype if checkpoint_dtype in DTYPES.values() else None
+    if device.type == "cuda":
+        if own is None:
+            return torch.float32, "float32 on CUDA (the checkpoint names no float16/bfloat16/float32 dtype)"
+        return own, f"{_name(own)}, the checkpoint's own dtype, on CUDA"
+    need = 4 * n_params
+    if available is None:
+        available = available_memory()
+    if available is None:
+        return torch.float32, f"float32 on the {device.type.upper()} (free memory unknown; {_gb(need)} of weights)"
+    if need * CPU_HEADROOM + CPU_RESERVE <= available:
+        return torch.float32, f"float32 on the {device.type.upper()} ({_gb(need)} of weights, {_gb(available)} free)"
+    return torch.bfloat16, (f"bfloat16 on the {device.type.upper()}: float32 would need {_gb(need)} of weights, "
+                            f"{_gb(available)} free ({_gb(2 * n_params)} in bfloat16)")

@@ -46,3 +46,7 @@ class OutOfMemoryError(EngineError):
 class ChatTemplateError(PromptError):
     """A chat template that cannot render these messages (invalid Jinja, or the template refuses them,
     e.g. a system message for a template without a system role)."""
+
+
+class LoadCancelled(EngineError):
+    """load_model was cancelled (its `cancel` event was set); what it had allocated is freed."""

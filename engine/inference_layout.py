@@ -1,4 +1,16 @@
-"""The weight layout of loaded (inference-only) models: every Linear stored as [in, out]."""
+"""The weight layout of loaded (inference-only) models.
+
+On the CPU in float32 every Linear is stored as [in, out] (TransposedLinear) and the unembedding as
+(d, vocab): a decode step multiplies one row vector by every weight matrix, and streaming the matrix in
+this layout ran 1.2x (2048x2048, 3072x768) to 1.45-1.7x (the 128256x2048 / 50257x768 unembedding) faster
+than nn.Linear's [out, in] on this project's CPUs (tools/bench.py, tools/bench_load.py --speed). In
+bfloat16/float16 the opposite holds (oneDNN's kernels want [out, in]: [in, out] ran 0.63-0.9x), and CUDA
+needs neither, so those keep the plain layout.
+
+The unembedding is never a second copy: a tied model keeps one (d, vocab) matrix and its token embedding
+is a transposed view of it (an embedding lookup gathers T columns, ~7 us a token); an untied model's
+unembedding is its lm_head's weight.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +21,17 @@ from .network import Transformer
 
 
 class TransposedLinear(nn.Module):
-    """An nn.Linear whose weight is stored as [in, out]. A decode step multiplies one row vector by every
-    weight matrix; streaming the matrix in this layout ran 1.2x (3072x768) to 1.7x (the 50257x768
-    unembedding) faster than nn.Linear's [out, in] on this project's CPUs (tools/bench.py)."""
+    """An nn.Linear whose weight is stored as [in, out] (see the module docstring for why)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
         self.bias = linear.bias
+
+    @property
+    def weight(self) -> Tensor:
+        """[out, in], as nn.Linear's: a view, no copy."""
+        return self.weight_t.t()
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -24,13 +39,68 @@ class TransposedLinear(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def to_inference_layout(net: Transformer) -> Transformer:
-    """Swap every nn.Linear for a TransposedLinear and keep a transposed copy of the unembedding.
-    Training code keeps the plain layout; loaded models use this one."""
-    unembedding_t = net.unembedding.detach().t().contiguous()  # (d, vocab)
-    for module in list(net.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, TransposedLinear(child))
-    net.register_buffer("unembedding_t", unembedding_t, persistent=False)
+def prefers_transposed(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether [in, out] storage is the faster one for decode steps on this device and dtype (measured)."""
+    return device.type == "cpu" and dtype == torch.float32
+
+
+def to_inference_layout(net: Transformer, transposed: bool = True) -> Transformer:
+    """Swap every nn.Linear for a TransposedLinear (when `transposed`) and register `unembedding_t`
+    (d, vocab) sharing the unembedding's memory. On a meta-device net this only changes the structure
+    (then `materialize`). Training code keeps the plain layout; loaded models use this one."""
+    if transposed:
+        for module in list(net.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, TransposedLinear(child))
+    net.inference_transposed = transposed
+    if net.lm_head is None and transposed:
+        w_t = net.embed.weight.detach().t().contiguous()  # the one copy, in the decode-friendly layout
+        net.embed.weight = nn.Parameter(w_t.t(), requires_grad=False)  # the embedding reads its columns
+    _register_unembedding(net)
     return net
+
+
+def _register_unembedding(net: Transformer) -> None:
+    if net.lm_head is not None:
+        w_t = net.lm_head.weight_t if isinstance(net.lm_head, TransposedLinear) else net.lm_head.weight.t()
+    else:
+        w_t = net.embed.weight.t()  # contiguous when transposed (see above), else a view
+    net.register_buffer("unembedding_t", w_t.detach(), persistent=False)
+
+
+def _allocate(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Uninitialised storage for one parameter (tests wrap this to watch what a load allocates)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def materialize(net: Transformer, device: torch.device, dtype: torch.dtype) -> Transformer:
+    """Give every meta parameter and persistent buffer real, uninitialised storage of `dtype` (floats;
+    other dtypes kept) on `device`, keeping the layout's sharing (tied embedding = view of the unembedding)."""
+    tied_view = net.lm_head is None and getattr(net, "inference_transposed", False)
+    for module in net.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None or not p.is_meta or (tied_view and module is net.embed and name == "weight"):
+                continue
+            module._parameters[name] = nn.Parameter(
+                _allocate(p.shape, dtype if p.is_floating_point() else p.dtype, device), requires_grad=False)
+        for name, b in list(module._buffers.items()):
+            if b is None or not b.is_meta or name in module._non_persistent_buffers_set:
+                continue
+            module._buffers[name] = _allocate(b.shape, dtype if b.is_floating_point() else b.dtype, device)
+    if tied_view:
+        vocab, d = net.embed.weight.shape
+        net.embed.weight = nn.Parameter(_allocate(torch.Size((d, vocab)), dtype, device).t(), requires_grad=False)
+    _register_unembedding(net)
+    return net
+
+
+def release(net: nn.Module) -> None:
+    """Drop every parameter's and buffer's storage (after a failed or cancelled load), leaving meta tensors:
+    whatever still references the net (an exception's traceback) then pins no memory."""
+    for module in net.modules():
+        for store in (module._parameters, module._buffers):
+            for name, t in list(store.items()):
+                if t is not None and not t.is_meta:
+                    meta = torch.empty_like(t, device="meta")
+                    store[name] = nn.Parameter(meta, requires_grad=False) if isinstance(t, nn.Parameter) else meta

@@ -1,31 +1,44 @@
-"""load_model: folder (or bundled name, or HF cache id) -> Model, through one converter per architecture."""
+"""load_model: folder (or bundled name, or HF cache id) -> Model, through one converter per architecture.
+
+Loading streams: the network is built on the meta device in its inference layout, every parameter gets
+uninitialised storage of the final dtype on the final device, and checkpoint tensors are read a few MB
+of rows at a time straight into it (converting dtype and layout on the way). Peak memory is the model
+plus one small buffer, and progress and cancellation are checked between chunks.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
-from ..device import resolve_device, resolve_dtype
-from ..errors import CheckpointError, TokenizerError, UnsupportedArchitectureError
-from ..inference_layout import to_inference_layout
+from ..device import choose_dtype, resolve_device
+from ..errors import CheckpointError, LoadCancelled, TokenizerError, UnsupportedArchitectureError
+from ..inference_layout import materialize, prefers_transposed, release, to_inference_layout
 from ..model import Model
 from ..network import Transformer
 from ..tokenizer import Tokenizer
-from .mapping import build_state_dict, plan
+from .mapping import plan
 from .registry import CONVERTERS, SUPPORTED
-from .resolve import bundled_models, cached_models, resolve
-from .weights import WeightFiles
+from .resolve import CachedModel, bundled_models, cached_model_infos, cached_models, resolve
+from .support import unsupported_model_type, unsupported_quantization
+from .weights import WeightFiles, fill_piece, fill_whole, pieces
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SUPPORTED", "bundled_models", "cached_models", "load_model", "read_config", "resolve"]
+__all__ = ["SUPPORTED", "CachedModel", "Progress", "bundled_models", "cached_model_infos", "cached_models",
+           "load_model", "read_config", "resolve"]
 
 MASK_TOKENS = ("[MASK]", "<mask>")
+Progress = Callable[[float, str], None]  # (fraction done 0..1, short message)
+Cancel = threading.Event | Callable[[], bool] | None
 
 
 def read_config(folder: Path) -> dict:
@@ -41,13 +54,11 @@ def read_config(folder: Path) -> dict:
     return hf
 
 
-def _converter(hf: dict, folder: Path):
-    model_type = hf.get("model_type")
-    if model_type not in CONVERTERS:
-        what = f"model_type {model_type!r}" if model_type else "no model_type"
-        raise UnsupportedArchitectureError(
-            f"{folder / 'config.json'} has {what}; supported architectures: {', '.join(SUPPORTED)}")
-    return CONVERTERS[model_type]
+def _converter(hf: dict, folder: Path):  # noqa: ANN202 - a mapping.Converter
+    why = unsupported_model_type(hf) or unsupported_quantization(hf)
+    if why:
+        raise UnsupportedArchitectureError(f"{folder / 'config.json'} has {why}")
+    return CONVERTERS[hf["model_type"]]
 
 
 def _special_ids(cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
@@ -58,37 +69,156 @@ def _special_ids(cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
     return cfg
 
 
-def load_model(source, device=None, dtype=None, allow_pickle: bool = False) -> Model:  # noqa: ANN001
-    """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model on `device`."""
+def _config_dtype(hf: dict) -> torch.dtype | None:
+    """config.json's `dtype` (transformers 5) or `torch_dtype` (4.x), when it names a float dtype."""
+    name = hf.get("dtype") or hf.get("torch_dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
+def _cancel_check(cancel: Cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    is_set = getattr(cancel, "is_set", None)
+    return is_set if callable(is_set) else cancel
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n < 1e10 else f"{n / 1e9:.1f} GB"
+
+
+class _Meter:
+    """Bytes done -> progress callback (at most every 0.5%) and the cancel check (every chunk)."""
+
+    def __init__(self, total: int, progress: Progress | None, cancelled: Callable[[], bool], name: str) -> None:
+        self.total, self.done, self.last = max(1, total), 0, -1.0
+        self.progress, self.cancelled, self.name = progress, cancelled, name
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise LoadCancelled(f"loading {self.name} was cancelled")
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(min(1.0, max(0.0, fraction)), message)
+            self.last = fraction
+
+    def __call__(self, nbytes: int, file: str) -> None:
+        self.done += nbytes
+        fraction = self.done / self.total
+        if fraction - self.last >= 0.005 or self.done >= self.total:
+            self.report(fraction, f"{file}: {_gb(self.done)} of {_gb(self.total)}")
+        self.check()
+
+
+def _dest(net: torch.nn.Module, name: str) -> torch.Tensor:
+    """The tensor that receives our parameter `name` (plain-layout name), in the plain [out, in] orientation:
+    a TransposedLinear's weight is the transposed view of its weight_t."""
+    module_name, _, attr = name.rpartition(".")
+    module = net.get_submodule(module_name) if module_name else net
+    return getattr(module, attr)
+
+
+def _fill(net: torch.nn.Module, resolved: dict, weights: WeightFiles, meter: _Meter) -> None:
+    plans = []
+    for ours, (source, keys) in resolved.items():
+        dest = _dest(net, ours)
+        ps = pieces(source, keys, dest)
+        size = (sum((p.stop - p.start) * weights.row_bytes(p.key) for p in ps) if ps is not None
+                else sum(weights.nbytes(k) for k in keys))
+        plans.append((ours, source, keys, dest, ps, size))
+    meter.total = max(1, sum(p[-1] for p in plans))
+    # file order, then offset order: each shard is read front to back, once
+    order = {f.name: i for i, f in enumerate(weights.files)}
+
+    def where(p: tuple) -> tuple:
+        key = p[2][0]
+        e = weights.entries.get(key)
+        return (order.get(e.path.name, 0), e.start) if e is not None else (0, 0)
+
+    with torch.no_grad():
+        for _ours, source, keys, dest, ps, _size in sorted(plans, key=where):
+            if ps is None:
+                fill_whole(weights, source, keys, dest, meter)
+            else:
+                for piece in ps:
+                    fill_piece(weights, piece, meter)
+
+
+def load_model(
+    source: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel = None,
+) -> Model:
+    """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model on `device`.
+
+    dtype None: the checkpoint's own dtype on CUDA; on the CPU float32 where it fits in RAM, else bfloat16
+    (`model.dtype_reason` says which and why). `progress(fraction, message)` is called as bytes are read;
+    `cancel` (a threading.Event, or a callable returning True) stops the load with LoadCancelled, having
+    freed what it allocated."""
     t0 = time.perf_counter()
+    cancelled = _cancel_check(cancel)
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
     folder, name = resolve(source)
+    meter = _Meter(1, progress, cancelled, name)
+    meter.report(0.0, f"opening {name}")
+    meter.check()
     hf = read_config(folder)
     conv = _converter(hf, folder)
     tokenizer = Tokenizer.from_folder(folder)
-    weights = WeightFiles(folder, allow_pickle=allow_pickle)
-    try:
-        cfg = conv.config(hf, set(weights.shapes))
-        with torch.device("meta"):
-            net = Transformer(cfg)
-    except KeyError as exc:
-        raise CheckpointError(f"{folder / 'config.json'} lacks the field {exc} that a {hf['model_type']} config needs") from exc
-    except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-        raise CheckpointError(f"{folder / 'config.json'} has invalid values ({exc}); repair it or re-download it") from exc
-    cfg = _special_ids(cfg, tokenizer)
-    net.cfg = cfg
-    if tokenizer.max_id >= cfg.vocab_size:
-        raise TokenizerError(f"the tokenizer in {folder} knows ids up to {tokenizer.max_id} but the model's vocabulary "
-                             f"has {cfg.vocab_size} rows; the tokenizer belongs to another model")
-    expected = {k: list(v.shape) for k, v in net.state_dict().items()}
-    resolved = plan(conv, cfg, expected, weights.shapes)
-    state = build_state_dict(resolved, weights.load())
-    net.load_state_dict(state, assign=True, strict=True)
-    net.init_buffers(torch.device("cpu"))
-    net = to_inference_layout(net.to(device=dev, dtype=torch_dtype))
+    with WeightFiles(folder, allow_pickle=allow_pickle) as weights:
+        try:
+            cfg = conv.config(hf, set(weights.shapes))
+            with torch.device("meta"):
+                net = Transformer(cfg)
+        except KeyError as exc:
+            raise CheckpointError(f"{folder / 'config.json'} lacks the field {exc} that a {hf['model_type']} config needs") from exc
+        except (TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            raise CheckpointError(f"{folder / 'config.json'} has invalid values ({exc}); repair it or re-download it") from exc
+        cfg = _special_ids(cfg, tokenizer)
+        net.cfg = cfg
+        if tokenizer.max_id >= cfg.vocab_size:
+            raise TokenizerError(f"the tokenizer in {folder} knows ids up to {tokenizer.max_id} but the model's vocabulary "
+                                 f"has {cfg.vocab_size} rows; the tokenizer belongs to another model")
+        state = net.state_dict()
+        expected = {k: list(v.shape) for k, v in state.items()}
+        resolved = plan(conv, cfg, expected, weights.shapes)
+        used = {k for _, keys in resolved.values() for k in keys}
+        weights.check_floats(used)
+        n_params = sum(v.numel() for v in state.values() if v.is_floating_point())
+        del state
+        torch_dtype, reason = choose_dtype(dtype, dev, _config_dtype(hf) or weights.dominant_float_dtype(used), n_params)
+        meter.check()
+        net = to_inference_layout(net, transposed=prefers_transposed(dev, torch_dtype))  # meta: structure only
+        try:
+            materialize(net, dev, torch_dtype)
+            meter.report(0.0, f"reading {name} ({_gb(sum(weights.nbytes(k) for k in used))}) as {str(torch_dtype)[6:]}")
+            _fill(net, resolved, weights, meter)
+            net.init_buffers(dev)
+            _cast_buffers(net, torch_dtype)
+        except BaseException as exc:
+            release(net)  # the traceback keeps this frame (and `net`) alive: leave it nothing to pin
+            traceback.clear_frames(exc.__traceback__)
+            raise
     model = Model(net, tokenizer, name=name, folder=folder)
+    model.dtype_reason = reason
     model.load_seconds = time.perf_counter() - t0
-    log.info("loaded %s (%s, %.1fM parameters) on %s in %.2fs", name, cfg.model_type, model.n_params / 1e6, dev,
-             model.load_seconds)
+    meter.report(1.0, f"{name} ready")
+    log.info("loaded %s (%s, %.1fM parameters) on %s as %s in %.2fs", name, cfg.model_type, model.n_params / 1e6, dev,
+             reason, model.load_seconds)
     return model
+
+
+def _cast_buffers(net: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Float buffers built by init_buffers (float32) take the model's dtype, as Module.to(dtype) would do."""
+    for module in net.modules():
+        for name, b in list(module._buffers.items()):
+            if b is None:
+                continue
+            if b.is_meta:
+                raise RuntimeError(f"buffer {name} of {type(module).__name__} was not initialised by init_buffers")
+            if b.is_floating_point() and b.dtype != dtype:
+                module._buffers[name] = b.to(dtype)

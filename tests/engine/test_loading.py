@@ -32,7 +32,7 @@ def test_every_architecture_loads(folders):
     for name, folder in folders.items():
         families[name] = load_model(folder, device="cpu").family
     assert families["gpt2"] == "decoder" and families["roberta"] == "encoder" and families["t5-v1.1"] == "encoder-decoder"
-    assert set(SUPPORTED) == {"gpt2", "bert", "roberta", "t5", "bart", "marian"}
+    assert set(SUPPORTED) >= {"gpt2", "bert", "roberta", "t5", "bart", "marian"}
 
 
 def test_bert_without_head_has_no_logits_and_says_why(folders):
@@ -61,10 +61,11 @@ def test_missing_or_invalid_config(gpt_folder):
 
 def test_unknown_architecture_lists_the_supported_ones(gpt_folder):
     cfg = json.loads((gpt_folder / "config.json").read_text())
-    cfg["model_type"] = "llama"
+    cfg["model_type"] = "mamba"
     (gpt_folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedArchitectureError, match="'llama'.*gpt2, bert, roberta, t5, bart, marian"):
+    with pytest.raises(UnsupportedArchitectureError, match="'mamba'.*gpt2, bert, roberta, t5, bart, marian") as info:
         load_model(gpt_folder)
+    assert ", ".join(SUPPORTED) in str(info.value) and "mixture-of-experts" not in str(info.value)
 
 
 @pytest.mark.parametrize("content, match", [
