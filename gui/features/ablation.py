@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from PySide6.QtCore import QObject, QRectF, Qt
+from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QApplication,
     QGraphicsPathItem,
     QHeaderView,
     QInputDialog,
@@ -32,7 +31,8 @@ from engine import capture_name, distribution, parse_capture_name
 from ..core import jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
-from ..panels.heads import GAP, HeadGrid
+from ..panels.candidates import LogitsPanel
+from ..panels.heads import HeadGrid
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class AblationDiff(QWidget):
 class AblationController(QObject):
     """Owns the ablation UI around the head grid and the logits panel; panels stay unaware of it."""
 
-    def __init__(self, state: InspectorState, client: EngineClient, grid: HeadGrid, logits_host: QWidget,
+    def __init__(self, state: InspectorState, client: EngineClient, grid: HeadGrid, candidates: LogitsPanel,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.state, self.client, self.grid = state, client, grid
@@ -130,20 +130,21 @@ class AblationController(QObject):
         self.scaled_overlay.setPen(spen)
         self.scaled_overlay.setZValue(8)
         for item in (self.shadow, self.overlay, self.scaled_overlay):
-            grid.plot.addItem(item)
+            grid.add_overlay(item)
 
         self.status = QLabel()
         self.status.setObjectName("caption")
         self.status.setWordWrap(True)
-        grid.layout().addWidget(self.status)
+        grid.add_footer(self.status)
         self.diff = AblationDiff()
-        logits_host.layout().addWidget(self.diff)
+        candidates.add_footer(self.diff)
 
-        grid.graphics.scene().sigMouseClicked.connect(self._on_grid_clicked)
-        grid._resize_timer.timeout.connect(self.update_overlay)  # after the grid's own re-fit
+        grid.cell_clicked.connect(self._on_cell_clicked)
+        grid.geometry_changed.connect(self.update_overlay)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(self._on_trace)
-        state.selection_changed.connect(self._on_selection)
+        state.kind_changed.connect(lambda _k: self.update_overlay())  # the crosses of the kind on the grid
+        state.query_changed.connect(lambda _q: self.update_diff())  # the movers at the selected position
         client.result_ready.connect(self._on_result)
         self._update_status()
 
@@ -185,16 +186,11 @@ class AblationController(QObject):
             self.ablate(layer, head, value, kind)
 
     # -- grid ------------------------------------------------------------------------------------
-    def _on_grid_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
-        cell = self.grid.cell_at(event.scenePos())
-        if cell is None:
-            return
-        ctrl = bool(QApplication.keyboardModifiers() & Qt.KeyboardModifier.ControlModifier)
-        if event.button() == Qt.MouseButton.RightButton:
-            event.accept()
-            self.menu_for(*cell).popup(QCursor.pos())
-        elif event.button() == Qt.MouseButton.LeftButton and ctrl:
-            self.toggle(*cell)
+    def _on_cell_clicked(self, layer: int, head: int, button: Qt.MouseButton, modifiers: Qt.KeyboardModifier) -> None:
+        if button == Qt.MouseButton.RightButton:
+            self.menu_for(layer, head).popup(QCursor.pos())
+        elif button == Qt.MouseButton.LeftButton and modifiers & Qt.KeyboardModifier.ControlModifier:
+            self.toggle(layer, head)
 
     def menu_for(self, layer: int, head: int) -> QMenu:
         kind = self.state.kind
@@ -218,8 +214,6 @@ class AblationController(QObject):
         crosses, dashed = QPainterPath(), QPainterPath()
         grid = self.grid
         if grid.cell_count:
-            frac = grid.thumb / (grid.thumb + GAP)
-            inset = 0.15 * frac
             for name, values in self.gates.items():
                 kind, layer = parse_capture_name(name)
                 if kind != self.state.kind or layer >= grid.shape[0]:
@@ -227,15 +221,14 @@ class AblationController(QObject):
                 for head, v in enumerate(values):
                     if v == 1 or head >= grid.shape[1]:
                         continue
-                    x0, y0 = head + inset, layer + inset
-                    x1, y1 = head + frac - inset, layer + frac - inset
                     if v == 0:
-                        crosses.moveTo(x0, y0)
-                        crosses.lineTo(x1, y1)
-                        crosses.moveTo(x0, y1)
-                        crosses.lineTo(x1, y0)
+                        r = grid.cell_rect(layer, head, inset=0.15)
+                        crosses.moveTo(r.topLeft())
+                        crosses.lineTo(r.bottomRight())
+                        crosses.moveTo(r.bottomLeft())
+                        crosses.lineTo(r.topRight())
                     else:
-                        dashed.addRect(QRectF(head + 0.08 * frac, layer + 0.08 * frac, 0.84 * frac, 0.84 * frac))
+                        dashed.addRect(grid.cell_rect(layer, head, inset=0.08))
         self.overlay.setPath(crosses)
         self.shadow.setPath(crosses)
         self.scaled_overlay.setPath(dashed)
@@ -261,10 +254,6 @@ class AblationController(QObject):
             self.baseline = None  # nothing ablated: the next ablation compares with this trace
         self.update_overlay()
         self._update_status()
-        self.update_diff()
-
-    def _on_selection(self) -> None:
-        self.update_overlay()
         self.update_diff()
 
     def _on_result(self, rid: int, op: str, payload: object) -> None:

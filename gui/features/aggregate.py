@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, QSignalBlocker
 from PySide6.QtWidgets import QCheckBox
 
 from ..core.state import InspectorState
@@ -26,13 +26,13 @@ class RolloutControl(QObject):
         self.state, self.view = state, view
         self.box = QCheckBox("rollout")
         self.box.setToolTip(ROLLOUT_TIP)
-        controls = view.layout().itemAt(0).layout()  # the row of kind / layer / head / mean controls
-        controls.insertWidget(controls.indexOf(view.mean_box) + 1, self.box)
+        view.add_control(self.box)
         self._cache: tuple[tuple[int, str, int], np.ndarray] | None = None
-        view.pattern_override = self.pattern
+        view.set_pattern_source(self.pattern)
         self.box.toggled.connect(self._on_toggled)
-        state.selection_changed.connect(self._on_selection)
-        state.model_changed.connect(lambda _i: self._on_selection())
+        state.kind_changed.connect(lambda _k: self._sync_enabled())
+        state.mean_heads_changed.connect(self._on_mean_heads)
+        state.model_changed.connect(lambda _i: self._sync_enabled())
 
     @property
     def active(self) -> bool:
@@ -41,17 +41,21 @@ class RolloutControl(QObject):
     def set_active(self, on: bool) -> None:
         self.box.setChecked(on)
 
+    def toggle(self) -> None:
+        self.box.toggle()
+
     def _on_toggled(self, on: bool) -> None:
         if on and self.state.mean_heads:
             self.state.select(mean_heads=False)  # one aggregate at a time (this redraws)
         self.view.redraw()
 
-    def _on_selection(self) -> None:
+    def _sync_enabled(self) -> None:
         self.box.setEnabled(self.state.kind != "cross")
-        if self.state.mean_heads and self.box.isChecked():
-            self.box.blockSignals(True)  # "mean of heads" was chosen: rollout steps aside
-            self.box.setChecked(False)
-            self.box.blockSignals(False)
+
+    def _on_mean_heads(self, on: bool) -> None:
+        if on and self.box.isChecked():
+            with QSignalBlocker(self.box):  # "mean of heads" was chosen: rollout steps aside
+                self.box.setChecked(False)
             self.view.redraw()
 
     def pattern(self, trace) -> tuple[np.ndarray, str] | None:  # noqa: ANN001 - engine.Trace
@@ -59,7 +63,6 @@ class RolloutControl(QObject):
         s = self.state
         self.box.setEnabled(s.kind != "cross")  # the view may redraw before _on_selection runs
         on = self.active and not s.mean_heads
-        self.view.head_spin.setEnabled(not on and not s.mean_heads)
         if not on:
             return None
         key = (id(trace), s.kind, s.layer)

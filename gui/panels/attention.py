@@ -1,12 +1,16 @@
-"""One head's attention pattern, large: heatmap with token axes, colour bar and hover readout."""
+"""One head's attention pattern, large: heatmap with token axes, colour bar and hover readout.
+
+Features extend it without reaching inside: `add_control()` puts a widget in its control row, and
+`set_pattern_source()` lets one supply the pattern on screen (rollout)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtCore import QPointF, QRectF, QSignalBlocker, Qt
 from PySide6.QtGui import QColor, QCursor, QPen
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -26,14 +30,15 @@ from ..widgets.token_axis import TokenAxis
 
 log = logging.getLogger(__name__)
 
+PatternSource = Callable[[object], "tuple[np.ndarray, str] | None"]  # (engine.Trace) -> (pattern, title) | None
+
 class AttentionView(QWidget):
     def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
         self.pattern: np.ndarray | None = None  # the [queries, keys] weights on screen (before scaling)
         self.hover_text = ""
-        # an aggregate view plugged in from outside (gui/aggregate.py: rollout): (trace) -> (pattern, label) | None
-        self.pattern_override = None
+        self._pattern_source: PatternSource | None = None
 
         # -- controls --------------------------------------------------------------------------
         self.kind_box = QComboBox()
@@ -52,11 +57,11 @@ class AttentionView(QWidget):
         self.scale_box = QComboBox()
         self.scale_box.addItems(["linear", "log"])
         self.scale_box.setToolTip("Colour scale: linear weights, or log10 (faint attention becomes visible)")
-        controls = QHBoxLayout()
+        controls = self._controls = QHBoxLayout()
         controls.setContentsMargins(4, 2, 4, 2)
         for w in (self.kind_box, self.layer_spin, self.head_spin, self.mean_box):
             controls.addWidget(w)
-        controls.addStretch(1)
+        controls.addStretch(1)  # added controls go before it, colour map and scale after it
         controls.addWidget(self.cmap_box)
         controls.addWidget(self.scale_box)
 
@@ -102,18 +107,30 @@ class AttentionView(QWidget):
         self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self.redraw())
-        state.selection_changed.connect(self.redraw)
+        state.selection_changed.connect(self.redraw)  # draws every selection field: once per change
+        state.colormap_changed.connect(self._show_colormap)
+        state.log_scale_changed.connect(self._show_scale)
         state.display_changed.connect(self._on_display)
         self._on_display()
         self._show_empty("Open a model to see attention")
 
+    # -- extension points (features) -------------------------------------------------------------------
+    def add_control(self, widget: QWidget) -> None:
+        """A feature's control in the row after kind / layer / head / mean of heads."""
+        self._controls.insertWidget(self._controls.count() - 3, widget)  # before the stretch, colour map, scale
+
+    def set_pattern_source(self, source: PatternSource | None) -> None:
+        """`source(trace)` -> (pattern [queries, keys], title) to show instead of the selected head, or None
+        to show it. The head control is off while another pattern is shown (it is not one head's)."""
+        self._pattern_source = source
+        self.redraw()
+
     # -- state -> widgets ------------------------------------------------------------------------
     def _on_model(self, info) -> None:  # noqa: ANN001 - ModelInfo
-        self.kind_box.blockSignals(True)
-        self.kind_box.clear()
-        for k in info.kinds:
-            self.kind_box.addItem(kind_name(k, info.family), k)
-        self.kind_box.blockSignals(False)
+        with QSignalBlocker(self.kind_box):
+            self.kind_box.clear()
+            for k in info.kinds:
+                self.kind_box.addItem(kind_name(k, info.family), k)
         self.kind_box.setMinimumWidth(self.kind_box.sizeHint().width())  # never squeezed into "cross-att…"
         self._sync_controls()
         self.plot.enableAutoRange()
@@ -122,17 +139,24 @@ class AttentionView(QWidget):
     def _sync_controls(self) -> None:
         s = self.state
         for w, value, maximum in ((self.layer_spin, s.layer, s.n_layers - 1), (self.head_spin, s.head, s.n_heads - 1)):
-            w.blockSignals(True)
-            w.setRange(0, max(0, maximum))
-            w.setValue(value)
-            w.blockSignals(False)
+            with QSignalBlocker(w):
+                w.setRange(0, max(0, maximum))
+                w.setValue(value)
         i = self.kind_box.findData(s.kind)
         if i >= 0 and i != self.kind_box.currentIndex():
             self.kind_box.setCurrentIndex(i)
         self.head_spin.setEnabled(not s.mean_heads)
-        self.mean_box.blockSignals(True)
-        self.mean_box.setChecked(s.mean_heads)
-        self.mean_box.blockSignals(False)
+        with QSignalBlocker(self.mean_box):
+            self.mean_box.setChecked(s.mean_heads)
+
+    def _show_colormap(self, name: str) -> None:
+        """The state's colour map in the box (it may come from a session file or the settings)."""
+        with QSignalBlocker(self.cmap_box):
+            self.cmap_box.setCurrentText(name)
+
+    def _show_scale(self, log_scale: bool) -> None:
+        with QSignalBlocker(self.scale_box):
+            self.scale_box.setCurrentIndex(1 if log_scale else 0)
 
     def _on_display(self) -> None:
         s = self.state
@@ -160,9 +184,10 @@ class AttentionView(QWidget):
         self._sync_controls()
         if trace is None or s.model is None or s.kind not in trace.kinds:
             return
-        override = self.pattern_override(trace) if self.pattern_override is not None else None
+        override = self._pattern_source(trace) if self._pattern_source is not None else None
         if override is not None:
             pattern = override[0]
+            self.head_spin.setEnabled(False)
         elif s.mean_heads:
             pattern = trace.attention(s.kind, s.layer).mean(axis=0)  # [heads, queries, keys] -> [queries, keys]
         else:

@@ -63,7 +63,7 @@ class LogitsPanel(QWidget):
         self.message.setWordWrap(True)
         self.message.setObjectName("caption")
 
-        layout = QVBoxLayout(self)
+        layout = self._layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(4, 0, 4, 2)
@@ -79,9 +79,13 @@ class LogitsPanel(QWidget):
         self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
         state.model_changed.connect(lambda _i: self._clear("Type a prompt"))
         state.trace_changed.connect(lambda _t: self.redraw())
-        state.selection_changed.connect(self.redraw)
+        state.query_changed.connect(lambda _q: self.redraw())  # the candidates after the selected token
         state.sampling_changed.connect(lambda _s: self.redraw())  # no forward pass: logits are in the trace
         self._clear("Open a model")
+
+    def add_footer(self, widget: QWidget) -> None:
+        """Below the bars (the ablation's "biggest movers" table)."""
+        self._layout.addWidget(widget)
 
     def _clear(self, text: str) -> None:
         self.candidate_ids = np.zeros(0, dtype=np.int64)

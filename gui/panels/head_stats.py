@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 
-from PySide6.QtCore import QRectF, Qt, QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from ..core import jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
-from .heads import GAP, HeadGrid
+from .heads import HeadGrid
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class GridTint:
         pen.setWidthF(0.5)
         self.item.setPen(pen)
         self.item.setZValue(9)
-        grid.plot.addItem(self.item)
+        grid.add_overlay(self.item)
         self.values: dict[tuple[int, int], float] = {}
 
     def draw(self, values: dict[tuple[int, int], float]) -> None:
@@ -93,11 +93,13 @@ class GridTint:
         finite = [v for v in values.values() if math.isfinite(v)]
         top = max((abs(v) for v in finite), default=0.0)
         if grid.cell_count and top > 0:
-            frac = grid.thumb / (grid.thumb + GAP)
-            h = 0.14 * frac
             for (layer, head), v in values.items():
                 if layer < grid.shape[0] and head < grid.shape[1] and math.isfinite(v):
-                    path.addRect(QRectF(head, layer + frac - h, frac * max(abs(v) / top, 0.02), h))
+                    cell = grid.cell_rect(layer, head)  # a bar along its bottom edge
+                    h = 0.14 * cell.height()
+                    cell.setTop(cell.bottom() - h)
+                    cell.setWidth(cell.width() * max(abs(v) / top, 0.02))
+                    path.addRect(cell)
         self.item.setPath(path)
 
 
@@ -150,10 +152,10 @@ class HeadStatsPanel(QWidget):
         self._timer.timeout.connect(self.refresh)
         self.table.itemSelectionChanged.connect(self._on_row_selected)
         self.color_box.currentIndexChanged.connect(lambda _i: (self.update_tint(), self._timer.start()))
-        grid._resize_timer.timeout.connect(self.update_tint)
+        grid.geometry_changed.connect(self.update_tint)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self._timer.start())
-        state.selection_changed.connect(self.update_tint)  # the grid may show another kind now
+        state.kind_changed.connect(lambda _k: self.update_tint())  # the grid shows another kind now
         client.result_ready.connect(self._on_result)
         client.busy_changed.connect(self._on_busy)
         self.message.setText("Open a model to see head statistics")
@@ -174,6 +176,10 @@ class HeadStatsPanel(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
+        self._timer.start()
+
+    def refresh_soon(self) -> None:
+        """Brought to the front (a tab): ask for the statistics of the trace on screen, once the burst settles."""
         self._timer.start()
 
     def refresh(self) -> None:

@@ -2,6 +2,10 @@
 
 One ImageItem holds all thumbnails (fast to update in place); each thumbnail is resampled to
 the same size and scaled to its own maximum, so faint heads still show their shape.
+
+Features build on it without reaching inside: `add_overlay()` puts a graphics item over the cells
+(one unit per cell: cell (layer, head) spans `cell_rect(layer, head)`), `geometry_changed` says when
+cells moved or resized, `cell_clicked` reports a click on a cell, `add_footer()` adds a widget below.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ import logging
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QCursor, QPen
-from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsRectItem, QLabel, QToolTip, QVBoxLayout, QWidget
 
 from ..core.state import InspectorState
 from ..rendering import colormaps, display
@@ -28,13 +32,15 @@ GAP_INDEX = 255  # the lookup-table entry reserved for the gaps
 
 
 class HeadGrid(QWidget):
+    cell_clicked = Signal(int, int, object, object)  # layer, head, Qt.MouseButton, Qt.KeyboardModifier
+    geometry_changed = Signal()  # the cells moved or resized (another shape or thumbnail size): re-place overlays
+
     def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
         self.thumb = MIN_THUMB
         self.shape = (0, 0)  # (layers, heads) on screen
         self.atlas: np.ndarray | None = None
-        self._drawn_kind: str | None = None
         self.pooler = ThumbnailPooler(size=2 * MAX_THUMB)
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
@@ -61,10 +67,10 @@ class HeadGrid(QWidget):
         self.caption = QLabel()
         self.caption.setWordWrap(True)
         self.caption.setObjectName("caption")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.graphics, 1)
-        layout.addWidget(self.caption)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.addWidget(self.graphics, 1)
+        self._layout.addWidget(self.caption)
         self.setToolTip("Click a thumbnail to show that head. Linear scale: each thumbnail is scaled to its own "
                         "maximum; log scale: the same range as the large view.")
         self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
@@ -78,9 +84,11 @@ class HeadGrid(QWidget):
         self.plot.getViewBox().sigResized.connect(self._resize_timer.start)
         state.model_changed.connect(lambda _i: self.clear())
         state.trace_changed.connect(lambda _t: self.redraw())
-        state.selection_changed.connect(self._on_selection)
-        state.display_changed.connect(self._on_display)
-        self._on_display()
+        state.kind_changed.connect(lambda _k: self.redraw())  # another kind: other patterns
+        for changed in (state.layer_changed, state.head_changed, state.mean_heads_changed):
+            changed.connect(lambda _v: self._place_outline())  # only the outline moves
+        state.display_changed.connect(self.retheme)  # colour map or scale: every thumbnail
+        self.retheme()
         for side in ("left", "top"):  # no numbers until there is something to number
             self.plot.getAxis(side).setTicks([[]])
         self.caption.setText("Every layer × head of the selected kind; click one to show it large.")
@@ -89,7 +97,26 @@ class HeadGrid(QWidget):
     def cell_count(self) -> int:
         return self.shape[0] * self.shape[1]
 
-    def _on_display(self) -> None:
+    # -- extension points (features: ablation crosses, statistic bars) -------------------------------
+    @property
+    def cell_fraction(self) -> float:
+        """The part of each unit cell the thumbnail covers (the rest is the gap to the next one)."""
+        return self.thumb / (self.thumb + GAP)
+
+    def cell_rect(self, layer: int, head: int, inset: float = 0.0) -> QRectF:
+        """Where the thumbnail of (layer, head) lies in overlay coordinates; `inset` is a fraction of it."""
+        f = self.cell_fraction
+        return QRectF(head + inset * f, layer + inset * f, (1 - 2 * inset) * f, (1 - 2 * inset) * f)
+
+    def add_overlay(self, item: QGraphicsItem) -> None:
+        """Draw `item` over the thumbnails, in cell coordinates (x = head, y = layer)."""
+        self.plot.addItem(item)
+
+    def add_footer(self, widget: QWidget) -> None:
+        self._layout.addWidget(widget)
+
+    def retheme(self) -> None:
+        """Colour map, scale or palette changed: new lookup table (its gap entry is the background)."""
         lut = np.empty((256, 3), dtype=np.uint8)
         lut[:GAP_INDEX] = colormaps.colormap(self.state.colormap).getLookupTable(0.0, 1.0, GAP_INDEX, alpha=False)
         bg = self.palette().window().color()
@@ -97,21 +124,15 @@ class HeadGrid(QWidget):
         self.image.setLookupTable(lut)
         self.redraw()
 
-    def _on_selection(self) -> None:
-        # a kind change means other patterns; a layer/head/query change only moves the outline
-        if self._drawn_kind != self.state.kind:
-            self.redraw()
-        else:
-            self._place_outline()
-
     def clear(self) -> None:
         """A new model: nothing of the old one may linger until its first trace arrives."""
         self.image.clear()
         self.pooler.clear()
-        self.atlas, self.shape, self._drawn_kind = None, (0, 0), None
+        self.atlas, self.shape = None, (0, 0)
         self.outline.setRect(QRectF())
         for side in ("left", "top"):
             self.plot.getAxis(side).setTicks([[]])
+        self.geometry_changed.emit()
 
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace
@@ -134,8 +155,8 @@ class HeadGrid(QWidget):
         cells = np.full((n_layers, cell, n_heads, cell), GAP_INDEX, dtype=np.uint8)
         cells[:, :t, :, :t] = tiles.transpose(0, 2, 1, 3)
         atlas = np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP])
+        moved = (t, (n_layers, n_heads)) != (self.thumb, self.shape)
         self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
-        self._drawn_kind = s.kind
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))
         # atlas coordinates: one unit per thumbnail, so layer/head are the integer cells
         self.image.setRect(QRectF(0, 0, atlas.shape[1] / cell, atlas.shape[0] / cell))
@@ -147,6 +168,8 @@ class HeadGrid(QWidget):
         self.caption.setText(f"{kind_name(s.kind, s.model.family)}: {n_layers} layers × {n_heads} heads"
                              + (f" · {n} tokens shown at {t}px" if n > t else ""))
         self._place_outline()
+        if moved:
+            self.geometry_changed.emit()
 
     def _cell_pixels(self, n_layers: int, n_heads: int) -> float:
         size = self.plot.getViewBox().size()
@@ -193,5 +216,10 @@ class HeadGrid(QWidget):
 
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
         cell = self.cell_at(event.scenePos())
-        if cell is not None and event.button() == Qt.MouseButton.LeftButton:
+        if cell is None:
+            return
+        if event.button() == Qt.MouseButton.LeftButton:
             self.state.select(layer=cell[0], head=cell[1], mean_heads=False)
+        else:
+            event.accept()  # a right-click on a cell is the listeners' (the ablation menu), not the plot's
+        self.cell_clicked.emit(cell[0], cell[1], event.button(), event.modifiers())

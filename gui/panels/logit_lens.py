@@ -57,7 +57,7 @@ class LogitLensPanel(QWidget):
         self._timer.timeout.connect(self.refresh)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self._timer.start())
-        state.selection_changed.connect(self._timer.start)
+        state.query_changed.connect(lambda _q: self._timer.start())  # the lens reads the selected position
         client.result_ready.connect(self._on_result)
         client.busy_changed.connect(self._on_busy)
         self._show_message("Open a model to see the logit lens")
@@ -84,6 +84,10 @@ class LogitLensPanel(QWidget):
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         self._timer.start()  # it was hidden (another tab): catch up
+
+    def refresh_soon(self) -> None:
+        """Brought to the front (a tab): ask for the lens at the selected position, once the burst settles."""
+        self._timer.start()
 
     def refresh(self) -> None:
         s, trace = self.state, self.state.trace

@@ -183,6 +183,10 @@ class PromptPanel(QWidget):
             if source is not None:
                 self.source_edit.setPlainText(source)
 
+    def texts(self) -> tuple[str, str]:
+        """(prompt, source) as typed."""
+        return self.prompt_edit.toPlainText(), self.source_edit.toPlainText()
+
     def session_request(self) -> SessionRequest:
         s = self.state.sampling
         return SessionRequest(prompt=self.prompt_edit.toPlainText(), source=self.source_edit.toPlainText(),
@@ -192,6 +196,18 @@ class PromptPanel(QWidget):
         self._debounce.stop()
         if self.state.model is not None:
             self.client.new_session(self.session_request())
+
+    def show_sampling(self, settings: dict) -> None:
+        """Show these sampling settings (a reopened session's); the controls' own handlers pass them on to
+        the state and the worker. Values that are not numbers leave the controls as they are."""
+        try:
+            self.mode_box.setCurrentText("greedy" if settings.get("greedy", True) else "sample")
+            self.temperature_spin.setValue(float(settings.get("temperature", 1.0)))
+            self.top_k_spin.setValue(int(settings.get("top_k") or 0))
+            self.top_p_spin.setValue(float(settings.get("top_p") or 1.0))
+            self.seed_spin.setValue(int(settings.get("seed", 0)))
+        except (TypeError, ValueError) as exc:
+            log.warning("session settings not shown: %s", exc)
 
     def set_model_text(self, text: str) -> None:
         self.model_box.setEditText(text)

@@ -1,17 +1,20 @@
-"""Plugs the analysis features (issue 7) into the main window: head ablation, and the menus that
-reach them. The main window calls `install(window)` once; every feature lives in its own module."""
+"""Plugs the analysis features into the main window: head ablation, rollout, the logit lens and head
+statistics docks, session files, exports and the compare dialog, and binds their actions by id
+(gui/shell/actions.py). The main window calls `install(window)` once; every feature lives in its own
+module and knows only the panels it extends."""
 
 from __future__ import annotations
 
 import logging
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMainWindow, QMenu
 
 from ..features.ablation import AblationController
 from ..features.aggregate import RolloutControl
-from ..features.session_files import SessionIO
+from ..features.compare import CompareDialog
+from ..features.exports import Exports
+from ..features.session_files import SessionFiles
 from ..panels.head_stats import HeadStatsPanel
 from ..panels.logit_lens import LogitLensPanel
 from . import style
@@ -24,22 +27,41 @@ class AnalysisUI:
 
     def __init__(self, window: QMainWindow) -> None:
         self.window = window
-        self.compare = None
+        self.compare: CompareDialog | None = None
         self.ablation = AblationController(window.state, window.client, window.head_grid, window.logits_panel, window)
         self.rollout = RolloutControl(window.state, window.attention_view, window)
         self.logit_lens = LogitLensPanel(window.state, window.client)
         self._dock("lens", "Logit lens", self.logit_lens)
         self.head_stats = HeadStatsPanel(window.state, window.client, window.head_grid)
         self._dock("stats", "Head statistics", self.head_stats)
-        self.menu = self._analysis_menu()
-        self.session_io = SessionIO(window, self.rollout)
+        self.session_io = SessionFiles(window, self.rollout)
+        self.exports = Exports(window, self.session_io.view_state)
+        self.menu: QMenu = window.registry.menu("analysis")
+        self._bind_actions()
 
-    def _dock(self, key: str, title: str, widget) -> None:  # noqa: ANN001
+    def _bind_actions(self) -> None:
+        r, io, ex = self.window.registry, self.session_io, self.exports
+        for action_id, slot in (
+            ("analysis.clear_ablations", self.ablation.clear),
+            ("analysis.rollout", self.rollout.toggle),
+            ("analysis.logit_lens", lambda: self.show_dock("lens")),
+            ("analysis.head_stats", lambda: self.show_dock("stats")),
+            ("analysis.compare", self.open_compare),
+            ("file.open_session", io.open_session_dialog),
+            ("file.save_session", io.save_session_dialog),
+            ("file.export_view", ex.export_view_dialog),
+            ("file.export_pattern", ex.export_pattern_dialog),
+            ("file.export_summary", ex.export_summary_dialog),
+            ("file.export_trace", ex.export_trace_dialog),
+        ):
+            r.bind(action_id, slot)
+
+    def _dock(self, key: str, title: str, panel: LogitLensPanel | HeadStatsPanel) -> None:
         """A new dock, tabbed behind the candidates (the right column stays two panels high)."""
         w = self.window
-        dock = w.add_dock(key, title, widget, Qt.DockWidgetArea.RightDockWidgetArea)
+        dock = w.add_dock(key, title, panel, Qt.DockWidgetArea.RightDockWidgetArea)
         w.tabifyDockWidget(w.docks["logits"], dock)
-        dock.visibilityChanged.connect(lambda on: on and widget._timer.start())  # brought to the front: catch up
+        dock.visibilityChanged.connect(lambda on: on and panel.refresh_soon())  # brought to the front: catch up
         w.docks["logits"].raise_()
 
     def show_dock(self, key: str) -> None:
@@ -47,56 +69,20 @@ class AnalysisUI:
         dock.show()
         dock.raise_()
 
-    def _analysis_menu(self) -> QMenu:
-        w = self.window
-        mb = w.menuBar()
-        menu = QMenu("&Analysis", mb)
-        help_action = next((a for a in mb.actions() if a.text().replace("&", "") == "Help"), None)
-        if help_action is not None:
-            mb.insertMenu(help_action, menu)
-        else:
-            mb.addMenu(menu)
-        clear = QAction("&Clear ablations", w)
-        clear.triggered.connect(lambda _c=False: self.ablation.clear())
-        menu.addAction(clear)
-        rollout = QAction("Attention &rollout (attention view)", w)
-        rollout.triggered.connect(lambda _c=False: self.rollout.box.toggle())
-        menu.addAction(rollout)
-        menu.addSeparator()
-        lens = QAction("Logit &lens", w)
-        lens.triggered.connect(lambda _c=False: self.show_dock("lens"))
-        menu.addAction(lens)
-        stats = QAction("Head &statistics", w)
-        stats.triggered.connect(lambda _c=False: self.show_dock("stats"))
-        menu.addAction(stats)
-        menu.addSeparator()
-        compare = QAction("Compare &with another prompt…", w)
-        compare.triggered.connect(lambda _c=False: self.open_compare())
-        menu.addAction(compare)
-        return menu
-
-
-    def open_compare(self):  # noqa: ANN201 - CompareDialog
+    def open_compare(self) -> CompareDialog:
         """The compare dialog (one per window, non-modal), prefilled with the prompt on screen."""
-        from ..features.compare import CompareDialog
-
         w = self.window
         if self.compare is None:
             self.compare = CompareDialog(w.state, w.client, w)
             style.theme_plots(self.compare)
-            self.compare.prompt_edit.setText(w.prompt_panel.prompt_edit.toPlainText())
-            self.compare.source_edit.setText(w.prompt_panel.source_edit.toPlainText())
+            texts = w.prompt_panel.texts()
+            self.compare.prompt_edit.setText(texts[0])
+            self.compare.source_edit.setText(texts[1])
         self.compare.show()
         self.compare.raise_()
         return self.compare
 
 
-HELP = [
-    ("right-click a head", "Ablate it, scale it, ablate its layer, or clear all ablations (head grid)"),
-    ("Ctrl+click a head", "Switch that head off / on again (head grid)"),
-    ("Ctrl+S / Ctrl+Shift+O", "Save / open a session (prompt, steps, ablations, view)"),
-]
-
-
 def install(window: QMainWindow) -> AnalysisUI:
     return AnalysisUI(window)
+

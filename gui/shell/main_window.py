@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -32,33 +32,16 @@ from ..panels.candidates import LogitsPanel
 from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
 from ..panels.tokens import TokenStrip
+from ..rendering import colormaps
 from ..widgets.error_banner import ErrorBanner
 from . import style
-from .analysis import HELP as ANALYSIS_HELP
+from .actions import ActionRegistry
 from .analysis import install as install_analysis
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "Attention Inspector"
 MAX_RECENT = 8
-SHORTCUTS = [
-    ("→", "Step: choose the next token (encoder-only: fill the first mask)"),
-    ("←", "Back: undo the last step"),
-    ("Enter", "Run the number of steps next to Run"),
-    ("Esc", "Stop a run"),
-    ("Ctrl+R", "Reset to the prompt"),
-    ("M", "Mask the selected token (encoder-only models)"),
-    ("↑ / ↓", "Previous / next layer"),
-    ("[ / ]", "Previous / next head"),
-    ("A", "Mean of heads on / off"),
-    (", / .", "Previous / next query token"),
-    ("L", "Linear / log colour scale"),
-    ("Ctrl+O", "Open a checkpoint folder"),
-    ("click a token", "Select it as the query"),
-    ("hover a token", "Tint the others by the selected head's attention from it"),
-    ("double-click a candidate", "Choose it (at the frontier) or branch onto it"),
-    *ANALYSIS_HELP,
-]
 
 
 class MainWindow(QMainWindow):
@@ -98,6 +81,8 @@ class MainWindow(QMainWindow):
         cl.addWidget(self.attention_view, 1)
         self.setCentralWidget(central)
 
+        self.registry = ActionRegistry(self)  # every menu and action, by id (gui/shell/actions.py)
+        self.view_menu = self.registry.menu("view")
         self.docks: dict[str, QDockWidget] = {}
         self.add_dock("prompt", "Model && prompt", self.prompt_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.add_dock("tokens", "Tokens", self.token_strip, Qt.DockWidgetArea.TopDockWidgetArea)
@@ -108,7 +93,7 @@ class MainWindow(QMainWindow):
         self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
 
         self._build_status_bar()
-        self._build_menus()
+        self._bind_actions()
         self.setAcceptDrops(True)
 
         # -- wiring ------------------------------------------------------------------------------------
@@ -133,8 +118,8 @@ class MainWindow(QMainWindow):
 
     # -- construction helpers ----------------------------------------------------------------------------
     def add_dock(self, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
-        """Later panels (head ablation, logit lens, head statistics) plug in here: build them with
-        (self.state, self.client), as the panels below are, and add them as docks."""
+        """Later panels (logit lens, head statistics) plug in here: build them with (self.state,
+        self.client), as the panels below are, and add them as docks; View lists them."""
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock-{key}")
         dock.setWidget(widget)
@@ -142,8 +127,7 @@ class MainWindow(QMainWindow):
                          | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         self.addDockWidget(area, dock)
         self.docks[key] = dock
-        if hasattr(self, "view_menu"):  # a dock added after the menus were built
-            self.view_menu.insertAction(self._view_separator, dock.toggleViewAction())
+        self.registry.add_to_section("view.docks", dock.toggleViewAction())
         return dock
 
     def apply_default_sizes(self) -> None:
@@ -170,59 +154,36 @@ class MainWindow(QMainWindow):
             bar.addPermanentWidget(label)
         self.status_labels["model"].setText("no model")
 
-    def _build_menus(self) -> None:
-        mb = self.menuBar()
-        file_menu = mb.addMenu("&File")
-        self._action(file_menu, "&Open model folder…", self.browse_folder, QKeySequence.StandardKey.Open)
-        self.hf_menu = file_menu.addMenu("Open from &Hugging Face cache")
+    def _bind_actions(self) -> None:
+        """The window's own actions; the analysis features bind theirs in gui/shell/analysis.py."""
+        r, s = self.registry, self.state
+        self.hf_menu, self.bundled_menu, self.recent_menu = (r.menu(m) for m in ("file.hf", "file.bundled", "file.recent"))
         self.hf_menu.aboutToShow.connect(self._fill_hf_menu)
-        self.bundled_menu = file_menu.addMenu("&Bundled models")
         self.bundled_menu.aboutToShow.connect(self._fill_bundled_menu)
-        self.recent_menu = file_menu.addMenu("&Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
-        file_menu.addSeparator()
-        self._action(file_menu, "&Export trace (.npz)…", self._export_trace_dialog, "Ctrl+E")
-        self._action(file_menu, "Save &screenshot…", self._save_screenshot_dialog)
-        file_menu.addSeparator()
-        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
-
-        gen = mb.addMenu("&Generate")
-        self._action(gen, "&Step", self.token_strip.step, Qt.Key.Key_Right)
-        self._action(gen, "&Back", self.token_strip.back, Qt.Key.Key_Left)
-        run = self._action(gen, "&Run / Stop", self.token_strip.run_or_stop, Qt.Key.Key_Return)
-        run.setShortcuts([QKeySequence(Qt.Key.Key_Return), QKeySequence(Qt.Key.Key_Enter)])
-        self._action(gen, "S&top", self.client.stop, Qt.Key.Key_Escape)
-        self._action(gen, "R&eset to prompt", self.prompt_panel.request_session, "Ctrl+R")
-        self._action(gen, "&Mask selected token", self.token_strip.mask_selected, Qt.Key.Key_M)
-
-        view = self.view_menu = mb.addMenu("&View")
-        for dock in self.docks.values():
-            view.addAction(dock.toggleViewAction())
-        self._view_separator = view.addSeparator()
-        s = self.state
-        self._action(view, "Previous layer", lambda: s.step_layer(-1), Qt.Key.Key_Up)
-        self._action(view, "Next layer", lambda: s.step_layer(1), Qt.Key.Key_Down)
-        self._action(view, "Previous head", lambda: s.step_head(-1), Qt.Key.Key_BracketLeft)
-        self._action(view, "Next head", lambda: s.step_head(1), Qt.Key.Key_BracketRight)
-        self._action(view, "Mean of heads", lambda: s.select(mean_heads=not s.mean_heads), Qt.Key.Key_A)
-        self._action(view, "Previous query token", lambda: s.step_query(-1), Qt.Key.Key_Comma)
-        self._action(view, "Next query token", lambda: s.step_query(1), Qt.Key.Key_Period)
-        self._action(view, "Log colour scale", lambda: self.attention_view.scale_box.setCurrentIndex(
-            1 - self.attention_view.scale_box.currentIndex()), Qt.Key.Key_L)
-        view.addSeparator()
-        self._action(view, "Reset &layout", self.reset_layout)
-
-        help_menu = mb.addMenu("&Help")
-        self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents)
-        self._action(help_menu, "&About", self.show_about)
-
-    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:  # noqa: ANN001
-        action = QAction(text, self)
-        if shortcut is not None:
-            action.setShortcut(QKeySequence(shortcut))
-        action.triggered.connect(lambda _checked=False: slot())
-        menu.addAction(action)
-        return action
+        for action_id, slot in (
+            ("file.open_folder", self.browse_folder),
+            ("file.screenshot", self._save_screenshot_dialog),
+            ("file.quit", self.close),
+            ("generate.step", self.token_strip.step),
+            ("generate.back", self.token_strip.back),
+            ("generate.run", self.token_strip.run_or_stop),
+            ("generate.stop", self.client.stop),
+            ("generate.reset", self.prompt_panel.request_session),
+            ("generate.mask", self.token_strip.mask_selected),
+            ("view.prev_layer", lambda: s.step_layer(-1)),
+            ("view.next_layer", lambda: s.step_layer(1)),
+            ("view.prev_head", lambda: s.step_head(-1)),
+            ("view.next_head", lambda: s.step_head(1)),
+            ("view.mean_heads", lambda: s.select(mean_heads=not s.mean_heads)),
+            ("view.prev_query", lambda: s.step_query(-1)),
+            ("view.next_query", lambda: s.step_query(1)),
+            ("view.log_scale", lambda: s.set_display(log_scale=not s.log_scale)),
+            ("view.reset_layout", self.reset_layout),
+            ("help.shortcuts", self.show_shortcuts),
+            ("help.about", self.show_about),
+        ):
+            r.bind(action_id, slot)
 
     # -- opening models ------------------------------------------------------------------------------------
     def open_model(self, source: str, device: str | None = None, dtype: str | None = None,
@@ -370,7 +331,7 @@ class MainWindow(QMainWindow):
     def _on_scheme_changed(self, _scheme: object = None) -> None:
         """The system switched between light and dark: plots and chips pick up the new palette."""
         style.theme_plots(self)
-        self.head_grid._on_display()
+        self.head_grid.retheme()
         if self.state.trace is not None:
             self.state.trace_changed.emit(self.state.trace)
 
@@ -378,13 +339,14 @@ class MainWindow(QMainWindow):
     def show_shortcuts(self) -> None:
         dialog = QDialog(self)
         dialog.setWindowTitle("Keyboard shortcuts")
-        table = QTableWidget(len(SHORTCUTS), 2, dialog)
+        rows = self.registry.shortcut_table()
+        table = QTableWidget(len(rows), 2, dialog)
         table.setHorizontalHeaderLabels(["key", "does"])
         table.verticalHeader().hide()
         table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         table.setSelectionMode(QTableWidget.SelectionMode.NoSelection)
         table.setWordWrap(True)
-        for row, (key, text) in enumerate(SHORTCUTS):
+        for row, (key, text) in enumerate(rows):
             table.setItem(row, 0, QTableWidgetItem(key))
             table.setItem(row, 1, QTableWidgetItem(text))
         table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
@@ -409,22 +371,7 @@ class MainWindow(QMainWindow):
 
     def export_trace(self, path: str) -> None:
         """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""
-        from engine.export import save_npz  # plain numpy I/O on the immutable Trace: safe on this thread
-
-        if self.state.trace is None:
-            self.show_error("nothing to export yet: open a model and type a prompt")
-            return
-        try:
-            written = save_npz(self.state.trace, path)
-        except OSError as exc:
-            self.show_error(f"could not write {path}: {exc}")
-            return
-        self.statusBar().showMessage(f"Wrote {written}", 5000)
-
-    def _export_trace_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export trace", "trace.npz", "NumPy archive (*.npz)")
-        if path:
-            self.export_trace(path)
+        self.analysis.exports.export_trace(path)
 
     def _save_screenshot_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")
@@ -446,9 +393,9 @@ class MainWindow(QMainWindow):
         same_docks = str(self.settings.value("docks", "")) == ",".join(sorted(self.docks))
         if isinstance(window_state, QByteArray) and same_docks:
             self.restoreState(window_state)
-        cmap = self.settings.value("colormap")
-        if cmap:
-            self.attention_view.cmap_box.setCurrentText(str(cmap))
+        cmap = str(self.settings.value("colormap") or "")
+        if cmap in colormaps.COLORMAPS:  # a name from another version would have no colours
+            self.state.set_display(colormap=cmap)
 
     def save_settings(self) -> None:
         self.settings.setValue("geometry", self.saveGeometry())

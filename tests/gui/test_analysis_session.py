@@ -20,7 +20,8 @@ def test_save_and_open_session_with_ablation(qtbot, window, checkpoints, tmp_pat
     win = window
     open_model(qtbot, win, checkpoints["decoder"])
     io_ = win.analysis.session_io
-    assert "Save session…" in io_.actions and "Open session…" in io_.actions
+    file_menu = win.registry.menu("file").actions()
+    assert win.registry.action("file.save_session") in file_menu and win.registry.action("file.open_session") in file_menu
     trace = win.state.trace
     win.analysis.ablation.ablate(1, 2)
     trace = _wait_trace(qtbot, win, trace)
@@ -73,7 +74,7 @@ def test_save_and_open_session_with_ablation(qtbot, window, checkpoints, tmp_pat
 def test_exports(qtbot, window, checkpoints, tmp_path):
     win = window
     open_model(qtbot, win, checkpoints["decoder"])
-    io_ = win.analysis.session_io
+    io_ = win.analysis.exports
     png = io_.export_view(str(tmp_path / "v.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = io_.export_view(str(tmp_path / "v.svg"))
@@ -116,7 +117,7 @@ def test_open_session_of_another_model_loads_it(qtbot, window, checkpoints, tmp_
 
 
 def test_a_name_without_suffix_gets_the_chosen_type():
-    from gui.features.session_files import _with_suffix
+    from gui.features.exports import _with_suffix
 
     assert _with_suffix("/tmp/view", "SVG (*.svg)") == "/tmp/view.svg"
     assert _with_suffix("/tmp/view.png", "SVG (*.svg)") == "/tmp/view.png"
