@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Family = Literal["decoder", "encoder", "encoder-decoder"]
-PositionScheme = Literal["learned", "sinusoidal", "relative"]
+PositionScheme = Literal["learned", "sinusoidal", "relative", "rotary"]  # rotary: per layer, in each RopeSpec
 # rmsnorm: T5 / Llama (normalise in float32, cast, then the weight); rmsnorm_f32: the weight applied in float32
 # before the cast (OLMo 2); rmsnorm_gemma: like rmsnorm_f32 with (1 + weight) (Gemma stores the offset)
 NormKind = Literal["layernorm", "rmsnorm", "rmsnorm_f32", "rmsnorm_gemma"]

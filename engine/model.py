@@ -285,15 +285,38 @@ class Model:
     def run(self, text_or_ids: str | Sequence[int] | None, source: str | Sequence[int] | None = None) -> Trace:
         """One forward pass, no generation. Encoder-decoder: `source` feeds the encoder and the first
         argument the decoder (with no source, the first argument is the source and the decoder gets its start token)."""
-        from .session import Session
-
         if self.family == "encoder-decoder" and source is None:
             text_or_ids, source = None, text_or_ids
-        return Session(self, text_or_ids, source=source).trace
+            if source is None:
+                raise PromptError("an encoder-decoder model needs a source text for its encoder")
+        elif self.family != "encoder-decoder" and source is not None:
+            raise PromptError(f"a {self.family} model has no encoder input; pass only a prompt")
+        if self.family == "encoder":
+            ids = self.encoder_ids(text_or_ids if text_or_ids is not None else "", "prompt")
+            fwd = self.encode(ids)
+            return self.record(ids, fwd.blocks, (fwd.logits,) if fwd.logits is not None else None)
+        src = self.encoder_ids(source, "source") if source is not None else None
+        enc = self.encode(src) if src is not None else None
+        ids = self.decoder_ids(text_or_ids)
+        fwd = self.decode(ids, self.new_cache(), enc.hidden if enc is not None else None)
+        rows = ((fwd.lazy_logits,) if fwd.lazy_logits is not None else ()) + (fwd.logits[None, :],)
+        return self.record(ids, {**(enc.blocks if enc is not None else {}), **fwd.blocks}, rows, source_ids=src)
+
+    def record(self, ids: Sequence[int], blocks: dict, logit_rows: tuple | None, source_ids: Sequence[int] | None = None,
+               n_prompt: int | None = None, steps: tuple = (), gates: dict | None = None) -> Trace:
+        """A Trace of `ids` (and `source_ids`) with the recorded pattern blocks and logit rows."""
+        tok = self.tokenizer
+        src = tuple(source_ids) if source_ids is not None else None
+        return self.make_trace(
+            token_ids=tuple(ids), tokens=tuple(tok.token_strings(list(ids))), special=tuple(tok.is_special(i) for i in ids),
+            n_prompt=len(ids) if n_prompt is None else n_prompt, blocks={k: tuple(v) for k, v in blocks.items()},
+            logit_rows=logit_rows, steps=steps, gates=self.gates() if gates is None else gates, source_ids=src,
+            source_tokens=tuple(tok.token_strings(list(src))) if src is not None else None,
+            source_special=tuple(tok.is_special(i) for i in src) if src is not None else None)
 
     def make_trace(self, **kw) -> Trace:
         return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,
-                     no_logits_reason=self.no_logits_reason, **kw)
+                     n_kv_heads=self.config.n_kv_heads, no_logits_reason=self.no_logits_reason, **kw)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

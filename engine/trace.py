@@ -100,6 +100,16 @@ class Trace:
     steps: tuple[StepInfo, ...] = ()
     gates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # capture name -> head gates != 1
     no_logits_reason: str | None = None
+    n_kv_heads: int | None = None  # key/value heads; fewer than n_heads with grouped-query attention
+
+    @property
+    def kv_group(self) -> int:
+        """How many consecutive query heads share one key/value head (1 without grouped-query attention)."""
+        return self.n_heads // (self.n_kv_heads or self.n_heads)
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head `head` reads."""
+        return head // self.kv_group
 
     @property
     def kinds(self) -> tuple[str, ...]:

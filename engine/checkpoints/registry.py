@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import bart, bert, gpt2, t5
+from . import bart, bert, decoders, gpt2, t5
 from .mapping import Converter
 
 CONVERTERS: dict[str, Converter] = {
@@ -12,6 +12,7 @@ CONVERTERS: dict[str, Converter] = {
     "t5": t5.CONVERTER,
     "bart": bart.BART,
     "marian": bart.MARIAN,
+    **decoders.CONVERTERS,
 }
 
 SUPPORTED = tuple(CONVERTERS)
