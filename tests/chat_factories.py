@@ -579,3 +579,25 @@ def chat_gpt2(folder: Path, template: str = QWEN25_TEMPLATE, generation_eos: lis
     elif gen.exists():
         gen.unlink()  # save_pretrained writes one; the plain case has none
     return folder
+
+
+def chat_decoder(folder: Path, style: str = "llama3", config_cls: str = "LlamaConfig",
+                 model_cls: str = "LlamaForCausalLM", eos: tuple[str, ...] = ("<|end_of_text|>", "<|eot_id|>"),
+                 **config) -> Path:
+    """A tiny random modern decoder (see tests/modern_factories.py) with a tokenizer of `style` and its chat
+    template; config.json and generation_config.json list `eos` as Llama 3 instruct checkpoints do."""
+    import transformers
+
+    from tests.factories import _init
+    from tests.modern_factories import COMMON
+
+    STYLES[style](folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    eos_ids = [tok.token_to_id(t) for t in eos]
+    bos = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("bos_token")
+    cfg = getattr(transformers, config_cls)(vocab_size=tok.get_vocab_size(), eos_token_id=eos_ids,
+                                            bos_token_id=tok.token_to_id(bos) if bos else None,
+                                            pad_token_id=eos_ids[0], **{**COMMON, **config})
+    _init(getattr(transformers, model_cls)(cfg), 31).save_pretrained(folder, safe_serialization=True)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}), encoding="utf-8")
+    return folder

@@ -263,3 +263,37 @@ def test_saved_session_keeps_messages(chat_model, tmp_path):
         assert restored.messages == session.messages
     finally:
         chat_model.clear_gates()
+
+
+# -- end to end on tiny modern decoders: the chat prompt, greedy steps as transformers generates, stop -----
+
+@pytest.mark.parametrize("style, config_cls, model_cls, eos", [
+    ("llama3", "LlamaConfig", "LlamaForCausalLM", ("<|end_of_text|>", "<|eot_id|>")),
+    ("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM", ("<eos>",)),  # <end_of_turn> comes from the template
+])
+def test_chat_end_to_end_on_a_modern_decoder(tmp_path, style, config_cls, model_cls, eos):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = cf.chat_decoder(tmp_path / style, style, config_cls, model_cls, eos)
+    model = load_model(folder, device="cpu")
+    tok = model.tokenizer
+    messages = CHATS["system"]
+    session = Session(model, messages=messages)
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    prompt = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert session.prompt_ids == prompt
+    bos = hf_tok.bos_token_id
+    assert prompt.count(bos) == 1 and prompt[0] == bos  # the template's BOS, not doubled
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+    with torch.no_grad():
+        x = torch.tensor([prompt])  # an explicit mask: generate would mask every id equal to the pad id (BOS here)
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert [session.step().token_id for _ in range(8)] == out[0, len(prompt):].tolist()
+
+    turn = tok.end_of_turn_ids()[0]
+    assert set(session.stop_ids) == {*(tok.token_to_id(t) for t in eos), turn}
+    session.step(turn)
+    assert session.finished
+    assert session.trace.tokens[-1] == tok.id_to_token(turn)  # special tokens shown as written
