@@ -93,6 +93,7 @@ class Tokenizer:
             # add_bos_token / add_eos_token whenever tokenizer.json exists (tokenization_utils_base._from_pretrained)
             rust = guarded(lambda: RustTokenizer.from_file(str(path)), TokenizerError,
                            f"{path} is not a valid tokenizer.json (re-save it with the tokenizers library)")
+            _as_llama_tokenizer_builds(rust, config, _model_type(folder))
             return cls(rust, str(path), config, templates)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             rust = guarded(lambda: _byte_level_bpe(folder, config), TokenizerError,
@@ -200,6 +201,42 @@ class Tokenizer:
         """Ids of the end-of-turn tokens the chat template writes (<|eot_id|>, <|im_end|>, <end_of_turn>, ...)."""
         ids = (self._tok.token_to_id(t) for t in chat.end_of_turn_tokens(self.chat_template))
         return tuple(i for i in ids if i is not None)
+
+
+# model_types whose own tokenizer class transformers' AutoTokenizer uses even when tokenizer_config.json names
+# LlamaTokenizer (tokenization_auto: TOKENIZER_MAPPING_NAMES, MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS); they
+# keep tokenizer.json's pipeline (or rebuild one equal to it)
+_OWN_TOKENIZER_CLASS = frozenset({"mistral", "mixtral", "ministral", "phi3", "olmo2", "qwen2", "qwen3", "gemma",
+                                  "gemma2", "gemma3", "gemma3_text"})
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _as_llama_tokenizer_builds(rust: RustTokenizer, config: Mapping[str, Any], model_type: str | None) -> None:
+    """transformers 5's LlamaTokenizer (Llama 2, TinyLlama, Vicuna ... folders) keeps only tokenizer.json's
+    vocabulary, merges and post-processor and rebuilds the rest in code: no normalizer, a Metaspace
+    pre-tokenizer (prefix "▁" on the first piece only unless legacy), a ▁ -> space, byte-fallback decoder.
+    The older files' Prepend + Replace normalizer encodes differently (a "▁" after every special token,
+    "▁▁" before a leading space), so do as transformers does for the same folder."""
+    name = config.get("tokenizer_class")
+    if not isinstance(name, str) or name.removesuffix("Fast") != "LlamaTokenizer" or model_type in _OWN_TOKENIZER_CLASS:
+        return
+    spec = json.loads(rust.to_str())
+    if '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")]):
+        return  # Llama 3 style files labelled LlamaTokenizer: transformers uses the file as it is
+    prefix = config.get("add_prefix_space")
+    prefix = True if prefix is None else bool(prefix)
+    scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
+    rust.normalizer = None
+    rust.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    rust.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
 
 
 def read_tokenizer_config(folder: Path) -> dict[str, Any]:

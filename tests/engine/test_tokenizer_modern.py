@@ -151,3 +151,30 @@ def test_add_bos_eos_without_tokenizer_json(tmp_path, add_bos, add_eos):
     for text in TEXTS[:6]:
         assert ours.encode(text) == hf.encode(text), text
         assert ours.encode(text, special_tokens=False) == hf.encode(text, add_special_tokens=False), text
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "phi3"])
+@pytest.mark.parametrize("options", [{}, {"legacy": False}, {"legacy": True}, {"add_prefix_space": False}])
+def test_older_llama_files_read_as_transformers_reads_them(tmp_path, model_type, options):
+    """Llama 2 era tokenizer.json files (a Prepend + Replace normalizer, no pre-tokenizer) labelled
+    LlamaTokenizer: transformers rebuilds the pipeline for model_type llama, keeps the file for others."""
+    folder = cf.llama2(tmp_path / "l")
+
+    def older(spec):
+        spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                                  {"type": "Replace", "pattern": {"String": " "},
+                                                                   "content": "▁"}]}
+        spec["pre_tokenizer"] = None
+
+    _rewrite(folder, older, {"tokenizer_class": "LlamaTokenizerFast", "legacy": None, **options})
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
+    ours, hf = Tokenizer.from_folder(folder), AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": " Hello there"}, {"role": "assistant", "content": "Hi </s> x"},
+                {"role": "user", "content": "again\n\ttab"}]
+    for text in TEXTS + ["a<s>b c", ours.render_chat(messages)]:
+        ids = hf.encode(text)
+        assert ours.encode(text) == ids, text
+        assert ours.encode(text, special_tokens=False) == hf.encode(text, add_special_tokens=False), text
+        assert ours.decode(ids, skip_special_tokens=False) == hf.decode(ids, skip_special_tokens=False), text
+    assert ours.apply_chat_template(messages) == hf.apply_chat_template(messages, add_generation_prompt=True,
+                                                                        return_dict=False)
