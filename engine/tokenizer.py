@@ -58,6 +58,8 @@ class Tokenizer:
         self.special_tokens = chat.special_token_strings(self.config)  # bos_token, eos_token, ... -> text
         self.chat_templates = dict(chat_templates or {})
         self._mark_named_specials()
+        # transformers: split_special_tokens=True encodes "<|im_end|>" written in a text as plain text
+        rust.encode_special_tokens = bool(self.config.get("split_special_tokens", False))
         spec = json.loads(rust.to_str())
         decoder = spec.get("decoder") or {}
         pre = json.dumps(spec.get("pre_tokenizer") or {})

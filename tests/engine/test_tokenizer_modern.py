@@ -178,3 +178,16 @@ def test_older_llama_files_read_as_transformers_reads_them(tmp_path, model_type,
         assert ours.decode(ids, skip_special_tokens=False) == hf.decode(ids, skip_special_tokens=False), text
     assert ours.apply_chat_template(messages) == hf.apply_chat_template(messages, add_generation_prompt=True,
                                                                         return_dict=False)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_split_special_tokens(tmp_path, split):
+    folder = cf.qwen(tmp_path / "q")
+    _rewrite(folder, config={"split_special_tokens": split})
+    ours, hf = Tokenizer.from_folder(folder), AutoTokenizer.from_pretrained(folder)
+    text = "a <|im_end|> b <think>"
+    assert ours.encode(text) == hf.encode(text)
+    assert (ours.token_to_id("<|im_end|>") in ours.encode(text)) != split
+    messages = [{"role": "user", "content": "Hi"}]
+    assert ours.apply_chat_template(messages) == hf.apply_chat_template(messages, add_generation_prompt=True,
+                                                                        return_dict=False)
