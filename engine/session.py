@@ -176,6 +176,17 @@ class Session:
         return tuple(self._steps)
 
     @property
+    def reply(self) -> str:
+        """The text generated after the prompt, without the stop token that ended it (a chat's next turn is
+        `[*session.messages, {"role": "assistant", "content": session.reply}, {"role": "user", ...}]`)."""
+        if self.family == "encoder":
+            return ""
+        new = self._ids[self.n_prompt:]
+        if new and new[-1] in self.stop_ids:
+            new = new[:-1]
+        return self.model.tokenizer.decode(new, skip_special_tokens=True)
+
+    @property
     def finished(self) -> bool:
         if self.family == "encoder":
             return self._next_mask() is None

@@ -297,3 +297,15 @@ def test_chat_end_to_end_on_a_modern_decoder(tmp_path, style, config_cls, model_
     session.step(turn)
     assert session.finished
     assert session.trace.tokens[-1] == tok.id_to_token(turn)  # special tokens shown as written
+
+
+def test_reply_feeds_the_next_turn(chat_model):
+    tok = chat_model.tokenizer
+    session = Session(chat_model, messages=CHATS["user"])
+    for piece in tok.encode(" Fine, thanks.", special_tokens=False):
+        session.step(piece)
+    session.step(tok.token_to_id("<|im_end|>"))
+    assert session.finished and session.reply == " Fine, thanks."
+    nxt = Session(chat_model, messages=[*session.messages, {"role": "assistant", "content": session.reply},
+                                        {"role": "user", "content": "Good."}])
+    assert nxt.prompt_ids[:len(session.ids)] == session.ids  # the answered turn is the start of the next prompt
