@@ -21,12 +21,28 @@ from engine.analysis import (
     rollout,
 )
 from engine.trace import PatternBlock, Trace
-from tests.engine.values_models import rollout_by_loops, sharp_gpt2
+from tests.engine.values_models import LazyCheckpoints, rollout_by_loops, sharp_gpt2
 
 transformers = pytest.importorskip("transformers")
 
 ATTN_TOL = 1e-5  # README: every pattern within 1e-5 of transformers
 PROMPT_IDS = [5, 17, 42, 99, 7, 250, 13, 64, 3, 120, 77]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
+    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def bert(folders):
+    return load_model(folders["bert"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def marian(folders):
+    return load_model(folders["marian"], device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,23 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from engine import Session
+from engine import Session, load_model
 from engine.sampling import SamplingSettings, choose, distribution
+from tests.engine.values_models import LazyCheckpoints
 
 # a distribution with structure: one clear favourite, a runner-up, a tail
 LOGITS = np.array([3.0, 2.0, 1.0, 0.0, -1.0, -2.0], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
+    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def gpt(folders):
+    return load_model(folders["gpt2"], device="cpu")
 
 
 def softmax_by_hand(logits, temperature: float = 1.0) -> list[float]:

@@ -13,10 +13,22 @@ from engine import Session, load_model
 from engine.sampling import SamplingSettings
 from engine.session_file import load_session, save_session
 from engine.trace import capture_name
+from tests.engine.values_models import LazyCheckpoints
 
 SETTINGS = {"temperature": 0.7, "top_k": 5, "top_p": 0.8, "greedy": False, "seed": 11}
 VIEW = {"kind": "self", "layer": 1, "head": 3, "query": 4, "source_query": None, "mean_heads": True, "rollout": True,
         "colormap": "magma", "log_scale": True, "nested": {"a": [1, 2.5, "x"]}}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
+    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def gpt(folders):
+    return load_model(folders["gpt2"], device="cpu")
 
 
 def test_defaults_differ_from_what_is_saved():

@@ -12,12 +12,18 @@ import torch
 
 from engine import Session, load_model
 from engine.model import ROW_CHUNK, Model
-from tests.engine.values_models import sharp_gpt2
+from tests.engine.values_models import LazyCheckpoints, sharp_gpt2
 
 transformers = pytest.importorskip("transformers")
 
 FP32_TOL, FP16_TOL = 1e-5, 5e-4
 N_PROMPT = 130  # > 4 chunks of 32 rows, the last one partial
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
+    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,19 @@ from tests import factories
 N_POSITIONS = 192
 
 
+class LazyCheckpoints:
+    """factories.ARCHITECTURES built on first use only (the shared `folders` fixture builds all ten, which
+    is most of the time a mutation-testing run spends per mutant)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self._built = root, {}
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self._built:
+            self._built[name] = factories.ARCHITECTURES[name](self.root / name)
+        return self._built[name]
+
+
 def sharp_gpt2(folder: Path, n_layer: int = 3, n_head: int = 4, n_positions: int = N_POSITIONS, seed: int = 11) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
