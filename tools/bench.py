@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench.py                      # full suite, CPU (and CUDA when present)
     .venv/bin/python tools/bench.py --quick              # fewer repeats and lengths
     .venv/bin/python tools/bench.py --json out.json
+    python tools/bench.py --devices cuda                 # the GPU suite (tools/bench_cuda.py): shapes up to 8B, built on the GPU
 
 Every comparison is measured side by side in one run, alternating the two contestants, and reported as
 the median of per-round ratios with its spread (min..max), so a noisy machine still gives stable figures.
@@ -124,7 +125,8 @@ def _step_weights(model) -> list[torch.Tensor]:
     (of the embedding and position tables it reads one row each)."""
     net = model.net
     mats = [p for name, p in net.named_parameters() if p.dim() == 2 and not name.startswith(("embed.", "decoder.positions"))]
-    return mats + [net.unembedding_t]
+    mats.append(net.unembedding_t)
+    return list({m.data_ptr(): m for m in mats}.values())  # an untied lm_head is also the unembedding: count it once
 
 
 def weight_floor(model, device: torch.device) -> Callable[[], None]:
@@ -216,6 +218,8 @@ def memory(model, vocab: int) -> dict:
 def print_table(all_results: list[dict], goals: dict) -> None:
     out = sys.stdout
     for res in all_results:
+        if "gpu" in res:  # printed by tools/bench_cuda.summary
+            continue
         out.write(f"\n== {res['device']} ==\n")
         out.write(f"{'measure':44s} {'median':>8s} {'spread':>15s} {'goal':>8s}  ms (a / b)\n")
         for n, row in res["decode"].items():
@@ -260,6 +264,13 @@ def main() -> int:
     goals = {"capture": 1.10, "reference": 0.90, "floor": 1.25, "prefill": 0.85}
     results = []
     for d in devices:
+        if torch.device(d).type == "cuda":  # issue 16's GPU items, on shapes built directly on the GPU
+            from tools.bench_cuda import run_items, summary
+
+            gpu = run_items(["bandwidth", "gpt2", "llama1b", "llama8b"], torch.device(d), False, args.rounds or 20, 64 * 1024**3)
+            sys.stdout.write(f"\n== {d} ==\n{summary(gpu)}\n")
+            results.append({"device": d, "gpu": gpu})
+            continue
         res = run_device(torch.device(d), lengths, rounds)
         if not args.no_gui and d == devices[0]:
             try:
