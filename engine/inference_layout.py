@@ -1,11 +1,12 @@
 """The weight layout of loaded (inference-only) models.
 
-On the CPU in float32 every Linear is stored as [in, out] (TransposedLinear) and the unembedding as
-(d, vocab): a decode step multiplies one row vector by every weight matrix, and streaming the matrix in
-this layout ran 1.2x (2048x2048, 3072x768) to 1.45-1.7x (the 128256x2048 / 50257x768 unembedding) faster
-than nn.Linear's [out, in] on this project's CPUs (tools/bench.py, tools/bench_load.py --speed). In
-bfloat16/float16 the opposite holds (oneDNN's kernels want [out, in]: [in, out] ran 0.63-0.9x), and CUDA
-needs neither, so those keep the plain layout.
+On the CPU in float32 a Linear with at least as many outputs as inputs (q, o, gate, up, the unembedding)
+is stored as [in, out] (TransposedLinear): a decode step multiplies one row vector by every weight matrix,
+and streaming those matrices in this layout ran 1.2-2.2x (2048x2048, 8192x2048, 3072x768) and 1.1-1.7x
+(the 128256x2048 / 50257x768 unembedding) faster than nn.Linear's [out, in] on this project's CPUs
+(tools/bench.py, tools/bench_load.py --speed). Narrowing ones (k/v 512x2048: 0.66-0.9x; down 2048x8192:
+0.9-1.1x) keep [out, in], which also spares their transposition while loading. In bfloat16/float16 the
+[in, out] layout is slower (oneDNN wants [out, in]: 0.58-0.83x), and CUDA needs neither: plain layout.
 
 The unembedding is never a second copy: a tied model keeps one (d, vocab) matrix and its token embedding
 is a transposed view of it (an embedding lookup gathers T columns, ~7 us a token); an untied model's
@@ -45,13 +46,13 @@ def prefers_transposed(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def to_inference_layout(net: Transformer, transposed: bool = True) -> Transformer:
-    """Swap every nn.Linear for a TransposedLinear (when `transposed`) and register `unembedding_t`
+    """Swap every widening nn.Linear for a TransposedLinear (when `transposed`) and register `unembedding_t`
     (d, vocab) sharing the unembedding's memory. On a meta-device net this only changes the structure
     (then `materialize`). Training code keeps the plain layout; loaded models use this one."""
     if transposed:
         for module in list(net.modules()):
             for name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
+                if isinstance(child, nn.Linear) and child.out_features >= child.in_features:
                     setattr(module, name, TransposedLinear(child))
     net.inference_transposed = transposed
     if net.lm_head is None and transposed:

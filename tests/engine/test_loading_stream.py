@@ -222,3 +222,11 @@ def test_mixture_of_experts_is_refused_as_such(gpt_folder, model_type):
     (gpt_folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedArchitectureError, match=f"'{model_type}'.*mixture-of-experts is not supported"):
         load_model(gpt_folder)
+
+
+def test_cpu_float32_layout_transposes_only_widening_linears(folders):
+    """[in, out] where it was measured faster (out >= in), plain [out, in] for k/v- and down-like ones."""
+    ffn = load_model(folders["gpt2"], device="cpu").net.decoder.layers[0].ffn
+    assert isinstance(ffn.up, layout.TransposedLinear) and isinstance(ffn.down, torch.nn.Linear)
+    torch.testing.assert_close(ffn.up.weight, ffn.up.weight_t.t())  # nn.Linear's view, no copy
+    assert ffn.up.weight.data_ptr() == ffn.up.weight_t.data_ptr()
