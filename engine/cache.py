@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .rebuild import KeyArena
 
 
 class LayerCache:
@@ -36,8 +39,14 @@ class LayerCache:
 
 
 class KVCache:
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, rebuild: bool = False) -> None:
         self.layers = [LayerCache() for _ in range(n_layers)]
+        self.rebuild = rebuild  # forwards through this cache keep what rebuilds patterns, not the patterns
+        self.key_arenas: dict[str, KeyArena] = {}  # capture name -> keys on the CPU for rebuilding (rebuild only)
+
+    def key_views(self) -> dict[str, np.ndarray]:
+        """capture name -> read-only keys (kv heads, length, hs) so far, for a Trace."""
+        return {name: arena.view() for name, arena in self.key_arenas.items()}
 
     @property
     def length(self) -> int:
@@ -49,3 +58,5 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
         for layer in self.layers:
             layer.length = length
+        for arena in self.key_arenas.values():
+            arena.truncate(length)

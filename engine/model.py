@@ -16,9 +16,11 @@ from .cache import KVCache
 from .config import ModelConfig
 from .device import is_out_of_memory
 from .errors import CaptureError, OutOfMemoryError, PromptError
+from .modules import Recorder
 from .network import Transformer
+from .rebuild import KeyArena, QueryBlock, ScoreRule
 from .tokenizer import Tokenizer
-from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name
+from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name, parse_capture_name
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Model:
         name: str = "model",
         folder: Path | None = None,
         capture_dtype: str = "auto",
+        capture_mode: str = "auto",
     ) -> None:
         self.net = net.eval()
         self.config: ModelConfig = net.cfg
@@ -51,8 +54,10 @@ class Model:
         self.name = name
         self.folder = folder
         self.capture_dtype = capture_dtype
+        self.capture_mode = capture_mode
         self.load_seconds: float | None = None
         self._unembedding: tuple | None = None
+        self._rules: dict[str, ScoreRule] = {}
 
     @property
     def pattern_dtype(self) -> type:
@@ -72,6 +77,37 @@ class Model:
         if dtype not in (np.float32, np.float16):
             raise ValueError(f"capture_dtype must be 'auto', 'float32' or 'float16', not {self.capture_dtype!r}")
         return dtype.type
+
+    @property
+    def rebuilds_patterns(self) -> bool:
+        """Whether forwards keep queries, keys and row log-sum-exps (memory linear in the context; patterns
+        rebuilt exactly on demand) instead of every pattern. capture_mode "auto": rebuild when one full
+        context's float32 patterns would not fit in PATTERN_BUDGET and no float16 storage was asked for."""
+        if self.capture_mode not in ("auto", "patterns", "rebuild"):
+            raise ValueError(f"capture_mode must be 'auto', 'patterns' or 'rebuild', not {self.capture_mode!r}")
+        if self.capture_mode != "auto":
+            return self.capture_mode == "rebuild"
+        return self.capture_dtype == "auto" and self.pattern_dtype == np.float16
+
+    def score_rule(self, name: str) -> ScoreRule:
+        """How the capture point `name` forms its scores (for rebuilding its patterns)."""
+        rule = self._rules.get(name)
+        if rule is None:
+            kind, layer = parse_capture_name(name)
+            module = self._attention_module(kind, layer)
+            spec = module.spec
+            stack = self.net.encoder if kind == "encoder" else self.net.decoder
+            bias = None
+            if stack.rel_bias is not None and kind != "cross":
+                n = self.max_positions
+                offsets = torch.arange(-(n - 1), n, device=self.device)
+                with torch.inference_mode():
+                    bias = stack.rel_bias.at_offsets(offsets).to(self.dtype).float().cpu().numpy()  # (heads, 2n-1)
+                bias = _frozen(bias)
+            rule = ScoreRule(scale=spec.scale, causal=kind == "self", group=spec.group, softcap=spec.softcap,
+                             window=spec.window if kind != "cross" else None, bias_by_offset=bias)
+            self._rules[name] = rule
+        return rule
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -223,9 +259,21 @@ class Model:
                 ) from exc
             raise
 
-    def _blocks(self, capture: dict | None, q_start: int) -> dict[str, list[PatternBlock]]:
+    def _recorder(self, capture: bool, rebuild: bool | None = None) -> dict | None:
+        if not capture:
+            return None
+        return Recorder() if (self.rebuilds_patterns if rebuild is None else rebuild) else {}
+
+    def _blocks(self, capture: dict | None, q_start: int) -> dict[str, list[PatternBlock | QueryBlock]]:
         if capture is None:
             return {}
+        if isinstance(capture, Recorder):
+            out = {}
+            for name, (q, keys, lse) in capture.items():
+                k_start = q_start if name.startswith("decoder") and not name.endswith("cross_attn") else 0
+                out[name] = [QueryBlock(q_start, _stored(q[0]), _frozen(lse[0].cpu().numpy()),
+                                        _stored(keys[0]) if keys is not None else None, k_start)]
+            return out
         dtype = self.pattern_dtype
         tdtype = torch.float16 if dtype == np.float16 else torch.float32
         out = {}
@@ -245,7 +293,7 @@ class Model:
 
     def encode(self, ids: list[int], capture: bool = True) -> Forward:
         """Run the encoder over `ids`; masked-LM logits for encoder-only models."""
-        rec: dict | None = {} if capture else None
+        rec = self._recorder(capture)
         with self._guard():
             x = torch.tensor([ids], device=self.device)
             h = self.net.encode(x, capture=rec)
@@ -255,7 +303,7 @@ class Model:
     def decode(self, ids: list[int], cache: KVCache, memory: torch.Tensor | None = None, capture: bool = True) -> Forward:
         """Feed `ids` after the cache's tokens. The last position's logits are computed now (the next
         choice needs them); the others are kept as final hidden states and unembedded on demand."""
-        rec: dict | None = {} if capture else None
+        rec = self._recorder(capture, cache.rebuild)  # a session keeps the kind of record it started with
         start = cache.length
         with self._guard(cache):
             x = torch.tensor([ids], device=self.device)
@@ -264,7 +312,12 @@ class Model:
             lazy = None
             if len(ids) > 1:
                 lazy = LazyLogits(h[0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
-            return Forward(self._blocks(rec, start), last, lazy_logits=lazy)
+            blocks = self._blocks(rec, start)
+            if isinstance(rec, Recorder):  # the keys, gathered per layer on the CPU, for this session's traces
+                for name, b in blocks.items():
+                    if b[0].keys is not None and name.endswith(".attn"):
+                        cache.key_arenas.setdefault(name, KeyArena()).append(b[0].keys)
+            return Forward(blocks, last, lazy_logits=lazy)
 
     def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
         """(weights [d, vocab], bias or None, scale, final soft-cap) as float32 numpy on the CPU, shared by every trace
@@ -279,7 +332,7 @@ class Model:
         return self._unembedding
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_decoder_layers)
+        return KVCache(self.config.n_decoder_layers, rebuild=self.rebuilds_patterns)
 
     # -- one full forward ---------------------------------------------------------------------
     def run(self, text_or_ids: str | Sequence[int] | None, source: str | Sequence[int] | None = None) -> Trace:
@@ -298,25 +351,39 @@ class Model:
         src = self.encoder_ids(source, "source") if source is not None else None
         enc = self.encode(src) if src is not None else None
         ids = self.decoder_ids(text_or_ids)
-        fwd = self.decode(ids, self.new_cache(), enc.hidden if enc is not None else None)
+        cache = self.new_cache()
+        fwd = self.decode(ids, cache, enc.hidden if enc is not None else None)
         rows = ((fwd.lazy_logits,) if fwd.lazy_logits is not None else ()) + (fwd.logits[None, :],)
-        return self.record(ids, {**(enc.blocks if enc is not None else {}), **fwd.blocks}, rows, source_ids=src)
+        return self.record(ids, {**(enc.blocks if enc is not None else {}), **fwd.blocks}, rows, source_ids=src,
+                           keys=cache.key_views())
 
     def record(self, ids: Sequence[int], blocks: dict, logit_rows: tuple | None, source_ids: Sequence[int] | None = None,
-               n_prompt: int | None = None, steps: tuple = (), gates: dict | None = None) -> Trace:
+               n_prompt: int | None = None, steps: tuple = (), gates: dict | None = None, keys: dict | None = None) -> Trace:
         """A Trace of `ids` (and `source_ids`) with the recorded pattern blocks and logit rows."""
         tok = self.tokenizer
         src = tuple(source_ids) if source_ids is not None else None
         return self.make_trace(
             token_ids=tuple(ids), tokens=tuple(tok.token_strings(list(ids))), special=tuple(tok.is_special(i) for i in ids),
             n_prompt=len(ids) if n_prompt is None else n_prompt, blocks={k: tuple(v) for k, v in blocks.items()},
-            logit_rows=logit_rows, steps=steps, gates=self.gates() if gates is None else gates, source_ids=src,
+            logit_rows=logit_rows, steps=steps, gates=self.gates() if gates is None else gates, source_ids=src, keys=keys or {},
             source_tokens=tuple(tok.token_strings(list(src))) if src is not None else None,
             source_special=tuple(tok.is_special(i) for i in src) if src is not None else None)
 
     def make_trace(self, **kw) -> Trace:
+        """A Trace of this model; rebuilt capture points get their score rules (keys come from the blocks
+        unless `keys` gives them)."""
+        rules = {name: self.score_rule(name) for name, b in kw.get("blocks", {}).items() if b and isinstance(b[0], QueryBlock)}
         return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,
-                     n_kv_heads=self.config.n_kv_heads, no_logits_reason=self.no_logits_reason, **kw)
+                     n_kv_heads=self.config.n_kv_heads, no_logits_reason=self.no_logits_reason, rules=rules, **kw)
+
+
+def _stored(t: torch.Tensor) -> np.ndarray:
+    """q or k as kept for rebuilding, read-only on the CPU: float32 and float16 as they are, bfloat16 as its raw
+    16 bits (numpy has no bfloat16; rebuild.as_float32 widens them exactly)."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return _frozen(t.contiguous().view(torch.int16).cpu().numpy().view(np.uint16))
+    return _frozen(np.ascontiguousarray(t.cpu().numpy()))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

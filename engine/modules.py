@@ -18,6 +18,14 @@ from .config import AttentionSpec, ModelConfig, RopeSpec
 from .rotary import apply_rotary
 
 Capture = dict | None  # capture name -> pattern (B, nh, T, S); None turns capture off
+SCORE_CHUNK_BYTES = 64 * 1024 * 1024  # float32 scores of one chunk of query rows when attention is explicit
+
+
+class Recorder(dict):
+    """A capture that keeps what rebuilds every pattern instead of the patterns: capture name ->
+    (q (B, nh, T, hs), the keys this forward added (B, nkv, S, hs) or None, row log-sum-exp (B, nh, T))."""
+
+    rebuild = True
 
 
 def activation(name: str):
@@ -86,6 +94,11 @@ class RelativePositionBias(nn.Module):
         self.n_buckets = cfg.relative_buckets
         self.max_distance = cfg.relative_max_distance
 
+    def at_offsets(self, offsets: Tensor) -> Tensor:
+        """The bias for key - query distances `offsets` (n,) -> (heads, n)."""
+        buckets = relative_position_bucket(offsets, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.table(buckets).t()
+
     def forward(self, q_start: int, n_q: int, n_k: int) -> Tensor:
         device = self.table.weight.device
         q_pos = torch.arange(q_start, q_start + n_q, device=device)[:, None]
@@ -138,18 +151,21 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hs)
 
-    def _project(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor]:
-        """-> q (B, nh, T, hs) and every key and value so far (B, nkv, S, hs), normed and rotated."""
+    def _project(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """-> q (B, nh, T, hs), every key and value so far (B, nkv, S, hs), normed and rotated, and the keys
+        this call computed (None when they came from the cache)."""
         spec = self.spec
         if self.cross:
             q = self.q(x)
+            new = None
             if cache is not None and cache.cross is not None:
                 k, v = cache.cross
             else:
                 k, v = (self._heads(t, self.n_kv) for t in self.kv(ctx.memory).split(self.kv_inner, dim=-1))
+                new = k
                 if cache is not None:
                     cache.cross = (k, v)
-            return self._heads(q, self.n_heads), k, v
+            return self._heads(q, self.n_heads), k, v, new
         q, k, v = self.qkv(x).split((self.inner, self.kv_inner, self.kv_inner), dim=-1)
         if spec.qk_norm == "full":  # OLMo 2: over the whole projection, before splitting into heads
             q, k = self.q_norm(q), self.k_norm(k)
@@ -159,18 +175,54 @@ class Attention(nn.Module):
         if spec.rope is not None:
             cos, sin = ctx.rotary[spec.rope]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        new = k
         if cache is not None:
             k, v = cache.append(k, v)
-        return q, k, v
+        return q, k, v, new
+
+    def _attend_with_lse(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """softmax attention without keeping the pattern: -> output (B, nh, T, hs) and each row's log-sum-exp
+        (B, nh, T) in float32, from which any pattern entry is exp(score - lse). Scores are formed in float32."""
+        spec = self.spec
+        B, nh, T, hs = q.shape
+        S = k.shape[2]
+        if q.device.type == "cpu" and spec.softcap is None and T > 1:  # the fused kernel also returns the lse
+            if spec.group > 1:
+                k, v = k.repeat_interleave(spec.group, dim=1), v.repeat_interleave(spec.group, dim=1)
+            y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, False, attn_mask=None if mask is None else mask.to(q.dtype), scale=spec.scale)
+            return y, lse.float()
+        g = spec.group
+        kf = k.float().unsqueeze(2).transpose(-2, -1)  # (B, nkv, 1, hs, S)
+        chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * S))
+        ys, lses = [], []
+        for a in range(0, T, chunk):  # rows in chunks: never T x S per head at once
+            n = min(chunk, T - a)
+            s = torch.matmul(q[:, :, a : a + n].float().view(B, self.n_kv, g, n, hs), kf).view(B, nh, n, S)
+            if spec.scale != 1.0:
+                s = s * spec.scale
+            if spec.softcap is not None:
+                s = torch.tanh(s / spec.softcap) * spec.softcap
+            if mask is not None:
+                s = s + mask[..., a : a + n, :]
+            lse = torch.logsumexp(s, dim=-1)
+            p = torch.exp(s - lse[..., None]).to(v.dtype).view(B, self.n_kv, g, n, S)
+            ys.append(torch.matmul(p, v.unsqueeze(2)).view(B, nh, n, hs))
+            lses.append(lse)
+        return (ys[0], lses[0]) if len(ys) == 1 else (torch.cat(ys, dim=2), torch.cat(lses, dim=2))
 
     def forward(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None = None, capture: Capture = None) -> Tensor:
         B, T, _ = x.shape
         spec = self.spec
-        q, k, v = self._project(x, ctx, cache)
+        q, k, v, new_keys = self._project(x, ctx, cache)
         mask = ctx.memory_bias if self.cross else ctx.masks[spec.window]
         if capture is None and spec.softcap is None:  # nothing to record: let torch pick a fused kernel
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
                                                scale=spec.scale, enable_gqa=self.n_kv != self.n_heads)
+        elif capture is None or getattr(capture, "rebuild", False):
+            y, lse = self._attend_with_lse(q, k, v, mask)
+            if capture is not None:
+                capture[self.name] = (q, new_keys, lse)
         else:
             g, S = spec.group, k.shape[2]
             qg = q.view(B, self.n_kv, g, T, self.head_dim)  # query heads grouped by the key/value head they read

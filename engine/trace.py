@@ -8,8 +8,10 @@ from functools import cached_property
 import numpy as np
 
 from .errors import CaptureError
+from .rebuild import PatternSource, QueryBlock, Rebuilt, ScoreRule, Stored, block_keys
 
 KINDS = ("encoder", "self", "cross")
+DENSE_LIMIT = 4 * 1024**3  # bytes: a whole layer's pattern beyond this must be asked for by head, tile or overview
 
 
 def capture_name(kind: str, layer: int) -> str:
@@ -101,6 +103,9 @@ class Trace:
     gates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # capture name -> head gates != 1
     no_logits_reason: str | None = None
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads with grouped-query attention
+    rules: dict[str, ScoreRule] = field(default_factory=dict)  # capture name -> score rule (rebuilt points)
+    keys: dict[str, np.ndarray] = field(default_factory=dict)  # capture name -> keys (kv heads, S, hs), else from blocks
+    _sources: dict = field(default_factory=dict, repr=False, compare=False)  # capture name -> PatternSource, made once
 
     @property
     def kv_group(self) -> int:
@@ -133,38 +138,90 @@ class Trace:
             raise CaptureError("attention patterns were not recorded for this trace (the session ran with capture=False)")
         return name
 
+    def _source(self, kind: str, layer: int) -> PatternSource:
+        name = self._check(kind, layer)
+        src = self._sources.get(name)
+        if src is None:
+            blocks = self.blocks[name]
+            if isinstance(blocks[0], QueryBlock):
+                keys = self.keys.get(name)
+                src = Rebuilt(self.rules[name], blocks, keys if keys is not None else block_keys(blocks))
+            else:
+                src = Stored(blocks)
+            self._sources[name] = src
+        return src
+
+    def _head(self, head: int) -> int:
+        if not isinstance(head, (int, np.integer)) or not 0 <= head < self.n_heads:
+            raise CaptureError(f"head {head} does not exist; heads are 0..{self.n_heads - 1}")
+        return int(head)
+
+    def attention_shape(self, kind: str, layer: int) -> tuple[int, int, int]:
+        """(heads, queries, keys) of a pattern, without computing it."""
+        src = self._source(kind, layer)
+        return self.n_heads, src.n_queries, src.n_keys
+
     def attention(self, kind: str, layer: int) -> np.ndarray:
         """Pattern (post-softmax) as float32 [heads, queries, keys]; causal entries above the diagonal are 0."""
-        blocks = self.blocks[self._check(kind, layer)]
-        n_q = sum(b.rows.shape[1] for b in blocks)
-        n_k = max(b.rows.shape[2] for b in blocks)
-        out = np.zeros((self.n_heads, n_q, n_k), dtype=np.float32)
-        for b in blocks:
-            out[:, b.q_start : b.q_start + b.rows.shape[1], : b.rows.shape[2]] = b.rows
-        return out
+        src = self._source(kind, layer)
+        size = self.n_heads * src.n_queries * src.n_keys * 4
+        if size > DENSE_LIMIT:
+            raise CaptureError(f"the {kind} pattern of layer {layer} would take {size / 2**30:.1f} GiB; ask for one head, "
+                               "a tile (attention_tile) or a pooled overview (attention_overview) instead")
+        return np.stack([src.tile(h, 0, src.n_queries, 0, src.n_keys) for h in range(self.n_heads)])
 
     def attention_head(self, kind: str, layer: int, head: int) -> np.ndarray:
         """One head's pattern, float32 [queries, keys], without assembling the other heads."""
-        blocks = self.blocks[self._check(kind, layer)]
-        if not 0 <= head < self.n_heads:
-            raise CaptureError(f"head {head} does not exist; heads are 0..{self.n_heads - 1}")
-        n_q = sum(b.rows.shape[1] for b in blocks)
-        n_k = max(b.rows.shape[2] for b in blocks)
-        out = np.zeros((n_q, n_k), dtype=np.float32)
-        for b in blocks:
-            out[b.q_start : b.q_start + b.rows.shape[1], : b.rows.shape[2]] = b.rows[head]
-        return out
+        src = self._source(kind, layer)
+        return src.tile(self._head(head), 0, src.n_queries, 0, src.n_keys)
+
+    def attention_tile(self, kind: str, layer: int, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """Rows q0..q1 over keys k0..k1 of one head's pattern, float32 (clipped to the pattern's size)."""
+        src = self._source(kind, layer)
+        q0, q1 = max(0, int(q0)), min(src.n_queries, int(q1))
+        k0, k1 = max(0, int(k0)), min(src.n_keys, int(k1))
+        if q0 >= q1 or k0 >= k1:
+            return np.zeros((max(0, q1 - q0), max(0, k1 - k0)), dtype=np.float32)
+        return src.tile(self._head(head), q0, q1, k0, k1)
+
+    def attention_overview(self, kind: str, layer: int, heads: list[int] | None = None, rows: int = 256, cols: int = 256,
+                           reduce: str = "max", q_range: tuple[int, int] | None = None,
+                           k_range: tuple[int, int] | None = None) -> np.ndarray:
+        """Pooled patterns float32 [len(heads), rows', cols'] of `heads` (default: all) over q_range × k_range:
+        each cell the max (or mean) of the cells it covers, never more cells than the region has. Computed a
+        chunk of rows at a time, so a long context never needs a whole pattern in memory."""
+        if reduce not in ("max", "mean"):
+            raise CaptureError(f"reduce must be 'max' or 'mean', not {reduce!r}")
+        src = self._source(kind, layer)
+        heads = list(range(self.n_heads)) if heads is None else [self._head(h) for h in heads]
+        q_range = (max(0, q_range[0]), min(src.n_queries, q_range[1])) if q_range else None
+        k_range = (max(0, k_range[0]), min(src.n_keys, k_range[1])) if k_range else None
+        return src.overview(heads, rows, cols, reduce, q_range, k_range)
 
     def pattern_blocks(self, kind: str, layer: int) -> tuple[PatternBlock, ...]:
-        """The stored row blocks of one capture point, in query order (shared with earlier traces of the
-        same session, so a view can update incrementally by identity)."""
-        return self.blocks[self._check(kind, layer)]
+        """The row blocks of one capture point, in query order (shared with earlier traces of the same
+        session, so a view can update incrementally by identity). Rebuilt points build each block's rows
+        once, on first request."""
+        src = self._source(kind, layer)
+        if isinstance(src, Stored):
+            return src.blocks
+        out = []
+        for b in src.blocks:
+            block = b._dense.get("block")
+            if block is None:
+                block = b._dense["block"] = PatternBlock(b.q_start, src.dense_rows(b))
+            out.append(block)
+        return tuple(out)
 
     def attention_row(self, kind: str, layer: int, query: int) -> np.ndarray:
         """One query's attention over keys, float32 [heads, keys], without assembling the whole pattern."""
-        for b in self.blocks[self._check(kind, layer)]:
-            if b.q_start <= query < b.q_start + b.rows.shape[1]:
-                return b.rows[:, query - b.q_start].astype(np.float32)
+        src = self._source(kind, layer)
+        if isinstance(src, Stored):
+            for b in src.blocks:
+                if b.q_start <= query < b.q_start + b.rows.shape[1]:
+                    return b.rows[:, query - b.q_start].astype(np.float32)
+        elif isinstance(query, (int, np.integer)) and 0 <= query < src.n_queries:
+            return np.stack([src.tile(h, int(query), int(query) + 1, 0, src.n_keys)[0] for h in range(self.n_heads)])
         raise CaptureError(f"query position {query} is outside 0..{len(self) - 1}")
 
     def patterns(self) -> dict[str, np.ndarray]:
@@ -194,5 +251,7 @@ class Trace:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held for attention patterns (shared blocks counted once per trace)."""
-        return sum(b.rows.nbytes for blocks in self.blocks.values() for b in blocks)
+        """Bytes kept for attention: stored pattern rows, or the queries, keys and row statistics that
+        rebuild them (blocks shared with earlier traces counted once per trace)."""
+        total = sum(b.nbytes if isinstance(b, QueryBlock) else b.rows.nbytes for bs in self.blocks.values() for b in bs)
+        return total + sum(k.nbytes for k in self.keys.values())

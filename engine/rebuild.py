@@ -1,0 +1,221 @@
+"""Attention patterns rebuilt on demand from what the forward kept: queries, keys and each row's log-sum-exp.
+
+A pattern row is p_ij = exp(s_ij − lse_i), where s_ij is the score exactly as the forward formed it
+(q_i·k_j × scale, soft-cap, relative-position bias, causal mask, sliding window) and lse_i the row's
+log-sum-exp. Keeping q, k and lse costs memory linear in the context (≈ 2 × the KV cache), where storing
+every pattern costs layers × heads × T². Any tile [q0:q1, k0:k1] of any head is then rebuilt in
+O(tile × head size), and pooled overviews one chunk of rows at a time. Pure numpy: no model reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROWS_PER_CHUNK_BYTES = 32 * 1024 * 1024  # scores of one chunk of query rows (float32) while pooling
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """Stored q/k as float32: bfloat16 is kept as its raw 16 bits (uint16), widened exactly here."""
+    if a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """How one capture point turns q·k into scores (everything but q and k themselves)."""
+
+    scale: float
+    causal: bool
+    group: int = 1  # query heads per key/value head
+    softcap: float | None = None
+    window: int | None = None
+    bias_by_offset: np.ndarray | None = None  # (heads, 2L - 1): relative-position bias for k - q = -(L-1) .. L-1
+
+    def scores(self, q: np.ndarray, k: np.ndarray, head: int, q0: int, k0: int) -> np.ndarray:
+        """Scores (n, m) of query rows q (n, hs) at positions q0.. and keys k (m, hs) at positions k0.."""
+        s = q @ k.T
+        if self.scale != 1.0:
+            s *= np.float32(self.scale)
+        if self.softcap is not None:
+            s = np.tanh(s / np.float32(self.softcap)) * np.float32(self.softcap)
+        qpos = np.arange(q0, q0 + q.shape[0])[:, None]
+        kpos = np.arange(k0, k0 + k.shape[0])[None, :]
+        if self.bias_by_offset is not None:
+            half = (self.bias_by_offset.shape[1] - 1) // 2
+            s += self.bias_by_offset[head][kpos - qpos + half]
+        blocked = None
+        if self.causal:
+            blocked = kpos > qpos
+        if self.window is not None:
+            far = kpos <= qpos - self.window
+            blocked = far if blocked is None else blocked | far
+        if blocked is not None and blocked.any():
+            s[np.broadcast_to(blocked, s.shape)] = -np.inf
+        return s
+
+
+@dataclass(frozen=True, eq=False)
+class QueryBlock:
+    """What one forward kept for one capture point: queries q_start.. and their row statistics, and the
+    keys it added (self-attention: the same positions; encoder / cross: the whole source, once)."""
+
+    q_start: int
+    q: np.ndarray  # (heads, n, hs) as used in the forward (normed, rotated); float32 or bfloat16 bits (uint16)
+    lse: np.ndarray  # (heads, n) float32 log-sum-exp of each row's scores
+    keys: np.ndarray | None = None  # (kv heads, m, hs) keys at k_start.., or None (cross-attention after the first)
+    k_start: int = 0
+    _dense: dict = field(default_factory=dict, repr=False)  # rows rebuilt once for pattern_blocks()
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.lse.nbytes + (self.keys.nbytes if self.keys is not None else 0)
+
+
+class PatternSource:
+    """The patterns of one capture point in one Trace, answered a tile at a time. Subclasses: Stored (rows
+    kept as they were computed) and Rebuilt (rows rebuilt from q, k and lse)."""
+
+    n_queries: int
+    n_keys: int
+
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def overview(self, heads: list[int], rows: int, cols: int, reduce: str = "max",
+                 q_range: tuple[int, int] | None = None, k_range: tuple[int, int] | None = None) -> np.ndarray:
+        """Pooled pattern (len(heads), rows', cols') of the region q_range × k_range: each output cell is the max
+        (or mean) of the block of cells it covers; rows'/cols' = min(rows, span) so nothing is stretched."""
+        q0, q1 = q_range or (0, self.n_queries)
+        k0, k1 = k_range or (0, self.n_keys)
+        nq, nk = q1 - q0, k1 - k0
+        r, c = max(1, min(rows, nq)), max(1, min(cols, nk))
+        r_edges = q0 + (np.arange(r + 1) * nq) // r
+        c_edges = (np.arange(c + 1) * nk) // c
+        out = np.zeros((len(heads), r, c), dtype=np.float32)
+        chunk = max(1, ROWS_PER_CHUNK_BYTES // (4 * max(1, nk)))
+        i = 0
+        while i < r:  # whole output rows per chunk, so pooling never straddles two chunks
+            j = i + 1
+            while j < r and r_edges[j + 1] - r_edges[i] <= chunk:
+                j += 1
+            a, z = int(r_edges[i]), int(r_edges[j])
+            for n, h in enumerate(heads):
+                out[n, i:j] = _pool(self.tile(h, a, z, k0, k1), r_edges[i : j + 1] - a, c_edges, reduce)
+            i = j
+        return out
+
+
+class Stored(PatternSource):
+    """Pattern rows kept as the forward computed them (small contexts), in blocks of query rows."""
+
+    def __init__(self, blocks: tuple) -> None:  # tuple[PatternBlock, ...]
+        self.blocks = blocks
+        self.n_queries = sum(b.rows.shape[1] for b in blocks)
+        self.n_keys = max(b.rows.shape[2] for b in blocks)
+
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        out = np.zeros((q1 - q0, k1 - k0), dtype=np.float32)
+        for b in self.blocks:
+            a, z = max(q0, b.q_start), min(q1, b.q_start + b.rows.shape[1])
+            kk = min(k1, b.rows.shape[2])
+            if a < z and kk > k0:
+                out[a - q0 : z - q0, : kk - k0] = b.rows[head, a - b.q_start : z - b.q_start, k0:kk]
+        return out
+
+
+class Rebuilt(PatternSource):
+    """The patterns of one capture point in one Trace: its query blocks (in order) and every key they see."""
+
+    def __init__(self, rule: ScoreRule, blocks: tuple[QueryBlock, ...], keys: np.ndarray) -> None:
+        self.rule = rule
+        self.blocks = blocks
+        self.keys = keys  # (kv heads, S, hs) float32, read-only
+        self.n_keys = keys.shape[1]
+        self.n_queries = sum(b.n for b in blocks)
+
+    def _queries(self, head: int, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+        qs, lses = [], []
+        for b in self.blocks:
+            a, z = max(q0, b.q_start), min(q1, b.q_start + b.n)
+            if a < z:
+                qs.append(as_float32(b.q[head, a - b.q_start : z - b.q_start]))
+                lses.append(b.lse[head, a - b.q_start : z - b.q_start])
+        if len(qs) == 1:
+            return qs[0], lses[0]
+        return np.concatenate(qs), np.concatenate(lses)
+
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """Pattern rows q0..q1 over keys k0..k1 of one query head, float32; masked entries are 0."""
+        q, lse = self._queries(head, q0, q1)
+        k = self.keys[head // self.rule.group, k0:k1]
+        s = self.rule.scores(q, k, head, q0, k0)
+        s -= lse[:, None]
+        return np.exp(s, out=s)
+
+    def dense_rows(self, block: QueryBlock) -> np.ndarray:
+        """(heads, n, keys seen by this block): the rows a stored block would hold; computed once per block
+        (a block's rows never change: later steps only add keys after the ones it sees)."""
+        rows = block._dense.get("rows")
+        if rows is None:
+            n_k = block.q_start + block.n if self.rule.causal else self.n_keys
+            rows = np.stack([self.tile(h, block.q_start, block.q_start + block.n, 0, n_k) for h in range(block.q.shape[0])])
+            rows.flags.writeable = False
+            block._dense["rows"] = rows
+        return rows
+
+
+def block_keys(blocks: tuple[QueryBlock, ...]) -> np.ndarray:
+    """The keys the blocks carry, in position order, as one float32 array (kv heads, S, hs)."""
+    keyed = sorted((b for b in blocks if b.keys is not None), key=lambda b: b.k_start)
+    parts = [as_float32(b.keys) for b in keyed]
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    out.flags.writeable = False
+    return out
+
+
+class KeyArena:
+    """The keys of one decoder layer across a session's steps, float32 (kv heads, S, hs), grown by doubling.
+    A view handed to a Trace never changes: appending after a truncation that cut into a handed-out view
+    first copies the prefix to a new buffer (so back() + step never rewrites what an earlier Trace sees)."""
+
+    def __init__(self) -> None:
+        self.buf: np.ndarray | None = None
+        self.length = 0
+        self.shared = 0  # positions covered by views already handed out
+
+    def append(self, k: np.ndarray) -> None:
+        k = as_float32(k)
+        need = self.length + k.shape[1]
+        cap = 0 if self.buf is None else self.buf.shape[1]
+        if need > cap or self.length < self.shared:
+            new = np.empty((k.shape[0], max(64, need, 2 * cap if need > cap else cap), k.shape[2]), dtype=np.float32)
+            if self.length:
+                new[:, : self.length] = self.buf[:, : self.length]
+            self.buf, self.shared = new, 0
+        self.buf[:, self.length : need] = k
+        self.length = need
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def view(self) -> np.ndarray:
+        self.shared = max(self.shared, self.length)
+        v = self.buf[:, : self.length]
+        v.flags.writeable = False
+        return v
+
+
+def _pool(t: np.ndarray, r_edges: np.ndarray, c_edges: np.ndarray, reduce: str) -> np.ndarray:
+    """Max- or mean-pool t over the blocks between consecutive edges (edges start at 0, end at t's size)."""
+    if reduce == "max":
+        cols = np.maximum.reduceat(t, c_edges[:-1], axis=1)
+        return np.maximum.reduceat(cols, r_edges[:-1], axis=0)
+    sums = np.add.reduceat(np.add.reduceat(t, c_edges[:-1], axis=1), r_edges[:-1], axis=0)
+    return sums / (np.diff(r_edges)[:, None] * np.diff(c_edges)[None, :])
