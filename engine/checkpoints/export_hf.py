@@ -1,6 +1,7 @@
 """Saving one of our Transformers as a Hugging Face checkpoint folder (the inverse of the converters).
 
     save_hf(net, folder, hf_config, tokenizer)   # config.json + model.safetensors (+ tokenizer.json)
+    save_hf(net, folder, hf_config, dtype=torch.bfloat16)   # tensors stored in bfloat16, as real checkpoints are
 
 `hf_config` is the config.json the reference implementation expects (its `model_type` picks the
 converter); every parameter is written under the first checkpoint name its converter lists:
@@ -43,14 +44,20 @@ def _check_config(cfg: ModelConfig, hf_config: dict, keys: set[str]) -> None:
                          ", ".join(f"{f}={getattr(back, f)!r} (network has {getattr(cfg, f)!r})" for f in diff))
 
 
-def save_hf(net: torch.nn.Module, folder: str | Path, hf_config: dict, tokenizer=None) -> Path:  # noqa: ANN001
-    """Write config.json, model.safetensors and (given a `tokenizers.Tokenizer`) tokenizer.json."""
+def save_hf(net: torch.nn.Module, folder: str | Path, hf_config: dict, tokenizer=None,  # noqa: ANN001
+            dtype: torch.dtype = torch.float32) -> Path:
+    """Write config.json, model.safetensors and (given a `tokenizers.Tokenizer`) tokenizer.json.
+    `dtype`: the floating-point type of the stored tensors (float32, bfloat16 or float16), rounded from
+    float32 once."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = hf_state_dict(net, hf_config["model_type"])
     _check_config(net.cfg, hf_config, set(tensors))
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"cannot store tensors as {dtype}; use float32, bfloat16 or float16")
+    tensors = {name: t.to(dtype).contiguous() for name, t in tensors.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if tokenizer is not None:
