@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSignalBlocker, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -212,18 +212,17 @@ class HeadStatsPanel(QWidget):
         header = self.table.horizontalHeader()
         column, order = header.sortIndicatorSection(), header.sortIndicatorOrder()
         self.table.setSortingEnabled(False)
-        self.table.blockSignals(True)
-        self.table.setRowCount(len(stats))
-        for r, st in enumerate(stats):
-            for c, (key, _t, _tip) in enumerate(COLUMNS):
-                item = _Item(getattr(st, key))
-                item.setData(Qt.ItemDataRole.UserRole, r)
-                self.table.setItem(r, c, item)
-        self.table.setSortingEnabled(True)
-        if 0 <= column < len(COLUMNS):
-            self.table.sortItems(column, order)
-        self._select_current_row()
-        self.table.blockSignals(False)
+        with QSignalBlocker(self.table):  # refilling is not the person choosing a row
+            self.table.setRowCount(len(stats))
+            for r, st in enumerate(stats):
+                for c, (key, _t, _tip) in enumerate(COLUMNS):
+                    item = _Item(getattr(st, key))
+                    item.setData(Qt.ItemDataRole.UserRole, r)
+                    self.table.setItem(r, c, item)
+            self.table.setSortingEnabled(True)
+            if 0 <= column < len(COLUMNS):
+                self.table.sortItems(column, order)
+            self._select_current_row()
         n_gated = sum(1 for g in trace.gates.values() for v in g if v != 1)
         gated = f" · with {n_gated} head{'s' if n_gated != 1 else ''} ablated/scaled" if n_gated else ""
         self.message.setText(f"{len(stats)} heads on {len(trace)} tokens{gated}. Click a column to sort, "
