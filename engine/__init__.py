@@ -5,11 +5,13 @@
     session = Session(model, "In the beginning")
     step = session.step(); session.back(); session.branch(step.token_id)
     session.trace.attention("self", 0)   # [heads, queries, keys]
+    session.trace.attention_overview("self", 0, rows=512, cols=512)   # pooled, for long contexts
 """
 
 from .config import ModelConfig
 from .errors import (
     CaptureError,
+    ChatTemplateError,
     CheckpointError,
     DeviceError,
     EngineError,
@@ -27,7 +29,7 @@ from .session import Session, Step
 from .trace import KINDS, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
 
 __all__ = [
-    "KINDS", "CaptureError", "CheckpointError", "DeviceError", "EngineError", "LoadCancelled", "Model", "ModelConfig",
+    "KINDS", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError", "LoadCancelled", "Model", "ModelConfig",
     "OutOfMemoryError", "PatternBlock", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError",
     "Step", "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
     "load_model", "parse_capture_name",

@@ -6,7 +6,7 @@ import logging
 import operator
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -313,10 +313,11 @@ class Model:
             if len(ids) > 1:
                 lazy = LazyLogits(h[0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
             blocks = self._blocks(rec, start)
-            if isinstance(rec, Recorder):  # the keys, gathered per layer on the CPU, for this session's traces
+            if isinstance(rec, Recorder):  # self-attention keys live once, per layer, in the cache's arena
                 for name, b in blocks.items():
                     if b[0].keys is not None and name.endswith(".attn"):
                         cache.key_arenas.setdefault(name, KeyArena()).append(b[0].keys)
+                        b[0] = replace(b[0], keys=None)
             return Forward(blocks, last, lazy_logits=lazy)
 
     def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:

@@ -396,7 +396,7 @@ class Session:
         return m.make_trace(
             token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special, n_prompt=self.n_prompt,
             blocks=blocks, logit_rows=tuple(self._logit_rows), steps=tuple(self._steps), gates=self._gates,
-            source_ids=tuple(src) if src is not None else None,
+            keys=self._cache.key_views(), source_ids=tuple(src) if src is not None else None,
             source_tokens=tuple(tok.token_strings(src)) if src is not None else None,
             source_special=tuple(tok.is_special(i) for i in src) if src is not None else None,
         )
