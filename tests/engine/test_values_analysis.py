@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine import Session, load_model
+from engine import CaptureError, Session, load_model
 from engine.analysis import (
+    HeadStat,
     head_statistics,
     induction_pattern_score,
     induction_scores,
     logit_lens,
+    mean_of_heads,
     pattern_statistics,
     repeated_random_ids,
     rollout,
@@ -268,6 +270,43 @@ def test_rollout_by_hand():
     np.testing.assert_allclose(rollout(trace, "self", upto=0), [[1, 0, 0], [0.5, 0.5, 0], [0.25, 0.25, 0.5]], atol=1e-7)
     # row 2 of layer 1 mixes rows 1 and 2 of layer 0 half and half: .5·[.5,.5,0] + .5·[.25,.25,.5]
     np.testing.assert_allclose(rollout(trace, "self"), [[1, 0, 0], [0.5, 0.5, 0], [0.375, 0.375, 0.25]], atol=1e-7)
+
+
+def test_mean_of_heads_and_stat_records_by_hand():
+    l0 = np.zeros((2, 2, 2))
+    l1 = np.array([[[1, 0], [1, 0]], [[1, 0], [0, 1]]], dtype=float)
+    np.testing.assert_allclose(mean_of_heads(_hand_trace([l0, l1]), "self", 1), [[1, 0], [0.5, 0.5]])
+    stat = HeadStat("self", 2, 3, 1.5, 0.75, 0.25, 0.5, 0.125, 2.0)
+    assert stat.as_dict() == {"kind": "self", "layer": 2, "head": 3, "entropy": 1.5, "entropy_norm": 0.75,
+                              "prev_token": 0.25, "induction": 0.5, "sink": 0.125, "distance": 2.0}
+
+
+def test_rollout_renormalises_rows_that_do_not_sum_to_one():
+    # stored patterns are rounded (float16 storage: each weight within 5e-4), so rows may miss 1 slightly;
+    # exaggerated here so that a missing or wrong-axis renormalisation shows
+    rng = np.random.default_rng(5)
+    layers = []
+    for _ in range(3):
+        p = np.tril(rng.random((2, 4, 4)) + 0.1)
+        p /= p.sum(-1, keepdims=True)
+        p *= rng.uniform(0.9, 1.1, size=(2, 4, 1))  # each row off by up to 10 %
+        layers.append(p)
+    got = rollout(_hand_trace(layers), "self")
+    np.testing.assert_allclose(got, rollout_by_loops(layers), atol=1e-6)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+
+
+def test_rollout_refuses_cross_attention_and_missing_stacks(marian, sharp):
+    tok = marian.tokenizer
+    trace = marian.run([marian.config.decoder_start_token_id] + tok.encode("And God", special_tokens=False),
+                       source=tok.encode("And God said"))
+    with pytest.raises(CaptureError, match="one stack's self-attention"):
+        rollout(trace, "cross")
+    assert rollout(trace, "self").shape == (len(trace), len(trace))
+    with pytest.raises(CaptureError, match="this model has no 'encoder' attention"):
+        rollout(sharp[0].run(PROMPT_IDS), "encoder")
+    with pytest.raises(CaptureError, match="this model has no 'encoder' attention"):
+        rollout(_hand_trace([np.ones((1, 2, 2)) / 2]), "encoder")  # a kind the trace does not even list
 
 
 def test_rollout_matches_the_reference_patterns(sharp, bert, ref_bert):
