@@ -47,13 +47,14 @@ def fill_device(give_back: int = 4 * MiB) -> list[torch.Tensor]:
 
 
 PROMPT = 2048  # the KV cache holds exactly this many: the next step doubles it, (1, 4, 4096, 64) float32 per tensor
+# (a context of PROMPT + 16 keeps one context's patterns under the engine's float32 budget: stored exactly)
 
 
 def wide_gpt2(folder):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = factories.byte_level_tokenizer(300, ["<|endoftext|>"])
-    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=256, n_layer=2, n_head=4, n_positions=2 * PROMPT,
+    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=256, n_layer=2, n_head=4, n_positions=PROMPT + 16,
                      bos_token_id=0, eos_token_id=None, attn_implementation="eager")
     return factories._save(factories._init(GPT2LMHeadModel(cfg), 1), tok, folder)
 
