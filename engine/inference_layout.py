@@ -2,11 +2,12 @@
 
 On the CPU in float32 a Linear with at least as many outputs as inputs (q, o, gate, up, the unembedding)
 is stored as [in, out] (TransposedLinear): a decode step multiplies one row vector by every weight matrix,
-and streaming those matrices in this layout ran 1.2-2.2x (2048x2048, 8192x2048, 3072x768) and 1.1-1.7x
-(the 128256x2048 / 50257x768 unembedding) faster than nn.Linear's [out, in] on this project's CPUs
-(tools/bench.py, tools/bench_load.py --speed). Narrowing ones (k/v 512x2048: 0.66-0.9x; down 2048x8192:
-0.9-1.1x) keep [out, in], which also spares their transposition while loading. In bfloat16/float16 the
-[in, out] layout is slower (oneDNN wants [out, in]: 0.58-0.83x), and CUDA needs neither: plain layout.
+and streaming those matrices in this layout ran 1.1-2.2x (2048x2048), 1.2-1.8x (8192x2048, 3072x768) and
+1.1-1.7x (the 128256x2048 / 50257x768 unembedding) as fast as nn.Linear's [out, in] on this project's CPUs
+(tools/bench.py, tools/bench_load.py --speed, several runs on a shared machine). Narrowing ones were a
+wash (down 2048x8192: 0.9-1.1x; k/v 512x2048: 0.66-1.26x) and keep [out, in], which spares their
+transposition while loading (transposing is most of a bfloat16 -> float32 load's CPU time). In
+bfloat16/float16 [in, out] is slower (oneDNN wants [out, in]: 0.58-0.97x), and CUDA needs neither: plain.
 
 The unembedding is never a second copy: a tied model keeps one (d, vocab) matrix and its token embedding
 is a transposed view of it (an embedding lookup gathers T columns, ~7 us a token); an untied model's
