@@ -33,10 +33,18 @@ def model(case):
     return m
 
 
-def test_float32_on_cuda_matches_the_reference(case, model):
+@pytest.mark.parametrize("mode", ["patterns", "rebuild"])
+def test_float32_on_cuda_matches_the_reference(case, model, mode):
+    """Both capture modes: stored patterns, and patterns rebuilt from q, k and each row's lse (on CUDA the
+    lse comes from the engine's explicit chunked attention, not the CPU's fused kernel)."""
     assert not torch.backends.cuda.matmul.allow_tf32, "TF32 matmuls are on: float32 parity needs them off"
-    pattern_err, logit_err = cases.max_errors(cases.run(model, case), case)
-    assert pattern_err <= ATTN_TOL, f"{case.name}: a pattern weight differs by {pattern_err:.2e} on CUDA"
+    model.capture_mode = mode
+    try:
+        assert model.rebuilds_patterns == (mode == "rebuild")
+        pattern_err, logit_err = cases.max_errors(cases.run(model, case), case)
+    finally:
+        model.capture_mode = "auto"
+    assert pattern_err <= ATTN_TOL, f"{case.name} ({mode}): a pattern weight differs by {pattern_err:.2e} on CUDA"
     if logit_err is not None:
         assert logit_err <= LOGIT_TOL, f"{case.name}: a logit differs by {logit_err:.2e} on CUDA"
 
