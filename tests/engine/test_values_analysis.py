@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import CaptureError, Session, load_model
+from engine import CaptureError, Session, SessionError, load_model
 from engine.analysis import (
     HeadStat,
     head_statistics,
@@ -23,7 +23,7 @@ from engine.analysis import (
     rollout,
 )
 from engine.trace import PatternBlock, Trace
-from tests.engine.values_models import LazyCheckpoints, rollout_by_loops, sharp_gpt2
+from tests.engine.values_models import LazyCheckpoints, checkpoint_root, rollout_by_loops, sharp_gpt2
 
 transformers = pytest.importorskip("transformers")
 
@@ -34,7 +34,7 @@ PROMPT_IDS = [5, 17, 42, 99, 7, 250, 13, 64, 3, 120, 77]
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
-    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+    return LazyCheckpoints(checkpoint_root(tmp_path_factory, "ckpt"))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def marian(folders):
 @pytest.fixture(scope="module")
 def sharp(tmp_path_factory):
     """(our model, the transformers reference) of one GPT-2 whose heads differ (see values_models)."""
-    folder = sharp_gpt2(tmp_path_factory.mktemp("sharp") / "ckpt")
+    folder = sharp_gpt2(checkpoint_root(tmp_path_factory, "sharp") / "ckpt")
     ref = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
     return load_model(folder, device="cpu"), ref
 
@@ -221,6 +221,23 @@ def test_logit_lens_reads_each_layer_of_gpt(sharp, position):
     assert np.abs(expected[0] / expected[1] - 1).max() > 0.02  # layer 0 reads differently from the last layer
 
 
+def test_logit_lens_at_the_edges_of_the_sequence(sharp):
+    gpt, ref_gpt = sharp
+    ids = PROMPT_IDS
+    trace = gpt.run(ids)
+    resid = _block_outputs(ref_gpt.transformer.h, lambda: ref_gpt(torch.tensor([ids])))
+    with torch.no_grad():
+        first = _softmax(ref_gpt.lm_head(ref_gpt.transformer.ln_f(resid[0][0, 0])).numpy())
+    lens = logit_lens(gpt, trace, 0)  # position 0 is a position like any other
+    np.testing.assert_allclose(lens["probs"][0], first, rtol=1e-4, atol=1e-8)
+    assert lens["top_ids"].shape == lens["top_probs"].shape == (gpt.n_layers, 10)  # ten candidates by default
+    np.testing.assert_array_equal(logit_lens(gpt, trace, len(ids) - 1, top=3)["top_ids"][-1],
+                                  np.argsort(-trace.logits[-1])[:3])
+    for bad in (len(ids), -1):
+        with pytest.raises(SessionError, match="outside"):
+            logit_lens(gpt, trace, bad)
+
+
 def test_logit_lens_reads_each_layer_of_bert(bert, ref_bert):
     ids = bert.tokenizer.encode("In the [MASK] God created")
     position = ids.index(bert.config.mask_token_id)
@@ -267,6 +284,7 @@ def test_rollout_by_hand():
     # layer 1: [[1,0,0],[0,1,0],[0,1,0]]; with the residual: [[1,0,0],[0,1,0],[0,.5,.5]]
     l1 = np.array([[[1, 0, 0], [0, 1, 0], [0, 1, 0]]] * 2, dtype=float)
     trace = _hand_trace([l0, l1])
+    assert rollout(trace, "self").dtype == np.float32
     np.testing.assert_allclose(rollout(trace, "self", upto=0), [[1, 0, 0], [0.5, 0.5, 0], [0.25, 0.25, 0.5]], atol=1e-7)
     # row 2 of layer 1 mixes rows 1 and 2 of layer 0 half and half: .5·[.5,.5,0] + .5·[.25,.25,.5]
     np.testing.assert_allclose(rollout(trace, "self"), [[1, 0, 0], [0.5, 0.5, 0], [0.375, 0.375, 0.25]], atol=1e-7)

@@ -12,7 +12,7 @@ import pytest
 
 from engine import Session, load_model
 from engine.sampling import SamplingSettings, choose, distribution
-from tests.engine.values_models import LazyCheckpoints
+from tests.engine.values_models import LazyCheckpoints, checkpoint_root
 
 # a distribution with structure: one clear favourite, a runner-up, a tail
 LOGITS = np.array([3.0, 2.0, 1.0, 0.0, -1.0, -2.0], dtype=np.float32)
@@ -21,7 +21,7 @@ LOGITS = np.array([3.0, 2.0, 1.0, 0.0, -1.0, -2.0], dtype=np.float32)
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
-    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+    return LazyCheckpoints(checkpoint_root(tmp_path_factory, "ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from engine import Session, load_model
 from engine.sampling import SamplingSettings
 from engine.session_file import load_session, save_session
 from engine.trace import capture_name
-from tests.engine.values_models import LazyCheckpoints
+from tests.engine.values_models import LazyCheckpoints, checkpoint_root
 
 SETTINGS = {"temperature": 0.7, "top_k": 5, "top_p": 0.8, "greedy": False, "seed": 11}
 VIEW = {"kind": "self", "layer": 1, "head": 3, "query": 4, "source_query": None, "mean_heads": True, "rollout": True,
@@ -23,7 +23,7 @@ VIEW = {"kind": "self", "layer": 1, "head": 3, "query": 4, "source_query": None,
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
-    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+    return LazyCheckpoints(checkpoint_root(tmp_path_factory, "ckpt"))
 
 
 @pytest.fixture(scope="module")

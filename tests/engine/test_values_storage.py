@@ -12,7 +12,7 @@ import torch
 
 from engine import Session, load_model
 from engine.model import ROW_CHUNK, Model
-from tests.engine.values_models import LazyCheckpoints, sharp_gpt2
+from tests.engine.values_models import LazyCheckpoints, checkpoint_root, sharp_gpt2
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,12 +23,12 @@ N_PROMPT = 130  # > 4 chunks of 32 rows, the last one partial
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Only the checkpoints this module uses, built on first use (values_models.LazyCheckpoints)."""
-    return LazyCheckpoints(tmp_path_factory.mktemp("ckpt"))
+    return LazyCheckpoints(checkpoint_root(tmp_path_factory, "ckpt"))
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    folder = sharp_gpt2(tmp_path_factory.mktemp("long") / "ckpt", n_layer=2)
+    folder = sharp_gpt2(checkpoint_root(tmp_path_factory, "long") / "ckpt", n_layer=2)
     ref = transformers.GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
     return folder, ref
 

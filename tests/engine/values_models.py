@@ -9,6 +9,10 @@ each head has its own; the context is long enough for prompts of several storage
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,33 @@ import torch
 from tests import factories
 
 N_POSITIONS = 192
+CACHE_ENV = "VALUE_TESTS_CHECKPOINTS"  # a folder to keep built checkpoints in between runs (mutation testing)
+
+
+def checkpoint_root(tmp_path_factory, name: str) -> Path:
+    """A module's checkpoint folder: fresh and temporary, or, when $VALUE_TESTS_CHECKPOINTS names a folder,
+    a subfolder of it that later runs reuse (a mutation run starts the tests once per mutant)."""
+    cache = os.environ.get(CACHE_ENV)
+    if not cache:
+        return tmp_path_factory.mktemp(name)
+    root = Path(cache) / name
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _built(folder: Path, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` unless a complete checkpoint is already there; built beside it and renamed into
+    place, so runs side by side never see half a folder."""
+    if (folder / "tokenizer.json").exists():
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name, dir=folder.parent))
+    build(tmp / "ckpt")
+    try:
+        os.rename(tmp / "ckpt", folder)
+    except OSError:  # another run got there first
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 class LazyCheckpoints:
@@ -28,11 +59,15 @@ class LazyCheckpoints:
 
     def __getitem__(self, name: str) -> Path:
         if name not in self._built:
-            self._built[name] = factories.ARCHITECTURES[name](self.root / name)
+            self._built[name] = _built(self.root / name, factories.ARCHITECTURES[name])
         return self._built[name]
 
 
 def sharp_gpt2(folder: Path, n_layer: int = 3, n_head: int = 4, n_positions: int = N_POSITIONS, seed: int = 11) -> Path:
+    return _built(folder, lambda f: _sharp_gpt2(f, n_layer, n_head, n_positions, seed))
+
+
+def _sharp_gpt2(folder: Path, n_layer: int, n_head: int, n_positions: int, seed: int) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = factories.byte_level_tokenizer(300, ["<|endoftext|>"])
