@@ -230,3 +230,47 @@ def test_cpu_float32_layout_transposes_only_widening_linears(folders):
     assert isinstance(ffn.up, layout.TransposedLinear) and isinstance(ffn.down, torch.nn.Linear)
     torch.testing.assert_close(ffn.up.weight, ffn.up.weight_t.t())  # nn.Linear's view, no copy
     assert ffn.up.weight.data_ptr() == ffn.up.weight_t.data_ptr()
+
+
+_PEAK_CHILD = """
+import sys
+from pathlib import Path
+import engine.checkpoints
+from engine import load_model
+
+def vm(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+load_model(sys.argv[2], device="cpu")  # a tiny one first: imports and one-time set-up are not the load's
+before = vm("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")
+model = load_model(sys.argv[1], device="cpu")
+print(vm("VmHWM") - before, 4 * model.n_params, model.dtype)
+"""
+
+
+def test_peak_memory_while_loading_stays_near_the_model(folders, tmp_path):
+    """A 12M-parameter bf16 sharded checkpoint loaded as float32 in a fresh process: it grows by the model
+    plus a little (no state dict, no second copy of the unembedding). tools/bench_load.py measures a 1B model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.factories import byte_level_tokenizer
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak")
+    folder = tmp_path / "mid"
+    cfg = GPT2Config(vocab_size=32000, n_embd=256, n_layer=4, n_head=4, n_positions=128)
+    GPT2LMHeadModel(cfg).to(torch.bfloat16).save_pretrained(folder, max_shard_size="10MB")
+    byte_level_tokenizer(300, ["<|endoftext|>"]).save(str(folder / "tokenizer.json"))
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(folder), str(folders["gpt2"])], capture_output=True, text=True, cwd=root,
+                         check=True).stdout.split()
+    grown, model_bytes = int(out[0]), int(out[1])
+    assert out[2] == "torch.float32" and model_bytes > 40e6
+    assert grown <= 1.3 * model_bytes, f"loading grew the process by {grown / 1e6:.0f} MB for {model_bytes / 1e6:.0f} MB"
