@@ -180,6 +180,12 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)
         return q, k, v, new
 
+    def _grouped(self, x: Tensor) -> Tensor:
+        """(B, nh, T, X) -> (B, nkv, g·T, X): the rows of the query heads that share a key/value head, stacked,
+        so one plain batched matmul per key/value head serves them all (no copy of K or V per query head)."""
+        B, _, T, X = x.shape
+        return x.reshape(B, self.n_kv, self.spec.group * T, X)
+
     def _attend_with_lse(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """softmax attention without keeping the pattern: -> output (B, nh, T, hs) and each row's log-sum-exp
         (B, nh, T) in float32, from which any pattern entry is exp(score - lse). Scores are formed in float32."""
@@ -192,13 +198,13 @@ class Attention(nn.Module):
             y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q, k, v, 0.0, False, attn_mask=None if mask is None else mask.to(q.dtype), scale=spec.scale)
             return y, lse.float()
-        g = spec.group
-        kf = k.float().unsqueeze(2).transpose(-2, -1)  # (B, nkv, 1, hs, S)
+        kf = k.float().transpose(-2, -1)  # (B, nkv, hs, S)
         chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * S))
         ys, lses = [], []
         for a in range(0, T, chunk):  # rows in chunks: never T x S per head at once
             n = min(chunk, T - a)
-            s = torch.matmul(q[:, :, a : a + n].float().view(B, self.n_kv, g, n, hs), kf).view(B, nh, n, S)
+            s = self._grouped(q[:, :, a : a + n].float()) @ kf  # (B, nkv, g·n, S)
+            s = s.view(B, nh, n, S)
             if spec.scale != 1.0:
                 s = s * spec.scale
             if spec.softcap is not None:
@@ -206,8 +212,8 @@ class Attention(nn.Module):
             if mask is not None:
                 s = s + mask[..., a : a + n, :]
             lse = torch.logsumexp(s, dim=-1)
-            p = torch.exp(s - lse[..., None]).to(v.dtype).view(B, self.n_kv, g, n, S)
-            ys.append(torch.matmul(p, v.unsqueeze(2)).view(B, nh, n, hs))
+            p = torch.exp(s - lse[..., None]).to(v.dtype)
+            ys.append((self._grouped(p) @ v).view(B, nh, n, hs))
             lses.append(lse)
         return (ys[0], lses[0]) if len(ys) == 1 else (torch.cat(ys, dim=2), torch.cat(lses, dim=2))
 
@@ -224,9 +230,8 @@ class Attention(nn.Module):
             if capture is not None:
                 capture[self.name] = (q, new_keys, lse)
         else:
-            g, S = spec.group, k.shape[2]
-            qg = q.view(B, self.n_kv, g, T, self.head_dim)  # query heads grouped by the key/value head they read
-            scores = torch.matmul(qg, k.unsqueeze(2).transpose(-2, -1)).view(B, self.n_heads, T, S)  # (B, nh, T, S)
+            S = k.shape[2]
+            scores = (self._grouped(q) @ k.transpose(-2, -1)).view(B, self.n_heads, T, S)  # (B, nh, T, S)
             if spec.scale != 1.0:
                 scores = scores * spec.scale
             if spec.softcap is not None:
@@ -236,8 +241,7 @@ class Attention(nn.Module):
             pattern = torch.softmax(scores.float(), dim=-1)
             if capture is not None:
                 capture[self.name] = pattern
-            pg = pattern.to(v.dtype).view(B, self.n_kv, g, T, S)
-            y = torch.matmul(pg, v.unsqueeze(2)).view(B, self.n_heads, T, self.head_dim)  # (B, nh, T, hs)
+            y = (self._grouped(pattern.to(v.dtype)) @ v).view(B, self.n_heads, T, self.head_dim)  # (B, nh, T, hs)
         y = y * self.gate.view(1, -1, 1, 1).to(y.dtype)
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner))
 
