@@ -19,8 +19,14 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..device import choose_dtype, resolve_device
-from ..errors import CheckpointError, LoadCancelled, TokenizerError, UnsupportedArchitectureError
+from ..device import available_memory, choose_dtype, is_out_of_memory, resolve_device
+from ..errors import (
+    CheckpointError,
+    LoadCancelled,
+    OutOfMemoryError,
+    TokenizerError,
+    UnsupportedArchitectureError,
+)
 from ..inference_layout import materialize, prefers_transposed, release, to_inference_layout
 from ..model import Model
 from ..network import Transformer
@@ -192,6 +198,7 @@ def load_model(
         del state
         torch_dtype, reason = choose_dtype(dtype, dev, _config_dtype(hf) or weights.dominant_float_dtype(used), n_params)
         meter.check()
+        _check_fits(name, n_params * torch.empty((), dtype=torch_dtype).element_size(), dev, torch_dtype)
         net = to_inference_layout(net, transposed=prefers_transposed(dev, torch_dtype))  # meta: structure only
         try:
             materialize(net, dev, torch_dtype)
@@ -202,6 +209,10 @@ def load_model(
         except BaseException as exc:
             release(net)  # the traceback keeps this frame (and `net`) alive: leave it nothing to pin
             traceback.clear_frames(exc.__traceback__)
+            if isinstance(exc, Exception) and is_out_of_memory(exc):
+                raise OutOfMemoryError(f"{dev} ran out of memory loading {name} in {str(torch_dtype)[6:]} "
+                                       f"({_gb(n_params * torch.empty((), dtype=torch_dtype).element_size())}); "
+                                       "close other programs or models, or load it in bfloat16") from None
             raise
     model = Model(net, tokenizer, name=name, folder=folder)
     model.dtype_reason = reason
@@ -210,6 +221,18 @@ def load_model(
     log.info("loaded %s (%s, %.1fM parameters) on %s as %s in %.2fs", name, cfg.model_type, model.n_params / 1e6, dev,
              reason, model.load_seconds)
     return model
+
+
+def _check_fits(name: str, nbytes: int, dev: torch.device, dtype: torch.dtype) -> None:
+    """Refuse a CPU load whose weights alone exceed the free RAM (Linux would overcommit the allocation,
+    then kill the app part-way through the fill)."""
+    if dev.type != "cpu":
+        return  # CUDA refuses an allocation that does not fit by itself
+    free = available_memory()
+    if free is not None and nbytes > free:
+        hint = "" if dtype == torch.bfloat16 else " or load it with dtype='bfloat16' (half the bytes)"
+        raise OutOfMemoryError(f"{name} needs {_gb(nbytes)} in {str(dtype)[6:]} but only {_gb(free)} of RAM is free; "
+                               f"close other programs or models{hint}")
 
 
 def _cast_buffers(net: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -274,3 +274,13 @@ def test_peak_memory_while_loading_stays_near_the_model(folders, tmp_path):
     grown, model_bytes = int(out[0]), int(out[1])
     assert out[2] == "torch.float32" and model_bytes > 40e6
     assert grown <= 1.3 * model_bytes, f"loading grew the process by {grown / 1e6:.0f} MB for {model_bytes / 1e6:.0f} MB"
+
+
+def test_a_model_larger_than_free_ram_is_refused_before_allocating(gpt_folder, monkeypatch):
+    import engine.checkpoints as ck
+    from engine import OutOfMemoryError
+
+    monkeypatch.setattr(ck, "available_memory", lambda: 1000)
+    monkeypatch.setattr(layout, "_allocate", lambda *a: pytest.fail("allocated although it cannot fit"))
+    with pytest.raises(OutOfMemoryError, match="needs .* in float32 but only .* free.*bfloat16"):
+        load_model(gpt_folder, dtype="float32")
