@@ -198,11 +198,12 @@ def load_model(
         del state
         torch_dtype, reason = choose_dtype(dtype, dev, _config_dtype(hf) or weights.dominant_float_dtype(used), n_params)
         meter.check()
-        _check_fits(name, n_params * torch.empty((), dtype=torch_dtype).element_size(), dev, torch_dtype)
+        weight_bytes, dtype_name = n_params * torch_dtype.itemsize, str(torch_dtype).removeprefix("torch.")
+        _check_fits(name, weight_bytes, dev, dtype_name)
         net = to_inference_layout(net, transposed=prefers_transposed(dev, torch_dtype))  # meta: structure only
         try:
             materialize(net, dev, torch_dtype)
-            meter.report(0.0, f"reading {name} ({_gb(sum(weights.nbytes(k) for k in used))}) as {str(torch_dtype)[6:]}")
+            meter.report(0.0, f"reading {name} ({_gb(sum(weights.nbytes(k) for k in used))}) as {dtype_name}")
             _fill(net, resolved, weights, meter)
             net.init_buffers(dev)
             _cast_buffers(net, torch_dtype)
@@ -210,8 +211,7 @@ def load_model(
             release(net)  # the traceback keeps this frame (and `net`) alive: leave it nothing to pin
             traceback.clear_frames(exc.__traceback__)
             if isinstance(exc, Exception) and is_out_of_memory(exc):
-                raise OutOfMemoryError(f"{dev} ran out of memory loading {name} in {str(torch_dtype)[6:]} "
-                                       f"({_gb(n_params * torch.empty((), dtype=torch_dtype).element_size())}); "
+                raise OutOfMemoryError(f"{dev} ran out of memory loading {name} in {dtype_name} ({_gb(weight_bytes)}); "
                                        "close other programs or models, or load it in bfloat16") from None
             raise
     model = Model(net, tokenizer, name=name, folder=folder)
@@ -223,15 +223,15 @@ def load_model(
     return model
 
 
-def _check_fits(name: str, nbytes: int, dev: torch.device, dtype: torch.dtype) -> None:
+def _check_fits(name: str, nbytes: int, dev: torch.device, dtype: str) -> None:
     """Refuse a CPU load whose weights alone exceed the free RAM (Linux would overcommit the allocation,
     then kill the app part-way through the fill)."""
     if dev.type != "cpu":
         return  # CUDA refuses an allocation that does not fit by itself
     free = available_memory()
     if free is not None and nbytes > free:
-        hint = "" if dtype == torch.bfloat16 else " or load it with dtype='bfloat16' (half the bytes)"
-        raise OutOfMemoryError(f"{name} needs {_gb(nbytes)} in {str(dtype)[6:]} but only {_gb(free)} of RAM is free; "
+        hint = "" if dtype in ("bfloat16", "float16") else " or load it with dtype='bfloat16' (half the bytes)"
+        raise OutOfMemoryError(f"{name} needs {_gb(nbytes)} in {dtype} but only {_gb(free)} of RAM is free; "
                                f"close other programs or models{hint}")
 
 
