@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine import Session, load_model
-from engine.sampling import SamplingSettings, choose, distribution
+from engine.sampling import SamplingError, SamplingSettings, choose, distribution
 from tests.engine.values_models import LazyCheckpoints, checkpoint_root
 
 # a distribution with structure: one clear favourite, a runner-up, a tail
@@ -188,3 +188,31 @@ def test_session_samples_at_its_temperature(gpt):
         s.back()
     freq = np.array([counts[i] / n for i in range(len(logits))])
     assert np.abs(freq - cold).max() < 0.1, (freq.max(), cold.max())
+
+
+# -- which settings are accepted ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [
+    dict(temperature=0.0, greedy=True), dict(temperature=1e-3, greedy=False), dict(temperature=7, greedy=False),
+    dict(top_k=1), dict(top_k=2.0), dict(top_k=50), dict(top_p=1.0), dict(top_p=0.01), dict(seed=0), dict(seed=2**40),
+])
+def test_settings_that_are_accepted(kw):
+    s = SamplingSettings(**kw)
+    for key, value in kw.items():
+        assert getattr(s, key) == value
+    if "top_k" in kw:
+        assert type(s.top_k) is int
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(temperature=0.0, greedy=False), "temperature"), (dict(temperature=-0.5, greedy=True), "temperature"),
+    (dict(temperature=float("nan")), "temperature"), (dict(temperature=True), "temperature"),
+    (dict(temperature="1"), "temperature"), (dict(top_k=0), "top-k"), (dict(top_k=-3), "top-k"),
+    (dict(top_k=2.5), "top-k"), (dict(top_k=True), "top-k"), (dict(top_k="3"), "top-k"),
+    (dict(top_p=0.0), "top-p"), (dict(top_p=1.01), "top-p"), (dict(top_p="0.5"), "top-p"),
+    (dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(seed="0"), "seed"),
+])
+def test_settings_that_are_refused(kw, match):
+    with pytest.raises(SamplingError, match=match):
+        SamplingSettings(**kw)
