@@ -21,6 +21,16 @@ Capture = dict | None  # capture name -> pattern (B, nh, T, S); None turns captu
 SCORE_CHUNK_BYTES = 64 * 1024 * 1024  # float32 scores of one chunk of query rows when attention is explicit
 
 
+class Probe(dict):
+    """A capture that records the insides of chosen attention points (engine.explain): capture name ->
+    {"q_pre", "k_pre": before the rotation; "q", "k", "v": as used; "y": each head's output (B, nh, T, hs)}.
+    The forward itself runs as without capture."""
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.names = names
+
+
 class Recorder(dict):
     """A capture that keeps what rebuilds every pattern instead of the patterns: capture name ->
     (q (B, nh, T, hs), the keys this forward added (B, nkv, S, hs) or None, row log-sum-exp (B, nh, T))."""
@@ -151,7 +161,8 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hs)
 
-    def _project(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _project(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None, probe: dict | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """-> q (B, nh, T, hs), every key and value so far (B, nkv, S, hs), normed and rotated, and the keys
         this call computed (None when they came from the cache)."""
         spec = self.spec
@@ -172,6 +183,8 @@ class Attention(nn.Module):
         q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
         if spec.qk_norm == "head":  # Qwen 3, Gemma 3: per head, before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
+        if probe is not None:
+            probe["q_pre"], probe["k_pre"] = q, k
         if spec.rope is not None:
             cos, sin = ctx.rotary[spec.rope]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -220,7 +233,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, ctx: LayerInputs, cache: LayerCache | None = None, capture: Capture = None) -> Tensor:
         B, T, _ = x.shape
         spec = self.spec
-        q, k, v, new_keys = self._project(x, ctx, cache)
+        probe = None
+        if isinstance(capture, Probe):
+            probe = {} if self.name in capture.names else None
+            if probe is not None:
+                capture[self.name] = probe
+            capture = None
+        q, k, v, new_keys = self._project(x, ctx, cache, probe)
         mask = ctx.memory_bias if self.cross else ctx.masks[spec.window]
         if capture is None and spec.softcap is None:  # nothing to record: let torch pick a fused kernel
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
@@ -243,6 +262,10 @@ class Attention(nn.Module):
                 capture[self.name] = pattern
             y = (self._grouped(pattern.to(v.dtype)) @ v).view(B, self.n_heads, T, self.head_dim)  # (B, nh, T, hs)
         y = y * self.gate.view(1, -1, 1, 1).to(y.dtype)
+        if probe is not None:
+            probe.setdefault("q_pre", q)
+            probe.setdefault("k_pre", k)
+            probe.update(q=q, k=k, v=v, y=y)
         return self.out(y.transpose(1, 2).reshape(B, T, self.inner))
 
 

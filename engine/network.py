@@ -49,6 +49,33 @@ class Stack(nn.Module):
             self.sinusoid = sinusoidal_table(self.cfg.max_positions, self.cfg.d_model).to(device)
         self.inv_freqs = [inv_frequencies(r).to(device) for r in self.ropes]
 
+    def add_positions(self, x: Tensor, start: int) -> Tensor:
+        """Token embeddings (B, T, d) -> plus learned or sinusoidal positions (and BERT's segment 0)."""
+        S = start + x.shape[1]
+        if self.cfg.position_scheme == "learned":
+            x = x + self.positions(torch.arange(start, S, device=x.device) + self.cfg.position_offset)
+        elif self.cfg.position_scheme == "sinusoidal":
+            x = x + self.sinusoid[start:S].to(x.dtype)
+        if self.token_type is not None:
+            x = x + self.token_type.weight[0]
+        return x
+
+    def layer_inputs(self, start: int, T: int, dtype: torch.dtype, device: torch.device, key_mask: Tensor | None = None,
+                     memory: Tensor | None = None, memory_mask: Tensor | None = None) -> LayerInputs:
+        """What every layer of one forward over positions start..start+T-1 shares: masks, rotary tables, memory."""
+        S = start + T
+        rel = self.rel_bias(start, T, S).to(dtype) if self.rel_bias is not None else None
+        masks = {}
+        for window in self.windows:  # one mask per layer type, shared by every layer of that type
+            mask = additive_mask(start, T, S, self.causal, key_mask, device, window)
+            masks[window] = rel if mask is None else mask if rel is None else rel + mask
+        ctx = LayerInputs(masks, memory=memory)
+        for rope, inv in zip(self.ropes, self.inv_freqs):
+            ctx.rotary[rope] = cos_sin(inv, start, S, rope.attention_factor, dtype)
+        if memory_mask is not None:
+            ctx.memory_bias = additive_mask(0, T, memory_mask.shape[1], False, memory_mask, device)
+        return ctx
+
     def forward(
         self,
         x: Tensor,
@@ -61,28 +88,10 @@ class Stack(nn.Module):
         residuals: list | None = None,
     ) -> Tensor:
         """x: token embeddings (B, T, d) of positions start..start+T-1 -> hidden states (B, T, d)."""
-        B, T, _ = x.shape
-        S = start + T
-        device = x.device
-        if self.cfg.position_scheme == "learned":
-            pos = torch.arange(start, S, device=device) + self.cfg.position_offset
-            x = x + self.positions(pos)
-        elif self.cfg.position_scheme == "sinusoidal":
-            x = x + self.sinusoid[start:S].to(x.dtype)
-        if self.token_type is not None:
-            x = x + self.token_type.weight[0]
+        x = self.add_positions(x, start)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        rel = self.rel_bias(start, T, S).to(x.dtype) if self.rel_bias is not None else None
-        masks = {}
-        for window in self.windows:  # one mask per layer type, shared by every layer of that type
-            mask = additive_mask(start, T, S, self.causal, key_mask, device, window)
-            masks[window] = rel if mask is None else mask if rel is None else rel + mask
-        ctx = LayerInputs(masks, memory=memory)
-        for rope, inv in zip(self.ropes, self.inv_freqs):
-            ctx.rotary[rope] = cos_sin(inv, start, S, rope.attention_factor, x.dtype)
-        if memory_mask is not None:
-            ctx.memory_bias = additive_mask(0, T, memory_mask.shape[1], False, memory_mask, device)
+        ctx = self.layer_inputs(start, x.shape[1], x.dtype, x.device, key_mask, memory, memory_mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, ctx, cache.layers[i] if cache is not None else None, capture)
             if residuals is not None:
