@@ -85,8 +85,10 @@ def test_one_layer_one_head_by_hand():
     net.init_buffers(torch.device("cpu"))
     raw_net = net
     w = {k: v.clone() for k, v in raw_net.state_dict().items()}
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
     from engine.tokenizer import Tokenizer
-    from tokenizers import Tokenizer as HFTokenizer, models
 
     tok = Tokenizer(HFTokenizer(models.WordLevel({f"t{i}": i for i in range(11)}, unk_token="t0")))
     model = Model(to_inference_layout(net.eval()), tok)
