@@ -56,6 +56,7 @@ class Model:
         self.capture_dtype = capture_dtype
         self.capture_mode = capture_mode
         self.load_seconds: float | None = None
+        self.dtype_reason = ""  # why this dtype (set by load_model), for the status bar
         self._unembedding: tuple | None = None
         self._rules: dict[str, ScoreRule] = {}
 
@@ -321,12 +322,17 @@ class Model:
             return Forward(blocks, last, lazy_logits=lazy)
 
     def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
-        """(weights [d, vocab], bias or None, scale, final soft-cap) as float32 numpy on the CPU, shared by every trace
-        (on a float32 CPU model it is the model's own memory, not a copy)."""
+        """(weights [d, vocab], bias or None, scale, final soft-cap) as numpy on the CPU, shared by every trace.
+        On the CPU it is the model's own memory, not a copy (bfloat16 as its raw bits); from a GPU, one copy
+        in the model's dtype (bfloat16 as bits), never a float32 one."""
         if self._unembedding is None:
             net = self.net
             w_t = getattr(net, "unembedding_t", None)
-            w = (w_t if w_t is not None else net.unembedding.t()).detach().to("cpu", torch.float32).numpy()  # (d, vocab)
+            w = (w_t if w_t is not None else net.unembedding.t()).detach()  # (d, vocab)
+            if w.dtype == torch.bfloat16:
+                w = w.cpu().view(torch.int16).numpy().view(np.uint16)
+            else:
+                w = w.to("cpu", torch.float32).numpy()
             bias = net.final_logits_bias.detach().to("cpu", torch.float32).numpy()[0] if net.final_logits_bias is not None else None
             self._unembedding = (_frozen(w), _frozen(bias) if bias is not None else None, self.config.lm_head_scale,
                                  self.config.final_logit_softcap)

@@ -8,9 +8,10 @@ from functools import cached_property
 import numpy as np
 
 from .errors import CaptureError
-from .rebuild import PatternSource, QueryBlock, Rebuilt, ScoreRule, Stored, block_keys
+from .rebuild import PatternSource, QueryBlock, Rebuilt, ScoreRule, Stored, as_float32, block_keys
 
 KINDS = ("encoder", "self", "cross")
+UNEMBED_SLAB = 8192  # vocabulary columns widened from bfloat16 at a time for lazy logit rows
 DENSE_LIMIT = 4 * 1024**3  # bytes: a whole layer's pattern beyond this must be asked for by head, tile or overview
 
 
@@ -55,7 +56,7 @@ class LazyLogits:
     for, as Transformer.logits does on the device. Wᵀ is shared read-only data (no reference to the model)."""
 
     hidden: np.ndarray  # (n, d) float32
-    unembedding_t: np.ndarray  # (d, vocab)
+    unembedding_t: np.ndarray  # (d, vocab): float32, or bfloat16 bits (uint16) widened a slab of columns at a time
     bias: np.ndarray | None
     scale: float
     cap: float | None = None
@@ -66,7 +67,14 @@ class LazyLogits:
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         h = self.hidden[start:stop]
-        out = (h * self.scale if self.scale != 1.0 else h) @ self.unembedding_t
+        h = h * self.scale if self.scale != 1.0 else h
+        w = self.unembedding_t
+        if w.dtype == np.float32:
+            out = h @ w
+        else:  # bfloat16 kept as the model's own bits: no float32 copy of a 128k-token vocabulary
+            out = np.empty((h.shape[0], w.shape[1]), dtype=np.float32)
+            for c in range(0, w.shape[1], UNEMBED_SLAB):
+                out[:, c : c + UNEMBED_SLAB] = h @ as_float32(w[:, c : c + UNEMBED_SLAB])
         return softcap(out + self.bias if self.bias is not None else out, self.cap)
 
 
