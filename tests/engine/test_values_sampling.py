@@ -78,6 +78,19 @@ def test_temperature_towards_zero_is_the_argmax():
     np.testing.assert_array_equal(distribution(LOGITS[::-1].copy(), 0.0), [0, 0, 0, 0, 0, 1])
 
 
+def test_defaults_and_dtypes():
+    np.testing.assert_allclose(distribution(LOGITS), softmax_by_hand(LOGITS, 1.0), atol=1e-6)  # temperature 1
+    assert distribution(LOGITS, 0.7).dtype == distribution(LOGITS, 0.0).dtype == np.float32
+    # computed in float64 whatever the input: half-precision logits give the same answer
+    np.testing.assert_allclose(distribution(LOGITS.astype(np.float16), 0.5), softmax_by_hand(LOGITS, 0.5), atol=1e-6)
+
+
+def test_a_vanishing_temperature_does_not_overflow():
+    with np.errstate(over="raise", invalid="raise"):  # the shift and division stay quiet even where errors are on
+        p = distribution(LOGITS[::-1].copy(), 1e-308)
+    np.testing.assert_array_equal(p, [0, 0, 0, 0, 0, 1])
+
+
 @pytest.mark.parametrize("top_k", [1, 2, 3, 5])
 @pytest.mark.parametrize("temperature", [0.7, 2.0])
 def test_top_k_keeps_the_k_best_renormalised(top_k, temperature):
