@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -260,15 +260,23 @@ class Model:
                 ) from exc
             raise
 
-    def _recorder(self, capture: bool, rebuild: bool | None = None) -> dict | None:
+    def _recorder(self, capture: bool | Collection[str], rebuild: bool | None = None) -> Recorder | None:
+        """capture: True (every layer), False, or the capture names to record (e.g. {"decoder.3.attn"})."""
         if not capture:
             return None
-        return Recorder() if (self.rebuilds_patterns if rebuild is None else rebuild) else {}
+        only = None
+        if not isinstance(capture, bool):
+            only = frozenset(capture)
+            unknown = sorted(only - {capture_name(k, i) for k in self.kinds for i in range(self.layers_by_kind[k])})
+            if unknown:
+                raise CaptureError(f"no capture point called {', '.join(unknown)}; names look like decoder.0.attn, "
+                                   "encoder.1.attn, decoder.2.cross_attn")
+        return Recorder(self.rebuilds_patterns if rebuild is None else rebuild, only)
 
     def _blocks(self, capture: dict | None, q_start: int) -> dict[str, list[PatternBlock | QueryBlock]]:
         if capture is None:
             return {}
-        if isinstance(capture, Recorder):
+        if capture.rebuild:
             out = {}
             for name, (q, keys, lse) in capture.items():
                 k_start = q_start if name.startswith("decoder") and not name.endswith("cross_attn") else 0
@@ -314,7 +322,7 @@ class Model:
             if len(ids) > 1:
                 lazy = LazyLogits(h[0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
             blocks = self._blocks(rec, start)
-            if isinstance(rec, Recorder):  # self-attention keys live once, per layer, in the cache's arena
+            if rec is not None and rec.rebuild:  # self-attention keys live once, per layer, in the cache's arena
                 for name, b in blocks.items():
                     if b[0].keys is not None and name.endswith(".attn"):
                         cache.key_arenas.setdefault(name, KeyArena()).append(b[0].keys)

@@ -32,10 +32,14 @@ class Probe(dict):
 
 
 class Recorder(dict):
-    """A capture that keeps what rebuilds every pattern instead of the patterns: capture name ->
-    (q (B, nh, T, hs), the keys this forward added (B, nkv, S, hs) or None, row log-sum-exp (B, nh, T))."""
+    """A capture: capture name -> the pattern (B, nh, T, S), or with `rebuild` what rebuilds it:
+    (q (B, nh, T, hs), the keys this forward added (B, nkv, S, hs) or None, row log-sum-exp (B, nh, T)).
+    `only`: the capture names to record (None: all); the other layers run as without capture."""
 
-    rebuild = True
+    def __init__(self, rebuild: bool = False, only: frozenset[str] | None = None) -> None:
+        super().__init__()
+        self.rebuild = rebuild
+        self.only = only
 
 
 def activation(name: str):
@@ -234,6 +238,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         spec = self.spec
         probe = None
+        only = getattr(capture, "only", None)
+        if only is not None and self.name not in only:
+            capture = None
         if isinstance(capture, Probe):
             probe = {} if self.name in capture.names else None
             if probe is not None:

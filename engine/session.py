@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class Session:
         top_p: float | None = None,
         seed: int = 0,
         greedy: bool = True,
-        capture: bool = True,
+        capture: bool | Collection[str] = True,  # False, True (every layer) or the capture names to record
         messages: Sequence[Mapping[str, Any]] | None = None,
         chat_options: Mapping[str, Any] | None = None,
     ) -> None:

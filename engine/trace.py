@@ -143,7 +143,8 @@ class Trace:
             raise CaptureError(f"layer {layer} does not exist for {kind!r} attention; layers are 0..{n - 1}")
         name = capture_name(kind, int(layer))
         if name not in self.blocks:
-            raise CaptureError("attention patterns were not recorded for this trace (the session ran with capture=False)")
+            raise CaptureError(f"the {kind} attention of layer {layer} was not recorded for this trace (the session ran "
+                               "with capture=False, or with capture= naming other layers)")
         return name
 
     def _source(self, kind: str, layer: int) -> PatternSource:

@@ -134,3 +134,19 @@ def test_a_whole_huge_layer_is_refused_with_a_hint(tmp_path, monkeypatch):
     with pytest.raises(CaptureError, match="overview"):
         trace.attention("self", 0)
     assert trace.attention_head("self", 0, 1).shape == (29, 29)
+
+
+@pytest.mark.parametrize("mode", ["patterns", "rebuild"])
+def test_capture_of_chosen_layers_only(tmp_path, mode):
+    model = load_model(modern_factories.ARCHITECTURES["qwen2"](tmp_path / "m"), device="cpu")
+    model.capture_mode = mode
+    full = Session(model, list(range(5, 25)))
+    some = Session(model, list(range(5, 25)), capture={"decoder.1.attn"})
+    for s in (full, some):
+        s.step()
+    np.testing.assert_allclose(some.trace.attention("self", 1), full.trace.attention("self", 1), atol=TOL)
+    np.testing.assert_allclose(some.trace.logits, full.trace.logits, atol=1e-4)  # the others ran uncaptured
+    with pytest.raises(CaptureError, match="not recorded"):
+        some.trace.attention("self", 0)
+    with pytest.raises(CaptureError, match="no capture point"):
+        Session(model, [5, 6], capture={"decoder.9.attn"})
