@@ -113,6 +113,22 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, n_kept):
     assert sum(kept) >= top_p > sum(kept[:-1])  # reaches p, and one fewer would not
 
 
+def test_top_p_of_one_keeps_every_token():
+    # the cumulative sum reaches 1.0 (in float64) before the tail; top-p 1 still keeps the tail
+    p = distribution(np.array([0.0, -40.0, -45.0]), top_p=1.0)
+    assert np.all(p > 0) and p[1] == pytest.approx(math.exp(-40), rel=1e-4)
+
+
+def test_top_p_breaks_ties_by_token_id():
+    logits = np.random.default_rng(0).integers(0, 3, size=64).astype(np.float32)  # many tokens share each value
+    best = np.flatnonzero(logits == 2)
+    assert len(best) > 12
+    p_best = softmax_by_hand(logits)[best[0]]
+    got = distribution(logits, 1.0, top_p=9.5 * p_best)  # ten of the tied best tokens are needed
+    np.testing.assert_allclose(got, filtered_by_hand(logits, 1.0, top_p=9.5 * p_best), atol=1e-6)
+    assert list(np.flatnonzero(got)) == list(best[:10])  # the ten with the lowest ids
+
+
 def test_top_p_follows_the_temperature():
     # at temperature 1 the favourite alone reaches 0.6; at 3 it holds only ~0.30, so more tokens are needed
     assert np.count_nonzero(distribution(LOGITS, 1.0, top_p=0.6)) == 1
