@@ -291,9 +291,10 @@ def test_rollout_by_hand():
 
 
 def test_mean_of_heads_and_stat_records_by_hand():
-    l0 = np.zeros((2, 2, 2))
-    l1 = np.array([[[1, 0], [1, 0]], [[1, 0], [0, 1]]], dtype=float)
-    np.testing.assert_allclose(mean_of_heads(_hand_trace([l0, l1]), "self", 1), [[1, 0], [0.5, 0.5]])
+    l0 = np.zeros((3, 2, 2))
+    l1 = np.array([[[1, 0], [0.8, 0.2]], [[1, 0], [0.2, 0.8]], [[1, 0], [0.5, 0.5]]])  # 3 heads, 2 queries
+    np.testing.assert_allclose(mean_of_heads(_hand_trace([l0, l1]), "self", 1),
+                               [[1, 0], [0.5, 0.5]], atol=1e-7)
     stat = HeadStat("self", 2, 3, 1.5, 0.75, 0.25, 0.5, 0.125, 2.0)
     assert stat.as_dict() == {"kind": "self", "layer": 2, "head": 3, "entropy": 1.5, "entropy_norm": 0.75,
                               "prev_token": 0.25, "induction": 0.5, "sink": 0.125, "distance": 2.0}
@@ -379,6 +380,17 @@ def test_pattern_statistics_per_head_by_hand():
     assert s["entropy"][2] == pytest.approx(0.0) and s["entropy_norm"][0] == pytest.approx(1.0)
     assert s["entropy"][0] == pytest.approx(np.mean([math.log2(k) for k in range(2, n + 1)]))
     assert s["distance"][1] == pytest.approx(sum(range(n)) / n) and s["distance"][2] == pytest.approx((n - 1) / n)
+
+
+def test_pattern_statistics_in_float64_and_quiet_on_zeros():
+    rng = np.random.default_rng(2)
+    p = np.tril(rng.random((3, 6, 6)) ** 4)  # zeros above the diagonal and some tiny weights
+    p = (p / p.sum(-1, keepdims=True)).astype(np.float16)  # as float16 storage would hold it
+    with np.errstate(all="raise"):  # 0 · log 0 and 0 / 0 are handled, not warned about
+        got = pattern_statistics(p)
+    for head in range(3):
+        for name, value in _stats_by_loops(p[head].astype(np.float64), causal=True).items():
+            assert got[name][head] == pytest.approx(value, abs=1e-9), (head, name)  # float64 arithmetic
 
 
 def test_head_statistics_match_loops_on_reference_patterns(sharp, marian, ref_marian):
