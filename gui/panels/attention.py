@@ -1,5 +1,13 @@
 """One head's attention pattern, large: heatmap with token axes, colour bar and hover readout.
 
+Zoom and pan with the wheel and a drag, the + / − / 0 keys or the Fit button. A small pattern is drawn
+whole (`pattern`). A long one (or one the trace rebuilds on demand) never is: the view asks its display
+thread (gui/core/render_thread.py) for the visible region at screen resolution — exact where a pixel
+covers one cell, the max of the cells it covers otherwise (gui/rendering/tiles.py) — numbered by a
+generation so a tile made stale by a newer view, step or selection is dropped. Tooltips give the exact
+weight of the cell under the mouse. "Row plot" draws the selected query's row over every key as a line
+(a 32k-key heatmap row is unreadable), its strongest keys listed.
+
 Features extend it without reaching inside: `add_control()` puts a widget in its control row, and
 `set_pattern_source()` lets one supply the pattern on screen (rollout)."""
 
@@ -10,27 +18,35 @@ from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, QSignalBlocker, Qt
-from PySide6.QtGui import QColor, QCursor, QPen
+from PySide6.QtCore import QPointF, QRectF, QSignalBlocker, Qt, QTimer
+from PySide6.QtGui import QColor, QCursor, QKeySequence, QPen, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QGraphicsRectItem,
     QHBoxLayout,
+    QLabel,
     QSpinBox,
+    QToolButton,
     QToolTip,
     QVBoxLayout,
     QWidget,
 )
 
+from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
-from ..rendering import colormaps, display
+from ..rendering import colormaps, display, tiles
 from ..rendering.labels import kind_name
-from ..widgets.token_axis import TokenAxis
+from ..rendering.thumbnails import ThumbnailPooler
+from ..widgets.token_axis import TokenAxis, short
 
 log = logging.getLogger(__name__)
 
 PatternSource = Callable[[object], "tuple[np.ndarray, str] | None"]  # (engine.Trace) -> (pattern, title) | None
+WHOLE_CELLS = 512 * 512  # a stored pattern up to this size is drawn whole; beyond it, the visible tile
+ZOOM_STEP = 1.5  # + / − keys
+TILE_DELAY_MS = 30  # a new tile is asked for once the view has stopped moving this long
+ROW_TOP = 8  # strongest keys listed under the row plot
 
 class AttentionView(QWidget):
     def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
@@ -38,7 +54,21 @@ class AttentionView(QWidget):
         self.state = state
         self.pattern: np.ndarray | None = None  # the [queries, keys] weights on screen (before scaling)
         self.hover_text = ""
+        self.hover_weight: float | None = None  # the exact weight in the tooltip
         self._pattern_source: PatternSource | None = None
+        self.shape = (0, 0)  # (queries, keys) of the pattern on screen, drawn whole or by tiles
+        self.tile: tiles.Tile | None = None  # the visible tile on screen (tiled mode)
+        self.tiled = False  # the pattern is too big to draw whole: tiles at screen resolution
+        self._fitted = True  # the whole pattern is in view: a step re-fits to the grown pattern
+        self._request: tuple | None = None  # what the latest tile request was for
+        self._generation = 0
+        self._render = RenderThread("attention", self)
+        self._render.ready.connect(self._on_tile)
+        self._render.failed.connect(lambda _k, _g, message: log.warning("attention tile: %s", message))
+        self._tile_timer = QTimer(self)
+        self._tile_timer.setSingleShot(True)
+        self._tile_timer.setInterval(TILE_DELAY_MS)
+        self._tile_timer.timeout.connect(self._request_tile)
 
         # -- controls --------------------------------------------------------------------------
         self.kind_box = QComboBox()
@@ -57,13 +87,18 @@ class AttentionView(QWidget):
         self.scale_box = QComboBox()
         self.scale_box.addItems(["linear", "log"])
         self.scale_box.setToolTip("Colour scale: linear weights, or log10 (faint attention becomes visible)")
+        self.fit_button = QToolButton()
+        self.fit_button.setText("Fit")
+        self.fit_button.setToolTip("Show the whole pattern (0). Zoom: wheel or + / −; pan: drag")
+        self.row_plot_box = QCheckBox("row plot")
+        self.row_plot_box.setToolTip("The selected query's weights over every key as a line, strongest keys listed")
         controls = self._controls = QHBoxLayout()
         controls.setContentsMargins(4, 2, 4, 2)
         for w in (self.kind_box, self.layer_spin, self.head_spin, self.mean_box):
             controls.addWidget(w)
-        controls.addStretch(1)  # added controls go before it, colour map and scale after it
-        controls.addWidget(self.cmap_box)
-        controls.addWidget(self.scale_box)
+        controls.addStretch(1)  # added controls go before it, the view's own after it
+        for w in (self.fit_button, self.row_plot_box, self.cmap_box, self.scale_box):
+            controls.addWidget(w)
 
         # -- plot --------------------------------------------------------------------------------
         self.graphics = pg.GraphicsLayoutWidget()
@@ -76,8 +111,8 @@ class AttentionView(QWidget):
         self.plot.invertY(True)  # query 0 at the top, as in a matrix
         self.plot.setAspectLocked(False)
         self.plot.getViewBox().setMouseEnabled(x=True, y=True)
-        self.plot.setLabel("left", "query")
-        self.plot.setLabel("bottom", "key")
+        self.left_axis.set_title("query")  # the axes add "every 4th labelled" when they thin their labels
+        self.bottom_axis.set_title("key")
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.row_box = QGraphicsRectItem()
@@ -89,12 +124,41 @@ class AttentionView(QWidget):
         self.graphics.addItem(self.colorbar, row=0, col=1)
         self.empty_text = pg.TextItem("", anchor=(0.5, 0.5))
         self.plot.addItem(self.empty_text)
+        # -- the selected query's row as a line over the keys (x linked to the heatmap's keys) -----------
+        self.row_plot = self.graphics.addPlot(row=1, col=0)
+        self.row_plot.setMenuEnabled(False)
+        self.row_plot.hideButtons()
+        self.row_plot.setMouseEnabled(x=False, y=False)
+        self.row_plot.setXLink(self.plot)
+        self.row_plot.setLabel("left", "weight")
+        self.row_plot.setMaximumHeight(150)
+        self.row_curve = self.row_plot.plot([], [], pen=pg.mkPen((80, 160, 255), width=1.5))
+        self.row_plot.hide()
+        self.row_top = QLabel()
+        self.row_top.setObjectName("caption")
+        self.row_top.setWordWrap(True)
+        self.row_top.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.row_top.hide()
+        self.row: np.ndarray | None = None  # the row on the plot
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addLayout(controls)
         layout.addWidget(self.graphics, 1)
+        layout.addWidget(self.row_top)
+        vb = self.plot.getViewBox()
+        vb.sigRangeChangedManually.connect(self._on_user_range)
+        vb.sigRangeChanged.connect(lambda *_: self._view_moved())
+        vb.sigResized.connect(self._view_moved)
+        self.fit_button.clicked.connect(self.fit)
+        self.row_plot_box.toggled.connect(self._show_row_plot)
+        for keys, slot in ((("+", "="), lambda: self.zoom(ZOOM_STEP)), (("-",), lambda: self.zoom(1 / ZOOM_STEP)),
+                           (("0",), self.fit)):
+            for key in keys:
+                shortcut = QShortcut(QKeySequence(key), self)
+                shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+                shortcut.activated.connect(slot)
 
         # -- wiring ------------------------------------------------------------------------------
         self.kind_box.activated.connect(lambda i: state.select(kind=self.kind_box.itemData(i)))
@@ -117,13 +181,39 @@ class AttentionView(QWidget):
     # -- extension points (features) -------------------------------------------------------------------
     def add_control(self, widget: QWidget) -> None:
         """A feature's control in the row after kind / layer / head / mean of heads."""
-        self._controls.insertWidget(self._controls.count() - 3, widget)  # before the stretch, colour map, scale
+        self._controls.insertWidget(self._controls.count() - 5, widget)  # before the stretch and the view's own
 
     def set_pattern_source(self, source: PatternSource | None) -> None:
         """`source(trace)` -> (pattern [queries, keys], title) to show instead of the selected head, or None
         to show it. The head control is off while another pattern is shown (it is not one head's)."""
         self._pattern_source = source
         self.redraw()
+
+    # -- zoom and pan --------------------------------------------------------------------------------
+    def fit(self) -> None:
+        """The whole pattern in view (and kept so while steps add rows)."""
+        n_q, n_k = self.shape
+        if n_q and n_k:
+            self._fitted = True
+            self.plot.setRange(xRange=(-0.5, n_k - 0.5), yRange=(-0.5, n_q - 0.5), padding=0)
+
+    def zoom(self, factor: float, center: QPointF | None = None) -> None:
+        """Zoom in (factor > 1) or out around `center` (data coordinates; default: the middle of the view)."""
+        vb = self.plot.getViewBox()
+        self._fitted = False
+        vb.scaleBy((1 / factor, 1 / factor), center=center if center is not None else vb.viewRect().center())
+
+    def set_view(self, q0: float, q1: float, k0: float, k1: float) -> None:
+        """Show queries q0..q1 and keys k0..k1 (data coordinates), as a person's zoom would."""
+        self._fitted = False
+        self.plot.setRange(xRange=(k0 - 0.5, k1 - 0.5), yRange=(q0 - 0.5, q1 - 0.5), padding=0)
+
+    def _on_user_range(self, *_args) -> None:  # noqa: ANN002 - wheel or drag
+        self._fitted = False
+
+    def _view_moved(self) -> None:
+        if self.tiled:
+            self._tile_timer.start()
 
     # -- state -> widgets ------------------------------------------------------------------------
     def _on_model(self, info) -> None:  # noqa: ANN001 - ModelInfo
@@ -168,6 +258,10 @@ class AttentionView(QWidget):
 
     def _show_empty(self, text: str) -> None:
         self.pattern = None
+        self.tile, self.tiled, self.shape, self._request, self.row = None, False, (0, 0), None, None
+        self._generation = self._render.submit("tile", lambda: None)  # drops a tile under way
+        self.row_curve.setData([], [])
+        self.row_top.clear()
         self.image.clear()
         self.row_box.hide()
         self.empty_text.setText(text)
@@ -179,28 +273,41 @@ class AttentionView(QWidget):
         self.left_axis.set_tokens(())
         self.bottom_axis.set_tokens(())
 
+    def _heads(self) -> list[int]:
+        return list(range(self.state.n_heads)) if self.state.mean_heads else [self.state.head]
+
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace
         self._sync_controls()
         if trace is None or s.model is None or s.kind not in trace.kinds:
             return
         override = self._pattern_source(trace) if self._pattern_source is not None else None
+        try:
+            _heads, n_q, n_k = trace.attention_shape(s.kind, s.layer)
+        except Exception as exc:  # noqa: BLE001 - engine.CaptureError: this layer was not captured
+            self._show_empty(str(exc))
+            return
+        old_shape = self.shape
+        self.shape = (n_q, n_k)
+        whole = override is not None or (n_q * n_k <= WHOLE_CELLS and not ThumbnailPooler.rebuilds(trace, s.kind))
         if override is not None:
             pattern = override[0]
             self.head_spin.setEnabled(False)
+            self.shape = pattern.shape
+        elif not whole:
+            pattern = None
         elif s.mean_heads:
             pattern = trace.attention(s.kind, s.layer).mean(axis=0)  # [heads, queries, keys] -> [queries, keys]
         else:
             pattern = trace.attention_head(s.kind, s.layer, s.head)  # only the head on screen is assembled
-        self.pattern = pattern
-        img, levels = display.scaled(pattern, s.log_scale)
-        n_q, n_k = pattern.shape
-        if s.kind == "self":
-            img = img.copy()
-            img[display.future_mask(n_q, n_k)] = np.nan  # transparent: outside the causal mask
-        new_shape = self.image.image is None or self.image.image.shape != img.shape
-        self.image.setImage(img, autoLevels=False, levels=levels)
-        self.image.setRect(QRectF(-0.5, -0.5, n_k, n_q))  # pixel (q, k) centred on integer coordinates
+        self.pattern, self.tiled = pattern, not whole
+        n_q, n_k = self.shape
+        vb = self.plot.getViewBox()
+        vb.setLimits(xMin=-0.5 - 0.02 * n_k, xMax=n_k - 0.5 + 0.02 * n_k, yMin=-0.5 - 0.02 * n_q,
+                     yMax=n_q - 0.5 + 0.02 * n_q, minXRange=min(4, n_k), minYRange=min(4, n_q))
+        if whole:
+            self.tile = None
+            self._show_image(pattern, tiles.edges(0, n_q, n_q), tiles.edges(0, n_k, n_k), QRectF(-0.5, -0.5, n_k, n_q))
         self.empty_text.hide()
         self.left_axis.set_tokens(s.query_tokens(trace), prefix_index=True)
         self.bottom_axis.set_tokens(s.key_tokens(trace))
@@ -208,11 +315,95 @@ class AttentionView(QWidget):
         self.row_box.setRect(QRectF(-0.5, q - 0.5, n_k, 1))
         self.row_box.setPen(self._row_pen())
         self.row_box.show()
-        if new_shape:
-            self.plot.setRange(xRange=(-0.5, n_k - 0.5), yRange=(-0.5, n_q - 0.5), padding=0)
+        if self.shape != old_shape and (self._fitted or old_shape == (0, 0)):
+            self.fit()  # a step grew the pattern: keep all of it in view (a zoomed view stays where it is)
+        if self.tiled:
+            if self._request is not None and self._request[1:4] == (s.kind, s.layer, tuple(self._heads())):
+                self._draw_tile()  # the last tile of this head stays (re-scaled) until the new one comes
+            else:
+                self.image.clear()
+            self._request_tile()
         head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
-        self.plot.setTitle(f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}", size="10pt")
+        how = " · max-pooled to the screen where a pixel covers several cells" if self.tiled else ""
+        self.plot.setTitle(f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}{how}", size="10pt")
+        if self.row_plot_box.isChecked():
+            self._draw_row()
 
+    def _show_image(self, weights: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray, rect: QRectF,
+                    future: np.ndarray | None = None) -> None:
+        img, levels = display.scaled(weights, self.state.log_scale)
+        if self.state.kind == "self":
+            img = img.copy() if img is weights else img
+            mask = future if future is not None else display.future_mask(*weights.shape)
+            img[mask] = np.nan  # transparent: outside the causal mask
+        self.image.setImage(img, autoLevels=False, levels=levels)
+        self.image.setRect(rect)
+
+    # -- tiles (long patterns) -----------------------------------------------------------------------
+    def _request_tile(self) -> None:
+        """Ask the display thread for the visible region at screen resolution (unless it is on screen)."""
+        s, trace = self.state, self.state.trace
+        if not self.tiled or trace is None or s.kind not in trace.kinds:
+            return
+        vb = self.plot.getViewBox()
+        n_q, n_k = self.shape
+        q0, q1, k0, k1 = tiles.region(vb.viewRange(), n_q, n_k)
+        if q0 >= q1 or k0 >= k1:
+            return
+        ratio = self.devicePixelRatioF()
+        cols = max(1, int(vb.width() * ratio))
+        rows = max(1, int(vb.height() * ratio))
+        kind, layer, heads = s.kind, s.layer, self._heads()
+        request = (trace, kind, layer, tuple(heads), q0, q1, k0, k1, min(rows, q1 - q0), min(cols, k1 - k0))
+        if request == self._request:
+            return
+        self._request = request
+        self._generation = self._render.submit(
+            "tile", lambda: (request, tiles.visible_tile(trace, kind, layer, heads, q0, q1, k0, k1, rows, cols)))
+
+    def _on_tile(self, key: str, generation: int, result: object) -> None:
+        if key != "tile" or generation != self._generation or result is None:
+            return  # stale: the view, the step or the selection moved on
+        request, tile = result
+        if request != self._request or not self.tiled:
+            return
+        self.tile = tile
+        self._draw_tile()
+
+    def _draw_tile(self) -> None:
+        t = self.tile
+        if t is None:
+            return
+        rect = QRectF(t.k0 - 0.5, t.q0 - 0.5, t.k1 - t.k0, t.q1 - t.q0)
+        self._show_image(t.weights, t.row_edges, t.col_edges, rect, future=t.future)
+
+    @property
+    def pending(self) -> bool:
+        """A tile is being computed (tests wait for it)."""
+        return not self._render.idle or self._tile_timer.isActive()
+
+    # -- the selected row as a line ------------------------------------------------------------------
+    def _show_row_plot(self, on: bool) -> None:
+        self.row_plot.setVisible(on)
+        self.row_top.setVisible(on)
+        if on:
+            self._draw_row()
+
+    def _draw_row(self) -> None:
+        s, trace = self.state, self.state.trace
+        if trace is None or s.kind not in trace.kinds or not self.shape[1]:
+            return
+        q = s.row_query
+        if self.pattern is not None:
+            row = np.asarray(self.pattern[q], dtype=np.float32)
+        else:
+            row = tiles.row_weights(trace, s.kind, s.layer, self._heads(), q)
+        self.row = row
+        self.row_curve.setData(np.arange(row.size), row)
+        keys = s.key_tokens(trace)
+        top = display.top_indices(row, ROW_TOP)
+        self.row_top.setText(f"query {q} {short(s.query_tokens(trace)[q])!r}, strongest keys: "
+                             + ", ".join(f"{k} {short(keys[k])!r} {row[k]:.3f}" for k in top))
     def _row_pen(self) -> QPen:
         pen = QPen(QColor(255, 80, 80) if self.state.colormap not in ("CET-L1",) else QColor(230, 40, 40))
         pen.setWidthF(2.0)
@@ -221,20 +412,27 @@ class AttentionView(QWidget):
 
     # -- mouse -------------------------------------------------------------------------------------
     def cell_at(self, scene_pos: QPointF) -> tuple[int, int] | None:
-        if self.pattern is None or not self.plot.sceneBoundingRect().contains(scene_pos):
+        if self.shape == (0, 0) or not self.plot.sceneBoundingRect().contains(scene_pos):
             return None
         p = self.plot.getViewBox().mapSceneToView(scene_pos)
         q, k = int(round(p.y())), int(round(p.x()))
-        n_q, n_k = self.pattern.shape
+        n_q, n_k = self.shape
         if 0 <= q < n_q and 0 <= k < n_k:
             return q, k
         return None
 
     def describe(self, q: int, k: int) -> str:
         qt, kt = self.state.query_tokens(), self.state.key_tokens()
+        self.hover_weight = None
         if self.state.kind == "self" and k > q:
             return f"{q} {qt[q]!r} → {k} {kt[k]!r}: masked (a query never sees later keys)"
-        return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {self.pattern[q, k]:.4f}"
+        if self.pattern is not None:
+            w = float(self.pattern[q, k])
+        else:  # exact, whatever the zoom: one cell rebuilt
+            w = tiles.weight_at(self.state.trace, self.state.kind, self.state.layer, self._heads(), q, k)
+        self.hover_weight = w
+        exact = f" ({w:.3e})" if 0 < w < 1e-3 else ""
+        return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {w:.4f}{exact}"
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         cell = self.cell_at(scene_pos)

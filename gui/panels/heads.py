@@ -1,7 +1,14 @@
 """Every layer × head of the selected attention kind at once, as thumbnails in one atlas image.
 
 One ImageItem holds all thumbnails (fast to update in place); each thumbnail is resampled to
-the same size and scaled to its own maximum, so faint heads still show their shape.
+the same size and scaled to its own maximum, so faint heads still show their shape. The cells fill the
+dock and stay square; hovering one names its layer, head and (grouped-query attention) key/value head,
+and lines mark the groups of query heads that share a key/value head.
+
+Pooling is incremental (gui/rendering/thumbnails.py): a step pools only the row per head it added.
+Stored traces are pooled here (cheap); traces that rebuild patterns on demand (long contexts) are
+pooled in a display thread (gui/core/render_thread.py) from exact tiles, and drawn when they arrive
+(latest wins), so the GUI thread only ever resamples [layers, heads, ≤64, ≤64].
 
 Features build on it without reaching inside: `add_overlay()` puts a graphics item over the cells
 (one unit per cell: cell (layer, head) spans `cell_rect(layer, head)`), `geometry_changed` says when
@@ -15,17 +22,20 @@ import logging
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QCursor, QPen
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsRectItem, QLabel, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QLabel, QToolTip, QVBoxLayout, QWidget
 
+from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
 from ..rendering import colormaps, display
+from ..rendering.head_colors import HeadAxis
 from ..rendering.labels import kind_name
 from ..rendering.thumbnails import ThumbnailPooler
 
 log = logging.getLogger(__name__)
 
-MIN_THUMB, MAX_THUMB = 4, 32  # thumbnail resolution in atlas pixels
+MIN_THUMB, MAX_THUMB = 4, 64  # thumbnail resolution in atlas pixels
+POOL_SIZE = 64  # pooled bins per axis before resampling to the thumbnail
 MIN_LABEL_PX = 18  # layer/head numbers closer than this are thinned out
 GAP = 1  # atlas pixels between thumbnails
 GAP_INDEX = 255  # the lookup-table entry reserved for the gaps
@@ -41,10 +51,19 @@ class HeadGrid(QWidget):
         self.thumb = MIN_THUMB
         self.shape = (0, 0)  # (layers, heads) on screen
         self.atlas: np.ndarray | None = None
-        self.pooler = ThumbnailPooler(size=2 * MAX_THUMB)
+        self.pooler = ThumbnailPooler(size=POOL_SIZE)  # stored traces, on this thread
+        self._async_pooler = ThumbnailPooler(size=POOL_SIZE)  # rebuilt traces: only the render thread uses it
+        self._render = RenderThread("heads", self)
+        self._render.ready.connect(self._on_rendered)
+        self._render.failed.connect(lambda _k, _g, message: log.warning("head grid: %s", message))
+        self._generation = 0
+        self.pooled: np.ndarray | None = None  # [layers, heads, m, m] on screen (before resampling)
+        self.bin_width = 1  # tokens per pooled bin
+        self._drawn: tuple | None = None  # (trace, kind) the pooled stack belongs to
+        self.kv_group = 1
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
-        self.plot = self.graphics.addPlot()
+        self.plot = self.graphics.addPlot(axisItems={"top": HeadAxis("top")})  # head numbers in the head view's colours
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
         self.plot.setMouseEnabled(x=False, y=False)
@@ -52,10 +71,18 @@ class HeadGrid(QWidget):
         self.plot.setAspectLocked(True)
         self.plot.showAxis("top")
         self.plot.hideAxis("bottom")
-        self.plot.setLabel("left", "layer")
-        self.plot.setLabel("top", "head")
+        for side in ("left", "top"):  # numbers only: the caption says which is which, so cells get the room
+            self.plot.getAxis(side).setStyle(tickLength=3)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
+        self.groups = QGraphicsPathItem()  # grouped-query attention: a line between key/value groups
+        group_pen = QPen(QColor(255, 255, 255, 170))
+        group_pen.setWidthF(1.5)
+        group_pen.setCosmetic(True)
+        group_pen.setStyle(Qt.PenStyle.DashLine)
+        self.groups.setPen(group_pen)
+        self.groups.setZValue(5)
+        self.plot.addItem(self.groups)
         self.outline = QGraphicsRectItem()
         self.outline.setBrush(Qt.BrushStyle.NoBrush)
         pen = QPen(QColor(255, 60, 60))
@@ -66,6 +93,7 @@ class HeadGrid(QWidget):
         self.plot.addItem(self.outline)
         self.caption = QLabel()
         self.caption.setWordWrap(True)
+        self.caption.setContentsMargins(4, 0, 4, 0)
         self.caption.setObjectName("caption")
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
@@ -91,7 +119,7 @@ class HeadGrid(QWidget):
         self.retheme()
         for side in ("left", "top"):  # no numbers until there is something to number
             self.plot.getAxis(side).setTicks([[]])
-        self.caption.setText("Every layer × head of the selected kind; click one to show it large.")
+        self.caption.setText("Every layer (rows) × head (columns); click one to show it large.")
 
     @property
     def cell_count(self) -> int:
@@ -128,30 +156,62 @@ class HeadGrid(QWidget):
         """A new model: nothing of the old one may linger until its first trace arrives."""
         self.image.clear()
         self.pooler.clear()
-        self.atlas, self.shape = None, (0, 0)
+        self._async_pooler = ThumbnailPooler(size=POOL_SIZE)  # the render thread may still use the old one
+        self._generation = self._render.submit("grid", lambda: None)  # drops what is under way
+        self.atlas, self.shape, self.pooled, self._drawn = None, (0, 0), None, None
         self.outline.setRect(QRectF())
+        self.groups.setPath(QPainterPath())
         for side in ("left", "top"):
             self.plot.getAxis(side).setTicks([[]])
         self.geometry_changed.emit()
+
+    @property
+    def pending(self) -> bool:
+        """A pooled stack is being computed in the display thread."""
+        return not self._render.idle
 
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace
         if trace is None or s.model is None or s.kind not in trace.kinds:
             return
-        n_layers, n_heads = trace.n_layers[s.kind], trace.n_heads
+        kind = s.kind
+        if self._drawn is not None and self._drawn == (trace, kind) and self.pooled is not None:
+            self._draw(trace, kind, self.pooled, self.bin_width)  # display change only: no pooling
+        elif ThumbnailPooler.rebuilds(trace, kind):
+            pooler = self._async_pooler
+            self._generation = self._render.submit("grid", lambda: (trace, kind, *pooler.stack(trace, kind)))
+            if self.pooled is None:
+                self.caption.setText("Pooling every head's pattern …")
+        else:
+            pooled, width = self.pooler.stack(trace, kind)
+            self._draw(trace, kind, pooled, width)
+
+    def _on_rendered(self, key: str, generation: int, result: object) -> None:
+        if key != "grid" or generation != self._generation or result is None:
+            return  # a newer request (another trace, kind or model) made it stale
+        trace, kind, pooled, width = result
+        if trace is self.state.trace and kind == self.state.kind:
+            self._draw(trace, kind, pooled, width)
+
+    def _draw(self, trace, kind: str, pooled: np.ndarray, width: int) -> None:  # noqa: ANN001 - engine.Trace
+        """pooled [layers, heads, m_q, m_k] (max over bins of `width` tokens) -> the atlas on screen."""
+        s = self.state
+        self.pooled, self.bin_width, self._drawn = pooled, width, (trace, kind)
+        n_layers, n_heads = trace.n_layers[kind], trace.n_heads
         n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
         t = self._thumb_size(n, n_layers, n_heads)
         cell = t + GAP
-        # [layers, heads, ≤64, ≤64] max-pooled, updated incrementally from the blocks a step adds;
         # resampled and scaled as one stack (per-layer calls cost more in numpy overhead than in work)
-        pooled = np.stack([self.pooler.pooled(trace, s.kind, layer) for layer in range(n_layers)])
         stack = pooled.reshape(-1, *pooled.shape[2:])
         tiles = np.round(display.normalised_stack(display.fit_stack(stack, t), s.log_scale) * (GAP_INDEX - 1))
         tiles = tiles.astype(np.uint8).reshape(n_layers, n_heads, t, t)
-        if s.kind == "self":  # outside the causal mask: background, as in the large view
+        if kind == "self":  # outside the causal mask: background, as in the large view
             # a pooled bin above the diagonal holds only future keys (bins are square)
             hidden = display.fit((~display.future_mask(*pooled.shape[2:])).astype(np.float32), t) == 0
             tiles[:, :, hidden] = GAP_INDEX
+        for layer in range(n_layers):
+            if not ThumbnailPooler.captured(trace, kind, layer):
+                tiles[layer] = GAP_INDEX  # not captured (Session(capture=...)): nothing to show
         cells = np.full((n_layers, cell, n_heads, cell), GAP_INDEX, dtype=np.uint8)
         cells[:, :t, :, :t] = tiles.transpose(0, 2, 1, 3)
         atlas = np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP])
@@ -164,19 +224,42 @@ class HeadGrid(QWidget):
         every = max(1, int(np.ceil(MIN_LABEL_PX / px)))
         self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(0, n_layers, every)]])
         self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(0, n_heads, every)]])
-        self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.04)
-        self.caption.setText(f"{kind_name(s.kind, s.model.family)}: {n_layers} layers × {n_heads} heads"
-                             + (f" · {n} tokens shown at {t}px" if n > t else ""))
+        self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.01)
+        self.kv_group = trace.kv_group
+        self._draw_groups(n_layers, n_heads, t / cell)
+        groups = (f" · query heads share key/value heads in groups of {self.kv_group} (dashed lines)"
+                  if self.kv_group > 1 else "")
+        self.caption.setText(f"{kind_name(kind, s.model.family)}: {n_layers} layers (rows) × {n_heads} heads"
+                             + (f" · {n} tokens, max-pooled" if n > t else "") + groups)
         self._place_outline()
         if moved:
             self.geometry_changed.emit()
+
+    def _draw_groups(self, n_layers: int, n_heads: int, frac: float) -> None:
+        path = QPainterPath()
+        if self.kv_group > 1:
+            for h in range(self.kv_group, n_heads, self.kv_group):
+                x = h - (1 - frac) / 2  # in the gap between the groups
+                path.moveTo(x, 0)
+                path.lineTo(x, n_layers - (1 - frac))
+        self.groups.setPath(path)
+
+    def describe_cell(self, layer: int, head: int) -> str:
+        text = f"layer {layer} · head {head}"
+        g = self.kv_group
+        if g > 1:
+            kv = head // g
+            text += f" · key/value head {kv} (shared by query heads {kv * g}–{kv * g + g - 1})"
+        if self.state.trace is not None and not ThumbnailPooler.captured(self.state.trace, self.state.kind, layer):
+            text += " · not captured"
+        return text + " (click to show it)"
 
     def _cell_pixels(self, n_layers: int, n_heads: int) -> float:
         size = self.plot.getViewBox().size()
         return min(size.width() / max(n_heads, 1), size.height() / max(n_layers, 1))
 
     def _thumb_size(self, n: int, n_layers: int, n_heads: int) -> int:
-        px = self._cell_pixels(n_layers, n_heads)
+        px = self._cell_pixels(n_layers, n_heads) * self.devicePixelRatioF()
         limit = MAX_THUMB if px < 2 else int(px) - GAP  # not laid out yet: full resolution
         return int(np.clip(limit, MIN_THUMB, MAX_THUMB))  # short sequences are repeated up to it
 
@@ -212,7 +295,7 @@ class HeadGrid(QWidget):
         if cell is None:
             QToolTip.hideText()
         else:
-            QToolTip.showText(QCursor.pos(), f"layer {cell[0]} · head {cell[1]} (click to show it)", self.graphics)
+            QToolTip.showText(QCursor.pos(), self.describe_cell(*cell), self.graphics)
 
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
         cell = self.cell_at(event.scenePos())

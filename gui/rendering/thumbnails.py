@@ -5,6 +5,11 @@ pattern would cost O(layers · heads · n²) per step (hundreds of ms for GPT-2 
 share their pattern blocks with the trace before them, so only the new blocks are pooled. Bins are
 powers of two wide; when the sequence outgrows the thumbnail the bins double and the pooled image is
 merged 2×2 (max of max is max), so nothing is recomputed. Numpy only: a display transform.
+
+Traces that keep stored rows are pooled from their blocks; traces that rebuild patterns on demand (long
+contexts) are pooled from exact tiles a chunk of rows at a time (`attention_tile`), never a whole dense
+pattern: the prefill once, then the one row per head each step adds. Rebuilding is real work (q·k per
+cell), so the head grid runs that in its display thread (gui/core/render_thread.py).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import math
 
 import numpy as np
 
-from engine import PatternBlock, Trace, capture_name
+from engine import Trace, capture_name
+
+CHUNK_BYTES = 16 * 1024 * 1024  # rebuilt rows pooled at a time (all heads)
 
 
 class _Pooled:
@@ -21,7 +28,7 @@ class _Pooled:
         self.size = size
         self.width = 1  # bin width in tokens (a power of two)
         self.acc = np.zeros((n_heads, size, size), dtype=np.float32)
-        self.blocks: list[PatternBlock] = []
+        self.blocks: list = []  # the trace's blocks (PatternBlock or engine QueryBlock) pooled so far
         self.n_q = self.n_k = 0
 
     def _grow_to(self, n: int) -> None:
@@ -32,23 +39,36 @@ class _Pooled:
             self.acc[:, : s // 2, : s // 2] = merged
             self.width *= 2
 
-    def add(self, block: PatternBlock) -> None:
-        rows = block.rows
+    def add_rows(self, q_start: int, rows: np.ndarray) -> None:
+        """Pool rows (heads, n, keys) of query positions q_start.. into the accumulator."""
         h, nr, nk = rows.shape
-        self._grow_to(max(block.q_start + nr, nk))
+        self._grow_to(max(q_start + nr, nk))
         w = self.width
         nkb = math.ceil(nk / w)
         if nkb * w != nk:
             rows = np.pad(rows, ((0, 0), (0, 0), (0, nkb * w - nk)))
         pooled = rows.reshape(h, nr, nkb, w).max(axis=-1) if w > 1 else rows  # (h, nr, nkb)
-        bins = (block.q_start + np.arange(nr)) // w
+        bins = (q_start + np.arange(nr)) // w
         starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
         reduced = np.maximum.reduceat(pooled, starts, axis=1) if len(starts) < nr else pooled
         target = bins[starts]
         self.acc[:, target, :nkb] = np.maximum(self.acc[:, target, :nkb], reduced)
-        self.blocks.append(block)
-        self.n_q = max(self.n_q, block.q_start + nr)
+        self.n_q = max(self.n_q, q_start + nr)
         self.n_k = max(self.n_k, nk)
+
+    def add_block(self, trace: Trace, kind: str, layer: int, block) -> None:  # noqa: ANN001 - engine block
+        rows = getattr(block, "rows", None)
+        if rows is not None:  # stored rows
+            self.add_rows(block.q_start, rows)
+        else:  # rebuilt: exact tiles, a chunk of rows at a time
+            n_keys = trace.attention_shape(kind, layer)[2]
+            nk = min(n_keys, block.q_start + block.n) if kind == "self" else n_keys  # causal: later keys are 0
+            chunk = max(1, CHUNK_BYTES // (4 * max(1, nk) * trace.n_heads))
+            for a in range(block.q_start, block.q_start + block.n, chunk):
+                z = min(a + chunk, block.q_start + block.n)
+                tiles = [trace.attention_tile(kind, layer, h, a, z, 0, nk) for h in range(trace.n_heads)]
+                self.add_rows(a, np.stack(tiles))
+        self.blocks.append(block)
 
     def image(self) -> np.ndarray:
         w = self.width
@@ -73,9 +93,33 @@ class ThumbnailPooler:
     def pooled(self, trace: Trace, kind: str, layer: int) -> np.ndarray:
         return self._get(trace, kind, layer).image()
 
+    def stack(self, trace: Trace, kind: str) -> tuple[np.ndarray, int]:
+        """Every layer's pooled image of `kind` as one array [layers, heads, m, m] (a copy; layers that were
+        not captured are zeros) and the bin width in tokens."""
+        n_layers = trace.n_layers[kind]
+        images = [self.pooled(trace, kind, layer) if self.captured(trace, kind, layer) else None
+                  for layer in range(n_layers)]
+        shape = next((im.shape for im in images if im is not None), (trace.n_heads, 1, 1))
+        out = np.zeros((n_layers, *shape), dtype=np.float32)
+        for layer, im in enumerate(images):
+            if im is not None:
+                out[layer] = im
+        widths = [self.bin_width(trace, kind, layer) for layer in range(n_layers) if images[layer] is not None]
+        return out, (widths[0] if widths else 1)
+
+    @staticmethod
+    def captured(trace: Trace, kind: str, layer: int) -> bool:
+        return capture_name(kind, layer) in trace.blocks
+
+    @staticmethod
+    def rebuilds(trace: Trace, kind: str) -> bool:
+        """The trace rebuilds this kind's patterns on demand (no stored rows to pool cheaply)."""
+        names = (capture_name(kind, layer) for layer in range(trace.n_layers.get(kind, 0)))
+        return any(not hasattr(trace.blocks[n][0], "rows") for n in names if trace.blocks.get(n))
+
     def _get(self, trace: Trace, kind: str, layer: int) -> _Pooled:
         name = capture_name(kind, layer)
-        blocks = trace.pattern_blocks(kind, layer)
+        blocks = trace.blocks[name]  # shared by identity with the traces before it
         pooled = self._cache.get(name)
         seen = len(pooled.blocks) if pooled is not None else 0
         extends = (pooled is not None and len(blocks) >= seen and seen > 0
@@ -84,5 +128,5 @@ class ThumbnailPooler:
             pooled = self._cache[name] = _Pooled(trace.n_heads, self.size)
             seen = 0
         for block in blocks[seen:]:
-            pooled.add(block)
+            pooled.add_block(trace, kind, layer, block)
         return pooled

@@ -1,0 +1,158 @@
+"""Long prompts in the window: a tiny grouped-query Llama (3 layers, 4 query heads on 2 key/value heads) that
+rebuilds its patterns from q, k and row log-sum-exps, with a prompt of a few thousand tokens. The head grid
+equals the trace's pooled overviews, the big view zooms, pans, shows the visible tile exactly as the trace
+answers it, hovers with the exact weight, plots a row, and all of it keeps up as the session steps on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF
+
+from gui.rendering import display
+from gui.rendering.thumbnails import ThumbnailPooler
+from tests.gui.conftest import open_model, wait_idle
+
+N_POSITIONS = 4096
+TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+        "and darkness was upon the face of the deep. And God said, Let there be light: and there was light. ")
+
+
+@pytest.fixture(scope="module")
+def long_llama(tmp_path_factory):
+    from tests.modern_factories import llama
+
+    return llama(tmp_path_factory.mktemp("long-llama") / "llama", max_position_embeddings=N_POSITIONS)
+
+
+def _force_rebuild(qtbot, win) -> None:
+    """capture_mode="rebuild" on the open model, then a new session of the prompt in the box."""
+
+    def fn(w):  # noqa: ANN001, ANN202 - runs in the engine thread
+        w.model.capture_mode = "rebuild"
+        return None
+
+    win.client.call("capture_mode", fn)
+    wait_idle(qtbot, win)
+    win.prompt_panel.request_session()
+    wait_idle(qtbot, win)
+
+
+def _settle(qtbot, win) -> None:
+    wait_idle(qtbot, win)
+    qtbot.waitUntil(lambda: not win.head_grid.pending and not win.attention_view.pending, timeout=60_000)
+
+
+def _shown(view) -> np.ndarray:
+    return np.asarray(view.image.image)
+
+
+def test_long_prompt_zoom_pan_hover_and_step(qtbot, window, long_llama):
+    win = window
+    prompt = TEXT * 28
+    open_model(qtbot, win, long_llama, prompt=prompt)
+    _force_rebuild(qtbot, win)
+    _settle(qtbot, win)
+    trace = win.state.trace
+    n = len(trace)
+    assert 2000 < n < N_POSITIONS - 16, n
+    assert ThumbnailPooler.rebuilds(trace, "self") and trace.kv_group == 2
+
+    # -- head grid: every layer's pooled overview, checked at layers 1 and 2 against the trace's own pooling
+    grid = win.head_grid
+    w = grid.bin_width
+    full = n // w  # bins wholly inside the pattern
+    assert grid.pooled.shape[:2] == (3, 4) and w > 1
+    for layer in (1, 2):
+        want = trace.attention_overview("self", layer, rows=full, cols=full, q_range=(0, full * w), k_range=(0, full * w))
+        np.testing.assert_allclose(grid.pooled[layer, :, :full, :full], want, atol=1e-6, rtol=1e-5)
+        last = trace.attention_overview("self", layer, rows=1, cols=full, q_range=(full * w, n), k_range=(0, full * w))
+        np.testing.assert_allclose(grid.pooled[layer, :, full, :full], last[:, 0], atol=1e-6, rtol=1e-5)
+    t, cell = grid.thumb, grid.thumb + 1
+    pooled = grid.pooled[2, 3]
+    hidden = display.fit((~display.future_mask(*pooled.shape)).astype(np.float32), t) == 0
+    want = np.round(display.normalised(display.fit(pooled, t), False) * 254).astype(np.uint8)
+    want[hidden] = 255
+    np.testing.assert_array_equal(grid.atlas[2 * cell: 2 * cell + t, 3 * cell: 3 * cell + t], want)
+    assert "key/value head 1 (shared by query heads 2–3)" in grid.describe_cell(1, 3)
+    assert not grid.groups.path().isEmpty()  # a line between the two key/value groups
+
+    # -- big view, fitted: the whole pattern max-pooled to the screen
+    win.state.select(layer=1, head=3)
+    view = win.attention_view
+    _settle(qtbot, win)
+    assert view.tiled and view.pattern is None and view.shape == (n, n)
+    tile = view.tile
+    assert not tile.exact and (tile.q0, tile.q1, tile.k0, tile.k1) == (0, n, 0, n)
+    rows, cols = tile.weights.shape
+    assert rows <= view.plot.getViewBox().height() + 1 and cols <= view.plot.getViewBox().width() + 1
+    np.testing.assert_array_equal(tile.weights, trace.attention_overview("self", 1, heads=[3], rows=rows, cols=cols)[0])
+    img = _shown(view)
+    assert img.shape == (rows, cols)
+    assert np.isnan(img[0, -1]) and not np.isnan(img[-1, 0])  # the future is transparent
+    np.testing.assert_array_equal(img[~np.isnan(img)], tile.weights[~tile.future])
+    assert view.bottom_axis.stride > 1 and "every" in view.bottom_axis.labelText  # thinned, and says so
+
+    # -- zoom to 40 × 48 cells: one cell per pixel, exact tiles
+    view.set_view(1500, 1540, 1480, 1528)
+    _settle(qtbot, win)
+    tile = view.tile
+    assert tile.exact and (tile.q0, tile.q1, tile.k0, tile.k1) == (1500, 1540, 1480, 1528)
+    np.testing.assert_array_equal(tile.weights, trace.attention_tile("self", 1, 3, 1500, 1540, 1480, 1528))
+    img = _shown(view)
+    causal = np.arange(1480, 1528)[None, :] > np.arange(1500, 1540)[:, None]
+    assert (np.isnan(img) == causal).all()
+    np.testing.assert_array_equal(img[~causal], tile.weights[~causal])
+
+    # -- pan right by 20 keys, zoom out and in with the keys' slots
+    view.set_view(1500, 1540, 1500, 1548)
+    _settle(qtbot, win)
+    assert (view.tile.k0, view.tile.k1) == (1500, 1548)
+    view.zoom(1 / 1.5)
+    _settle(qtbot, win)
+    q0, q1, k0, k1 = view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1
+    assert q1 - q0 > 40 and k1 - k0 > 48
+    view.zoom(1.5)
+    _settle(qtbot, win)
+
+    # -- hover: the tooltip's weight is the trace's exact cell
+    vb = view.plot.getViewBox()
+    q, k = 1520, 1510
+    view._on_mouse_moved(vb.mapViewToScene(QPointF(k, q)))
+    exact = float(trace.attention_tile("self", 1, 3, q, q + 1, k, k + 1)[0, 0])
+    assert view.hover_weight == exact and f"{exact:.4f}" in view.hover_text
+
+    # -- the selected row as a line over all keys, strongest keys listed
+    view.row_plot_box.setChecked(True)
+    row = trace.attention_tile("self", 1, 3, n - 1, n, 0, n)[0]
+    np.testing.assert_array_equal(view.row, row)
+    top = int(np.argmax(row))
+    assert f"{top} " in view.row_top.text()
+
+    # -- step on: the zoomed view stays where it is, the grid takes the new row
+    before = (view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1)
+    win.token_strip.step()
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=60_000)
+    _settle(qtbot, win)
+    trace2 = win.state.trace
+    assert (view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1) == before
+    np.testing.assert_array_equal(view.row, trace2.attention_tile("self", 1, 3, n, n + 1, 0, n + 1)[0])
+    fresh, width = ThumbnailPooler(size=64).stack(trace2, "self")
+    assert width == grid.bin_width
+    np.testing.assert_allclose(grid.pooled, fresh, atol=1e-6, rtol=1e-5)
+    view.fit()
+    _settle(qtbot, win)
+    assert (view.tile.q1, view.tile.k1) == (n + 1, n + 1)
+    assert win.errors == []
+
+
+def test_token_axis_labels_every_cell_that_fits(qtbot):
+    from gui.widgets.token_axis import TokenAxis
+
+    axis = TokenAxis("bottom")
+    axis.set_tokens(tuple("abcdefghijklmnopqrst"))  # 20 one-letter source tokens
+    assert axis.layout_labels(0, 19, 30.0) == (1, False)  # ~30 px a column: every label, side by side
+    axis.set_tokens(("␣beginning", "␣created", "␣heaven", "␣earth") * 3)
+    assert axis.layout_labels(0, 11, 24.0) == (1, True)  # too wide side by side, upright they fit
+    stride, rotated = axis.layout_labels(0, 11, 4.0)
+    assert stride > 1 and not rotated  # neither fits: thinned
