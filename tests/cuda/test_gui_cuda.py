@@ -43,7 +43,9 @@ def test_the_window_opens_models_on_cuda_by_default_and_says_so(tmp_path):
         wait_until(app, lambda: not win.client.busy and not win._chain and win.state.trace is not None
                    and len(win.state.trace.steps) == 1)
         assert win.errors == []
-        assert win.status_labels["device"].text().startswith("cuda"), win.status_labels["device"].text()
+        assert win.state.model.device.startswith("cuda")
+        label = win.status_labels["device"]  # "cuda:0 · float32", or the dtype's reason when that names CUDA
+        assert "cuda" in label.text().lower(), label.text()
     finally:
         win.close()
         app.processEvents()
