@@ -48,6 +48,11 @@ def marian(folders):
 
 
 @pytest.fixture(scope="module")
+def gpt64(folders):
+    return load_model(folders["gpt2"], device="cpu")  # factories.gpt2: 64 positions
+
+
+@pytest.fixture(scope="module")
 def sharp(tmp_path_factory):
     """(our model, the transformers reference) of one GPT-2 whose heads differ (see values_models)."""
     folder = sharp_gpt2(checkpoint_root(tmp_path_factory, "sharp") / "ckpt")
@@ -442,6 +447,52 @@ def test_induction_scores_match_the_reference(sharp):
                 expected[layer, head] += sum(p[q, q - period + 1] for q in qs) / len(qs) / len(periods)
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     assert np.ptp(expected) > 1e-3  # heads differ, so a score moved to another head would show
+
+
+def _induction_by_loops(patterns_by_period: list[tuple[list[np.ndarray], int, int]], n_layers: int, n_heads: int) -> np.ndarray:
+    """Mean over periods of the mean weight from each second-copy query q to key q - period + 1."""
+    out = np.zeros((n_layers, n_heads))
+    for patterns, period, offset in patterns_by_period:
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                p, n = patterns[layer][head], patterns[layer].shape[1]
+                qs = range(offset + period, n)
+                out[layer, head] += sum(float(p[q, q - period + 1]) for q in qs) / len(qs) / len(patterns_by_period)
+    return out
+
+
+def test_repeated_random_ids_for_each_family(sharp, bert, marian):
+    gpt = sharp[0]
+    for model, prefix in ((gpt, [gpt.config.bos_token_id]), (bert, [2]),  # factories' WordPiece: [CLS] is id 2
+                          (marian, [marian.config.decoder_start_token_id])):
+        ids, offset = repeated_random_ids(model, 21, seed=4)
+        assert offset == len(prefix) == 1 and ids[:1] == prefix, model
+        first = ids[1:22]
+        assert ids[22:] == first and len(ids) == 43 and len(set(first)) == 21  # R R, no token twice within R
+        assert not set(first) & set(model.tokenizer.special_ids)
+        assert max(first) < min(model.config.vocab_size, model.tokenizer.vocab_size)
+        assert repeated_random_ids(model, 21, seed=4) == (ids, offset)  # seeded
+        assert repeated_random_ids(model, 21, seed=5)[0] != ids
+    assert bert.tokenizer.decode(repeated_random_ids(bert, 3)[0][:1], skip_special_tokens=False) == "[CLS]"
+
+
+def test_induction_scores_of_encoders_and_encoder_decoders_by_loops(bert, marian):
+    for model, kind in ((bert, "encoder"), (marian, "self")):
+        runs = []
+        for i, period in enumerate((5, 7)):
+            ids, offset = repeated_random_ids(model, period, seed=9 + i)
+            trace = model.run(ids, source=ids[offset:offset + period]) if kind == "self" else model.run(ids)
+            runs.append(([trace.attention(kind, layer) for layer in range(model.n_layers)], period, offset))
+        np.testing.assert_allclose(induction_scores(model, periods=(5, 7), seed=9),
+                                   _induction_by_loops(runs, model.n_layers, model.n_heads), atol=1e-6)
+
+
+def test_induction_periods_are_capped_to_the_context(gpt64):
+    # 64 positions: a period of 40 would not fit twice; it becomes (64 - 2) // 2 = 31 (1 + 31 + 31 tokens)
+    ids, offset = repeated_random_ids(gpt64, 31, seed=0)
+    trace = gpt64.run(ids)
+    want = _induction_by_loops([([trace.attention("self", i) for i in range(2)], 31, offset)], 2, gpt64.n_heads)
+    np.testing.assert_allclose(induction_scores(gpt64, periods=(40,), seed=0), want, atol=1e-6)
 
 
 def test_head_statistics_computes_induction_for_every_head(sharp):
