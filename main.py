@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser)
     parser.add_argument("--screenshot", metavar="FILE.png", help="render the window after the steps, save it and exit")
     parser.add_argument("--size", default="1400x900", help="window size for --screenshot (default: %(default)s)")
+    parser.add_argument("--dock", metavar="NAME", help="bring a dock to the front: inside, attribution, embeddings "
+                        "(the \"Inside this head\" tabs), lens, stats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     exp = sub.add_parser("export", help="run headless and write tokens, every attention pattern and the logits to .npz")

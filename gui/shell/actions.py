@@ -75,6 +75,9 @@ ENTRIES: tuple[Entry | Hint, ...] = (
     Entry("analysis.rollout", "Attention &rollout (attention view)"),
     Entry("analysis.logit_lens", "Logit &lens"),
     Entry("analysis.head_stats", "Head &statistics"),
+    Entry("analysis.inside_head", "&Inside this head", ("I",), "Inside this head: q·k, scale, mask, softmax for the "
+          "selected query"),
+    Entry("analysis.attribution", "Which heads &wrote the token (logit attribution)"),
     Entry("analysis.compare", "Compare &with another prompt…"),
     # help
     Entry("help.shortcuts", "&Keyboard shortcuts", (SK.HelpContents,)),
@@ -100,7 +103,8 @@ MENUS: dict[str, tuple[str, tuple[str, ...]]] = {
                        "view.next_head", "view.mean_heads", "view.prev_query", "view.next_query", "view.log_scale", "-",
                        "view.reset_layout")),
     "analysis": ("&Analysis", ("analysis.clear_ablations", "analysis.rollout", "-", "analysis.logit_lens",
-                               "analysis.head_stats", "-", "analysis.compare")),
+                               "analysis.head_stats", "analysis.inside_head", "analysis.attribution", "-",
+                               "analysis.compare")),
     "help": ("&Help", ("help.shortcuts", "help.about")),
 }
 SUBMENUS = {"file.hf": "Open from &Hugging Face cache", "file.bundled": "&Bundled models", "file.recent": "&Recent"}

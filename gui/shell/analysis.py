@@ -14,8 +14,10 @@ from ..features.ablation import AblationController
 from ..features.aggregate import RolloutControl
 from ..features.compare import CompareDialog
 from ..features.exports import Exports
+from ..features.prompt_file import PromptFile
 from ..features.session_files import SessionFiles
 from ..panels.head_stats import HeadStatsPanel
+from ..panels.inside_head import InsideHeadPanel
 from ..panels.logit_lens import LogitLensPanel
 from . import style
 
@@ -34,8 +36,14 @@ class AnalysisUI:
         self._dock("lens", "Logit lens", self.logit_lens)
         self.head_stats = HeadStatsPanel(window.state, window.client, window.head_grid)
         self._dock("stats", "Head statistics", self.head_stats)
+        self.inside_head = InsideHeadPanel(window.state, window.client, window.head_grid)  # issue 15
+        inside = window.add_dock("inside", "Inside this head", self.inside_head, Qt.DockWidgetArea.BottomDockWidgetArea)
+        inside.visibilityChanged.connect(lambda on: on and self.inside_head.refresh_soon())
+        inside.hide()  # opened from Analysis → Inside this head (the default layout stays as it was)
+        window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)  # under the view only
         self.session_io = SessionFiles(window, self.rollout)
         self.exports = Exports(window, self.session_io.view_state)
+        self.prompt_file = PromptFile(window)  # issue 13: File → Open prompt from file (binds file.open_prompt)
         self.menu: QMenu = window.registry.menu("analysis")
         self._bind_actions()
 
@@ -46,6 +54,8 @@ class AnalysisUI:
             ("analysis.rollout", self.rollout.toggle),
             ("analysis.logit_lens", lambda: self.show_dock("lens")),
             ("analysis.head_stats", lambda: self.show_dock("stats")),
+            ("analysis.inside_head", lambda: self.show_inside("inside")),
+            ("analysis.attribution", lambda: self.show_inside("attribution")),
             ("analysis.compare", self.open_compare),
             ("file.open_session", io.open_session_dialog),
             ("file.save_session", io.save_session_dialog),
@@ -68,6 +78,15 @@ class AnalysisUI:
         dock = self.window.docks[key]
         dock.show()
         dock.raise_()
+
+    def show_inside(self, tab: str = "inside") -> None:
+        """The "Inside this head" dock at a tab ("inside", "attribution", "embeddings"), below the view."""
+        w, dock = self.window, self.window.docks["inside"]
+        was_hidden = dock.isHidden()
+        self.inside_head.show_tab(tab)
+        self.show_dock("inside")
+        if was_hidden and not dock.isFloating():
+            w.resizeDocks([dock], [int(w.height() * 0.42)], Qt.Orientation.Vertical)
 
     def open_compare(self) -> CompareDialog:
         """The compare dialog (one per window, non-modal), prefilled with the prompt on screen."""

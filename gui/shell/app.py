@@ -54,6 +54,18 @@ def parse_size(text: str) -> tuple[int, int]:
         return 1400, 900
 
 
+def show_dock(window, name: str | None) -> None:  # noqa: ANN001 - MainWindow
+    """--dock NAME: one of the "Inside this head" tabs, or any dock by its key, brought to the front."""
+    if not name:
+        return
+    if name in ("inside", "attribution", "embeddings"):
+        window.analysis.show_inside(name)
+    elif name in window.docks:
+        window.analysis.show_dock(name)
+    else:
+        log.warning("--dock %r: no such dock (%s)", name, ", ".join(sorted(window.docks)))
+
+
 def make_app(argv: list[str] | None = None) -> QApplication:
     app = QApplication.instance() or QApplication(argv or sys.argv[:1])
     app.setApplicationName("Attention Inspector")
@@ -82,6 +94,7 @@ def run_app(args: argparse.Namespace) -> int:
         window.resize(w, h)
         window.apply_default_sizes()
     window.show()
+    show_dock(window, getattr(args, "dock", None))
     window.open_model(args.model, device=args.device, dtype=getattr(args, "dtype", None),
                       prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0))
     if not screenshot:
@@ -94,8 +107,10 @@ def run_app(args: argparse.Namespace) -> int:
 
     result = {"code": 1}
 
-    def save() -> None:
+    def save(force: bool = False) -> None:
         if result.get("saved"):
+            return
+        if window.client.busy and not force:  # a dock is still computing (Inside this head): the next settled saves
             return
         result["saved"] = True
         app.processEvents()
@@ -109,7 +124,7 @@ def run_app(args: argparse.Namespace) -> int:
 
     # let the layout and the plots settle before grabbing
     window.settled.connect(lambda: QTimer.singleShot(400, save))
-    QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, save)
+    QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, lambda: save(True))
     app.exec()
     if window.errors:
         log.warning("the screenshot shows an error: %s", window.errors[-1])

@@ -1,0 +1,88 @@
+"""Jobs behind the "Inside this head" dock (engine.explain): one head's chain for one query, direct logit
+attribution, the nearest tokens to an embedding, and the positional scheme.
+
+Each function returns `fn(worker)` for EngineClient.call(op, fn); it runs in the worker thread and returns
+a dict with the trace it was asked about (the panel drops answers for a trace no longer on screen) and
+engine.explain's numpy dataclasses. An explanation the model cannot give (direct logit attribution of an
+encoder-only model) comes back as {"error": message}: the panel shows it in place, not as a window error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine import EngineError
+from engine.errors import CaptureError
+
+from .worker import EngineWorker
+
+
+def _model(w: EngineWorker) -> Any:
+    if w.model is None:
+        raise EngineError("no model is open; use File → Open model folder")
+    return w.model
+
+
+def _fits(model: Any, trace: Any) -> bool:
+    """The trace came from this model (a request queued before another model was opened did not)."""
+    return (trace.model_name == model.name and trace.family == model.family
+            and dict(trace.n_layers) == dict(model.layers_by_kind))
+
+
+def inside_head(trace: Any, kind: str, layer: int, head: int, query: int) -> Callable:
+    """q, k, v, q·k, scale, soft-cap, bias, mask, softmax and the value-weighted norms of one head, one query."""
+
+    def fn(w: EngineWorker) -> dict:
+        from engine.explain import inside_head as explain
+
+        model = _model(w)
+        if not _fits(model, trace):
+            return {"trace": trace, "stale": True}
+        key = (kind, layer, head, query)
+        try:
+            return {"trace": trace, "key": key, "inside": explain(model, trace, kind, layer, head, query)}
+        except CaptureError as exc:
+            return {"trace": trace, "key": key, "error": str(exc)}
+
+    return fn
+
+
+def attribution(trace: Any, position: int, token_id: int | None) -> Callable:
+    """Direct logit attribution at `position` toward `token_id` (None: the most likely next token)."""
+
+    def fn(w: EngineWorker) -> dict:
+        from engine.explain import attribute
+
+        model = _model(w)
+        if not _fits(model, trace):
+            return {"trace": trace, "stale": True}
+        key = (position, token_id)
+        try:
+            return {"trace": trace, "key": key, "attribution": attribute(model, trace, position, token_id)}
+        except CaptureError as exc:
+            return {"trace": trace, "key": key, "error": str(exc)}
+
+    return fn
+
+
+def embeddings(trace: Any, token_id: int, k: int, metric: str) -> Callable:
+    """The k nearest tokens to `token_id`'s input embedding, and the positional scheme (made once per model)."""
+
+    def fn(w: EngineWorker) -> dict:
+        from engine.explain import nearest_tokens, positions_view
+
+        model = _model(w)
+        if not _fits(model, trace):
+            return {"trace": trace, "stale": True}
+        key = (token_id, k, metric)
+        positions = w.cache.get("positions_view")  # the cache is emptied when the model changes
+        if positions is None:
+            positions = w.cache["positions_view"] = positions_view(model)
+        try:
+            near = nearest_tokens(model, token_id, k, metric)
+        except CaptureError as exc:
+            return {"trace": trace, "key": key, "error": str(exc), "positions": positions}
+        return {"trace": trace, "key": key, "nearest": near, "positions": positions}
+
+    return fn
