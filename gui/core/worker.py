@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from engine import EngineError, Session, Trace, load_model
+from engine import EngineError, Session, Trace
+from engine.session import stop_token_ids
+
+from .load_jobs import LoadProgress, load_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,9 @@ class ModelInfo:
     mask_token: str | None
     max_positions: int
     has_logits: bool
+    dtype_reason: str = ""  # why this dtype ("float32 on the CPU (4.9 GB of weights, 21.4 GB free)")
+    has_chat_template: bool = False  # the prompt panel offers chat mode
+    stop_ids: tuple[int, ...] = ()  # ids whose choice ends a generation (eos, the template's end of turn)
 
     @property
     def n_layers(self) -> int:
@@ -80,7 +87,10 @@ def model_info(model: Any) -> ModelInfo:
         kinds=tuple(model.kinds), layers_by_kind=dict(model.layers_by_kind), n_heads=model.n_heads,
         n_params=model.n_params, device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
         load_seconds=float(model.load_seconds or 0.0), vocab=vocab, mask_token=mask,
-        max_positions=model.max_positions, has_logits=bool(model.has_logits))
+        max_positions=model.max_positions, has_logits=bool(model.has_logits),
+        dtype_reason=str(getattr(model, "dtype_reason", "") or ""),
+        has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
+        stop_ids=tuple(stop_token_ids(model)) if model.family != "encoder" else ())
 
 
 class EngineWorker(QObject):
@@ -89,6 +99,7 @@ class EngineWorker(QObject):
     done = Signal(int, str, object)  # request id, op, ModelInfo | Trace | None
     progress = Signal(int, object)  # request id, Trace (during a run)
     failed = Signal(int, str, str)  # request id, op, message
+    load_progress = Signal(int, object)  # request id, LoadProgress (gui/core/load_jobs.py)
 
     def __init__(self) -> None:
         super().__init__()
@@ -128,10 +139,11 @@ class EngineWorker(QObject):
             raise EngineError("no session: open a model and type a prompt first")
         return self.session
 
-    @Slot(int, str, object, object)
-    def load(self, rid: int, source: str, device: str | None, dtype: str | None) -> None:
+    @Slot(int, str, object, object, object)
+    def load(self, rid: int, source: str, device: str | None, dtype: str | None, cancel: Any = None) -> None:
         def work() -> ModelInfo:
-            model = load_model(source, device=device, dtype=dtype)
+            # progress comes from this thread; `cancel` (a threading.Event) is set by the GUI thread
+            model = load_with_progress(source, device, dtype, lambda p: self.load_progress.emit(rid, p), cancel)
             # swap only after a successful load, so a broken folder leaves the old model usable
             self.adopt(model, None)
             info = model_info(model)
@@ -256,9 +268,10 @@ class EngineClient(QObject):
     error = Signal(str, str)  # op, message
     busy_changed = Signal(bool, str)  # busy, what
     result_ready = Signal(int, str, object)  # request id, op, plain data (analysis ops through call())
+    load_progress = Signal(object)  # LoadProgress of the newest load
 
     # queued into the worker thread
-    _load = Signal(int, str, object, object)
+    _load = Signal(int, str, object, object, object)
     _new_session = Signal(int, object)
     _set_sampling = Signal(int, object)
     _step = Signal(int, object)
@@ -277,6 +290,7 @@ class EngineClient(QObject):
         self.forward_requests = 0  # requests that run the model; tests check a re-draw adds none
         self.running = False
         self._progress: tuple[int, Trace] | None = None
+        self._load_cancel: threading.Event | None = None  # the newest load's; cancel_load() sets it
         self._thread = QThread()
         self._thread.setObjectName("engine-worker")
         self.worker = EngineWorker()
@@ -290,6 +304,7 @@ class EngineClient(QObject):
         self.worker.done.connect(self._on_done)
         self.worker.progress.connect(self._on_progress)
         self.worker.failed.connect(self._on_failed)
+        self.worker.load_progress.connect(self._on_load_progress)
         self._thread.start()
 
     # -- requests ------------------------------------------------------------------------------
@@ -319,8 +334,22 @@ class EngineClient(QObject):
 
     def load(self, source: str, device: str | None = None, dtype: str | None = None) -> int:
         rid = self._issue("load")
-        self._load.emit(rid, source, device, dtype)
+        self._load_cancel = threading.Event()
+        self._load.emit(rid, source, device, dtype, self._load_cancel)
         return rid
+
+    def cancel_load(self) -> bool:
+        """Stop the newest load (the engine checks between chunks of weights; the open model stays).
+        False when no load is in progress."""
+        if not self.loading or self._load_cancel is None:
+            return False
+        self._load_cancel.set()
+        return True
+
+    @property
+    def load_cancelled(self) -> bool:
+        """The newest load was cancelled by cancel_load()."""
+        return self._load_cancel is not None and self._load_cancel.is_set()
 
     def new_session(self, req: SessionRequest) -> int:
         rid = self._issue("session")
@@ -419,6 +448,11 @@ class EngineClient(QObject):
         pending, self._progress = self._progress, None
         if pending is not None and pending[0] == self._latest_trace_id and pending[0] in self._pending:
             self.trace_ready.emit(pending[1], "progress")
+
+    @Slot(int, object)
+    def _on_load_progress(self, rid: int, progress: LoadProgress) -> None:
+        if rid == self._latest_load_id and rid in self._pending:
+            self.load_progress.emit(progress)
 
     @Slot(int, str, str)
     def _on_failed(self, rid: int, op: str, message: str) -> None:

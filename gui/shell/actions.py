@@ -61,6 +61,8 @@ ENTRIES: tuple[Entry | Hint, ...] = (
     Entry("view.reset_layout", "Reset &layout"),
     # file
     Entry("file.open_folder", "&Open model folder…", (SK.Open,), "Open a checkpoint folder"),
+    Entry("file.open_cache", "Open from &cache…", ("Ctrl+Shift+H",), "Open a model from the Hugging Face cache (a list "
+          "with sizes; the ones that cannot be opened say why)"),
     Entry("file.open_session", "Open &session…", ("Ctrl+Shift+O",), "Open / save a session (prompt, steps, ablations, "
           "view)", group="session"),
     Entry("file.save_session", "Sa&ve session…", (SK.Save,), group="session"),
@@ -94,7 +96,7 @@ ENTRIES: tuple[Entry | Hint, ...] = (
 # menu id -> (title, items): an action id, "-" for a separator, "menu:<id>" for a submenu (filled by
 # its owner on aboutToShow), "section:<id>" for a place others add to later (the docks' toggles)
 MENUS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "file": ("&File", ("file.open_folder", "menu:file.hf", "menu:file.bundled", "menu:file.recent", "-",
+    "file": ("&File", ("file.open_folder", "file.open_cache", "menu:file.hf", "menu:file.bundled", "menu:file.recent", "-",
                        "file.open_session", "file.save_session", "-", "file.export_view", "file.export_pattern",
                        "file.export_summary", "file.export_trace", "file.screenshot", "-", "file.quit")),
     "generate": ("&Generate", ("generate.step", "generate.back", "generate.run", "generate.stop", "generate.reset",

@@ -37,11 +37,22 @@ from ..widgets.error_banner import ErrorBanner
 from . import style
 from .actions import ActionRegistry
 from .analysis import install as install_analysis
+from .cache_dialog import show_cache_dialog
+from .loading import LoadingController
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "Attention Inspector"
 MAX_RECENT = 8
+
+
+def device_text(info: ModelInfo) -> str:
+    """The status bar's device · dtype and why (the engine's dtype_reason), naming the device once."""
+    reason = info.dtype_reason
+    if not reason:
+        return f"{info.device} · {info.dtype}"
+    device = info.device.split(":")[0]
+    return reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
 
 
 class MainWindow(QMainWindow):
@@ -148,6 +159,8 @@ class MainWindow(QMainWindow):
         self._busy_delay.setInterval(300)
         self._busy_delay.timeout.connect(lambda: self.busy_bar.setVisible(self.client.busy))
         self.status_labels = {k: QLabel() for k in ("model", "family", "params", "device", "load")}
+        self.loading = LoadingController(self)  # the load strip: name, size, progress, Cancel (gui/shell/loading.py)
+        bar.addPermanentWidget(self.loading.widget)
         bar.addPermanentWidget(self.busy_bar)
         for label in self.status_labels.values():
             label.setContentsMargins(6, 0, 6, 0)
@@ -182,6 +195,7 @@ class MainWindow(QMainWindow):
             ("view.reset_layout", self.reset_layout),
             ("help.shortcuts", self.show_shortcuts),
             ("help.about", self.show_about),
+            ("file.open_cache", self.open_from_cache),
         ):
             r.bind(action_id, slot)
 
@@ -198,7 +212,12 @@ class MainWindow(QMainWindow):
         if device:
             self.prompt_panel.set_device(device)
         self.statusBar().showMessage(f"Loading {source} …")
+        self.loading.begin(source)
         self.client.load(source, device, dtype)
+
+    def open_from_cache(self) -> None:
+        """File → Open from cache…: the cached models listed in a thread, the openable ones marked."""
+        show_cache_dialog(self)
 
     def browse_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a checkpoint folder (config.json, weights, tokenizer)",
@@ -280,7 +299,9 @@ class MainWindow(QMainWindow):
         self.docks["logits"].setWindowTitle("Masked-token predictions" if info.family == "encoder" else "Next-token candidates")
         params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
         texts = {"model": info.name, "family": info.family, "params": f"{params} parameters",
-                 "device": f"{info.device} · {info.dtype}", "load": f"loaded in {info.load_seconds:.2f} s"}
+                 "device": device_text(info),
+                 "load": f"loaded in {info.load_seconds:.2f} s"}
+        self.status_labels["device"].setToolTip(f"{info.device} · {info.dtype}")
         for key, text in texts.items():
             self.status_labels[key].setText(text)
 
@@ -294,6 +315,10 @@ class MainWindow(QMainWindow):
         self._maybe_settled()
 
     def _on_error(self, op: str, message: str) -> None:
+        if op == "load" and self.loading.load_failed(message):  # cancelled: said in the status bar, no banner
+            self._chain = []
+            self._maybe_settled()
+            return
         self.show_error(message, op)
         if op in ("load", "session", "run"):
             self._chain = []
@@ -301,7 +326,7 @@ class MainWindow(QMainWindow):
 
     def _on_busy(self, busy: bool, op: str) -> None:
         # loads and runs show progress at once; a step only if it is slow (no flicker on small models)
-        if busy and op in ("load", "run"):
+        if busy and op == "run":  # a load shows its own progress strip (gui/shell/loading.py)
             self.busy_bar.show()
         elif busy:
             self._busy_delay.start()
