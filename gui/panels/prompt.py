@@ -1,11 +1,18 @@
-"""Model & prompt panel: model picker, device, prompt (and source for encoder-decoder models), sampling."""
+"""Model & prompt panel: model picker, device, prompt (and source for encoder-decoder models), sampling.
+
+Chat mode (models whose tokenizer has a chat template): a system and a user message rendered through the
+checkpoint's own template (a preview of the rendered text; the token strip shows its special tokens);
+generation stops at the template's end of turn, and Next turn carries the reply into the next exchange.
+The text boxes are as tall as their text, within limits, so the sampling controls stay in view."""
 
 from __future__ import annotations
 
 import logging
 
 from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, QTimer, Signal
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -14,20 +21,28 @@ from PySide6.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from engine import SamplingError
 
+from ..core.chat_jobs import chat_messages, chat_session, chat_state, render_chat
 from ..core.state import InspectorState
 from ..core.worker import EngineClient, ModelInfo, SessionRequest
+from ..widgets.auto_text import AutoHeightTextEdit
 
 log = logging.getLogger(__name__)
 
 EDIT_DEBOUNCE_MS = 400  # a new session starts this long after the last keystroke
 DEFAULT_TEXT = "In the beginning God created the heaven and the earth."
+CHAT_SYSTEM = "You are a helpful assistant."
+CHAT_USER = "Hello! How are you today?"
+PREVIEW_MIN_LINES = 4
+HISTORY_CLIP = 160  # characters of each earlier turn the history box shows
 
 
 # the bundled models were trained on particular text; their examples show what they learned
@@ -102,19 +117,70 @@ class PromptPanel(QWidget):
         mg.addWidget(self.model_label)
 
         # -- text -------------------------------------------------------------------------------------
+        self.chat_check = QCheckBox("Chat: the model's own template")
+        self.chat_check.setToolTip("Render a system and a user message through the checkpoint's chat template "
+                                   "(its special tokens show in the token strip); generation stops at the end of turn. "
+                                   "Off: a plain prompt.")
+        self.chat_check.setChecked(True)
         self.source_label = QLabel("Source (encoder input)")
-        self.source_edit = QPlainTextEdit()
+        self.source_edit = AutoHeightTextEdit(1, 6)
         self.source_edit.setPlaceholderText("text for the encoder")
+        self.system_label = QLabel("System")
+        self.system_edit = AutoHeightTextEdit(1, 5)
+        self.system_edit.setPlaceholderText("system message (optional)")
+        self.history_label = QLabel("Earlier turns")
+        self.history_edit = AutoHeightTextEdit(1, 5)
+        self.history_edit.setReadOnly(True)
+        self.history_edit.setObjectName("chat-history")
         self.prompt_label = QLabel("Prompt")
-        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit = AutoHeightTextEdit(1, 8)
         self.prompt_edit.setPlaceholderText("type a prompt")
-        for edit in (self.source_edit, self.prompt_edit):
+        for edit in (self.source_edit, self.prompt_edit, self.system_edit):
             edit.setTabChangesFocus(True)
-            edit.setMinimumHeight(48)
+        self.preview_button = QToolButton()
+        self.preview_button.setText("Template")
+        self.preview_button.setCheckable(True)
+        self.preview_button.setChecked(True)
+        self.preview_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.preview_button.setArrowType(Qt.ArrowType.DownArrow)
+        self.preview_button.setAutoRaise(True)
+        self.preview_button.setToolTip("The text the chat template writes for these messages (special tokens included)")
+        # the preview takes the column's spare height (at least a few lines), so a tall screen shows the whole template
+        self.preview_edit = QPlainTextEdit()
+        self.preview_edit.setReadOnly(True)
+        self.preview_edit.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.preview_edit.setObjectName("chat-preview")
+        font = self.preview_edit.font()
+        font.setFamily("monospace")
+        font.setStyleHint(font.StyleHint.Monospace)
+        self.preview_edit.setFont(font)
+        self.preview_edit.setMinimumHeight(QFontMetrics(font).lineSpacing() * PREVIEW_MIN_LINES + 12)
+        self.chat_status = QLabel("")
+        self.chat_status.setWordWrap(True)
+        self.chat_status.setObjectName("caption")
+        self.next_turn_button = QPushButton("Next turn")
+        self.next_turn_button.setToolTip("Keep this exchange (the reply as the assistant's message) and write the next user message")
+        self.clear_chat_button = QPushButton("Clear")
+        self.clear_chat_button.setToolTip("Forget the earlier turns")
+        chat_buttons = QHBoxLayout()
+        chat_buttons.addWidget(self.preview_button)
+        chat_buttons.addStretch(1)
+        chat_buttons.addWidget(self.next_turn_button)
+        chat_buttons.addWidget(self.clear_chat_button)
+        self.chat_widgets = (self.system_label, self.system_edit, self.preview_button, self.preview_edit,
+                             self.chat_status, self.next_turn_button, self.clear_chat_button)
+        self.turns: list[tuple[str, str]] = []  # earlier (role, content) of this chat, before the user box
+        self._preview_rid = 0
+        self._state_rid = 0
         text_group = QGroupBox("Text")
         tg = QVBoxLayout(text_group)
-        for w in (self.source_label, self.source_edit, self.prompt_label, self.prompt_edit):
+        tg.setSpacing(3)
+        for w in (self.chat_check, self.source_label, self.source_edit, self.system_label, self.system_edit,
+                  self.history_label, self.history_edit, self.prompt_label, self.prompt_edit):
             tg.addWidget(w)
+        tg.addLayout(chat_buttons)
+        tg.addWidget(self.preview_edit, 1)
+        tg.addWidget(self.chat_status)
 
         # -- sampling ---------------------------------------------------------------------------------
         self.mode_box = QComboBox()
@@ -145,11 +211,12 @@ class PromptPanel(QWidget):
         self.sampling_note.setObjectName("caption")
         form.addRow(self.sampling_note)
 
-        layout = QVBoxLayout(self)
+        layout = self._layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(model_group)
-        layout.addWidget(text_group, 1)
+        layout.addWidget(text_group)
         layout.addWidget(sampling_group)
+        layout.addStretch(1)  # spare height stays below the controls; the text boxes size to their text
 
         # -- wiring -----------------------------------------------------------------------------------
         self._debounce = QTimer(self)
@@ -158,6 +225,13 @@ class PromptPanel(QWidget):
         self._debounce.timeout.connect(self.request_session)
         self.prompt_edit.textChanged.connect(self._debounce.start)
         self.source_edit.textChanged.connect(self._debounce.start)
+        self.system_edit.textChanged.connect(self._debounce.start)
+        self.chat_check.toggled.connect(self._chat_toggled)
+        self.preview_button.toggled.connect(self._update_mode)
+        self.next_turn_button.clicked.connect(self.next_turn)
+        self.clear_chat_button.clicked.connect(self.clear_chat)
+        client.result_ready.connect(self._on_result)
+        state.trace_changed.connect(self._on_trace)
         self.open_button.clicked.connect(self._open_clicked)
         self.model_box.lineEdit().returnPressed.connect(self._open_clicked)
         self.browse_button.clicked.connect(self.browse_requested)
@@ -170,7 +244,7 @@ class PromptPanel(QWidget):
         state.model_changed.connect(self._on_model)
         self._keep_return = KeepReturnKey(self)
         for w in (self.model_box.lineEdit(), self.temperature_spin, self.top_k_spin, self.top_p_spin, self.seed_spin,
-                  self.prompt_edit, self.source_edit):
+                  self.prompt_edit, self.source_edit, self.system_edit):
             w.installEventFilter(self._keep_return)
         self._show_source(False)
 
@@ -194,8 +268,112 @@ class PromptPanel(QWidget):
 
     def request_session(self) -> None:
         self._debounce.stop()
-        if self.state.model is not None:
+        if self.state.model is None:
+            return
+        if self.chat_mode:
+            self.request_chat()
+        else:
             self.client.new_session(self.session_request())
+
+    # -- chat mode -----------------------------------------------------------------------------------
+    @property
+    def chat_mode(self) -> bool:
+        """Chat is on and the open model has a chat template."""
+        info = self.state.model
+        return bool(info is not None and info.has_chat_template and self.chat_check.isChecked())
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat as the engine takes it: system, earlier turns, the user box."""
+        return chat_messages(self.system_edit.toPlainText(), [*self.turns, ("user", self.prompt_edit.toPlainText())])
+
+    def request_chat(self) -> None:
+        if not self.prompt_edit.toPlainText().strip():
+            self.chat_status.setText("Write a user message; the session starts from it.")
+            return
+        messages = self.messages()
+        self.client.call("session", chat_session(messages, self.session_request()))
+        self._preview_rid = self.client.call("chat_preview", render_chat(messages))
+
+    def next_turn(self) -> None:
+        """Keep the exchange so far: ask the worker for the session's messages and reply, then clear the
+        user box for the next message (the new session starts once it is typed)."""
+        if self.chat_mode and self.state.trace is not None:
+            self._state_rid = self.client.call("chat_state", chat_state())
+
+    def clear_chat(self) -> None:
+        self.turns = []
+        self._show_history()
+        self.request_session()
+
+    def _on_result(self, rid: int, op: str, payload: object) -> None:
+        if rid == self._preview_rid and isinstance(payload, dict):
+            self.preview_edit.setPlainText(str(payload.get("text", "")))
+        elif rid == self._state_rid and isinstance(payload, dict) and payload.get("messages") is not None:
+            turns = [(str(m["role"]), str(m.get("content", ""))) for m in payload["messages"] if m["role"] != "system"]
+            self.turns = [*turns, ("assistant", str(payload.get("reply", "")))]
+            with QSignalBlocker(self.prompt_edit):
+                self.prompt_edit.clear()
+            self.prompt_edit.setPlaceholderText("the next user message")
+            self.prompt_edit.setFocus()
+            self._show_history()
+            self.chat_status.setText(f"Turn {len(self.turns) // 2 + 1}: write the next user message; the reply so far "
+                                     "is the assistant's message.")
+
+    def _show_history(self) -> None:
+        lines = []
+        for role, content in self.turns:
+            text = " ".join(content.split())
+            lines.append(f"{role}: {text[:HISTORY_CLIP]}{'…' if len(text) > HISTORY_CLIP else ''}")
+        self.history_edit.setPlainText("\n".join(lines))
+        self._update_mode()
+
+    def chat_summary(self, trace) -> str:  # noqa: ANN001 - engine.Trace
+        """Where the reply stands: generated tokens, and whether (and why) the session has finished."""
+        info = self.state.model
+        n_new = len(trace.token_ids) - trace.n_prompt
+        stops = [info.vocab[i] for i in info.stop_ids if 0 <= i < len(info.vocab)]
+        if n_new <= 0:
+            return (f"The template rendered {trace.n_prompt} tokens. Step or Run to generate the reply; it ends at the "
+                    f"end of turn ({', '.join(stops) or 'no stop token known'}).")
+        last = trace.token_ids[-1]
+        if last in info.stop_ids:
+            return (f"Finished after {n_new} tokens: end of turn, the model chose {info.vocab[last]}. "
+                    "Next turn to continue the chat; Back or a candidate to branch.")
+        if len(trace.token_ids) >= info.max_positions:
+            return f"Finished: the context is full ({info.max_positions} tokens)."
+        return f"Reply: {n_new} tokens so far; it ends at the end of turn ({', '.join(stops)})."
+
+    def _on_trace(self, trace) -> None:  # noqa: ANN001
+        if self.chat_mode and trace.family == "decoder":
+            self.chat_status.setText(self.chat_summary(trace))
+            self.next_turn_button.setEnabled(len(trace.token_ids) > trace.n_prompt)
+
+    def _chat_toggled(self, _on: bool) -> None:
+        self._update_mode()
+        self.request_session()
+
+    def _update_mode(self) -> None:
+        chat = self.chat_mode
+        info = self.state.model
+        self.chat_check.setVisible(bool(info is not None and info.has_chat_template))
+        for w in self.chat_widgets:
+            w.setVisible(chat)
+        self.preview_edit.setVisible(chat and self.preview_button.isChecked())
+        self.preview_button.setArrowType(Qt.ArrowType.DownArrow if self.preview_button.isChecked() else Qt.ArrowType.RightArrow)
+        # chat with its preview: the preview takes the spare height; else it stays below the controls
+        grow = chat and self.preview_button.isChecked()
+        self._layout.setStretch(1, 1 if grow else 0)
+        self._layout.setStretch(3, 0 if grow else 1)
+        self.history_label.setVisible(chat and bool(self.turns))
+        self.history_edit.setVisible(chat and bool(self.turns))
+        if chat:
+            self.prompt_label.setText("User")
+            self.prompt_edit.setPlaceholderText("the user's message")
+        elif self.source_edit.isVisibleTo(self):
+            self.prompt_label.setText("Decoder prefix (optional)")
+        else:
+            self.prompt_label.setText("Prompt")
+            self.prompt_edit.setPlaceholderText("type a prompt")
 
     def show_sampling(self, settings: dict) -> None:
         """Show these sampling settings (a reopened session's); the controls' own handlers pass them on to
@@ -242,13 +420,24 @@ class PromptPanel(QWidget):
     def _show_source(self, on: bool) -> None:
         self.source_label.setVisible(on)
         self.source_edit.setVisible(on)
-        self.prompt_label.setText("Decoder prefix (optional)" if on else "Prompt")
+        self._update_mode()
 
     def _on_model(self, info: ModelInfo) -> None:
+        self.turns = []
+        self.history_edit.clear()
+        self.preview_edit.clear()
+        self.chat_status.clear()
+        with QSignalBlocker(self.chat_check):
+            self.chat_check.setChecked(info.has_chat_template)  # a chat model starts in chat mode
         self._show_source(info.family == "encoder-decoder")
         # switch to the new family's example text unless the person typed their own
         prompt, source = self.prompt_edit.toPlainText(), self.source_edit.toPlainText()
         new_prompt, new_source = default_prompts(info)
+        if self.chat_mode:
+            new_prompt = CHAT_USER
+            if not self.system_edit.toPlainText().strip():
+                with QSignalBlocker(self.system_edit):
+                    self.system_edit.setPlainText(CHAT_SYSTEM)
         keep_prompt = prompt.strip() and prompt != self._defaults[0]
         keep_source = source.strip() and source != self._defaults[1]
         if info.family == "encoder" and info.mask_token and info.mask_token not in prompt:
