@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QBuffer, QIODevice, QRect, QSize
+from PySide6.QtCore import QBuffer, QIODevice, QPoint, QRect, QSize
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QFileDialog, QMainWindow
+from PySide6.QtWidgets import QFileDialog, QGraphicsView, QMainWindow, QWidget
 
 from engine.export import atomic_write, save_npz, trace_arrays  # plain numpy I/O on the immutable Trace
 
@@ -56,7 +56,10 @@ class Exports:
     # -- exports -------------------------------------------------------------------------------
     def export_view(self, path: str) -> Path | None:
         """The attention heatmap with its axes and colour bar: PNG (pixels) or SVG (by suffix)."""
-        widget = self.window.attention_view.graphics
+        return self.export_widget(self.window.attention_view.graphics, path)
+
+    def export_widget(self, widget: QWidget, path: str) -> Path | None:
+        """Any view as it is on screen (the head view's picture too): PNG (pixels) or SVG (by suffix)."""
         path = Path(path)
         try:
             if path.suffix.lower() == ".svg":
@@ -69,7 +72,10 @@ class Exports:
                 gen.setResolution(widget.logicalDpiX())  # else images and vectors disagree in scale
                 gen.setTitle("Attention Inspector view")
                 painter = QPainter(gen)
-                widget.render(painter)
+                if isinstance(widget, QGraphicsView):
+                    widget.render(painter)
+                else:  # a plain widget with its children (the head view's legend and canvas)
+                    widget.render(painter, QPoint())
                 painter.end()
                 data = bytes(buffer.data())
                 atomic_write(path, lambda f: f.write(data))
@@ -140,6 +146,11 @@ class Exports:
         path, chosen = QFileDialog.getSaveFileName(self.window, "Export view", "attention.png", "PNG (*.png);;SVG (*.svg)")
         if path:
             self.export_view(_with_suffix(path, chosen))
+
+    def export_widget_dialog(self, widget: QWidget, name: str = "view") -> None:
+        path, chosen = QFileDialog.getSaveFileName(self.window, "Export view", f"{name}.png", "PNG (*.png);;SVG (*.svg)")
+        if path:
+            self.export_widget(widget, _with_suffix(path, chosen))
 
     def export_pattern_dialog(self) -> None:
         path, chosen = QFileDialog.getSaveFileName(self.window, "Export pattern", "pattern.csv",

@@ -67,6 +67,7 @@ ENTRIES: tuple[Entry | Hint, ...] = (
           "view)", group="session"),
     Entry("file.save_session", "Sa&ve session…", (SK.Save,), group="session"),
     Entry("file.export_view", "Export &view as PNG / SVG…"),
+    Entry("file.export_head_view", "Export &head view as PNG / SVG…"),
     Entry("file.export_pattern", "Export &pattern as CSV / NPY…"),
     Entry("file.export_summary", "Export trace s&ummary (.json)…"),
     Entry("file.export_trace", "&Export trace (.npz)…", ("Ctrl+E",), "Export the trace (.npz)"),
@@ -97,7 +98,7 @@ ENTRIES: tuple[Entry | Hint, ...] = (
 # its owner on aboutToShow), "section:<id>" for a place others add to later (the docks' toggles)
 MENUS: dict[str, tuple[str, tuple[str, ...]]] = {
     "file": ("&File", ("file.open_folder", "file.open_cache", "menu:file.hf", "menu:file.bundled", "menu:file.recent", "-",
-                       "file.open_session", "file.save_session", "-", "file.export_view", "file.export_pattern",
+                       "file.open_session", "file.save_session", "-", "file.export_view", "file.export_head_view", "file.export_pattern",
                        "file.export_summary", "file.export_trace", "file.screenshot", "-", "file.quit")),
     "generate": ("&Generate", ("generate.step", "generate.back", "generate.run", "generate.stop", "generate.reset",
                                "generate.mask")),

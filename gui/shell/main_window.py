@@ -29,6 +29,7 @@ from ..core.state import InspectorState
 from ..core.worker import EngineClient, ModelInfo
 from ..panels.attention import AttentionView
 from ..panels.candidates import LogitsPanel
+from ..panels.head_view import HeadView
 from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
 from ..panels.tokens import TokenStrip
@@ -99,6 +100,10 @@ class MainWindow(QMainWindow):
         self.add_dock("tokens", "Tokens", self.token_strip, Qt.DockWidgetArea.TopDockWidgetArea)
         self.add_dock("heads", "All heads", self.head_grid, Qt.DockWidgetArea.RightDockWidgetArea)
         self.add_dock("logits", "Next-token candidates", self.logits_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.head_view = HeadView(self.state)  # issue 21: one query token, every head of a layer (tabbed by the grid)
+        self.add_dock("head_view", "Head view", self.head_view, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.docks["heads"], self.docks["head_view"])
+        self.docks["heads"].raise_()
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -195,6 +200,7 @@ class MainWindow(QMainWindow):
             ("view.reset_layout", self.reset_layout),
             ("help.shortcuts", self.show_shortcuts),
             ("help.about", self.show_about),
+            ("file.export_head_view", lambda: self.analysis.exports.export_widget_dialog(self.head_view.picture, "head-view")),
             ("file.open_cache", self.open_from_cache),
         ):
             r.bind(action_id, slot)
