@@ -20,8 +20,11 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QMenu,
+    QSizePolicy,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -61,10 +64,23 @@ def _prob(p: float) -> str:
 
 
 class AblationDiff(QWidget):
-    """Under the candidates: how the ablation moved the distribution at the selected position."""
+    """Under the candidates: how the ablation moved the distribution at the selected position.
+
+    One line (a toggle with the summary) when collapsed; expanded, the full heading and the movers table.
+    It starts expanded only where the candidates keep room for all their labelled bars; after a click
+    it stays as the person left it."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.toggle = QToolButton()
+        self.toggle.setCheckable(True)
+        self.toggle.setAutoRaise(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.toggle.setToolTip("Show or hide the biggest movers (the candidates keep their rows either way)")
+        self.toggle.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.toggle.clicked.connect(self._on_toggle_clicked)
+        self.user_expanded: bool | None = None  # None until the person chooses
         self.heading = QLabel()
         self.heading.setWordWrap(True)
         self.heading.setObjectName("caption")
@@ -78,15 +94,60 @@ class AblationDiff(QWidget):
         self.table.setMaximumHeight(26 + 18 * N_MOVERS)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(2)
+        layout.addWidget(self.toggle)
         layout.addWidget(self.heading)
         layout.addWidget(self.table)
         self.rows: list[tuple[int, float, float]] = []
+        self.set_expanded(False)
         self.hide()
 
-    def show_movers(self, heading: str, rows: list[tuple[int, float, float]], vocab: tuple[str, ...]) -> None:
+    @property
+    def expanded(self) -> bool:
+        return self.toggle.isChecked()
+
+    def set_expanded(self, on: bool) -> None:
+        changed = on != self.toggle.isChecked() or on != self.heading.isVisibleTo(self)
+        self.toggle.setChecked(on)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.heading.setVisible(on)
+        self.table.setVisible(on and bool(self.rows))
+        if changed:  # a dragged splitter handle stays where it was otherwise
+            self._fit_in_splitter()
+
+    def _fit_in_splitter(self) -> None:
+        """In the candidates' splitter: take the height this state needs (the rest stays the chart's)."""
+        splitter = self.parentWidget()
+        if not isinstance(splitter, QSplitter) or not self.isVisible():
+            return
+        sizes = splitter.sizes()
+        i = splitter.indexOf(self)
+        total = sum(sizes)
+        if i < 0 or total <= 0:
+            return
+        want = min(self.sizeHint().height(), total - 80)
+        others = total - want
+        rest = [s for j, s in enumerate(sizes) if j != i] or [0]
+        scale = others / max(sum(rest), 1)
+        splitter.setSizes([want if j == i else int(s * scale) for j, s in enumerate(sizes)])
+
+    def _on_toggle_clicked(self, on: bool) -> None:
+        self.user_expanded = on
+        self.set_expanded(on)
+
+    def expanded_height(self) -> int:
+        """About what the expanded table needs (its heading wraps to two or three lines)."""
+        return self.table.maximumHeight() + 3 * self.heading.fontMetrics().height() + 30
+
+    def show_movers(self, heading: str, rows: list[tuple[int, float, float]], vocab: tuple[str, ...],
+                    summary: str = "", expand: bool | None = None) -> None:
+        """`summary`: the collapsed one-liner; `expand`: the default while the person has not chosen."""
         self.rows = rows
         self.heading.setText(heading)
-        self.table.setVisible(bool(rows))
+        self.toggle.setText(summary or "Ablation effect")
+        self.toggle.setToolTip(heading)
+        on = self.user_expanded if self.user_expanded is not None else bool(expand)
+        self.set_expanded(on)
         self.table.setRowCount(len(rows))
         for r, (tid, p0, p1) in enumerate(rows):
             token = vocab[tid] if tid < len(vocab) else f"<{tid}>"
@@ -96,7 +157,9 @@ class AblationDiff(QWidget):
             items[3].setForeground(QColor(30, 140, 60) if d > 0 else QColor(200, 50, 50))
             for c, item in enumerate(items):
                 self.table.setItem(r, c, item)
-        self.show()
+        if not self.isVisible():
+            self.show()
+            self._fit_in_splitter()
 
 
 class AblationController(QObject):
@@ -136,6 +199,7 @@ class AblationController(QObject):
         self.status.setObjectName("caption")
         self.status.setWordWrap(True)
         grid.add_footer(self.status)
+        self.candidates = candidates
         self.diff = AblationDiff()
         candidates.add_footer(self.diff)
 
@@ -271,7 +335,8 @@ class AblationController(QObject):
         if (base is None or base.logit_rows is None or len(base) <= pos
                 or base.token_ids[: pos + 1] != trace.token_ids[: pos + 1] or base.source_ids != trace.source_ids):
             self.diff.show_movers(f"Ablated: no un-ablated distribution at position {pos} to compare with "
-                                  "(the comparison uses the trace from just before the first ablation).", [], ())
+                                  "(the comparison uses the trace from just before the first ablation).", [], (),
+                                  summary=f"Ablated · nothing to compare with at position {pos}")
             return
         before = distribution(base.logits_at(pos), 1.0)
         after = distribution(trace.logits_at(pos), 1.0)
@@ -281,5 +346,10 @@ class AblationController(QObject):
         vocab = s.model.vocab
         same = "top token unchanged" if top0 == top1 else f"top token “{vocab[top0]}” → “{vocab[top1]}”"
         where = f"position {pos}" + (f" (with “{trace.tokens[pos]}” in place)" if trace.family == "encoder" else "")
+        # expanded only where the bars keep their readable rows beside the table (else one line)
+        room = self.candidates.splitter.height() - self.candidates.chart_height()
+        short_same = "top unchanged" if top0 == top1 else f"top → “{vocab[top1]}”"
         self.diff.show_movers(f"Ablation effect at {where}, T=1: total variation {tv:.3f}, {same}. "
-                              "Biggest movers:", rows, vocab)
+                              "Biggest movers:", rows, vocab,
+                              summary=f"Ablation at {pos}: TV {tv:.3f}, {short_same}",
+                              expand=room >= self.diff.expanded_height())

@@ -1,6 +1,10 @@
 """Top-k candidates for the token after the selected query (encoder-only: the masked-LM predictions
 at the selected position), as probability bars. Sampling changes re-draw from the stored logits
-(engine.distribution, pure numpy) without a forward pass; double-click a bar to branch onto it."""
+(engine.distribution, pure numpy) without a forward pass; double-click a bar to branch onto it.
+
+Every bar keeps a readable, labelled row: the chart never gets shorter than its rows need (ROW_PAD
+over the tick font's height each) and scrolls instead; a footer (the ablation's "biggest movers") sits
+below it in a splitter, so it takes room only when someone gives it room."""
 
 from __future__ import annotations
 
@@ -9,8 +13,18 @@ import logging
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtGui import QColor, QCursor
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtGui import QColor, QCursor, QFontMetricsF
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QToolTip,
+    QVBoxLayout,
+    QWidget,
+)
 
 from engine import distribution
 
@@ -24,6 +38,8 @@ log = logging.getLogger(__name__)
 BAR_COLOR = QColor(90, 140, 220)
 CHOSEN_COLOR = QColor(235, 140, 40)
 MAX_BARS = 50
+ROW_PAD = 1.3  # a bar's row: the tick font's height × this (TokenAxis labels every row from 1.05)
+CHART_EXTRA_PX = 44  # the probability axis and its title below the bars
 
 
 class LogitsPanel(QWidget):
@@ -53,6 +69,7 @@ class LogitsPanel(QWidget):
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.invertY(True)
         self.plot.setLabel("bottom", "probability")
+        self.plot.setMinimumHeight(120)
         self.plot.getAxis("bottom").enableAutoSIPrefix(False)
         self.bars = pg.BarGraphItem(x0=[], y=[], height=0.72, width=[], brushes=[], pen=pg.mkPen(None))
         self.plot.addItem(self.bars)
@@ -71,7 +88,17 @@ class LogitsPanel(QWidget):
         bottom.addWidget(self.count_spin)
         self.heading.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         layout.addWidget(self.heading)
-        layout.addWidget(self.plot, 1)
+        # the bars scroll rather than shrink below readable rows; footers share a splitter with them
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.plot)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.scroll)
+        self.splitter.setStretchFactor(0, 1)
+        layout.addWidget(self.splitter, 1)
         layout.addLayout(bottom)
 
         self.count_spin.valueChanged.connect(lambda _v: self.redraw())
@@ -84,8 +111,19 @@ class LogitsPanel(QWidget):
         self._clear("Open a model")
 
     def add_footer(self, widget: QWidget) -> None:
-        """Below the bars (the ablation's "biggest movers" table)."""
-        self._layout.addWidget(widget)
+        """Below the bars (the ablation's "biggest movers" table), across a splitter handle from them."""
+        self.splitter.addWidget(widget)
+        self.splitter.setStretchFactor(self.splitter.count() - 1, 0)
+
+    def row_pixels(self) -> int:
+        """The height of one bar's row: enough for its token label, so the axis labels every bar."""
+        font = self.axis.style.get("tickFont") or self.axis.font()
+        return int(np.ceil(QFontMetricsF(font).height() * ROW_PAD))
+
+    def chart_height(self, n: int | None = None) -> int:
+        """The least height at which the chart labels all of its `n` bars (default: those on screen)."""
+        n = self.count_spin.value() if n is None else n
+        return n * self.row_pixels() + CHART_EXTRA_PX
 
     def _clear(self, text: str) -> None:
         self.candidate_ids = np.zeros(0, dtype=np.int64)
@@ -119,6 +157,7 @@ class LogitsPanel(QWidget):
         self.candidate_ids, self.bar_values = order, probs[order]
         self._logits = logits
         self.plot.setVisible(True)
+        self.plot.setMinimumHeight(self.chart_height(n))  # below that the rows scroll, never lose labels
         vocab = s.model.vocab
         # which token actually stands there (marked), and where a choice would go
         if encoder_only:
