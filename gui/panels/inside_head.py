@@ -129,6 +129,8 @@ def _plot(left: str = "", bottom_axis: pg.AxisItem | None = None) -> pg.PlotWidg
     plot.setMouseEnabled(x=False, y=False)
     if left:
         plot.setLabel("left", left)
+    for side in ("left", "bottom"):
+        plot.getAxis(side).enableAutoSIPrefix(False)  # "weight (x0.001)" reads as another quantity
     return plot
 
 
@@ -175,15 +177,17 @@ class InsideTab(QWidget):
 
         self.plot = _plot("weight")
         self.axis = self.plot.getAxis("bottom")
-        self.plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
-        self.pattern_bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=PATTERN_COLOR, pen=pg.mkPen(None),
-                                            name="α: the pattern (model)")
-        self.write_bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=WRITE_COLOR, pen=pg.mkPen(None),
-                                          name="α‖v W_O‖, scaled (what it writes)")
-        dash = pg.mkPen(WHAT_IF_COLOR, width=2, style=Qt.PenStyle.DashLine)
-        self.what_if_curve = pg.PlotDataItem([], [], pen=dash, symbol="o", symbolBrush=None,
-                                             symbolPen=pg.mkPen(WHAT_IF_COLOR), symbolSize=7, name="what-if (not the model)")
-        for item in (self.pattern_bars, self.write_bars, self.what_if_curve):
+        self.legend = _caption()  # a legend above the plot, not over the bars
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.pattern_bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=PATTERN_COLOR, pen=pg.mkPen(None))
+        self.write_bars = pg.BarGraphItem(x=[], height=[], width=0.4, brush=WRITE_COLOR, pen=pg.mkPen(None))
+        # what-ifs: outlines with hollow symbols (dashed: no scale, dotted: no mask), never filled bars
+        self.what_if_curve = pg.PlotDataItem([], [], pen=pg.mkPen(WHAT_IF_COLOR, width=2, style=Qt.PenStyle.DashLine),
+                                             symbol="o", symbolBrush=None, symbolPen=pg.mkPen(WHAT_IF_COLOR), symbolSize=7)
+        self.what_if_mask_curve = pg.PlotDataItem([], [], pen=pg.mkPen(WHAT_IF_COLOR, width=2, style=Qt.PenStyle.DotLine),
+                                                  symbol="t", symbolBrush=None, symbolPen=pg.mkPen(WHAT_IF_COLOR),
+                                                  symbolSize=7)
+        for item in (self.pattern_bars, self.write_bars, self.what_if_curve, self.what_if_mask_curve):
             self.plot.addItem(item)
 
         self.table = _table()
@@ -211,9 +215,14 @@ class InsideTab(QWidget):
             column.addWidget(plot, 1)
             vl.addLayout(column, 1)
         right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.plot)
+        bars = QWidget()
+        bl = QVBoxLayout(bars)
+        bl.setContentsMargins(0, 0, 0, 0)
+        bl.addWidget(self.legend)
+        bl.addWidget(self.plot, 1)
+        right.addWidget(bars)
         right.addWidget(vectors)
-        right.setSizes([260, 240])
+        right.setSizes([270, 200])
         body = self.body = QSplitter(Qt.Orientation.Horizontal)
         body.addWidget(self.table)
         body.addWidget(right)
@@ -374,7 +383,7 @@ class InsideTab(QWidget):
                 top = float(np.max(np.abs(finite))) if finite.size else 0.0
                 self.table.setItem(r, c, _item(_fmt(v), f"{title}: {v:.6g} — {tip}", _shade(v, top, signed), what_if))
         self.table.blockSignals(False)
-        self._fit_table()
+        QTimer.singleShot(0, self._fit_table)  # once the header has measured the new columns
         if self.selected_key is not None and self.selected_key in set(keys.tolist()):
             row = int(np.nonzero(keys == self.selected_key)[0][0])
             self.table.selectRow(row)
@@ -387,19 +396,19 @@ class InsideTab(QWidget):
         self.pattern_bars.setOpts(x=x - 0.2, height=alpha, width=0.4)
         self.write_bars.setOpts(x=x + 0.2, height=written, width=0.4)
         wi = self.what_if()
-        if wi:
-            self.what_if_curve.setData(x, wi[-1][1][keys])
-        else:
-            self.what_if_curve.setData([], [])
-        legend = self.plot.getPlotItem().legend
-        legend.removeItem(self.what_if_curve)
-        if wi:
-            legend.addItem(self.what_if_curve, wi[-1][0] + " (not the model)")
+        entries = [(PATTERN_COLOR, "■", "α: the pattern (the model's)"), (WRITE_COLOR, "■", "α‖v W_O‖, scaled: what it writes")]
+        for title, curve, mark in (("what-if: no scale", self.what_if_curve, "╌○"),
+                                   ("what-if: no mask", self.what_if_mask_curve, "┈△")):
+            values = dict(wi).get(title)
+            curve.setData(x if values is not None else [], values[keys] if values is not None else [])
+            if values is not None:
+                entries.append((WHAT_IF_COLOR, mark, f"<i>{title} (not the model)</i>"))
+        self.legend.setText("&nbsp;&nbsp;".join(f'<span style="color:{c.name()}">{m}</span> {t}' for c, m, t in entries))
         width = self.plot.getViewBox().width() or 400.0
         every = max(1, int(np.ceil(len(keys) * 60 / width)))  # horizontal labels, thinned, never rotated
         self.axis.setTicks([[(float(r), short(keys_tok[int(j)], 8)) for r, j in enumerate(keys) if r % every == 0]])
-        top = max(float(alpha.max(initial=0)), float(written.max(initial=0)),
-                  float(wi[-1][1][keys].max(initial=0)) if wi else 0.0)
+        top = max([float(alpha.max(initial=0)), float(written.max(initial=0))]
+                  + [float(v[keys].max(initial=0)) for _t, v in wi])
         self.plot.setXRange(-0.6, max(len(keys) - 0.4, 0.4), padding=0)
         self.plot.setYRange(0, max(top * 1.25, 0.05), padding=0)
         shown = "" if len(keys) == S else f" · {len(keys)} of {S} keys shown (largest weights)"
@@ -410,11 +419,11 @@ class InsideTab(QWidget):
 
     def _fit_table(self) -> None:
         """Give the table the width its columns need (the plots take the rest), as far as the dock allows."""
-        need = sum(self.table.columnWidth(c) for c in range(self.table.columnCount())) + 4
+        need = sum(self.table.columnWidth(c) for c in range(self.table.columnCount())) + 2 * self.table.frameWidth() + 6
         need += self.table.verticalScrollBar().sizeHint().width()
         sizes, total = self.body.sizes(), sum(self.body.sizes())
         if total > 0 and sizes[0] < need:
-            left = min(need, int(total * 0.62))
+            left = min(need, int(total * 0.6))
             self.body.setSizes([left, total - left])
 
     def written(self) -> np.ndarray:

@@ -86,7 +86,7 @@ class AnalysisUI:
         self.inside_head.show_tab(tab)
         self.show_dock("inside")
         if was_hidden and not dock.isFloating():
-            w.resizeDocks([dock], [int(w.height() * 0.42)], Qt.Orientation.Vertical)
+            w.resizeDocks([dock], [int(w.height() * 0.46)], Qt.Orientation.Vertical)
 
     def open_compare(self) -> CompareDialog:
         """The compare dialog (one per window, non-modal), prefilled with the prompt on screen."""

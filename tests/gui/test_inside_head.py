@@ -83,13 +83,14 @@ def test_what_if_toggles_change_what_is_shown_and_are_labelled(qtbot, window, ch
     np.testing.assert_allclose(y, ih.what_if_unscaled, atol=1e-6)
     assert not np.allclose(y, ih.pattern)  # the scale matters
     assert tab.what_if_curve.opts["pen"].style() == Qt.PenStyle.DashLine
-    legend = [label.text for _item, label in tab.plot.getPlotItem().legend.items]
-    assert any("what-if" in t and "not the model" in t for t in legend)
-    assert any("the pattern (model)" in t for t in legend)
+    legend = tab.legend.text()
+    assert "what-if: no scale (not the model)" in legend and "the pattern (the model's)" in legend
     np.testing.assert_allclose(tab.pattern_bars.opts["height"], ih.pattern)  # the model's own bars are untouched
     tab.no_mask.setChecked(True)
     _col, unmasked = _column(tab, "what-if: no mask")
     assert float(unmasked[-1]) > 0 and ih.blocked[-1]  # a future key gets weight only in the what-if
+    np.testing.assert_allclose(tab.what_if_mask_curve.getData()[1], ih.what_if_unmasked, atol=1e-6)
+    assert tab.what_if_mask_curve.opts["pen"].style() == Qt.PenStyle.DotLine and "no mask" in tab.legend.text()
     tab.no_scale.setChecked(False)
     tab.no_mask.setChecked(False)
     assert not any(c.startswith("what-if") for c in tab.columns)
@@ -227,4 +228,38 @@ def test_bundled_tiny_gpt(qtbot, window):
     assert panel.inside_tab.inside.layer == 2 and panel.inside_tab.table.rowCount() == len(win.state.trace)
     assert panel.attribution_tab.attribution.total == pytest.approx(panel.attribution_tab.attribution.logit, abs=1e-3)
     assert panel.embeddings_tab.positions["scheme"] == "learned" and panel.embeddings_tab.table.rowCount() > 0
+    assert win.errors == []
+
+
+@pytest.fixture(scope="module")
+def positional_checkpoints(tmp_path_factory):
+    """T5 (relative position bias added to q·k) and Llama (rotary q and k), built once."""
+    from tests import factories, modern_factories
+
+    root = tmp_path_factory.mktemp("positional")
+    return {"relative": factories.t5(root / "t5"), "rotary": modern_factories.ARCHITECTURES["llama"](root / "llama")}
+
+
+@pytest.mark.parametrize("scheme", ["relative", "rotary"])
+def test_bias_rotation_and_positions(qtbot, window, positional_checkpoints, scheme):
+    win = window
+    open_model(qtbot, win, positional_checkpoints[scheme], steps=2)
+    kind, q = "self", len(win.state.trace) - 1
+    layer, head = win.state.model.layers_by_kind[kind] - 1, 1
+    win.state.select(kind=kind, layer=layer, head=head, query=q)
+    panel, tab = _shown(qtbot, win, "inside")
+    ih = tab.inside
+    want = win.state.trace.attention_row(kind, layer, q)[head]
+    np.testing.assert_allclose(ih.pattern[: want.shape[0]], want, atol=1e-5)
+    if scheme == "relative":  # T5: the bias is a column, and what enters the softmax is shown apart
+        assert "+bias" in tab.columns and "score" in tab.columns and "relative position bias" in tab.chain.text()
+    else:  # RoPE: q and k before the rotation, as a grey line under the bars
+        assert ih.rotary_dims and "RoPE" in tab.chain.text() and "before" in tab.q_title.text()
+        np.testing.assert_allclose(tab.q_before.getData()[1], ih.q_before_rotation)
+    panel, emb = _shown(qtbot, win, "embeddings")
+    assert emb.positions["scheme"] == scheme
+    if scheme == "rotary":
+        assert len(emb.pos_curves) == emb.positions["array"].shape[0]
+    else:
+        assert emb.pos_image.image is not None and emb.pos_image.image.shape == emb.positions["array"].shape
     assert win.errors == []
