@@ -200,7 +200,7 @@ class HeadCanvas(QGraphicsView):
 
     def set_tokens(self, queries: tuple[str, ...], keys: tuple[str, ...]) -> None:
         fm = QFontMetricsF(self.font())
-        row_h = float(np.ceil(fm.height() * 1.25))
+        row_h = float(np.ceil(fm.height() * 1.15))
         self.queries.set_tokens(queries, fm, row_h)
         self.keys.set_tokens(keys, fm, row_h)
         self.relayout()
@@ -222,8 +222,11 @@ class HeadCanvas(QGraphicsView):
         self.setBackgroundBrush(background)
 
     def ensure_row_visible(self, row: int) -> None:
+        """Scroll the query's row into the middle of the view, unless it is on screen already."""
         if 0 <= row < len(self.queries.tokens):
-            self.ensureVisible(self.queries.row_rect(row).translated(self.queries.pos()), 0, 24)
+            rect = self.queries.row_rect(row).translated(self.queries.pos())
+            if not self.mapToScene(self.viewport().rect()).boundingRect().contains(rect):
+                self.centerOn(self.mapToScene(self.viewport().rect().center()).x(), rect.center().y())
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
