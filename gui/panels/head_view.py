@@ -20,6 +20,7 @@ import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QCursor, QFontMetricsF, QMouseEvent, QPainter, QPen, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QFrame,
     QGraphicsItem,
@@ -306,6 +307,9 @@ class HeadView(QWidget):
         self._dirty = True
         self._pending_hover = -1
 
+        self.kind_box = QComboBox()
+        self.kind_box.setToolTip("Which attention (the same choice as the attention view's)")
+        self.kind_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.layer_spin = QSpinBox()
         self.layer_spin.setPrefix("layer ")
         self.layer_spin.setToolTip("Layer (↑ / ↓, as in every view)")
@@ -324,6 +328,7 @@ class HeadView(QWidget):
         self.title.setObjectName("caption")
         controls = QHBoxLayout()
         controls.setContentsMargins(4, 2, 4, 0)
+        controls.addWidget(self.kind_box)
         controls.addWidget(self.layer_spin)
         controls.addWidget(self.threshold_spin)
         controls.addWidget(self.all_button)
@@ -358,10 +363,11 @@ class HeadView(QWidget):
         self._hover_timer.timeout.connect(self._apply_hover)
 
         self.layer_spin.valueChanged.connect(lambda v: state.select(layer=v))
+        self.kind_box.activated.connect(lambda i: state.select(kind=self.kind_box.itemData(i)))
         self.threshold_spin.valueChanged.connect(lambda _v: self.redraw_lines())
         self.all_button.clicked.connect(self.show_all_heads)
         self.canvas.hovered.connect(self._on_hover)
-        state.model_changed.connect(lambda _i: self.clear("Type a prompt"))
+        state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self.redraw())
         state.kind_changed.connect(lambda _k: self.redraw())
         state.layer_changed.connect(lambda _l: self.redraw())
@@ -563,8 +569,20 @@ class HeadView(QWidget):
         self.redraw_lines()
 
     # -- state -> controls ------------------------------------------------------------------------
+    def _on_model(self, info) -> None:  # noqa: ANN001 - ModelInfo
+        with QSignalBlocker(self.kind_box):
+            self.kind_box.clear()
+            for k in info.kinds:
+                self.kind_box.addItem(kind_name(k, info.family), k)
+        self.kind_box.setVisible(len(info.kinds) > 1)  # one kind: nothing to choose
+        self.clear("Type a prompt")
+
     def _sync_layer_spin(self) -> None:
         s = self.state
+        i = self.kind_box.findData(s.kind)
+        if i >= 0 and i != self.kind_box.currentIndex():
+            with QSignalBlocker(self.kind_box):
+                self.kind_box.setCurrentIndex(i)
         with QSignalBlocker(self.layer_spin):
             self.layer_spin.setRange(0, max(0, s.n_layers - 1))
             self.layer_spin.setValue(s.layer)

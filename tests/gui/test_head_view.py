@@ -131,7 +131,9 @@ def test_cross_attention_runs_from_decoder_tokens_to_the_source(qtbot, window, c
     _check_lines(view, row, q, 0.0)
     assert "decoder → source" in view.title.text()
     # the encoder's own attention: source on both sides, and hovering selects the source query
-    s.select(kind="encoder")
+    assert view.kind_box.isVisibleTo(view) and view.kind_box.currentData() == "cross"
+    view.kind_box.activated.emit(view.kind_box.findData("encoder"))  # as a person picking it
+    assert s.kind == "encoder" and view.kind_box.currentData() == "encoder"
     assert view.canvas.queries.tokens == trace.source_tokens
     _hover(view, view.canvas.queries, 0)
     qtbot.waitUntil(lambda: s.source_query == 0, timeout=2_000)
