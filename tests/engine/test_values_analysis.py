@@ -398,6 +398,27 @@ def test_pattern_statistics_in_float64_and_quiet_on_zeros():
             assert got[name][head] == pytest.approx(value, abs=1e-9), (head, name)  # float64 arithmetic
 
 
+def test_pattern_statistics_of_the_shortest_patterns():
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")  # no "mean of empty slice": defined values, not NaN
+        one = pattern_statistics(np.ones((2, 1, 1)))  # a one-token prompt: no choice anywhere
+        cross = np.array([[[0.5, 0.25, 0.25]], [[0.125, 0.75, 0.125]]])  # the first decoder token over 3 source tokens
+        first = pattern_statistics(cross, causal=False)
+        two = pattern_statistics(np.array([[[1, 0], [0.25, 0.75]], [[1, 0], [0.5, 0.5]]]))
+    for name, value in (("entropy", 0), ("entropy_norm", 0), ("prev_token", 0), ("sink", 1), ("distance", 0)):
+        np.testing.assert_array_equal(one[name], [value, value], err_msg=name)
+    np.testing.assert_allclose(first["sink"], [0.5, 0.125])  # a single query: its own weight on key 0
+    np.testing.assert_allclose(first["entropy"], [1.5, -(0.25 * math.log2(0.125) + 0.75 * math.log2(0.75))])
+    np.testing.assert_allclose(first["entropy_norm"], first["entropy"] / math.log2(3))
+    np.testing.assert_allclose(first["distance"], [0.25 + 0.5, 0.75 + 0.25])
+    np.testing.assert_array_equal(first["prev_token"], [0, 0])
+    np.testing.assert_allclose(two["sink"], [0.25, 0.5])  # row 0 (one key, no choice) left out
+    np.testing.assert_allclose(two["prev_token"], [0.25, 0.5])
+    np.testing.assert_allclose(two["entropy"], [-(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75)), 1.0])
+
+
 def test_head_statistics_match_loops_on_reference_patterns(sharp, marian, ref_marian):
     gpt, ref_gpt = sharp
     ids = PROMPT_IDS
