@@ -306,6 +306,7 @@ class HeadView(QWidget):
         self.redraw_ms = 0.0  # the last line update, for the caption's tooltip and the tests
         self._dirty = True
         self._pending_hover = -1
+        self._before_toggle: tuple[int, list[int]] | None = None  # (head, heads shown before its last click)
 
         self.kind_box = QComboBox()
         self.kind_box.setToolTip("Which attention (the same choice as the attention view's)")
@@ -397,7 +398,10 @@ class HeadView(QWidget):
         """Show `head` alone; if it already is, show every head again."""
         if head not in self.chips:
             return
-        if self.visible_heads == [head]:
+        # a double-click's first click has toggled the head already: judge by what was shown before it
+        before = self._before_toggle[1] if self._before_toggle and self._before_toggle[0] == head else self.visible_heads
+        self._before_toggle = None
+        if before == [head]:
             self.show_all_heads()
             return
         self.hidden_heads = {h for h in self.chips if h != head}
@@ -562,6 +566,7 @@ class HeadView(QWidget):
             chip._restyle()
 
     def _on_chip_toggled(self, head: int, on: bool) -> None:
+        self._before_toggle = (head, self.visible_heads)
         if on:
             self.hidden_heads.discard(head)
         else:

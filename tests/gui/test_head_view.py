@@ -92,7 +92,13 @@ def test_toggle_solo_and_legend_colours(qtbot, window, checkpoints):
     qtbot.mouseDClick(view.chips[1], Qt.MouseButton.LeftButton)  # alone
     assert view.visible_heads == [1]
     assert [h for h, item in view.canvas.lines.items() if item.isVisible()] == [1]
-    view.solo(1)  # again: every head
+    qtbot.mouseDClick(view.chips[1], Qt.MouseButton.LeftButton)  # again: every head
+    assert view.visible_heads == [0, 1, 2, 3]
+    view.chips[3].click()  # a person's double-click: the first click toggles, then the double-click
+    view.solo(3)
+    assert view.visible_heads == [3]
+    view.chips[3].click()
+    view.solo(3)
     assert view.visible_heads == [0, 1, 2, 3]
     # the grid's head numbers are written in the same colours
     assert isinstance(win.head_grid.plot.getAxis("top"), HeadAxis)
