@@ -2,6 +2,7 @@
 
     python main.py                                  open the app on the bundled tiny-gpt
     python main.py --model FOLDER --prompt "…"      open a checkpoint folder with a prompt
+    python main.py --prompt-file document.txt       a long prompt read from a text file
     python main.py --screenshot out.png --steps 5   render the window after 5 steps, save it, exit
     python main.py export --model M --prompt P --steps N --out trace.npz   headless export
 """
@@ -25,6 +26,8 @@ def _common(p: argparse.ArgumentParser, sub: bool = False) -> None:
                    help="bundled model name (tiny-gpt, tiny-bert, tiny-seq2seq), checkpoint folder, or HF cache id "
                         f"(default: {DEFAULT_MODEL})")
     p.add_argument("--prompt", default=d(None), help="prompt text (decoder prefix for encoder-decoder models)")
+    p.add_argument("--prompt-file", default=d(None), metavar="FILE.txt",
+                   help="read the prompt from a UTF-8 text file (a long document), instead of --prompt")
     p.add_argument("--source", default=d(None), help="source text for the encoder of an encoder-decoder model")
     p.add_argument("--steps", type=int, default=d(0), help="generation steps to take after the prompt (default: 0)")
     p.add_argument("--device", default=d(None), help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
@@ -95,10 +98,31 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_prompt_file(args: argparse.Namespace) -> str | None:
+    """--prompt-file into args.prompt; returns what went wrong, or None."""
+    from pathlib import Path
+
+    path = getattr(args, "prompt_file", None)
+    if not path:
+        return None
+    if getattr(args, "prompt", None) is not None:
+        return "give either --prompt or --prompt-file, not both"
+    try:
+        args.prompt = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"cannot read the prompt file {path}: {exc}"
+    log.info("prompt from %s: %d characters", path, len(args.prompt))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    problem = read_prompt_file(args)
+    if problem:
+        sys.stderr.write(f"error: {problem}\n")
+        return 2
     if args.command in ("export", "heads"):
         from engine import EngineError
 

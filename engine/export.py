@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from .trace import Trace
+from .errors import CaptureError
+from .trace import Trace, parse_capture_name
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:  # noqa: ANN001 - write(file object)
@@ -30,8 +32,29 @@ def atomic_write(path: str | os.PathLike, write) -> Path:  # noqa: ANN001 - writ
     return path
 
 
-def trace_arrays(trace: Trace) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = dict(trace.patterns())
+def pattern_names(trace: Trace, layers: Iterable[str] | None = None) -> list[str]:
+    """The capture names an export writes: `layers` (capture names, e.g. "decoder.3.attn") in the trace's
+    order, or every recorded one. A name the trace does not have is refused by name."""
+    recorded = [n for n in trace.capture_names if n in trace.blocks]
+    if layers is None:
+        return recorded
+    chosen = set(layers)
+    unknown = sorted(chosen - set(recorded))
+    if unknown:
+        raise CaptureError(f"{', '.join(unknown)} not recorded in this trace; it has {', '.join(recorded) or 'no patterns'}")
+    return [n for n in recorded if n in chosen]
+
+
+def pattern_bytes(trace: Trace, name: str) -> int:
+    """float32 bytes of one capture point's whole pattern (what an export writes before compression)."""
+    heads, n_q, n_k = trace.attention_shape(*parse_capture_name(name))
+    return 4 * heads * n_q * n_k
+
+
+def trace_arrays(trace: Trace, layers: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Tokens, logits, a JSON summary and the patterns of `layers` (capture names; default every recorded one)."""
+    names = pattern_names(trace, layers)
+    arrays: dict[str, np.ndarray] = {n: trace.attention(*parse_capture_name(n)) for n in names}
     arrays["tokens"] = np.array(trace.tokens, dtype=str)
     arrays["token_ids"] = np.array(trace.token_ids, dtype=np.int64)
     if trace.source_ids is not None:
@@ -40,12 +63,13 @@ def trace_arrays(trace: Trace) -> dict[str, np.ndarray]:
     if trace.logits is not None:
         arrays["logits"] = np.asarray(trace.logits)
     summary = {"family": trace.family, "model": trace.model_name, "n_prompt": trace.n_prompt, "n_heads": trace.n_heads,
-               "layers": trace.n_layers, "patterns": trace.capture_names,
+               "layers": trace.n_layers, "patterns": names,
                "steps": [s.__dict__ for s in trace.steps], "gates": trace.gates}
     arrays["summary_json"] = np.array(json.dumps(summary))
     return arrays
 
 
-def save_npz(trace: Trace, path: str | os.PathLike) -> Path:
-    arrays = trace_arrays(trace)
+def save_npz(trace: Trace, path: str | os.PathLike, layers: Iterable[str] | None = None) -> Path:
+    """Write trace_arrays(trace, layers) compressed; `layers` (capture names) limits the patterns written."""
+    arrays = trace_arrays(trace, layers)
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))

@@ -11,14 +11,65 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QBuffer, QIODevice, QPoint, QRect, QSize
+from PySide6.QtCore import QBuffer, QIODevice, QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QFileDialog, QGraphicsView, QMainWindow, QWidget
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QGraphicsView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QVBoxLayout,
+    QWidget,
+)
 
-from engine.export import atomic_write, save_npz, trace_arrays  # plain numpy I/O on the immutable Trace
+from engine import EngineError
+from engine.export import atomic_write, pattern_bytes, pattern_names, save_npz, trace_arrays  # numpy I/O on the Trace
 
 log = logging.getLogger(__name__)
+
+EXPORT_ASK_BYTES = 256 * 1024**2  # a whole-trace export whose patterns exceed this asks which layers to write
+MAX_PATTERN_CELLS = 16 * 1024**2  # the visible region of a long pattern exported exactly (64 MB of float32)
+WHOLE_LIMIT = 4 * 1024**3  # the engine refuses a layer's whole pattern beyond this (engine.trace.DENSE_LIMIT)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def choose_layers_dialog(parent: QWidget, sizes: dict[str, int]) -> list[str] | None:
+    """Which capture points to write, each with its uncompressed size; None when cancelled."""
+    dialog = QDialog(parent)
+    dialog.setWindowTitle("Export trace: choose layers")
+    total = sum(sizes.values())
+    text = QLabel(f"Every pattern of this trace would take {_size(total)} before compression. Choose the layers "
+                  "to write (tokens, logits and the summary are always written).")
+    text.setWordWrap(True)
+    items = QListWidget()
+    for name, size in sizes.items():
+        item = QListWidgetItem(f"{name}  —  {_size(size)}" + ("  (too big to write whole)" if size > WHOLE_LIMIT else ""))
+        item.setData(Qt.ItemDataRole.UserRole, name)
+        flags = item.flags() | Qt.ItemFlag.ItemIsUserCheckable
+        if size > WHOLE_LIMIT:
+            flags &= ~Qt.ItemFlag.ItemIsEnabled
+        item.setFlags(flags)
+        item.setCheckState(Qt.CheckState.Unchecked)
+        items.addItem(item)
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    layout = QVBoxLayout(dialog)
+    for w in (text, items, buttons):
+        layout.addWidget(w)
+    dialog.resize(460, 360)
+    if dialog.exec() != QDialog.DialogCode.Accepted:
+        return None
+    return [items.item(i).data(Qt.ItemDataRole.UserRole) for i in range(items.count())
+            if items.item(i).checkState() == Qt.CheckState.Checked]
 
 
 def _with_suffix(path: str, chosen_filter: str) -> str:
@@ -34,24 +85,38 @@ class Exports:
 
     def __init__(self, window: QMainWindow, view_state: Callable[[], dict]) -> None:
         self.window, self.view_state = window, view_state
+        self.choose_layers = choose_layers_dialog  # (parent, {name: bytes}) -> names | None; tests replace it
 
-    def export_trace(self, path: str) -> None:
-        """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""
+    def export_trace(self, path: str, layers: list[str] | None = None) -> None:
+        """Tokens, every pattern under its capture name (or those of `layers`, capture names), and the logits,
+        as the `export` command writes them."""
         w = self.window
         if w.state.trace is None:
             w.show_error("nothing to export yet: open a model and type a prompt")
             return
         try:
-            written = save_npz(w.state.trace, path)
-        except OSError as exc:
+            written = save_npz(w.state.trace, path, layers=layers)
+        except (OSError, EngineError) as exc:
             w.show_error(f"could not write {path}: {exc}")
             return
         w.statusBar().showMessage(f"Wrote {written}", 5000)
 
+    def layer_sizes(self) -> dict[str, int]:
+        """Capture name -> bytes of its whole pattern, for the trace on screen."""
+        trace = self.window.state.trace
+        return {n: pattern_bytes(trace, n) for n in pattern_names(trace)} if trace is not None else {}
+
     def export_trace_dialog(self) -> None:
+        """A huge context asks first which layers to write (the whole trace could take many GB)."""
+        layers = None
+        sizes = self.layer_sizes()
+        if sum(sizes.values()) > EXPORT_ASK_BYTES:
+            layers = self.choose_layers(self.window, sizes)
+            if layers is None:
+                return
         path, _ = QFileDialog.getSaveFileName(self.window, "Export trace", "trace.npz", "NumPy archive (*.npz)")
         if path:
-            self.export_trace(path)
+            self.export_trace(path, layers)
 
     # -- exports -------------------------------------------------------------------------------
     def export_view(self, path: str) -> Path | None:
@@ -97,7 +162,15 @@ class Exports:
         """The [queries, keys] weights on screen (one head, mean of heads or rollout) as CSV (with token
         labels) or NPY."""
         w = self.window
-        pattern = w.attention_view.pattern
+        pattern, q0, k0 = w.attention_view.pattern, 0, 0
+        if pattern is None and w.state.trace is not None and w.attention_view.tiled:
+            view = w.attention_view  # a long pattern: the region in view, exactly
+            q0, q1, k0, k1 = view.visible_region()
+            if (q1 - q0) * (k1 - k0) > MAX_PATTERN_CELLS:
+                w.show_error(f"the region in view has {(q1 - q0) * (k1 - k0):,} cells; zoom in to at most "
+                             f"{MAX_PATTERN_CELLS:,} to export it")
+                return None
+            pattern = view.exact_region(q0, q1, k0, k1)
         if pattern is None or w.state.trace is None:
             w.show_error("no pattern on screen to export")
             return None
@@ -109,8 +182,9 @@ class Exports:
                 text = io.StringIO()
                 writer = csv.writer(text)
                 queries, keys = w.state.query_tokens(), w.state.key_tokens()
-                writer.writerow(["query \\ key"] + [f"{i}:{t}" for i, t in enumerate(keys)])
-                for q, row in enumerate(pattern):
+                n_q, n_k = pattern.shape
+                writer.writerow(["query \\ key"] + [f"{i}:{keys[i]}" for i in range(k0, k0 + n_k)])
+                for q, row in enumerate(pattern, start=q0):
                     writer.writerow([f"{q}:{queries[q]}"] + [f"{v:.6g}" for v in row])
                 data = text.getvalue().encode("utf-8")
                 atomic_write(path, lambda f: f.write(data))
@@ -123,7 +197,8 @@ class Exports:
     def summary(self) -> dict:
         s = self.window.state
         trace = s.trace
-        summary = json.loads(str(trace_arrays(trace)["summary_json"]))
+        summary = json.loads(str(trace_arrays(trace, layers=())["summary_json"]))  # no pattern is assembled
+        summary["patterns"] = pattern_names(trace)
         summary.update({"tokens": list(trace.tokens), "token_ids": list(trace.token_ids),
                         "source_tokens": list(trace.source_tokens) if trace.source_tokens else None,
                         "view": self.view_state()})

@@ -62,6 +62,7 @@ class AttentionView(QWidget):
         self._fitted = True  # the whole pattern is in view: a step re-fits to the grown pattern
         self._request: tuple | None = None  # what the latest tile request was for
         self._generation = 0
+        self._tile_display: tuple | None = None  # (colour map, log scale) the tile on screen was drawn with
         self._render = RenderThread("attention", self)
         self._render.ready.connect(self._on_tile)
         self._render.failed.connect(lambda _k, _g, message: log.warning("attention tile: %s", message))
@@ -80,7 +81,8 @@ class AttentionView(QWidget):
         self.head_spin = QSpinBox()
         self.head_spin.setPrefix("head ")
         self.head_spin.setToolTip("Head ([ / ])")
-        self.mean_box = QCheckBox("mean of heads")
+        self.mean_box = QCheckBox("mean")
+        self.mean_box.setToolTip("Mean of heads (A)")
         self.cmap_box = QComboBox()
         self.cmap_box.addItems(colormaps.COLORMAPS)
         self.cmap_box.setToolTip("Colour map of the heatmap and the head grid")
@@ -90,8 +92,11 @@ class AttentionView(QWidget):
         self.fit_button = QToolButton()
         self.fit_button.setText("Fit")
         self.fit_button.setToolTip("Show the whole pattern (0). Zoom: wheel or + / −; pan: drag")
-        self.row_plot_box = QCheckBox("row plot")
-        self.row_plot_box.setToolTip("The selected query's weights over every key as a line, strongest keys listed")
+        self.row_plot_box = QToolButton()
+        self.row_plot_box.setText("Row")
+        self.row_plot_box.setCheckable(True)
+        self.row_plot_box.setToolTip("Row plot: the selected query's weights over every key as a line, strongest keys "
+                                     "listed (a heatmap row of thousands of keys is unreadable)")
         controls = self._controls = QHBoxLayout()
         controls.setContentsMargins(4, 2, 4, 2)
         for w in (self.kind_box, self.layer_spin, self.head_spin, self.mean_box):
@@ -318,10 +323,11 @@ class AttentionView(QWidget):
         if self.shape != old_shape and (self._fitted or old_shape == (0, 0)):
             self.fit()  # a step grew the pattern: keep all of it in view (a zoomed view stays where it is)
         if self.tiled:
-            if self._request is not None and self._request[1:4] == (s.kind, s.layer, tuple(self._heads())):
+            same_head = self._request is not None and self._request[1:4] == (s.kind, s.layer, tuple(self._heads()))
+            if not same_head:
+                self.image.clear()  # another head's tile must not stand in for this one
+            elif self._tile_display != (s.colormap, s.log_scale):
                 self._draw_tile()  # the last tile of this head stays (re-scaled) until the new one comes
-            else:
-                self.image.clear()
             self._request_tile()
         head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
         how = " · max-pooled to the screen where a pixel covers several cells" if self.tiled else ""
@@ -340,26 +346,28 @@ class AttentionView(QWidget):
         self.image.setRect(rect)
 
     # -- tiles (long patterns) -----------------------------------------------------------------------
-    def _request_tile(self) -> None:
-        """Ask the display thread for the visible region at screen resolution (unless it is on screen)."""
+    def _wanted(self) -> tuple | None:
+        """What the view needs now: (trace, kind, layer, heads, q0, q1, k0, k1, rows, cols), or None."""
         s, trace = self.state, self.state.trace
         if not self.tiled or trace is None or s.kind not in trace.kinds:
-            return
+            return None
         vb = self.plot.getViewBox()
-        n_q, n_k = self.shape
-        q0, q1, k0, k1 = tiles.region(vb.viewRange(), n_q, n_k)
+        q0, q1, k0, k1 = tiles.region(vb.viewRange(), *self.shape)
         if q0 >= q1 or k0 >= k1:
-            return
+            return None
         ratio = self.devicePixelRatioF()
-        cols = max(1, int(vb.width() * ratio))
-        rows = max(1, int(vb.height() * ratio))
-        kind, layer, heads = s.kind, s.layer, self._heads()
-        request = (trace, kind, layer, tuple(heads), q0, q1, k0, k1, min(rows, q1 - q0), min(cols, k1 - k0))
-        if request == self._request:
+        cols, rows = max(1, int(vb.width() * ratio)), max(1, int(vb.height() * ratio))
+        return (trace, s.kind, s.layer, tuple(self._heads()), q0, q1, k0, k1, min(rows, q1 - q0), min(cols, k1 - k0))
+
+    def _request_tile(self) -> None:
+        """Ask the display thread for the visible region at screen resolution (unless it is on screen)."""
+        request = self._wanted()
+        if request is None or request == self._request:
             return
         self._request = request
+        trace, kind, layer, heads, q0, q1, k0, k1, rows, cols = request
         self._generation = self._render.submit(
-            "tile", lambda: (request, tiles.visible_tile(trace, kind, layer, heads, q0, q1, k0, k1, rows, cols)))
+            "tile", lambda: (request, tiles.visible_tile(trace, kind, layer, list(heads), q0, q1, k0, k1, rows, cols)))
 
     def _on_tile(self, key: str, generation: int, result: object) -> None:
         if key != "tile" or generation != self._generation or result is None:
@@ -374,13 +382,24 @@ class AttentionView(QWidget):
         t = self.tile
         if t is None:
             return
+        self._tile_display = (self.state.colormap, self.state.log_scale)
         rect = QRectF(t.k0 - 0.5, t.q0 - 0.5, t.k1 - t.k0, t.q1 - t.q0)
         self._show_image(t.weights, t.row_edges, t.col_edges, rect, future=t.future)
+
+    def visible_region(self) -> tuple[int, int, int, int]:
+        """q0, q1, k0, k1 of the cells in view."""
+        return tiles.region(self.plot.getViewBox().viewRange(), *self.shape)
+
+    def exact_region(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """The exact weights [q1 - q0, k1 - k0] of the head (or mean of heads) on screen."""
+        s = self.state
+        parts = [s.trace.attention_tile(s.kind, s.layer, h, q0, q1, k0, k1) for h in self._heads()]
+        return parts[0] if len(parts) == 1 else np.mean(np.stack(parts), axis=0, dtype=np.float64).astype(np.float32)
 
     @property
     def pending(self) -> bool:
         """A tile is being computed (tests wait for it)."""
-        return not self._render.idle or self._tile_timer.isActive()
+        return not self._render.idle or self._tile_timer.isActive() or self._wanted() not in (None, self._request)
 
     # -- the selected row as a line ------------------------------------------------------------------
     def _show_row_plot(self, on: bool) -> None:

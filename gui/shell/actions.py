@@ -61,6 +61,8 @@ ENTRIES: tuple[Entry | Hint, ...] = (
     Entry("view.reset_layout", "Reset &layout"),
     # file
     Entry("file.open_folder", "&Open model folder…", (SK.Open,), "Open a checkpoint folder"),
+    Entry("file.open_prompt", "Open &prompt from file…", ("Ctrl+Shift+P",), "Open a prompt from a text file (its token "
+          "count is shown before it runs)"),
     Entry("file.open_cache", "Open from &cache…", ("Ctrl+Shift+H",), "Open a model from the Hugging Face cache (a list "
           "with sizes; the ones that cannot be opened say why)"),
     Entry("file.open_session", "Open &session…", ("Ctrl+Shift+O",), "Open / save a session (prompt, steps, ablations, "
@@ -98,6 +100,7 @@ ENTRIES: tuple[Entry | Hint, ...] = (
 # its owner on aboutToShow), "section:<id>" for a place others add to later (the docks' toggles)
 MENUS: dict[str, tuple[str, tuple[str, ...]]] = {
     "file": ("&File", ("file.open_folder", "file.open_cache", "menu:file.hf", "menu:file.bundled", "menu:file.recent", "-",
+                       "file.open_prompt", "-",
                        "file.open_session", "file.save_session", "-", "file.export_view", "file.export_head_view", "file.export_pattern",
                        "file.export_summary", "file.export_trace", "file.screenshot", "-", "file.quit")),
     "generate": ("&Generate", ("generate.step", "generate.back", "generate.run", "generate.stop", "generate.reset",

@@ -156,3 +156,50 @@ def test_token_axis_labels_every_cell_that_fits(qtbot):
     assert axis.layout_labels(0, 11, 24.0) == (1, True)  # too wide side by side, upright they fit
     stride, rotated = axis.layout_labels(0, 11, 4.0)
     assert stride > 1 and not rotated  # neither fits: thinned
+
+
+def test_prompt_from_file_counts_tokens_first_and_export_writes_chosen_layers(qtbot, window, checkpoints, tmp_path,
+                                                                               monkeypatch):
+    from engine import load_model
+    from gui.features import exports
+
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    text = "And God said, Let there be light: and there was light."
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(text, encoding="utf-8")
+    asked = []
+    win.analysis.prompt_file.ask = lambda message: asked.append(message) or True
+    win.analysis.prompt_file.open_path(str(prompt))
+    wait_idle(qtbot, win)
+    n = len(load_model(checkpoints["decoder"], device="cpu").tokenizer.encode(text))
+    assert win.analysis.prompt_file.last_count == (n, 64)
+    assert f"{n} tokens" in asked[0] and "run it?" in asked[0]
+    assert win.prompt_panel.texts()[0] == text
+    assert len(win.state.trace) >= n and win.errors == []
+
+    # a whole-trace export over the limit asks which layers to write, and writes only those
+    sizes_seen = []
+    win.analysis.exports.choose_layers = lambda _parent, sizes: sizes_seen.append(sizes) or ["decoder.1.attn"]
+    monkeypatch.setattr(exports, "EXPORT_ASK_BYTES", 0)
+    out = tmp_path / "chosen.npz"
+    monkeypatch.setattr(exports.QFileDialog, "getSaveFileName", staticmethod(lambda *_a, **_k: (str(out), "")))
+    win.analysis.exports.export_trace_dialog()
+    trace = win.state.trace
+    assert sizes_seen == [{"decoder.0.attn": 4 * 4 * len(trace) ** 2, "decoder.1.attn": 4 * 4 * len(trace) ** 2}]
+    with np.load(out) as data:
+        assert "decoder.1.attn" in data and "decoder.0.attn" not in data
+        np.testing.assert_array_equal(data["decoder.1.attn"], trace.attention("self", 1))
+        assert list(data["tokens"]) == list(trace.tokens)
+
+
+def test_prompt_file_on_the_command_line(checkpoints, tmp_path):
+    import main
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("In the beginning God created", encoding="utf-8")
+    out = tmp_path / "t.npz"
+    assert main.main(["export", "--model", str(checkpoints["decoder"]), "--prompt-file", str(prompt), "--out", str(out)]) == 0
+    with np.load(out) as data:
+        assert "".join(data["tokens"]).replace("Ġ", " ").endswith("created") or len(data["tokens"]) > 3
+    assert main.main(["--prompt", "x", "--prompt-file", str(prompt)]) == 2  # one or the other
