@@ -534,3 +534,8 @@ def test_induction_pattern_score_by_hand_with_offset():
     p[1, offset + period + 1] = 0
     p[1, offset + period + 1, 0] = 1  # one of head 1's three second-copy queries looks elsewhere
     np.testing.assert_allclose(induction_pattern_score(p, period, offset), [0.0, 2 / 3])
+    # no prefix (offset 0 by default): R R straight away
+    q = np.zeros((1, 2 * period, 2 * period))
+    q[0, np.arange(period), np.arange(period)] = 1
+    q[0, np.arange(period, 2 * period), np.arange(1, period + 1)] = 1
+    np.testing.assert_allclose(induction_pattern_score(q, period), [1.0])
