@@ -59,6 +59,7 @@ class Model:
         self.dtype_reason = ""  # why this dtype (set by load_model), for the status bar
         self._unembedding: tuple | None = None
         self._rules: dict[str, ScoreRule] = {}
+        self._gate_values: dict[str, tuple[float, ...]] = {}  # capture name -> gates, where any differs from 1
 
     @property
     def pattern_dtype(self) -> type:
@@ -177,22 +178,26 @@ class Model:
         """Multiply one head's output by `value` (0 = ablated, 1 = untouched) in every later forward."""
         if not 0 <= head < self.n_heads:
             raise CaptureError(f"head {head} does not exist; heads are 0..{self.n_heads - 1}")
-        self._attention_module(kind, layer).gate[head] = float(value)
+        module = self._attention_module(kind, layer)
+        module.gate[head] = float(value)
+        name = capture_name(kind, layer)
+        values = list(self._gate_values.get(name, (1.0,) * self.n_heads))
+        values[head] = float(value)
+        if all(v == 1.0 for v in values):
+            self._gate_values.pop(name, None)
+        else:
+            self._gate_values[name] = tuple(values)
 
     def gates(self) -> dict[str, tuple[float, ...]]:
-        """Capture name -> per-head gates, for the layers where any gate differs from 1."""
-        out = {}
-        for kind in self.kinds:
-            for i in range(self.layers_by_kind[kind]):
-                g = self._attention_module(kind, i).gate
-                if bool((g != 1).any()):
-                    out[capture_name(kind, i)] = tuple(float(x) for x in g.tolist())
-        return out
+        """Capture name -> per-head gates, for the layers where any gate differs from 1. Read from a host-side
+        copy kept by set_head_gate: checking every layer's gate on a GPU cost one device sync per layer per step."""
+        return dict(self._gate_values)
 
     def clear_gates(self) -> None:
         for kind in self.kinds:
             for i in range(self.layers_by_kind[kind]):
                 self._attention_module(kind, i).gate.fill_(1.0)
+        self._gate_values.clear()
 
     # -- ids ----------------------------------------------------------------------------------
     def check_ids(self, ids: Sequence[int], what: str = "prompt") -> list[int]:
