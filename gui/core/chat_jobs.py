@@ -1,5 +1,5 @@
 """Chat-mode jobs for the engine thread: render a chat through the checkpoint's template, start a chat
-session, take the next turn, and read where a chat stands.
+session, and read where a chat stands (its messages and reply, for the next turn).
 
 As in gui/core/jobs.py, each function returns `fn(worker)` for EngineClient.call(op, fn); it runs in the
 worker thread. A session job runs under op "session", so its Trace replaces the one on screen and follows
@@ -49,22 +49,6 @@ def render_chat(messages: list[dict[str, str]]) -> Callable:
 def chat_session(messages: list[dict[str, str]], req: SessionRequest) -> Callable:
     """A new session whose prompt is `messages` rendered through the chat template."""
     return lambda w: _start(w, messages, req)
-
-
-def next_turn(user: str, req: SessionRequest) -> Callable:
-    """The open chat's messages, the reply generated so far as the assistant's turn, and `user` as the
-    next user message: a new session on them."""
-
-    def fn(w: EngineWorker) -> Any:
-        s = w.session
-        if s is None or s.messages is None:
-            raise EngineError("no chat yet: write a user message and press Run first")
-        if not user.strip():
-            raise EngineError("write the next user message first")
-        messages = [*s.messages, {"role": "assistant", "content": s.reply}, {"role": "user", "content": user}]
-        return _start(w, messages, req)
-
-    return fn
 
 
 def chat_state() -> Callable:
