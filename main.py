@@ -1,10 +1,12 @@
 """Attention Inspector: step through transformer generation and inspect every layer's and head's attention.
 
     python main.py                                  open the app on the bundled tiny-gpt
+    attention-inspector FOLDER                      open a checkpoint folder (what the desktop entry passes; = --model)
     python main.py --model FOLDER --prompt "…"      open a checkpoint folder with a prompt
     python main.py --prompt-file document.txt       a long prompt read from a text file
     python main.py --screenshot out.png --steps 5   render the window after 5 steps, save it, exit
     python main.py export --model M --prompt P --steps N --out trace.npz   headless export
+    attention-inspector --install-desktop-entry     add the app to the desktop's menus (and --version)
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dock", metavar="NAME", help="bring a dock to the front: inside, attribution, embeddings "
                         "(the \"Inside this head\" tabs), lens, stats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="store_true", help="print the version (and torch's, the device's) and exit")
+    parser.add_argument("--install-desktop-entry", action="store_true",
+                        help="put the app's menu entry and icon in $XDG_DATA_HOME (default ~/.local/share) and exit")
+    parser.add_argument("--uninstall-desktop-entry", action="store_true", help="remove them again and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     exp = sub.add_parser("export", help="run headless and write tokens, every attention pattern and the logits to .npz")
     _common(exp, sub=True)
@@ -98,6 +104,29 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = ("export", "heads")
+
+
+def _folder_first(argv: list[str]) -> list[str]:
+    """`attention-inspector FOLDER [options]` (a file manager's "Open with") means `--model FOLDER`: a first
+    argument that is neither an option nor a command names the model."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        return ["--model", argv[0], *argv[1:]]
+    return argv
+
+
+def _desktop(args: argparse.Namespace) -> int:
+    from gui.shell.desktop import install_desktop_entry, uninstall_desktop_entry
+
+    if args.uninstall_desktop_entry:
+        removed = uninstall_desktop_entry()
+        sys.stdout.write("".join(f"removed {p}\n" for p in removed) or "nothing to remove\n")
+        return 0
+    for path in install_desktop_entry():
+        sys.stdout.write(f"installed {path}\n")
+    return 0
+
+
 def read_prompt_file(args: argparse.Namespace) -> str | None:
     """--prompt-file into args.prompt; returns what went wrong, or None."""
     from pathlib import Path
@@ -116,7 +145,14 @@ def read_prompt_file(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_folder_first(sys.argv[1:] if argv is None else list(argv)))
+    if args.version:
+        from engine.about import version_text
+
+        sys.stdout.write(version_text())
+        return 0
+    if args.install_desktop_entry or args.uninstall_desktop_entry:
+        return _desktop(args)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     problem = read_prompt_file(args)

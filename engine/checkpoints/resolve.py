@@ -6,6 +6,7 @@ The cache's layout (models--org--name, refs, snapshots, blobs) is huggingface_hu
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -16,7 +17,27 @@ from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "models"
+RESOURCE_PACKAGE = "attention_inspector_resources"  # the repo's resources/ folder, installed as package data
+CHECKOUT_RESOURCES = Path(__file__).resolve().parents[2] / "resources"  # the same folder in a source checkout
+
+
+def resources_dir() -> Path:
+    """The bundled resources (models/, icons/, the desktop entry): the package `attention_inspector_resources`
+    found with importlib.resources, which pyproject maps onto the repo's top-level resources/ folder (a wheel
+    carries it; an editable install points at the checkout), else resources/ beside engine/ in a checkout
+    that was never pip-installed (or whose editable install predates the mapping)."""
+    try:
+        root = importlib.resources.files(RESOURCE_PACKAGE)
+    except ModuleNotFoundError:
+        root = None
+    if isinstance(root, Path) and root.is_dir():
+        return root
+    if root is not None:  # a zip import or an odd loader: its files are not a folder the engine can open
+        log.warning("the %s package is not a folder on disk (%r); using %s", RESOURCE_PACKAGE, root, CHECKOUT_RESOURCES)
+    return CHECKOUT_RESOURCES
+
+
+RESOURCES = resources_dir() / "models"
 
 
 def bundled_models() -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QSettings, QTimer, Signal
 from PySide6.QtWidgets import QApplication
 
-from . import style
+from . import desktop, style
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     app = QApplication.instance() or QApplication(argv or sys.argv[:1])
     app.setApplicationName("Attention Inspector")
     app.setOrganizationName("AttentionInspector")
+    app.setDesktopFileName(desktop.APP_ID)  # Wayland's app id: the shell matches the window to the menu entry
+    app.setWindowIcon(desktop.app_icon())
     style.apply(app)
     return app
 

@@ -394,11 +394,16 @@ class MainWindow(QMainWindow):
         self.shortcuts_dialog = dialog
 
     def show_about(self) -> None:
+        from engine.about import app_version, engine_versions
+
+        v = engine_versions()
         QMessageBox.about(self, f"About {APP_NAME}",
-                          f"<b>{APP_NAME}</b><p>Step through a transformer's generation one token at a time and see, "
+                          f"<b>{APP_NAME}</b> {app_version()}<p>Step through a transformer's generation one token at a time and see, "
                           "for every layer and head, the attention pattern and the next-token candidates.</p>"
                           "<p>Decoder-only (GPT-2), encoder-only (BERT) and encoder-decoder (T5, BART, Marian) "
-                          "models, run by a small torch engine of its own.</p>")
+                          "models, run by a small torch engine of its own.</p>"
+                          f"<p>Engine: torch {v['torch']} (CUDA {v['cuda']}), default device {v['device']}, "
+                          f"Python {v['python']}</p>")
 
     def export_trace(self, path: str) -> None:
         """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""
