@@ -281,12 +281,19 @@ class Model:
     def _blocks(self, capture: dict | None, q_start: int) -> dict[str, list[PatternBlock | QueryBlock]]:
         if capture is None:
             return {}
-        if capture.rebuild:
+        if capture.rebuild:  # one device-to-host copy each for every layer's q, keys and lse (one sync each on a GPU)
+            names = list(capture)
+            qs = iter(_to_host([capture[n][0][0] for n in names]))
+            lses = iter(_to_host([capture[n][2][0] for n in names]))
+            keyed = [n for n in names if capture[n][1] is not None]
+            keys = dict(zip(keyed, _to_host([capture[n][1][0] for n in keyed])))
             out = {}
-            for name, (q, keys, lse) in capture.items():
-                k_start = q_start if name.startswith("decoder") and not name.endswith("cross_attn") else 0
-                out[name] = [QueryBlock(q_start, _stored(q[0]), _frozen(lse[0].cpu().numpy()),
-                                        _stored(keys[0]) if keys is not None else None, k_start)]
+            for name in names:
+                self_attention = name.startswith("decoder") and not name.endswith("cross_attn")
+                k = keys.get(name)
+                if k is not None and not self_attention:  # kept by the block: its own memory, not the shared buffer
+                    k = _frozen(k.copy())
+                out[name] = [QueryBlock(q_start, next(qs), next(lses), k, q_start if self_attention else 0)]
             return out
         dtype = self.pattern_dtype
         tdtype = torch.float16 if dtype == np.float16 else torch.float32
@@ -397,13 +404,21 @@ class Model:
                      n_kv_heads=self.config.n_kv_heads, no_logits_reason=self.no_logits_reason, rules=rules, **kw)
 
 
-def _stored(t: torch.Tensor) -> np.ndarray:
-    """q or k as kept for rebuilding, read-only on the CPU: float32 and float16 as they are, bfloat16 as its raw
-    16 bits (numpy has no bfloat16; rebuild.as_float32 widens them exactly)."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return _frozen(t.contiguous().view(torch.int16).cpu().numpy().view(np.uint16))
-    return _frozen(np.ascontiguousarray(t.cpu().numpy()))
+def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Same-dtype tensors -> read-only numpy copies on the CPU, through one transfer (one sync on a GPU).
+    bfloat16 is kept as its raw 16 bits (numpy has no bfloat16; rebuild.as_float32 widens them exactly)."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    if flat.dtype == torch.bfloat16:
+        host = flat.view(torch.int16).cpu().numpy().view(np.uint16)
+    else:
+        host = flat.cpu().numpy()
+    out, at = [], 0
+    for t in tensors:
+        out.append(_frozen(host[at : at + t.numel()].reshape(t.shape)))
+        at += t.numel()
+    return out
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
