@@ -162,7 +162,8 @@ class MainWindow(QMainWindow):
         self._busy_delay = QTimer(self)
         self._busy_delay.setSingleShot(True)
         self._busy_delay.setInterval(300)
-        self._busy_delay.timeout.connect(lambda: self.busy_bar.setVisible(self.client.busy))
+        # a load has its own progress strip: the indeterminate bar stays hidden while one runs
+        self._busy_delay.timeout.connect(lambda: self.busy_bar.setVisible(self.client.busy and not self.client.loading))
         self.status_labels = {k: QLabel() for k in ("model", "family", "params", "device", "load")}
         self.loading = LoadingController(self)  # the load strip: name, size, progress, Cancel (gui/shell/loading.py)
         bar.addPermanentWidget(self.loading.widget)
@@ -217,7 +218,6 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_model_text(source)
         if device:
             self.prompt_panel.set_device(device)
-        self.statusBar().showMessage(f"Loading {source} …")
         self.loading.begin(source)
         self.client.load(source, device, dtype)
 

@@ -7,6 +7,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 STEPS = 1000  # the bar's resolution
+NAME_CHARS = 32  # longer names are elided in the middle
 
 
 class LoadProgressWidget(QWidget):
@@ -31,6 +32,7 @@ class LoadProgressWidget(QWidget):
         layout.addWidget(self.bar)
         layout.addWidget(self.cancel_button)
         self.fraction = 0.0
+        self.name = ""
 
     def start(self, name: str, size: str = "") -> None:
         self.fraction = 0.0
@@ -41,7 +43,14 @@ class LoadProgressWidget(QWidget):
         self.show()
 
     def set_title(self, name: str, size: str = "") -> None:
-        self.label.setText(f"Loading {name}" + (f" ({size})" if size else "") + " …")
+        """'Loading <name> (<size>) …', the name shortened to its last part and elided in the middle when
+        long (the full name in the tooltip), so the size always shows."""
+        short = name.rstrip("/").rsplit("/", 1)[-1] or name
+        if len(short) > NAME_CHARS:
+            short = short[: NAME_CHARS // 2 - 1] + "…" + short[-(NAME_CHARS // 2):]
+        self.label.setText(f"Loading {short}" + (f" ({size})" if size else "") + " …")
+        self.name = name
+        self.setToolTip(f"Loading {name}" + (f", {size} of weights" if size else ""))
 
     def set_fraction(self, fraction: float, message: str = "") -> None:
         self.fraction = max(0.0, min(1.0, float(fraction)))

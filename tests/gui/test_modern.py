@@ -129,6 +129,9 @@ def test_a_load_shows_its_progress_and_a_cancelled_load_keeps_the_open_model(qtb
     win.client.call("hold", lambda _w: gate.wait(30))
     win.open_model(str(modern["chat-llama"]))
     assert win.loading.widget.isVisible() and win.loading.widget.cancel_button.isEnabled()
+    assert win.loading.widget.label.text() == "Loading chat-llama …"  # the folder's name, not its whole path
+    qtbot.wait(400)
+    assert not win.busy_bar.isVisible()  # the load's own strip, not the indeterminate bar as well
     qtbot.mouseClick(win.loading.widget.cancel_button, Qt.MouseButton.LeftButton)
     assert win.client.load_cancelled
     gate.set()
