@@ -121,12 +121,22 @@ class RelativePositionBias(nn.Module):
         return self.table(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, nh, T, S)
 
 
+CAUSAL = "causal"  # LayerInputs.masks value: the kernels' own causal masking (a T x T float mask is 4 GB at 32k)
+
+
+def mask_rows(mask: Tensor | str | None, a: int, n: int, n_keys: int, device: torch.device) -> Tensor | None:
+    """Rows a..a+n of an additive mask (made on the fly for CAUSAL)."""
+    if mask is CAUSAL:
+        return additive_mask(a, n, n_keys, True, None, device)
+    return None if mask is None else mask[..., a : a + n, :]
+
+
 @dataclass
 class LayerInputs:
     """What one forward hands to every layer, built once by the stack: the additive masks (one per
     sliding window; None = full), the rotary tables (one per RopeSpec), and the encoder memory."""
 
-    masks: dict[int | None, Tensor | None]
+    masks: dict[int | None, Tensor | str | None]  # CAUSAL: a plain causal mask from position 0, never materialised
     rotary: dict[RopeSpec, tuple[Tensor, Tensor]] = field(default_factory=dict)
     memory: Tensor | None = None
     memory_bias: Tensor | None = None
@@ -212,8 +222,9 @@ class Attention(nn.Module):
         if q.device.type == "cpu" and spec.softcap is None and T > 1:  # the fused kernel also returns the lse
             if spec.group > 1:
                 k, v = k.repeat_interleave(spec.group, dim=1), v.repeat_interleave(spec.group, dim=1)
+            causal = mask is CAUSAL
             y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, attn_mask=None if mask is None else mask.to(q.dtype), scale=spec.scale)
+                q, k, v, 0.0, causal, attn_mask=None if mask is None or causal else mask.to(q.dtype), scale=spec.scale)
             return y, lse.float()
         kf = k.float().transpose(-2, -1)  # (B, nkv, hs, S)
         chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * S))
@@ -226,8 +237,9 @@ class Attention(nn.Module):
                 s = s * spec.scale
             if spec.softcap is not None:
                 s = torch.tanh(s / spec.softcap) * spec.softcap
-            if mask is not None:
-                s = s + mask[..., a : a + n, :]
+            rows = mask_rows(mask, a, n, S, q.device)
+            if rows is not None:
+                s = s + rows
             lse = torch.logsumexp(s, dim=-1)
             p = torch.exp(s - lse[..., None]).to(v.dtype)
             ys.append((self._grouped(p) @ v).view(B, nh, n, hs))
@@ -249,8 +261,9 @@ class Attention(nn.Module):
         q, k, v, new_keys = self._project(x, ctx, cache, probe)
         mask = ctx.memory_bias if self.cross else ctx.masks[spec.window]
         if capture is None and spec.softcap is None:  # nothing to record: let torch pick a fused kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
-                                               scale=spec.scale, enable_gqa=self.n_kv != self.n_heads)
+            causal = mask is CAUSAL
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None or causal else mask.to(q.dtype),
+                                               is_causal=causal, scale=spec.scale, enable_gqa=self.n_kv != self.n_heads)
         elif capture is None or getattr(capture, "rebuild", False):
             y, lse = self._attend_with_lse(q, k, v, mask)
             if capture is not None:
@@ -262,8 +275,9 @@ class Attention(nn.Module):
                 scores = scores * spec.scale
             if spec.softcap is not None:
                 scores = torch.tanh(scores / spec.softcap) * spec.softcap
-            if mask is not None:
-                scores = scores + mask
+            full = mask_rows(mask, 0, T, S, q.device)
+            if full is not None:
+                scores = scores + full
             pattern = torch.softmax(scores.float(), dim=-1)
             if capture is not None:
                 capture[self.name] = pattern

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from .cache import KVCache
 from .config import ModelConfig
 from .modules import (
+    CAUSAL,
     Block,
     Capture,
     LayerInputs,
@@ -67,6 +68,9 @@ class Stack(nn.Module):
         rel = self.rel_bias(start, T, S).to(dtype) if self.rel_bias is not None else None
         masks = {}
         for window in self.windows:  # one mask per layer type, shared by every layer of that type
+            if window is None and self.causal and start == 0 and T > 1 and key_mask is None and rel is None:
+                masks[window] = CAUSAL  # the kernels mask it themselves; never a T x T tensor
+                continue
             mask = additive_mask(start, T, S, self.causal, key_mask, device, window)
             masks[window] = rel if mask is None else mask if rel is None else rel + mask
         ctx = LayerInputs(masks, memory=memory)
