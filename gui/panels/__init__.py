@@ -1,1 +1,2 @@
-"""One dock each (prompt, tokens, attention, heads, candidates, logit lens, head statistics); may import core, widgets, rendering."""
+"""One dock each (prompt, tokens, attention, heads, candidates, logit lens, head statistics, inside this head); may import
+core, widgets, rendering."""

@@ -985,10 +985,15 @@ class InsideHeadPanel(QWidget):
                 return name, req
         return None
 
-    def _on_error(self, op: str, _message: str) -> None:
+    def _on_error(self, op: str, message: str) -> None:
+        """An unexpected failure (the window shows it too): said in the tab, and not asked again until the
+        selection or the trace changes (asking again at once would fail again, and again)."""
         found = self._request_for(op)
         if found is not None:
-            found[1].in_flight, found[1].wanted = 0, None  # the window shows the message; ask again later
+            name, req = found
+            req.in_flight = 0
+            self.shown[name] = None
+            self.tab(name).show_message(f"Could not compute this: {message}")
 
     def _on_result(self, rid: int, op: str, payload: object) -> None:
         found = self._request_for(op)

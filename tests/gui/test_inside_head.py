@@ -263,3 +263,26 @@ def test_bias_rotation_and_positions(qtbot, window, positional_checkpoints, sche
     else:
         assert emb.pos_image.image is not None and emb.pos_image.image.shape == emb.positions["array"].shape
     assert win.errors == []
+
+
+def test_a_failing_job_is_said_once_and_not_asked_again(qtbot, window, checkpoints, monkeypatch):
+    from gui.core import explain_jobs
+
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    panel, tab = _shown(qtbot, win, "inside")
+
+    def broken(*_args):
+        def fn(_w):
+            raise RuntimeError("boom")
+
+        return fn
+
+    monkeypatch.setattr(explain_jobs, "inside_head", broken)
+    req = panel.requests["inside"]
+    count = req.count
+    win.state.select(head=3)
+    qtbot.waitUntil(lambda: "Could not compute" in tab.heading.text(), timeout=TIMEOUT)
+    wait_idle(qtbot, win)
+    qtbot.wait(300)
+    assert req.count == count + 1 and "boom" in tab.heading.text() and "boom" in win.errors[-1]
