@@ -62,6 +62,7 @@ class AttentionView(QWidget):
         self._fitted = True  # the whole pattern is in view: a step re-fits to the grown pattern
         self._request: tuple | None = None  # what the latest tile request was for
         self._generation = 0
+        self._title = ""
         self._tile_display: tuple | None = None  # (colour map, log scale) the tile on screen was drawn with
         self._render = RenderThread("attention", self)
         self._render.ready.connect(self._on_tile)
@@ -330,8 +331,8 @@ class AttentionView(QWidget):
                 self._draw_tile()  # the last tile of this head stays (re-scaled) until the new one comes
             self._request_tile()
         head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
-        how = " · max-pooled to the screen where a pixel covers several cells" if self.tiled else ""
-        self.plot.setTitle(f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}{how}", size="10pt")
+        self._title = f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}"
+        self._show_title()
         if self.row_plot_box.isChecked():
             self._draw_row()
 
@@ -377,6 +378,11 @@ class AttentionView(QWidget):
             return
         self.tile = tile
         self._draw_tile()
+        self._show_title()
+
+    def _show_title(self) -> None:
+        how = " · max-pooled to the screen" if self.tiled and self.tile is not None and not self.tile.exact else ""
+        self.plot.setTitle(self._title + how, size="10pt")
 
     def _draw_tile(self) -> None:
         t = self.tile

@@ -105,8 +105,13 @@ class TokenChip(QLabel):
         super().paintEvent(event)  # the text
 
 
+MAX_CHIPS = 512  # a longer sequence shows its last MAX_CHIPS tokens as chips (where steps happen); the views show all
+
+
 class ChipRow(QWidget):
-    """A wrapping row of chips for one sequence (the main one, or the encoder-decoder's source)."""
+    """A wrapping row of chips for one sequence (the main one, or the encoder-decoder's source). A long one
+    (a document of thousands of tokens) shows its last MAX_CHIPS tokens: a chip per token would cost the
+    window seconds per step; `offset` is the position of the first chip."""
 
     clicked = Signal(int)
     hovered = Signal(int)
@@ -117,14 +122,29 @@ class ChipRow(QWidget):
         self.caption = QLabel(caption)  # inline, first in the flow: saves a line per row
         self.caption.setObjectName("caption")
         self.flow.addWidget(self.caption)
+        self.more = QLabel()  # "… 4,129 earlier tokens" when the row is windowed
+        self.more.setObjectName("caption")
+        self.more.hide()
+        self.flow.addWidget(self.more)
         self.chips: list[TokenChip] = []
         self.n = 0
+        self.offset = 0
+
+    def chip_at(self, position: int) -> TokenChip | None:
+        i = position - self.offset
+        return self.chips[i] if 0 <= i < self.n else None
 
     def set_tokens(self, tokens: tuple[str, ...], roles: list[str], tips: list[str]) -> None:
+        offset = max(0, len(tokens) - MAX_CHIPS)
+        if offset != self.offset or (offset > 0) != self.more.isVisibleTo(self):
+            self.more.setText(f"… {offset:,} earlier tokens (all of them in the attention view)")
+            self.more.setVisible(offset > 0)
+        self.offset = offset
+        tokens, roles, tips = tokens[offset:], roles[offset:], tips[offset:]
         while len(self.chips) < len(tokens):
             chip = TokenChip(len(self.chips), self)
-            chip.clicked.connect(self.clicked)
-            chip.hovered.connect(self.hovered)
+            chip.clicked.connect(lambda i: self.clicked.emit(i + self.offset))
+            chip.hovered.connect(lambda i: self.hovered.emit(i + self.offset if i >= 0 else i))
             self.flow.addWidget(chip)
             self.chips.append(chip)
         changed = len(tokens) != self.n
@@ -148,7 +168,8 @@ class ChipRow(QWidget):
 
     def set_marks(self, selected: int | None, tints: np.ndarray | None) -> None:
         for i in range(self.n):
-            self.chips[i].set_marks(i == selected, float(tints[i]) if tints is not None and i < len(tints) else 0.0)
+            p = i + self.offset
+            self.chips[i].set_marks(p == selected, float(tints[p]) if tints is not None and p < len(tints) else 0.0)
 
 
 class TokenStrip(QWidget):
@@ -304,7 +325,7 @@ class TokenStrip(QWidget):
         self.summary.setText(text)
         self._sync_buttons()
         self._refresh_marks()
-        self.scroll.ensureWidgetVisible(self.main_row.chips[len(trace) - 1] if len(trace) else self.main_row)
+        self.scroll.ensureWidgetVisible(self.main_row.chip_at(len(trace) - 1) or self.main_row)
 
     # -- selection and hover tint ----------------------------------------------------------------------
     def _hover(self, side: str, i: int) -> None:

@@ -114,6 +114,9 @@ def run_app(args: argparse.Namespace) -> int:
             return
         if window.client.busy and not force:  # a dock is still computing (Inside this head): the next settled saves
             return
+        if not force and (window.head_grid.pending or window.attention_view.pending):
+            QTimer.singleShot(100, save)  # the display threads are still pooling / tiling (long contexts)
+            return
         result["saved"] = True
         app.processEvents()
         path = Path(screenshot)

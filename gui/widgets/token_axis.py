@@ -57,7 +57,9 @@ class TokenAxis(pg.AxisItem):
         self._widest = max([self._widest] + [self._advance(self.label_text(i)) for i in range(start, len(tokens))])
         if self.orientation in ("left", "right"):
             # pyqtgraph drops tick text that does not fit, so make room for the widest label
-            self.setWidth(int(self._widest + 16))
+            width = int(self._widest + 16)
+            if width != getattr(self, "fixedWidth", None):
+                self.setWidth(width)
         self.picture = None  # force a redraw with the new strings
         self.update()
 
@@ -127,7 +129,7 @@ class TokenAxis(pg.AxisItem):
     def _update_title(self) -> None:
         if not self.title:
             return
-        note = f" · every {_ordinal(self.stride)} labelled (zoom in for all)" if self.stride > 1 else ""
+        note = f" · every {_ordinal(self.stride)} labelled" if self.stride > 1 else ""
         text = self.title + note
         if text != self._shown_title:
             self._shown_title = text
