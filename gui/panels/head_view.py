@@ -501,7 +501,8 @@ class HeadView(QWidget):
             keys = np.flatnonzero(w >= thr) if thr > 0 else np.flatnonzero(w > 0)
             if keys.size > MAX_LINES_PER_HEAD:  # the strongest ones, in key order
                 keys = np.sort(keys[np.argsort(-w[keys], kind="stable")[:MAX_LINES_PER_HEAD]])
-            item.set_lines(*self.canvas.line_x, y0, keys, self.canvas.keys.row_y(keys), w[keys])
+            ys = self.canvas.keys.row_y(keys) + self._fan_offset(h, len(self.canvas.lines))
+            item.set_lines(*self.canvas.line_x, y0, keys, ys, w[keys])
             shown += int(keys.size)
         self.canvas.queries.set_selected(q)
         if follow and self._pending_hover < 0 and not self._hover_timer.isActive():
@@ -515,6 +516,13 @@ class HeadView(QWidget):
                 "it alone.")
         self.caption.setText(f"Query {q} “{token}”: {shown} lines with weight ≥ {thr:g} from "
                              f"{len(self.chips) - hidden} of {len(self.chips)} heads." + hint)
+
+    def _fan_offset(self, head: int, n_heads: int) -> float:
+        """Heads that pick the same key end a little apart within its row, so one does not hide another."""
+        if n_heads < 2:
+            return 0.0
+        spread = min(0.5 * self.canvas.keys.row_h, 2.0 * (n_heads - 1))
+        return (head / (n_heads - 1) - 0.5) * spread
 
     # -- legend ---------------------------------------------------------------------------------------
     _legend_group = 1
@@ -545,6 +553,7 @@ class HeadView(QWidget):
         else:
             label = QLabel("heads")
             label.setObjectName("caption")
+            label.setMinimumHeight(HeadChip(0).sizeHint().height())  # level with the chips
             self.legend_layout.addWidget(label)
             for h in range(n_heads):
                 self.legend_layout.addWidget(self._chip(h, None))

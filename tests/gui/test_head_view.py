@@ -47,7 +47,8 @@ def _check_lines(view, row: np.ndarray, q: int, threshold: float) -> None:
         np.testing.assert_array_equal(item.keys, want)
         np.testing.assert_array_equal(item.weights, row[h, want])  # exactly the trace's weights
         np.testing.assert_array_equal(item.alphas, np.rint(row[h, want].astype(np.float64) * 255).astype(int))
-        np.testing.assert_allclose(item.ys, canvas.keys.row_y(want))  # to the right keys' rows
+        # to the right keys' rows (heads end a little apart within a row)
+        assert np.all(np.abs(item.ys - canvas.keys.row_y(want)) < canvas.keys.row_h / 4)
         assert item.y0 == pytest.approx(y0)  # from the query's row
         assert item.color == head_color(h)
 
