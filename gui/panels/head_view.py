@@ -17,7 +17,7 @@ import logging
 import time
 
 import numpy as np
-from PySide6.QtCore import QEvent, QPointF, QRectF, QSignalBlocker, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QLineF, QPointF, QRectF, QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QCursor, QFontMetricsF, QMouseEvent, QPainter, QPen, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -151,20 +151,36 @@ class HeadLines(QGraphicsItem):
         if not self.keys.size:
             return
         r = option.exposedRect
-        top, bottom = r.top(), r.bottom()
+        top, bottom = r.top() - LINE_WIDTH, r.bottom() + LINE_WIDTH
+        alphas = self.alphas
+        ys = self.ys
+        keep = alphas > 0
+        # clip each line to the exposed band ourselves: a long antialiased line that the raster engine
+        # clips costs ~0.3 ms, the part on screen a few microseconds (1,000-token sequences scroll)
+        dy = ys - self.y0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ta, tb = (top - self.y0) / dy, (bottom - self.y0) / dy
+        flat = np.abs(dy) < 1e-9
+        t0 = np.where(flat, np.where((self.y0 >= top) & (self.y0 <= bottom), 0.0, 1.0), np.clip(np.minimum(ta, tb), 0, 1))
+        t1 = np.where(flat, np.where((self.y0 >= top) & (self.y0 <= bottom), 1.0, 0.0), np.clip(np.maximum(ta, tb), 0, 1))
+        keep &= t1 > t0
+        if not keep.any():
+            return
+        dx = self.x1 - self.x0
+        xa, ya = self.x0 + t0[keep] * dx, self.y0 + t0[keep] * dy[keep]
+        xb, yb = self.x0 + t1[keep] * dx, self.y0 + t1[keep] * dy[keep]
+        a = alphas[keep]
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         pen = QPen(self.color)
         pen.setWidthF(LINE_WIDTH)
         pen.setCapStyle(Qt.PenCapStyle.FlatCap)
         color = QColor(self.color)
-        start = QPointF(self.x0, self.y0)
-        for y, a in zip(self.ys.tolist(), self.alphas.tolist()):
-            if a == 0 or (y < top and self.y0 < top) or (y > bottom and self.y0 > bottom):
-                continue  # invisible, or wholly above / below what is being painted
-            color.setAlpha(a)
+        for alpha in np.unique(a).tolist():  # one pen per opacity, its lines in one call
+            idx = np.flatnonzero(a == alpha).tolist()
+            color.setAlpha(int(alpha))
             pen.setColor(color)
             p.setPen(pen)
-            p.drawLine(start, QPointF(self.x1, y))
+            p.drawLines([QLineF(xa[i], ya[i], xb[i], yb[i]) for i in idx])
 
 
 class HeadCanvas(QGraphicsView):
