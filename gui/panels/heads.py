@@ -76,8 +76,8 @@ class HeadGrid(QWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.groups = QGraphicsPathItem()  # grouped-query attention: a line between key/value groups
-        group_pen = QPen(QColor(255, 255, 255, 170))
-        group_pen.setWidthF(1.5)
+        group_pen = QPen(QColor(128, 128, 128))  # retheme() gives it the palette's text colour
+        group_pen.setWidthF(2.0)
         group_pen.setCosmetic(True)
         group_pen.setStyle(Qt.PenStyle.DashLine)
         self.groups.setPen(group_pen)
@@ -150,6 +150,9 @@ class HeadGrid(QWidget):
         bg = self.palette().window().color()
         lut[GAP_INDEX] = (bg.red(), bg.green(), bg.blue())
         self.image.setLookupTable(lut)
+        pen = self.groups.pen()
+        pen.setColor(self.palette().windowText().color())  # the group lines lie in the gaps: the background's contrast
+        self.groups.setPen(pen)
         self.redraw()
 
     def clear(self) -> None:
