@@ -130,12 +130,15 @@ def test_long_prompt_zoom_pan_hover_and_step(qtbot, window, long_llama):
     assert f"{top} " in view.row_top.text()
 
     # -- step on: the zoomed view stays where it is, the grid takes the new row
-    before = (view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1)
+    qtbot.wait(200)  # the row plot took some of the heatmap's height: a new tile for the new size
+    _settle(qtbot, win)
+    before = view.visible_region()
+    assert (view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1) == before
     win.token_strip.step()
     qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=60_000)
     _settle(qtbot, win)
     trace2 = win.state.trace
-    assert (view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1) == before
+    assert view.visible_region() == before and (view.tile.q0, view.tile.q1, view.tile.k0, view.tile.k1) == before
     np.testing.assert_array_equal(view.row, trace2.attention_tile("self", 1, 3, n, n + 1, 0, n + 1)[0])
     fresh, width = ThumbnailPooler(size=64).stack(trace2, "self")
     assert width == grid.bin_width
