@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .chunked_analysis import pattern_statistics_chunked
 from .errors import CaptureError, SessionError
 from .model import Model
 from .trace import Trace
 
+WHOLE_PATTERN_BYTES = 256 * 1024 * 1024  # float64 copy of a layer's pattern beyond which statistics go by chunks
 STATISTICS = ("entropy", "prev_token", "induction", "sink", "distance")
 
 
@@ -106,7 +108,11 @@ def head_statistics(model: Model, trace: Trace, induction: np.ndarray | None = N
     out = []
     for kind in trace.kinds:
         for layer in range(trace.n_layers[kind]):
-            stats = pattern_statistics(trace.attention(kind, layer), causal=kind == "self")
+            heads, n_q, n_k = trace.attention_shape(kind, layer)
+            if heads * n_q * n_k * 8 <= WHOLE_PATTERN_BYTES:
+                stats = pattern_statistics(trace.attention(kind, layer), causal=kind == "self")
+            else:  # a long context: the same statistics a chunk of rows at a time
+                stats = pattern_statistics_chunked(trace, kind, layer)
             for head in range(trace.n_heads):
                 ind = float(induction[layer, head]) if kind == main_kind else float("nan")
                 out.append(HeadStat(kind, layer, head, float(stats["entropy"][head]), float(stats["entropy_norm"][head]),

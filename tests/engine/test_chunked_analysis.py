@@ -45,3 +45,19 @@ def test_rollout_row_matches_the_product(trace):
             np.testing.assert_allclose(chunked.rollout_row(trace, kind, q, upto), full[q], atol=1e-6)
     with pytest.raises(CaptureError):
         chunked.rollout_row(trace, kind, n)
+
+
+def test_head_statistics_switch_to_chunks_for_big_layers(tmp_path, monkeypatch):
+    import engine.analysis as analysis
+
+    model = load_model(modern_factories.ARCHITECTURES["qwen2"](tmp_path / "m"), device="cpu")
+    trace = Session(model, list(range(5, 45))).trace
+    induction = np.zeros((model.n_layers, model.n_heads))
+    whole = analysis.head_statistics(model, trace, induction)
+    monkeypatch.setattr(analysis, "WHOLE_PATTERN_BYTES", 0)
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 8 * 40 * 7)
+    by_chunks = analysis.head_statistics(model, trace, induction)
+    for a, b in zip(whole, by_chunks):
+        assert (a.kind, a.layer, a.head) == (b.kind, b.layer, b.head)
+        for name in ("entropy", "entropy_norm", "prev_token", "sink", "distance"):
+            assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-9, abs=1e-12)
