@@ -65,8 +65,9 @@ class AttentionView(QWidget):
         self._title = ""
         self._tile_display: tuple | None = None  # (colour map, log scale) the tile on screen was drawn with
         self._render = RenderThread("attention", self)
+        self._delivered = 0  # the newest generation whose answer has come back (drawn or dropped)
         self._render.ready.connect(self._on_tile)
-        self._render.failed.connect(lambda _k, _g, message: log.warning("attention tile: %s", message))
+        self._render.failed.connect(self._on_failed)
         self._tile_timer = QTimer(self)
         self._tile_timer.setSingleShot(True)
         self._tile_timer.setInterval(TILE_DELAY_MS)
@@ -370,7 +371,12 @@ class AttentionView(QWidget):
         self._generation = self._render.submit(
             "tile", lambda: (request, tiles.visible_tile(trace, kind, layer, list(heads), q0, q1, k0, k1, rows, cols)))
 
+    def _on_failed(self, _key: str, generation: int, message: str) -> None:
+        self._delivered = max(self._delivered, generation)
+        log.warning("attention tile: %s", message)
+
     def _on_tile(self, key: str, generation: int, result: object) -> None:
+        self._delivered = max(self._delivered, generation)
         if key != "tile" or generation != self._generation or result is None:
             return  # stale: the view, the step or the selection moved on
         request, tile = result
@@ -405,7 +411,8 @@ class AttentionView(QWidget):
     @property
     def pending(self) -> bool:
         """A tile is being computed (tests wait for it)."""
-        return not self._render.idle or self._tile_timer.isActive() or self._wanted() not in (None, self._request)
+        return (self._delivered < self._generation or self._tile_timer.isActive()
+                or self._wanted() not in (None, self._request))
 
     # -- the selected row as a line ------------------------------------------------------------------
     def _show_row_plot(self, on: bool) -> None:

@@ -54,8 +54,9 @@ class HeadGrid(QWidget):
         self.pooler = ThumbnailPooler(size=POOL_SIZE)  # stored traces, on this thread
         self._async_pooler = ThumbnailPooler(size=POOL_SIZE)  # rebuilt traces: only the render thread uses it
         self._render = RenderThread("heads", self)
+        self._delivered = 0  # the newest generation whose answer has come back (drawn or dropped)
         self._render.ready.connect(self._on_rendered)
-        self._render.failed.connect(lambda _k, _g, message: log.warning("head grid: %s", message))
+        self._render.failed.connect(self._on_failed)
         self._generation = 0
         self.pooled: np.ndarray | None = None  # [layers, heads, m, m] on screen (before resampling)
         self.bin_width = 1  # tokens per pooled bin
@@ -171,7 +172,7 @@ class HeadGrid(QWidget):
     @property
     def pending(self) -> bool:
         """A pooled stack is being computed in the display thread."""
-        return not self._render.idle
+        return self._delivered < self._generation  # asked for and not answered yet (the answer may be queued)
 
     def redraw(self) -> None:
         s, trace = self.state, self.state.trace
@@ -189,7 +190,12 @@ class HeadGrid(QWidget):
             pooled, width = self.pooler.stack(trace, kind)
             self._draw(trace, kind, pooled, width)
 
+    def _on_failed(self, _key: str, generation: int, message: str) -> None:
+        self._delivered = max(self._delivered, generation)
+        log.warning("head grid: %s", message)
+
     def _on_rendered(self, key: str, generation: int, result: object) -> None:
+        self._delivered = max(self._delivered, generation)
         if key != "grid" or generation != self._generation or result is None:
             return  # a newer request (another trace, kind or model) made it stale
         trace, kind, pooled, width = result

@@ -89,10 +89,13 @@ class TokenAxis(pg.AxisItem):
         if self.orientation in ("left", "right"):
             return max(1, math.ceil(line / max(px_per_token, 1e-9))), False
         if hi - lo + 1 <= MEASURE_LIMIT:
-            widest = max(self._advance(self.label_text(i)) for i in range(lo, hi + 1))
+            widths = [self._advance(self.label_text(i)) for i in range(lo, hi + 1)]
+            widest = max(widths)
+            # centred labels overlap when two neighbours' half widths and the gap exceed the spacing
+            need = max(((a + b) / 2 for a, b in zip(widths, widths[1:])), default=widest)
         else:
-            widest = self._widest
-        if widest + GAP_PX <= px_per_token:
+            widest = need = self._widest
+        if need + GAP_PX <= px_per_token:
             return 1, False
         if line <= px_per_token:  # side by side they overlap, upright they fit
             return 1, True
