@@ -1,17 +1,21 @@
 """Train the bundled tiny-llama: a small Llama-format decoder (RoPE, RMSNorm, SwiGLU, grouped-query
 attention) on the King James Bible, stored in bfloat16.
 
-The bundled model came from three phases, each starting from the previous phase's weights
-(runs/tiny-llama/last.pt is written every --eval-every steps; copy it before the next phase). Each
-phase was stopped by hand (kill) right after the checkpoint named, when the induction score had not
-yet moved and more short [EOT] R R sequences were given:
+The bundled model came from four phases, each starting from the previous phase's weights
+(runs/tiny-llama/last.pt is written every --eval-every steps; copy it before the next phase). Phases
+1-3 were stopped by hand (kill) right after the checkpoint named: 1 and 2 when the induction score had
+not moved (more short [EOT] R R sequences were then given), 3 once induction heads had formed (fewer
+then, and more repeats across text in the windows):
 
     python tools/train_tiny_llama.py --minutes 75 --steps 100000 --batch 8 --synth-batch 16 --warmup 30 \
         --eval-every 100 --threads 1                                            # step 300 -> phase1.pt
     python tools/train_tiny_llama.py --init runs/tiny-llama/phase1.pt --minutes 55 --steps 100000 --batch 8 \
         --synth-batch 32 --warmup 20 --lr 1.8e-3 --seed 1 --eval-every 100 --threads 1   # step 100 -> phase2.pt
     python tools/train_tiny_llama.py --init runs/tiny-llama/phase2.pt --minutes 50 --steps 100000 --batch 8 \
-        --synth-batch 72 --synth-len 64 --warmup 20 --lr 1.8e-3 --seed 2 --eval-every 50 --threads 1   # -> the export
+        --synth-batch 72 --synth-len 64 --warmup 20 --lr 1.8e-3 --seed 2 --eval-every 50 --threads 1   # step 200 -> phase3.pt
+    python tools/train_tiny_llama.py --init runs/tiny-llama/phase3.pt --minutes 32 --steps 100000 --batch 8 \
+        --synth-batch 24 --synth-len 64 --p-random 0.3 --p-dense 0.1 --warmup 10 --lr 1.5e-3 --seed 3 \
+        --eval-every 100 --threads 1                                            # 481 steps -> the export
     python tools/train_tiny_llama.py --export-only      # export runs/tiny-llama/last.pt again
 
 One torch thread: on the shared 2-core machine (load 6-11) two threads did a step in twice the wall
