@@ -156,7 +156,7 @@ def logit_lens(model: Model, trace: Trace, position: int, top: int = 10) -> dict
         raise SessionError(f"position {position} is outside 0..{len(trace) - 1}")
     net = model.net
     residuals: list = []
-    with model._guard():  # inference mode; out-of-memory becomes OutOfMemoryError
+    with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
         ids = torch.tensor([list(trace.token_ids)], device=model.device)
         if model.family == "encoder":
             net.encode(ids, residuals=residuals)

@@ -80,22 +80,24 @@ def _out_rows(linear: nn.Module) -> Tensor:
     return w_t if w_t is not None else linear.weight.t()
 
 
-def _forward_inputs(model, trace: Trace):  # noqa: ANN001, ANN202
+def _forward_inputs(model, trace: Trace, memory: bool = True):  # noqa: ANN001, ANN202
+    """The trace's decoder ids on the device and (encoder-decoder) the encoder's output; call under model.guard()."""
     net, dev = model.net, model.device
     ids = torch.tensor([list(trace.token_ids)], device=dev)
-    memory = None
-    if trace.family == "encoder-decoder":
-        memory = net.encode(torch.tensor([list(trace.source_ids)], device=dev))
-    return net, ids, memory
+    mem = None
+    if memory and trace.family == "encoder-decoder":
+        mem = net.encode(torch.tensor([list(trace.source_ids)], device=dev))
+    return net, ids, mem
 
 
 def _probe(model, trace: Trace, names: set[str]) -> dict:  # noqa: ANN001
     probe = Probe(names)
-    net, ids, memory = _forward_inputs(model, trace)
-    with torch.inference_mode():
+    encoder_only = all(n.startswith("encoder.") for n in names)
+    with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
+        net, ids, memory = _forward_inputs(model, trace, memory=not encoder_only)
         if trace.family == "encoder":
             net.encode(ids, capture=probe)
-        elif all(n.startswith("encoder.") for n in names):  # the encoder of an encoder-decoder reads the source
+        elif encoder_only:  # the encoder of an encoder-decoder reads the source
             net.encode(torch.tensor([list(trace.source_ids)], device=model.device), capture=probe)
         else:
             net.decode(ids, memory=memory, capture=probe)
@@ -111,13 +113,13 @@ def _softmax(s: np.ndarray) -> np.ndarray:
 
 def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:  # noqa: ANN001
     """The chain of one head for one query: q·k → scale → (soft-cap) → (+ bias) → mask → softmax → values."""
-    name = trace._check(kind, layer)
+    name = trace.capture_point(kind, layer)
     n_q = len(trace.source_ids) if kind == "encoder" and trace.family == "encoder-decoder" else len(trace)
     if not 0 <= head < trace.n_heads:
         raise CaptureError(f"head {head} does not exist; heads are 0..{trace.n_heads - 1}")
     if not 0 <= query < n_q:
         raise CaptureError(f"query position {query} is outside 0..{n_q - 1}")
-    module = model._attention_module(kind, layer)
+    module = model.attention_module(kind, layer)
     rec = _probe(model, trace, {name})[name]
     spec, rule = module.spec, model.score_rule(name)
     kvh = head // spec.group
@@ -135,15 +137,13 @@ def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: in
         half = (rule.bias_by_offset.shape[1] - 1) // 2
         bias = rule.bias_by_offset[head][keys - query + half]
         pre = pre + bias
-    blocked = np.zeros(S, dtype=bool)
+    scores = rule.scores(q[None, :], k, head, query, 0)[0]  # the engine's one definition of the scores
+    blocked = np.isneginf(scores)
     why = []
-    if rule.causal:
-        blocked |= keys > query
+    if rule.causal and blocked[query + 1 :].any():
         why.append("future tokens (causal mask)")
     if rule.window is not None and (keys <= query - rule.window).any():
-        blocked |= keys <= query - rule.window
         why.append(f"more than {rule.window - 1} tokens back (sliding window of {rule.window})")
-    scores = np.where(blocked, -np.inf, pre).astype(np.float32)
     pattern = _softmax(scores)
     unscaled = raw + (bias if bias is not None else 0)
     w_o = _out_rows(module.out)[head * spec.head_dim : (head + 1) * spec.head_dim].detach().float().cpu().numpy()
@@ -178,13 +178,17 @@ def _add(parts: dict[str, Tensor], new: dict[str, Tensor]) -> None:
         parts[k] = parts[k] + v if k in parts else v
 
 
-def _attention_parts(attn, h: Tensor, ctx, i: int, label: str) -> tuple[Tensor, dict[str, Tensor]]:  # noqa: ANN001
-    """The attention output (full) and, at position i, each head's write (and the output bias)."""
+def _attention_parts(attn, h: Tensor, ctx, i: int, label: str, norms: dict | None = None  # noqa: ANN001
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The attention output (full) and, at position i, each head's write (and the output bias); `norms`
+    collects each head's write norm under the attention's capture name."""
     probe = Probe({attn.name})
     out = attn(h, ctx, None, probe)
     y = probe[attn.name]["y"][0, :, i].float()  # (nh, hs)
     w = _out_rows(attn.out).float().view(attn.n_heads, attn.head_dim, -1)  # (nh, hs, d)
     heads = torch.einsum("hs,hsd->hd", y, w)
+    if norms is not None:
+        norms[attn.name] = heads.norm(dim=-1)
     parts = {f"{label}{n}": heads[n] for n in range(attn.n_heads)}
     if attn.out.bias is not None:
         parts["attention output biases"] = attn.out.bias.float()
@@ -222,10 +226,11 @@ def attribute(model, trace: Trace, position: int, token_id: int | None = None) -
     token_id = int(np.argmax(logits)) if token_id is None else int(token_id)
     if not 0 <= token_id < logits.shape[0]:
         raise CaptureError(f"token id {token_id} is outside the vocabulary (0..{logits.shape[0] - 1})")
-    net, ids, memory = _forward_inputs(model, trace)
-    stack, cfg, i = net.decoder, model.config, position
-    T = ids.shape[1]
-    with torch.inference_mode():
+    write_norms: dict[str, Tensor] = {}
+    with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
+        net, ids, memory = _forward_inputs(model, trace)
+        stack, cfg, i = net.decoder, model.config, position
+        T = ids.shape[1]
         x = stack.add_positions(net.embed_tokens(ids), 0)
         parts: dict[str, Tensor] = {"embeddings": x[0, i].float()}
         if stack.embed_norm is not None:
@@ -234,7 +239,8 @@ def attribute(model, trace: Trace, position: int, token_id: int | None = None) -
         ctx = stack.layer_inputs(0, T, x.dtype, x.device, memory=memory)
         for n, block in enumerate(stack.layers):
             sandwich = block.placement == "sandwich"
-            x = _sublayer(block, x, lambda h, b=block, n=n: _attention_parts(b.attn, h, ctx, i, f"L{n}.H"), block.attn_norm,
+            x = _sublayer(block, x, lambda h, b=block, n=n: _attention_parts(b.attn, h, ctx, i, f"L{n}.H", write_norms),
+                          block.attn_norm,
                           block.attn_post_norm if sandwich else None, i, parts, f"L{n}")
             if block.cross_attn is not None:
                 x = _sublayer(block, x, lambda h, b=block, n=n: _attention_parts(b.cross_attn, h, ctx, i, f"L{n}.X"),
@@ -252,19 +258,13 @@ def attribute(model, trace: Trace, position: int, token_id: int | None = None) -
         values = {k: float(p @ column) for k, p in parts.items()}
     if net.final_logits_bias is not None:
         values["logits bias"] = float(net.final_logits_bias[0, token_id])
-    n_layers, n_heads = stack_shape = (len(stack.layers), model.n_heads)
+    n_layers, n_heads = len(stack.layers), model.n_heads
     heads = np.array([[values.get(f"L{n}.H{h}", 0.0) for h in range(n_heads)] for n in range(n_layers)], dtype=np.float32)
     cross = None
     if trace.family == "encoder-decoder":
         cross = np.array([[values.get(f"L{n}.X{h}", 0.0) for h in range(n_heads)] for n in range(n_layers)], dtype=np.float32)
     mlps = np.array([values.get(f"L{n}.MLP", 0.0) for n in range(n_layers)], dtype=np.float32)
-    norms = np.zeros(stack_shape, dtype=np.float32)  # the write itself, before any later norm rescales it
-    probe = _probe(model, trace, {capture_name("self", n) for n in range(n_layers)})
-    for n in range(n_layers):
-        attn = stack.layers[n].attn
-        y = probe[attn.name]["y"][0, :, i].float()
-        w = _out_rows(attn.out).float().view(attn.n_heads, attn.head_dim, -1)
-        norms[n] = torch.einsum("hs,hsd->hd", y, w).norm(dim=-1).cpu().numpy()
+    norms = np.stack([write_norms[capture_name("self", n)].cpu().numpy() for n in range(n_layers)]).astype(np.float32)
     pre_cap = float(logits[token_id])
     note = "norms linearised at this forward's own mean and scale; parts sum to the logit"
     if cfg.final_logit_softcap is not None:

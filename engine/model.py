@@ -96,7 +96,7 @@ class Model:
         rule = self._rules.get(name)
         if rule is None:
             kind, layer = parse_capture_name(name)
-            module = self._attention_module(kind, layer)
+            module = self.attention_module(kind, layer)
             spec = module.spec
             stack = self.net.encoder if kind == "encoder" else self.net.decoder
             bias = None
@@ -164,7 +164,7 @@ class Model:
         return f"Model({self.name!r}, {self.family}, layers={self.n_layers}, heads={self.n_heads}, device={self.device})"
 
     # -- head gates (ablation) ----------------------------------------------------------------
-    def _attention_module(self, kind: str, layer: int):
+    def attention_module(self, kind: str, layer: int):
         if kind not in self.kinds:
             raise CaptureError(f"this {self.family} model has no {kind!r} attention; choose one of {', '.join(self.kinds)}")
         n = self.layers_by_kind[kind]
@@ -178,7 +178,7 @@ class Model:
         """Multiply one head's output by `value` (0 = ablated, 1 = untouched) in every later forward."""
         if not 0 <= head < self.n_heads:
             raise CaptureError(f"head {head} does not exist; heads are 0..{self.n_heads - 1}")
-        module = self._attention_module(kind, layer)
+        module = self.attention_module(kind, layer)
         module.gate[head] = float(value)
         name = capture_name(kind, layer)
         values = list(self._gate_values.get(name, (1.0,) * self.n_heads))
@@ -196,7 +196,7 @@ class Model:
     def clear_gates(self) -> None:
         for kind in self.kinds:
             for i in range(self.layers_by_kind[kind]):
-                self._attention_module(kind, i).gate.fill_(1.0)
+                self.attention_module(kind, i).gate.fill_(1.0)
         self._gate_values.clear()
 
     # -- ids ----------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class Model:
 
     # -- forward passes -----------------------------------------------------------------------
     @contextmanager
-    def _guard(self, cache: KVCache | None = None):
+    def guard(self, cache: KVCache | None = None):
         """Turn device OOM into OutOfMemoryError and roll the cache back, so nothing is lost."""
         start = cache.length if cache is not None else 0
         try:
@@ -255,8 +255,7 @@ class Model:
                 yield
         except Exception as exc:
             if cache is not None and cache.length != start:
-                for layer in cache.layers:
-                    layer.length = min(layer.length, start)
+                cache.truncate(start)  # the key/value buffers and the CPU key arenas alike
             if is_out_of_memory(exc):
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -315,7 +314,7 @@ class Model:
     def encode(self, ids: list[int], capture: bool = True) -> Forward:
         """Run the encoder over `ids`; masked-LM logits for encoder-only models."""
         rec = self._recorder(capture)
-        with self._guard():
+        with self.guard():
             x = torch.tensor([ids], device=self.device)
             h = self.net.encode(x, capture=rec)
             logits = self.net.mlm_logits(h) if self.family == "encoder" else None
@@ -326,7 +325,7 @@ class Model:
         choice needs them); the others are kept as final hidden states and unembedded on demand."""
         rec = self._recorder(capture, cache.rebuild)  # a session keeps the kind of record it started with
         start = cache.length
-        with self._guard(cache):
+        with self.guard(cache):
             x = torch.tensor([ids], device=self.device)
             h = self.net.decode(x, start, cache, memory, capture=rec)
             last = _frozen(self.net.logits(h[:, -1:])[0, 0].cpu().numpy())

@@ -5,6 +5,7 @@ Shapes: B batch, T query tokens, S key tokens, nh heads, hs head size, d model w
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from torch import Tensor, nn
 from .cache import LayerCache
 from .config import AttentionSpec, ModelConfig, RopeSpec
 from .rotary import apply_rotary
+
+log = logging.getLogger(__name__)
 
 Capture = dict | None  # capture name -> pattern (B, nh, T, S); None turns capture off
 SCORE_CHUNK_BYTES = 64 * 1024 * 1024  # float32 scores of one chunk of query rows when attention is explicit
@@ -121,10 +124,19 @@ class RelativePositionBias(nn.Module):
         return self.table(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, nh, T, S)
 
 
-CAUSAL = "causal"  # LayerInputs.masks value: the kernels' own causal masking (a T x T float mask is 4 GB at 32k)
+class _Causal:
+    """LayerInputs.masks value: leave causal masking to the kernels (a T x T float mask is 4 GB at 32k)."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
 
 
-def mask_rows(mask: Tensor | str | None, a: int, n: int, n_keys: int, device: torch.device) -> Tensor | None:
+CAUSAL = _Causal()
+# the CPU's fused attention that also returns each row's log-sum-exp (a private op: absent -> explicit chunks)
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def mask_rows(mask: Tensor | _Causal | None, a: int, n: int, n_keys: int, device: torch.device) -> Tensor | None:
     """Rows a..a+n of an additive mask (made on the fly for CAUSAL)."""
     if mask is CAUSAL:
         return additive_mask(a, n, n_keys, True, None, device)
@@ -136,7 +148,7 @@ class LayerInputs:
     """What one forward hands to every layer, built once by the stack: the additive masks (one per
     sliding window; None = full), the rotary tables (one per RopeSpec), and the encoder memory."""
 
-    masks: dict[int | None, Tensor | str | None]  # CAUSAL: a plain causal mask from position 0, never materialised
+    masks: dict[int | None, Tensor | _Causal | None]  # CAUSAL: a plain causal mask from position 0, never materialised
     rotary: dict[RopeSpec, tuple[Tensor, Tensor]] = field(default_factory=dict)
     memory: Tensor | None = None
     memory_bias: Tensor | None = None
@@ -219,13 +231,15 @@ class Attention(nn.Module):
         spec = self.spec
         B, nh, T, hs = q.shape
         S = k.shape[2]
-        if q.device.type == "cpu" and spec.softcap is None and T > 1:  # the fused kernel also returns the lse
-            if spec.group > 1:
-                k, v = k.repeat_interleave(spec.group, dim=1), v.repeat_interleave(spec.group, dim=1)
+        if _FLASH_CPU is not None and q.device.type == "cpu" and spec.softcap is None and T > 1:
+            kk, vv = (k.repeat_interleave(spec.group, dim=1), v.repeat_interleave(spec.group, dim=1)) if spec.group > 1 else (k, v)
             causal = mask is CAUSAL
-            y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, causal, attn_mask=None if mask is None or causal else mask.to(q.dtype), scale=spec.scale)
-            return y, lse.float()
+            try:
+                y, lse = _FLASH_CPU(q, kk, vv, 0.0, causal, attn_mask=None if mask is None or causal else mask.to(q.dtype),
+                                    scale=spec.scale)
+                return y, lse.float()
+            except (RuntimeError, TypeError) as exc:  # another torch's signature: the explicit chunks give the same
+                log.debug("fused CPU attention with lse unavailable (%s); using explicit row chunks", exc)
         kf = k.float().transpose(-2, -1)  # (B, nkv, hs, S)
         chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * S))
         ys, lses = [], []

@@ -104,10 +104,16 @@ class PatternSource:
     def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         raise NotImplementedError
 
+    def _visible_width(self, z: int, k0: int, k1: int) -> int:
+        """How many keys from k0 the rows before z can see (the rest are zeros: nothing to compute)."""
+        return k1 - k0
+
     def overview(self, heads: list[int], rows: int, cols: int, reduce: str = "max",
                  q_range: tuple[int, int] | None = None, k_range: tuple[int, int] | None = None) -> np.ndarray:
         """Pooled pattern (len(heads), rows', cols') of the region q_range × k_range: each output cell is the max
-        (or mean) of the block of cells it covers; rows'/cols' = min(rows, span) so nothing is stretched."""
+        (or mean) of the block of cells it covers; rows'/cols' = min(rows, span) so nothing is stretched.
+        A chunk of rows computes only the keys it can see (causal: up to its last row), so a full causal
+        overview costs half a dense one."""
         q0, q1 = q_range or (0, self.n_queries)
         k0, k1 = k_range or (0, self.n_keys)
         nq, nk = q1 - q0, k1 - k0
@@ -122,8 +128,16 @@ class PatternSource:
             while j < r and r_edges[j + 1] - r_edges[i] <= chunk:
                 j += 1
             a, z = int(r_edges[i]), int(r_edges[j])
-            for n, h in enumerate(heads):
-                out[n, i:j] = _pool(self.tile(h, a, z, k0, k1), r_edges[i : j + 1] - a, c_edges, reduce)
+            width = self._visible_width(z, k0, k1)
+            if width > 0:
+                n_cells = int(np.searchsorted(c_edges[:-1], width, side="left"))  # cells starting before `width`
+                edges = np.append(c_edges[:n_cells], width)
+                for n, h in enumerate(heads):
+                    pooled = _pool(self.tile(h, a, z, k0, k0 + width), r_edges[i : j + 1] - a, edges,
+                                   "max" if reduce == "max" else "sum")
+                    if reduce == "mean":  # zeros beyond `width` count in each cell's size
+                        pooled /= np.diff(r_edges[i : j + 1])[:, None] * np.diff(c_edges)[None, :n_cells]
+                    out[n, i:j, :n_cells] = pooled
             i = j
         return out
 
@@ -186,37 +200,8 @@ class Rebuilt(PatternSource):
             s -= lse[:, None]
         return np.exp(s, out=s)
 
-    def overview(self, heads: list[int], rows: int, cols: int, reduce: str = "max",
-                 q_range: tuple[int, int] | None = None, k_range: tuple[int, int] | None = None) -> np.ndarray:
-        """As PatternSource.overview; a causal chunk of rows only computes the keys up to its last row
-        (the rest are zeros: they add nothing to a max or a sum), which halves the work of a full overview."""
-        if not self.rule.causal:
-            return super().overview(heads, rows, cols, reduce, q_range, k_range)
-        q0, q1 = q_range or (0, self.n_queries)
-        k0, k1 = k_range or (0, self.n_keys)
-        nq, nk = q1 - q0, k1 - k0
-        r, c = max(1, min(rows, nq)), max(1, min(cols, nk))
-        r_edges = q0 + (np.arange(r + 1) * nq) // r
-        c_edges = (np.arange(c + 1) * nk) // c
-        out = np.zeros((len(heads), r, c), dtype=np.float32)
-        chunk = max(1, ROWS_PER_CHUNK_BYTES // (4 * max(1, nk)))
-        i = 0
-        while i < r:
-            j = i + 1
-            while j < r and r_edges[j + 1] - r_edges[i] <= chunk:
-                j += 1
-            a, z = int(r_edges[i]), int(r_edges[j])
-            width = min(k1, z) - k0  # keys this chunk can see
-            if width > 0:
-                n_cells = int(np.searchsorted(c_edges[:-1], width, side="left"))  # cells that start before `width`
-                for n, h in enumerate(heads):
-                    t = self.tile(h, a, z, k0, k0 + width)
-                    pooled = _pool(t, r_edges[i : j + 1] - a, np.append(c_edges[:n_cells], width), "max" if reduce == "max" else "sum")
-                    if reduce == "mean":
-                        pooled = pooled / (np.diff(r_edges[i : j + 1])[:, None] * np.diff(c_edges)[None, :n_cells])
-                    out[n, i:j, :n_cells] = pooled
-            i = j
-        return out
+    def _visible_width(self, z: int, k0: int, k1: int) -> int:
+        return max(0, min(k1, z) - k0) if self.rule.causal else k1 - k0  # causal rows before z see no key from z on
 
     def dense_rows(self, block: QueryBlock) -> np.ndarray:
         """(heads, n, keys seen by this block): the rows a stored block would hold; computed once per block

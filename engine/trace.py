@@ -113,7 +113,7 @@ class Trace:
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads with grouped-query attention
     rules: dict[str, ScoreRule] = field(default_factory=dict)  # capture name -> score rule (rebuilt points)
     keys: dict[str, np.ndarray] = field(default_factory=dict)  # capture name -> keys (kv heads, S, hs), else from blocks
-    _sources: dict = field(default_factory=dict, repr=False, compare=False)  # capture name -> PatternSource, made once
+    _sources: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # name -> PatternSource, made once
 
     @property
     def kv_group(self) -> int:
@@ -135,7 +135,8 @@ class Trace:
     def __len__(self) -> int:
         return len(self.token_ids)
 
-    def _check(self, kind: str, layer: int) -> str:
+    def capture_point(self, kind: str, layer: int) -> str:
+        """The capture name of (kind, layer), after checking that this trace recorded it."""
         if kind not in self.kinds:
             raise CaptureError(f"this {self.family} model has no {kind!r} attention; choose one of {', '.join(self.kinds)}")
         n = self.n_layers[kind]
@@ -148,7 +149,7 @@ class Trace:
         return name
 
     def _source(self, kind: str, layer: int) -> PatternSource:
-        name = self._check(kind, layer)
+        name = self.capture_point(kind, layer)
         src = self._sources.get(name)
         if src is None:
             blocks = self.blocks[name]
