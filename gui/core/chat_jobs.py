@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import EngineError, Session
+from engine import Session
 
+from .jobs import open_model
 from .worker import EngineWorker, SessionRequest
 
 
@@ -22,14 +23,8 @@ def chat_messages(system: str, turns: Sequence[tuple[str, str]]) -> list[dict[st
     return messages + [{"role": role, "content": content} for role, content in turns]
 
 
-def _model(w: EngineWorker) -> Any:
-    if w.model is None:
-        raise EngineError("no model is open; use File → Open model folder")
-    return w.model
-
-
 def _start(w: EngineWorker, messages: list[dict[str, str]], req: SessionRequest) -> Any:
-    model = _model(w)
+    model = open_model(w)
     session = Session(model, messages=messages, temperature=req.temperature, top_k=req.top_k,
                       top_p=req.top_p, seed=req.seed, greedy=req.greedy)
     w.adopt(model, session)
@@ -40,7 +35,7 @@ def render_chat(messages: list[dict[str, str]]) -> Callable:
     """-> {"text": the template's rendering with the generation prompt} (for the preview)."""
 
     def fn(w: EngineWorker) -> dict:
-        return {"text": _model(w).tokenizer.render_chat(messages, add_generation_prompt=True),
+        return {"text": open_model(w).tokenizer.render_chat(messages, add_generation_prompt=True),
                 "messages": messages}
 
     return fn

@@ -12,22 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine import EngineError
 from engine.errors import CaptureError
 
+from .jobs import open_model, same_model
 from .worker import EngineWorker
-
-
-def _model(w: EngineWorker) -> Any:
-    if w.model is None:
-        raise EngineError("no model is open; use File → Open model folder")
-    return w.model
-
-
-def _fits(model: Any, trace: Any) -> bool:
-    """The trace came from this model (a request queued before another model was opened did not)."""
-    return (trace.model_name == model.name and trace.family == model.family
-            and dict(trace.n_layers) == dict(model.layers_by_kind))
 
 
 def inside_head(trace: Any, kind: str, layer: int, head: int, query: int) -> Callable:
@@ -36,8 +24,8 @@ def inside_head(trace: Any, kind: str, layer: int, head: int, query: int) -> Cal
     def fn(w: EngineWorker) -> dict:
         from engine.explain import inside_head as explain
 
-        model = _model(w)
-        if not _fits(model, trace):
+        model = open_model(w)
+        if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (kind, layer, head, query)
         try:
@@ -54,8 +42,8 @@ def attribution(trace: Any, position: int, token_id: int | None) -> Callable:
     def fn(w: EngineWorker) -> dict:
         from engine.explain import attribute
 
-        model = _model(w)
-        if not _fits(model, trace):
+        model = open_model(w)
+        if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (position, token_id)
         try:
@@ -72,8 +60,8 @@ def embeddings(trace: Any, token_id: int, k: int, metric: str) -> Callable:
     def fn(w: EngineWorker) -> dict:
         from engine.explain import nearest_tokens, positions_view
 
-        model = _model(w)
-        if not _fits(model, trace):
+        model = open_model(w)
+        if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (token_id, k, metric)
         positions = w.cache.get("positions_view")  # the cache is emptied when the model changes

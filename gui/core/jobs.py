@@ -20,13 +20,14 @@ Gate = tuple[str, int, int, float]  # kind, layer, head, value (0 = ablated, 1 =
 LENS_TOP = 8
 
 
-def _model(w: EngineWorker) -> Any:
+def open_model(w: EngineWorker) -> Any:
+    """The worker's model, or an EngineError that says how to open one."""
     if w.model is None:
         raise EngineError("no model is open; use File → Open model folder")
     return w.model
 
 
-def _same_model(model: Any, trace: Any) -> bool:
+def same_model(model: Any, trace: Any) -> bool:
     """The trace came from this model (a request queued before another model was opened did not)."""
     return (trace.model_name == model.name and trace.family == model.family
             and dict(trace.n_layers) == dict(model.layers_by_kind))
@@ -37,7 +38,7 @@ def set_gates(changes: Sequence[Gate], clear: bool = False) -> Callable:
     {"gates": ...} when there is no session yet (the gates then apply to the next one)."""
 
     def fn(w: EngineWorker) -> Any:
-        model = _model(w)
+        model = open_model(w)
         if clear:
             model.clear_gates()
         for kind, layer, head, value in changes:
@@ -55,8 +56,8 @@ def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
     def fn(w: EngineWorker) -> dict:
         from engine.analysis import logit_lens as lens
 
-        model = _model(w)
-        if not _same_model(model, trace):
+        model = open_model(w)
+        if not same_model(model, trace):
             return {"trace": trace, "stale": True}  # the panel drops it: its trace is gone
         out = lens(model, trace, position, top=top)
         return {"trace": trace, "position": position, "top_ids": out["top_ids"], "top_probs": out["top_probs"]}
@@ -71,8 +72,8 @@ def head_statistics(trace: Any) -> Callable:
         from engine.analysis import head_statistics as stats
         from engine.analysis import induction_scores
 
-        model = _model(w)
-        if not _same_model(model, trace):
+        model = open_model(w)
+        if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (id(model), tuple(sorted(model.gates().items())))
         cached = w.cache.get("induction")
@@ -128,7 +129,7 @@ def run_other(prompt: str, source: str | None) -> Callable:
     """One full forward of another prompt on the same model (and its gates); the open session is untouched."""
 
     def fn(w: EngineWorker) -> dict:
-        model = _model(w)
+        model = open_model(w)
         if model.family == "encoder-decoder":
             if not (source or "").strip():
                 raise EngineError("type a source text for the encoder")
