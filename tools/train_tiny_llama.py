@@ -15,11 +15,18 @@ then, and more repeats across text in the windows):
         --synth-batch 72 --synth-len 64 --warmup 20 --lr 1.8e-3 --seed 2 --eval-every 50 --threads 1   # step 200 -> phase3.pt
     python tools/train_tiny_llama.py --init runs/tiny-llama/phase3.pt --minutes 32 --steps 100000 --batch 8 \
         --synth-batch 24 --synth-len 64 --p-random 0.3 --p-dense 0.1 --warmup 10 --lr 1.5e-3 --seed 3 \
-        --eval-every 100 --threads 1                                            # 481 steps -> the export
+        --eval-every 100 --threads 1                                            # 481 steps -> phase4.pt
+    nice -n 5 python tools/train_tiny_llama.py --init runs/tiny-llama/phase4.pt --minutes 26 --steps 100000 \
+        --batch 12 --synth-batch 8 --synth-len 64 --p-random 0.15 --warmup 20 --lr 1e-3 --seed 4 \
+        --eval-every 100 --threads 1 --out runs/tiny-llama/phase5-export   # 1,060 steps -> the export
     python tools/train_tiny_llama.py --export-only      # export runs/tiny-llama/last.pt again
 
+Phase 5 (mostly text: 12 windows and only 8 short [EOT] R R sequences per step, which keep the
+induction heads) ran later on the same 2-core machine, by then nearly idle.
+
 One torch thread: on the shared 2-core machine (load 6-11) two threads did a step in twice the wall
-time of one (measured), the second thread mostly waiting for the first.
+time of one (measured), the second thread mostly waiting for the first; nearly idle (phase 5's
+settings, steps 25-50) two threads took 2.7 s a step, one 1.7 s.
 
 With --minutes the cosine schedule follows wall-clock time, so a rerun on another machine is close to,
 not bit-identical with, the bundled model; pass --steps N without --minutes for a fixed schedule.

@@ -28,10 +28,10 @@ FOLDER = RESOURCES / NAME
 ATTN_TOL, LOGIT_TOL = 1e-5, 1e-4
 
 # what MODEL_CARD.md states (layer, head) and measures; the tests keep a small margin below it
-INDUCTION_HEAD, INDUCTION_MIN = (3, 3), 0.8
+INDUCTION_HEAD, INDUCTION_MIN = (3, 1), 0.8
 PREVIOUS_HEAD, PREVIOUS_MIN = (2, 6), 0.6
-SAMPLE_BPC = 1.496  # bits/char on card.SAMPLE (Genesis 8:1-5, held out), as the card states
-HELD_OUT_BPC = 1.414  # the card's held-out bits per character (60 chapters; measured by the card script)
+SAMPLE_BPC = 1.328  # bits/char on card.SAMPLE (Genesis 8:1-5, held out), as the card states
+HELD_OUT_BPC = 1.282  # the card's held-out bits per character (60 chapters; measured by the card script)
 RELATIVE_HEAD, RELATIVE_MAX_CHANGE = PREVIOUS_HEAD, 0.08
 
 
