@@ -48,7 +48,8 @@ HISTORY_CLIP = 160  # characters of each earlier turn the history box shows
 # the bundled models were trained on particular text; their examples show what they learned
 BUNDLED_EXAMPLES = {
     "tiny-gpt": ("In the beginning God created the heaven and the earth. And God said,", ""),
-    # a genealogy that repeats: at the second "begat" its induction heads (layer 3) look at " En" of Enoch
+    # a genealogy that repeats: in the second copy the layer-3 induction heads look back at the token after the
+    # first copy's (on text less sharply than on random repeats: see the card)
     "tiny-llama": ("Mahalaleel begat Jared, and Jared begat Enoch, and Enoch begat Methuselah. Mahalaleel begat Jared, "
                    "and Jared begat", ""),
     "tiny-seq2seq": ("", "Tuesday, 3rd March 1987"),
