@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import math
 
-from PySide6.QtCore import QSignalBlocker, Qt, QTimer
-from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen, QShowEvent
+from PySide6.QtCore import QSignalBlocker, Qt
+from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from ..core import jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
+from ..widgets.refreshing import RefreshWhenShown
 from .heads import HeadGrid
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class GridTint:
         self.item.setPath(path)
 
 
-class HeadStatsPanel(QWidget):
+class HeadStatsPanel(RefreshWhenShown):
     def __init__(self, state: InspectorState, client: EngineClient, grid: HeadGrid,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -146,10 +147,6 @@ class HeadStatsPanel(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.message)
 
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(30)
-        self._timer.timeout.connect(self.refresh)
         self.table.itemSelectionChanged.connect(self._on_row_selected)
         self.color_box.currentIndexChanged.connect(lambda _i: (self.update_tint(), self._timer.start()))
         grid.geometry_changed.connect(self.update_tint)
@@ -170,17 +167,8 @@ class HeadStatsPanel(QWidget):
         self.tint.draw({})
         self.message.setText("Type a prompt")
 
-    def on_screen(self) -> bool:
-        """Shown and not behind another tab (a tabbed-away dock can still report isVisible())."""
-        return self.isVisible() and not self.visibleRegion().isEmpty()
 
-    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
-        super().showEvent(event)
-        self._timer.start()
 
-    def refresh_soon(self) -> None:
-        """Brought to the front (a tab): ask for the statistics of the trace on screen, once the burst settles."""
-        self._timer.start()
 
     def refresh(self) -> None:
         trace = self.state.trace

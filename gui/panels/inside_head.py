@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, QTimer
-from PySide6.QtGui import QBrush, QColor, QFont, QPainterPath, QPen, QShowEvent
+from PySide6.QtGui import QBrush, QColor, QFont, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -50,6 +50,7 @@ from ..core import explain_jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering.labels import kind_name
+from ..widgets.refreshing import RefreshWhenShown
 from ..widgets.token_axis import TokenAxis, short
 
 log = logging.getLogger(__name__)
@@ -892,7 +893,7 @@ class EmbeddingsTab(QWidget):
 
 
 # -- the dock -------------------------------------------------------------------------------------------
-class InsideHeadPanel(QWidget):
+class InsideHeadPanel(RefreshWhenShown):
     """The dock's widget: three tabs, the tab on screen asks the worker for what it draws."""
 
     TABS = ("inside", "attribution", "embeddings")
@@ -919,10 +920,6 @@ class InsideHeadPanel(QWidget):
         else:
             self.attribution_tab.grid_marks.hide()
 
-        self._timer = QTimer(self)  # one request for a burst of selection changes
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(30)
-        self._timer.timeout.connect(self.refresh)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self._timer.start())
         state.selection_changed.connect(self._timer.start)
@@ -951,15 +948,8 @@ class InsideHeadPanel(QWidget):
             self.tab(name).show_message("Type a prompt")
         self.attribution_tab._combo_key = None
 
-    def on_screen(self) -> bool:
-        return self.isVisible() and not self.visibleRegion().isEmpty()
 
-    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
-        super().showEvent(event)
-        self._timer.start()
 
-    def refresh_soon(self) -> None:
-        self._timer.start()
 
     def refresh(self) -> None:
         name = self.TABS[self.tabs.currentIndex()]

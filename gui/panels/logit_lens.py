@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QColor, QShowEvent
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from ..core import jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
+from ..widgets.refreshing import RefreshWhenShown
 
 log = logging.getLogger(__name__)
 
 TINT = (90, 140, 220)
 
 
-class LogitLensPanel(QWidget):
+class LogitLensPanel(RefreshWhenShown):
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state, self.client = state, client
@@ -51,10 +52,6 @@ class LogitLensPanel(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.message)
 
-        self._timer = QTimer(self)  # one request for a burst of selection changes
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(30)
-        self._timer.timeout.connect(self.refresh)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self._timer.start())
         state.query_changed.connect(lambda _q: self._timer.start())  # the lens reads the selected position
@@ -77,17 +74,8 @@ class LogitLensPanel(QWidget):
         trace = self.state.trace
         return min(self.state.query, len(trace) - 1) if trace is not None else 0
 
-    def on_screen(self) -> bool:
-        """Shown and not behind another tab (a tabbed-away dock can still report isVisible())."""
-        return self.isVisible() and not self.visibleRegion().isEmpty()
 
-    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
-        super().showEvent(event)
-        self._timer.start()  # it was hidden (another tab): catch up
 
-    def refresh_soon(self) -> None:
-        """Brought to the front (a tab): ask for the lens at the selected position, once the burst settles."""
-        self._timer.start()
 
     def refresh(self) -> None:
         s, trace = self.state, self.state.trace
