@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 from PySide6.QtCore import QEvent, QLineF, QPointF, QRectF, QSignalBlocker, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QCursor, QFontMetricsF, QMouseEvent, QPainter, QPen, QResizeEvent, QShowEvent
+from PySide6.QtGui import QColor, QCursor, QFont, QFontMetricsF, QMouseEvent, QPainter, QPen, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -42,6 +42,7 @@ from ..core.state import InspectorState
 from ..rendering.head_colors import head_color
 from ..rendering.labels import kind_name
 from ..widgets.flow_layout import FlowLayout
+from ..widgets.refreshing import on_screen
 from ..widgets.token_axis import short
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,26 @@ class TokenColumn(QGraphicsItem):
         self.selected = -1
         self.text_color = QColor(0, 0, 0)
         self.select_color = QColor(255, 220, 120)
+        self._font = QFont()
+        self._fm: QFontMetricsF | None = None
+        self._label_of: dict[str, str] = {}  # token -> its shortened label, and that label's width
+        self._width_of: dict[str, float] = {}
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)
 
-    def set_tokens(self, tokens: tuple[str, ...], fm: QFontMetricsF, row_h: float) -> None:
+    def set_tokens(self, tokens: tuple[str, ...], font: QFont, row_h: float) -> None:
+        """A step appends a token: only tokens not seen before are shortened and measured (a full pass
+        over 1k tokens cost ~10 ms per step)."""
         self.prepareGeometryChange()
+        if font != self._font or self._fm is None:  # the widths belong to a font
+            self._font, self._fm, self._label_of, self._width_of = QFont(font), QFontMetricsF(font), {}, {}
+        fm = self._fm
+        label_of, width_of = self._label_of, self._width_of
+        for t in set(tokens).difference(label_of):
+            label_of[t] = lab = short(t)
+            width_of[t] = fm.horizontalAdvance(lab)
         self.tokens, self.row_h = tuple(tokens), row_h
-        self.labels = tuple(short(t) for t in self.tokens)
-        widths = {lab: fm.horizontalAdvance(lab) for lab in set(self.labels)}
-        self.width = max((widths[lab] for lab in self.labels), default=20.0) + 12.0
+        self.labels = tuple(label_of[t] for t in self.tokens)
+        self.width = max((width_of[t] for t in set(self.tokens)), default=20.0) + 12.0
         self.update()
 
     def set_selected(self, row: int) -> None:
@@ -218,8 +231,8 @@ class HeadCanvas(QGraphicsView):
     def set_tokens(self, queries: tuple[str, ...], keys: tuple[str, ...]) -> None:
         fm = QFontMetricsF(self.font())
         row_h = float(np.ceil(fm.height() * 1.15))
-        self.queries.set_tokens(queries, fm, row_h)
-        self.keys.set_tokens(keys, fm, row_h)
+        self.queries.set_tokens(queries, self.font(), row_h)
+        self.keys.set_tokens(keys, self.font(), row_h)
         self.relayout()
 
     def relayout(self) -> None:
@@ -454,8 +467,13 @@ class HeadView(QWidget):
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Shown, or its dock's tab brought to the front (the dock's visibilityChanged): redraw once if
+        anything changed while it was away."""
         if self._dirty:
-            QTimer.singleShot(0, self.redraw)  # brought to the front: catch up once
+            QTimer.singleShot(0, self.redraw)
 
     def _ready(self) -> bool:
         s = self.state
@@ -467,8 +485,8 @@ class HeadView(QWidget):
         self._sync_layer_spin()
         if not self._ready():
             return
-        if not self.isVisible():
-            self._dirty = True  # tabbed away: redraw when shown
+        if not on_screen(self):
+            self._dirty = True  # hidden or tabbed away: redraw when shown (catch_up)
             return
         self._dirty = False
         n_heads = trace.n_heads
@@ -490,7 +508,7 @@ class HeadView(QWidget):
         s, trace = self.state, self.state.trace
         if not self._ready() or not self.canvas.lines:
             return
-        if not self.isVisible():
+        if not on_screen(self):
             self._dirty = True
             return
         t0 = time.perf_counter()

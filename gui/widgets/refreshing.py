@@ -7,6 +7,12 @@ from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QWidget
 
 
+def on_screen(widget: QWidget) -> bool:
+    """Shown and not behind another tab: Qt keeps a tabbed-away dock "visible" (isVisible() is true),
+    only moved out of the window, so its visible region is what tells."""
+    return widget.isVisible() and not widget.visibleRegion().isEmpty()
+
+
 class RefreshWhenShown(QWidget):
     """Base for docks whose data is computed on request (logit lens, head statistics, inside a head):
     `refresh_soon()` starts a short single-shot timer that calls `refresh()`; being shown again (a tab
@@ -28,8 +34,7 @@ class RefreshWhenShown(QWidget):
         self._timer.start()
 
     def on_screen(self) -> bool:
-        """Shown and not behind another tab (a tabbed-away dock can still report isVisible())."""
-        return self.isVisible() and not self.visibleRegion().isEmpty()
+        return on_screen(self)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)

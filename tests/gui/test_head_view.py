@@ -221,3 +221,22 @@ def test_encoder_only_and_grouped_query_heads(qtbot, window, checkpoints, tmp_pa
     view.set_threshold(0.0)
     q = win.state.row_query
     _check_lines(view, trace.attention_row("self", 2, q), q, 0.0)
+
+
+def test_tabbed_away_it_skips_redraws_and_catches_up_when_its_tab_returns(qtbot, window, checkpoints):
+    """Qt keeps a tabbed-away dock isVisible(); the head view must still not redraw unseen (issue 20)."""
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"], steps=2)
+    view = _front(qtbot, win)
+    qtbot.waitUntil(lambda: view.canvas.queries.tokens == win.state.trace.tokens, timeout=5_000)
+    win.docks["heads"].raise_()  # the grid's tab in front again
+    qtbot.waitUntil(lambda: view.visibleRegion().isEmpty(), timeout=5_000)
+    assert view.isVisible()  # what Qt reports for a tab behind another
+    win.token_strip.step()
+    wait_idle(qtbot, win)
+    n = len(win.state.trace)
+    assert len(view.canvas.queries.tokens) == n - 1  # not redrawn while away
+    win.docks["head_view"].raise_()
+    qtbot.waitUntil(lambda: len(view.canvas.queries.tokens) == n, timeout=5_000)
+    assert view.canvas.queries.tokens == win.state.trace.tokens
+    _check_lines(view, win.state.trace.attention_row("self", win.state.layer, n - 1), n - 1, view.threshold)
