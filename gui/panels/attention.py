@@ -63,6 +63,7 @@ class AttentionView(QWidget):
         self._request: tuple | None = None  # what the latest tile request was for
         self._generation = 0
         self._title = ""
+        self._shown_title = ""  # what the plot shows now (setTitle only on a change)
         self._tile_display: tuple | None = None  # (colour map, log scale) the tile on screen was drawn with
         self._render = RenderThread("attention", self)
         self._delivered = 0  # the newest generation whose answer has come back (drawn or dropped)
@@ -276,6 +277,7 @@ class AttentionView(QWidget):
         self.empty_text.setPos(0.5, 0.5)
         self.empty_text.show()
         self.plot.setTitle("")
+        self._shown_title = ""
         self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
         self.left_axis.set_tokens(())
         self.bottom_axis.set_tokens(())
@@ -336,6 +338,9 @@ class AttentionView(QWidget):
         self._show_title()
         if self.row_plot_box.isChecked():
             self._draw_row()
+        # apply the new range now: pyqtgraph would do it at the start of the next paint, and moving the items
+        # there marks the view dirty again, so every step painted it twice
+        self.plot.getViewBox().updateMatrix()
 
     def _show_image(self, weights: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray, rect: QRectF,
                     future: np.ndarray | None = None) -> None:
@@ -388,7 +393,9 @@ class AttentionView(QWidget):
 
     def _show_title(self) -> None:
         how = " · max-pooled to the screen" if self.tiled and self.tile is not None and not self.tile.exact else ""
-        self.plot.setTitle(self._title + how, size="10pt")
+        if self._title + how != self._shown_title:  # a new text re-lays out the whole plot: not once per step
+            self._shown_title = self._title + how
+            self.plot.setTitle(self._shown_title, size="10pt")
 
     def _draw_tile(self) -> None:
         t = self.tile
