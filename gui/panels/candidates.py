@@ -131,6 +131,7 @@ class LogitsPanel(QWidget):
         self.bars.setOpts(x0=[], y=[], width=[], brushes=[])
         for item in self.labels:
             item.setText("")
+            item._shown = None  # the next redraw sets everything
         self.axis.set_tokens(())
         self.heading.setText(text)
         self.message.setText("")
@@ -176,19 +177,19 @@ class LogitsPanel(QWidget):
         brushes = [pg.mkBrush(CHOSEN_COLOR if int(i) == chosen else BAR_COLOR) for i in order]
         self.bars.setOpts(x0=np.zeros(n), y=np.arange(n), width=self.bar_values, brushes=brushes)
         self.axis.set_tokens([vocab[int(i)] if int(i) < len(vocab) else f"<{int(i)}>" for i in order])
+        top_p = float(self.bar_values[0]) if n else 1.0
+        x_max = max(top_p * 1.35, 0.05)
+        self.plot.setXRange(0, x_max, padding=0)
+        color = self.palette().windowText().color()
         for j, item in enumerate(self.labels):
             if j < n:
                 mark = " ◀" if int(order[j]) == chosen else ""
                 p = float(self.bar_values[j])
-                item.setText((f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark)
-                item.setColor(self.palette().windowText().color())
+                # clear of the axis ticks, even for bars of width ~0
+                self._set_label(item, (f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark, color,
+                                p + 0.01 * x_max, j)
             else:
-                item.setText("")
-        top_p = float(self.bar_values[0]) if n else 1.0
-        x_max = max(top_p * 1.35, 0.05)
-        self.plot.setXRange(0, x_max, padding=0)
-        for j in range(n):  # clear of the axis ticks, even for bars of width ~0
-            self.labels[j].setPos(float(self.bar_values[j]) + 0.01 * x_max, j)
+                self._set_label(item, "", color, 0.0, j)
         self.plot.setYRange(-0.6, n - 0.4, padding=0)
         shown = float(self.bar_values.sum())
         self.message.setToolTip("◀ marks the token that was chosen there")
@@ -198,6 +199,18 @@ class LogitsPanel(QWidget):
                              + f" · top {n}: {shown:.1%}"
                              + ("" if chosen is None or chosen in set(order.tolist()) else
                                 f" · chosen “{vocab[chosen]}”: p={probs[chosen]:.3g}, rank {self._rank(probs, chosen)}"))
+
+    @staticmethod
+    def _set_label(item: pg.TextItem, text: str, color: QColor, x: float, y: float) -> None:
+        """Only what changed: a TextItem re-lays out its text on every setText and setColor."""
+        shown = getattr(item, "_shown", None)
+        if shown is None or shown[0] != text:
+            item.setText(text)
+        if shown is None or shown[1] != color.rgba():
+            item.setColor(color)
+        if shown is None or shown[2:] != (x, y):
+            item.setPos(x, y)
+        item._shown = (text, color.rgba(), x, y)
 
     @staticmethod
     def _rank(probs: np.ndarray, token_id: int) -> int:

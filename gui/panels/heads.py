@@ -61,6 +61,7 @@ class HeadGrid(QWidget):
         self.pooled: np.ndarray | None = None  # [layers, heads, m, m] on screen (before resampling)
         self.bin_width = 1  # tokens per pooled bin
         self._drawn: tuple | None = None  # (trace, kind) the pooled stack belongs to
+        self._ticks: tuple | None = None  # what the axes' tick labels were made for
         self.kv_group = 1
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
@@ -162,7 +163,7 @@ class HeadGrid(QWidget):
         self.pooler.clear()
         self._async_pooler = ThumbnailPooler(size=POOL_SIZE)  # the render thread may still use the old one
         self._generation = self._render.submit("grid", lambda: None)  # drops what is under way
-        self.atlas, self.shape, self.pooled, self._drawn = None, (0, 0), None, None
+        self.atlas, self.shape, self.pooled, self._drawn, self._ticks = None, (0, 0), None, None, None
         self.outline.setRect(QRectF())
         self.groups.setPath(QPainterPath())
         for side in ("left", "top"):
@@ -182,8 +183,13 @@ class HeadGrid(QWidget):
         if self._drawn is not None and self._drawn == (trace, kind) and self.pooled is not None:
             self._draw(trace, kind, self.pooled, self.bin_width)  # display change only: no pooling
         elif ThumbnailPooler.rebuilds(trace, kind):
-            pooler = self._async_pooler
-            self._generation = self._render.submit("grid", lambda: (trace, kind, *pooler.stack(trace, kind)))
+            pooler, recipe = self._async_pooler, self._atlas_recipe(trace, kind)
+
+            def work() -> tuple:
+                pooled, width = pooler.stack(trace, kind)
+                return trace, kind, pooled, width, (recipe, self.build_atlas(kind, pooled, recipe))
+
+            self._generation = self._render.submit("grid", work)
             if self.pooled is None:
                 self.caption.setText("Pooling every head's pattern …")
         else:
@@ -198,32 +204,51 @@ class HeadGrid(QWidget):
         self._delivered = max(self._delivered, generation)
         if key != "grid" or generation != self._generation or result is None:
             return  # a newer request (another trace, kind or model) made it stale
-        trace, kind, pooled, width = result
+        trace, kind, pooled, width, made = result
         if trace is self.state.trace and kind == self.state.kind:
-            self._draw(trace, kind, pooled, width)
+            self._draw(trace, kind, pooled, width, made)
 
-    def _draw(self, trace, kind: str, pooled: np.ndarray, width: int) -> None:  # noqa: ANN001 - engine.Trace
-        """pooled [layers, heads, m_q, m_k] (max over bins of `width` tokens) -> the atlas on screen."""
+    def _atlas_recipe(self, trace, kind: str) -> tuple[int, bool, tuple[bool, ...]]:  # noqa: ANN001 - engine.Trace
+        """What the atlas depends on besides the pooled stack: (thumbnail size, log scale, layers captured)."""
         s = self.state
-        self.pooled, self.bin_width, self._drawn = pooled, width, (trace, kind)
-        n_layers, n_heads = trace.n_layers[kind], trace.n_heads
         n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
-        t = self._thumb_size(n, n_layers, n_heads)
+        t = self._thumb_size(n, trace.n_layers[kind], trace.n_heads)
+        return t, s.log_scale, tuple(ThumbnailPooler.captured(trace, kind, layer) for layer in range(trace.n_layers[kind]))
+
+    @staticmethod
+    def build_atlas(kind: str, pooled: np.ndarray, recipe: tuple[int, bool, tuple[bool, ...]]) -> np.ndarray:
+        """pooled [layers, heads, m_q, m_k] -> the uint8 atlas of thumbnails t × t, GAP apart (numpy only, so
+        the display thread can make it: ~2 ms a step at 12 × 12 heads that the event loop no longer spends)."""
+        t, log_scale, captured = recipe
+        n_layers, n_heads = pooled.shape[:2]
         cell = t + GAP
         # resampled and scaled as one stack (per-layer calls cost more in numpy overhead than in work)
         stack = pooled.reshape(-1, *pooled.shape[2:])
-        tiles = np.round(display.normalised_stack(display.fit_stack(stack, t), s.log_scale) * (GAP_INDEX - 1))
+        tiles = np.round(display.normalised_stack(display.fit_stack(stack, t), log_scale) * (GAP_INDEX - 1))
         tiles = tiles.astype(np.uint8).reshape(n_layers, n_heads, t, t)
         if kind == "self":  # outside the causal mask: background, as in the large view
             # a pooled bin above the diagonal holds only future keys (bins are square)
             hidden = display.fit((~display.future_mask(*pooled.shape[2:])).astype(np.float32), t) == 0
             tiles[:, :, hidden] = GAP_INDEX
         for layer in range(n_layers):
-            if not ThumbnailPooler.captured(trace, kind, layer):
+            if not captured[layer]:
                 tiles[layer] = GAP_INDEX  # not captured (Session(capture=...)): nothing to show
         cells = np.full((n_layers, cell, n_heads, cell), GAP_INDEX, dtype=np.uint8)
         cells[:, :t, :, :t] = tiles.transpose(0, 2, 1, 3)
-        atlas = np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP])
+        return np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP])
+
+    def _draw(self, trace, kind: str, pooled: np.ndarray, width: int,  # noqa: ANN001 - engine.Trace
+              made: tuple[tuple, np.ndarray] | None = None) -> None:
+        """pooled [layers, heads, m_q, m_k] (max over bins of `width` tokens) -> the atlas on screen; `made` is
+        (recipe, atlas) from the display thread, used if the recipe still holds (no resize or rescale since)."""
+        s = self.state
+        self.pooled, self.bin_width, self._drawn = pooled, width, (trace, kind)
+        n_layers, n_heads = trace.n_layers[kind], trace.n_heads
+        n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
+        recipe = self._atlas_recipe(trace, kind)
+        atlas = made[1] if made is not None and made[0] == recipe else self.build_atlas(kind, pooled, recipe)
+        t = recipe[0]
+        cell = t + GAP
         moved = (t, (n_layers, n_heads)) != (self.thumb, self.shape)
         self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))
@@ -231,9 +256,12 @@ class HeadGrid(QWidget):
         self.image.setRect(QRectF(0, 0, atlas.shape[1] / cell, atlas.shape[0] / cell))
         px = self._cell_pixels(n_layers, n_heads) or MIN_LABEL_PX
         every = max(1, int(np.ceil(MIN_LABEL_PX / px)))
-        self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(0, n_layers, every)]])
-        self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(0, n_heads, every)]])
-        self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.01)
+        ticks = (t, cell, every, n_layers, n_heads)
+        if ticks != self._ticks:  # new tick labels regenerate both axes: only when they change
+            self._ticks = ticks
+            self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(0, n_layers, every)]])
+            self.plot.getAxis("top").setTicks([[(h + t / cell / 2, str(h)) for h in range(0, n_heads, every)]])
+            self.plot.setRange(xRange=(0, n_heads), yRange=(0, n_layers), padding=0.01)
         self.kv_group = trace.kv_group
         self._draw_groups(n_layers, n_heads, t / cell)
         groups = (f" · query heads share key/value heads in groups of {self.kv_group} (dashed lines)"
