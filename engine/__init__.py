@@ -9,6 +9,7 @@
 """
 
 from .config import ModelConfig
+from .device import share_cpu_with_ui
 from .errors import (
     CaptureError,
     ChatTemplateError,
@@ -32,7 +33,7 @@ __all__ = [
     "KINDS", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError", "LoadCancelled", "Model", "ModelConfig",
     "OutOfMemoryError", "PatternBlock", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError",
     "Step", "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
-    "load_model", "parse_capture_name",
+    "load_model", "parse_capture_name", "share_cpu_with_ui",
 ]
 
 

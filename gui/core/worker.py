@@ -17,7 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from engine import EngineError, Session, Trace
+from engine import EngineError, Session, Trace, share_cpu_with_ui
 from engine.session import stop_token_ids
 
 from .load_jobs import LoadProgress, load_with_progress
@@ -291,6 +291,8 @@ class EngineClient(QObject):
         self.running = False
         self._progress: tuple[int, Trace] | None = None
         self._load_cancel: threading.Event | None = None  # the newest load's; cancel_load() sets it
+        threads = share_cpu_with_ui(reserve=1)  # a core stays free for the event loop while a run computes
+        log.debug("engine: %d torch threads", threads)
         self._thread = QThread()
         self._thread.setObjectName("engine-worker")
         self.worker = EngineWorker()
