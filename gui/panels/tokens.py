@@ -1,7 +1,9 @@
 """The stepper (Step / Back / Run N / Stop / Reset) and the tokens as chips.
 
 Click a chip to select it as the query; hover one to tint the others by how much the selected
-head attends from it to them. Chips are pooled and reused, never rebuilt per step.
+head attends from it to them. Each sequence is one painted TokenFlow (every token shown, however
+long): a step places and paints only the new token; roles are worked out only for positions that
+changed, tooltips only for the token hovered.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QEnterEvent, QMouseEvent, QPainter, QPalette, QPen
+from PySide6.QtCore import QPoint
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -25,151 +26,9 @@ from engine import Trace
 
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
-from ..widgets.flow_layout import FlowLayout
+from ..widgets.token_flow import TokenFlow
 
 log = logging.getLogger(__name__)
-
-TINT = QColor(255, 120, 30)
-SELECTED = QColor(224, 64, 64)
-
-
-class TokenChip(QLabel):
-    """One token. Painted by hand (not with style sheets): re-polishing hundreds of chips on every
-    hover would lag; a repaint is cheap."""
-
-    clicked = Signal(int)
-    hovered = Signal(int)  # -1 when the mouse leaves
-
-    def __init__(self, index: int, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.index = index
-        self.role = "prompt"
-        self.selected = False
-        self.tint = 0.0
-        self.setCursor(Qt.CursorShape.PointingHandCursor)
-        self.setTextFormat(Qt.TextFormat.PlainText)
-        self.setContentsMargins(6, 2, 6, 2)
-
-    def set_role(self, role: str) -> None:
-        if role != self.role:
-            self.role = role
-            font = self.font()
-            font.setItalic(role in ("special", "masked"))
-            self.setFont(font)
-            muted = role in ("special", "masked")
-            self.setForegroundRole(QPalette.ColorRole.PlaceholderText if muted else QPalette.ColorRole.WindowText)
-            self.update()
-
-    def set_marks(self, selected: bool, tint: float) -> None:
-        tint = round(tint * 32) / 32  # no repaint for invisible changes
-        if selected != self.selected or tint != self.tint:
-            self.selected, self.tint = selected, tint
-            self.update()
-
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt API
-        if event.button() == Qt.MouseButton.LeftButton:
-            self.clicked.emit(self.index)
-
-    def enterEvent(self, event: QEnterEvent) -> None:  # noqa: N802
-        self.hovered.emit(self.index)
-
-    def leaveEvent(self, event) -> None:  # noqa: ANN001, N802
-        self.hovered.emit(-1)
-
-    def colours(self) -> tuple[QColor, QColor, Qt.PenStyle]:
-        """(fill, border, border style) for the role, the hover tint and the selection."""
-        pal = self.palette()
-        light = pal.window().color().lightness() > 128
-        fill, border, style = {
-            "prompt": (pal.button().color(), pal.mid().color(), Qt.PenStyle.SolidLine),
-            "generated": (QColor("#d5ecd4" if light else "#2f5a33"), QColor("#5aa35a"), Qt.PenStyle.SolidLine),
-            "special": (QColor(0, 0, 0, 0), pal.mid().color(), Qt.PenStyle.DashLine),
-            "filled": (QColor("#fde2c4" if light else "#6b4a1e"), QColor("#d08a2c"), Qt.PenStyle.SolidLine),
-            "masked": (QColor(0, 0, 0, 0), QColor("#d08a2c"), Qt.PenStyle.DashLine),
-        }[self.role]
-        if self.tint > 0:
-            fill = QColor(TINT.red(), TINT.green(), TINT.blue(), int(40 + 215 * self.tint))
-        if self.selected:
-            border, style = SELECTED, Qt.PenStyle.SolidLine
-        return fill, border, style
-
-    def paintEvent(self, event) -> None:  # noqa: ANN001, N802
-        fill, border, style = self.colours()
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        pen = QPen(border, 2.0 if self.selected else 1.0, style)
-        painter.setPen(pen)
-        painter.setBrush(fill)
-        painter.drawRoundedRect(QRectF(self.rect()).adjusted(1, 1, -1, -1), 4, 4)
-        painter.end()
-        super().paintEvent(event)  # the text
-
-
-MAX_CHIPS = 512  # a longer sequence shows its last MAX_CHIPS tokens as chips (where steps happen); the views show all
-
-
-class ChipRow(QWidget):
-    """A wrapping row of chips for one sequence (the main one, or the encoder-decoder's source). A long one
-    (a document of thousands of tokens) shows its last MAX_CHIPS tokens: a chip per token would cost the
-    window seconds per step; `offset` is the position of the first chip."""
-
-    clicked = Signal(int)
-    hovered = Signal(int)
-
-    def __init__(self, caption: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.flow = FlowLayout(self)
-        self.caption = QLabel(caption)  # inline, first in the flow: saves a line per row
-        self.caption.setObjectName("caption")
-        self.flow.addWidget(self.caption)
-        self.more = QLabel()  # "… 4,129 earlier tokens" when the row is windowed
-        self.more.setObjectName("caption")
-        self.more.hide()
-        self.flow.addWidget(self.more)
-        self.chips: list[TokenChip] = []
-        self.n = 0
-        self.offset = 0
-
-    def chip_at(self, position: int) -> TokenChip | None:
-        i = position - self.offset
-        return self.chips[i] if 0 <= i < self.n else None
-
-    def set_tokens(self, tokens: tuple[str, ...], roles: list[str], tips: list[str]) -> None:
-        offset = max(0, len(tokens) - MAX_CHIPS)
-        if offset != self.offset or (offset > 0) != self.more.isVisibleTo(self):
-            self.more.setText(f"… {offset:,} earlier tokens (all of them in the attention view)")
-            self.more.setVisible(offset > 0)
-        self.offset = offset
-        tokens, roles, tips = tokens[offset:], roles[offset:], tips[offset:]
-        while len(self.chips) < len(tokens):
-            chip = TokenChip(len(self.chips), self)
-            chip.clicked.connect(lambda i: self.clicked.emit(i + self.offset))
-            chip.hovered.connect(lambda i: self.hovered.emit(i + self.offset if i >= 0 else i))
-            self.flow.addWidget(chip)
-            self.chips.append(chip)
-        changed = len(tokens) != self.n
-        self.n = len(tokens)
-        for i, chip in enumerate(self.chips):
-            if i < self.n:
-                shown = (tokens[i] if tokens[i] else "∅", roles[i], tips[i])
-                if getattr(chip, "_shown", None) == shown and chip.isVisibleTo(self):
-                    continue  # a step changes a chip or two; restyling hundreds cost more than the heatmaps
-                chip._shown = shown
-                chip.setText(shown[0])
-                chip.set_role(shown[1])
-                chip.setToolTip(shown[2])
-                chip.show()
-                changed = True
-            elif chip.isVisibleTo(self):
-                chip.hide()
-                changed = True
-        if changed:
-            self.flow.invalidate()
-
-    def set_marks(self, selected: int | None, tints: np.ndarray | None) -> None:
-        for i in range(self.n):
-            p = i + self.offset
-            self.chips[i].set_marks(p == selected, float(tints[p]) if tints is not None and p < len(tints) else 0.0)
 
 
 class TokenStrip(QWidget):
@@ -178,6 +37,10 @@ class TokenStrip(QWidget):
         self.state = state
         self.client = client
         self.hover: tuple[str, int] | None = None  # ("main" | "source", position)
+        self.trace: Trace | None = None  # the one the rows show (tooltips read it)
+        self._roles: list[str] = []  # of the main row, for self.trace
+        self._source_special: tuple[bool, ...] | None = None  # what the source row's roles were made from
+        self._reveal: tuple[int, int, int, int] | None = None  # the last token's place, until it can be scrolled to
 
         # -- stepper ---------------------------------------------------------------------------------
         self.back_button = QPushButton("← Back")
@@ -204,8 +67,11 @@ class TokenStrip(QWidget):
         bar.addWidget(self.summary, 1)
 
         # -- chips -----------------------------------------------------------------------------------
-        self.source_row = ChipRow("source:")
-        self.main_row = ChipRow("decoder:")
+        self.source_row = TokenFlow("source:")
+        self.source_row.set_caption_visible(True)
+        self.main_row = TokenFlow("decoder:")
+        self.main_row.tooltip = self._main_tip
+        self.source_row.tooltip = self._source_tip
         inner = QWidget()
         rows = QVBoxLayout(inner)
         rows.setContentsMargins(2, 0, 2, 0)
@@ -217,6 +83,8 @@ class TokenStrip(QWidget):
         self.scroll.setWidgetResizable(True)
         self.scroll.setWidget(inner)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        # a step that starts a new row grows the strip after _on_trace: scroll once the range has grown
+        self.scroll.verticalScrollBar().rangeChanged.connect(lambda _lo, _hi: self._scroll_to_reveal())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
@@ -287,35 +155,59 @@ class TokenStrip(QWidget):
         family = info.family if info else None
         two_rows = family == "encoder-decoder"
         self.source_row.setVisible(two_rows)
-        self.main_row.caption.setVisible(two_rows)
+        self.main_row.set_caption_visible(two_rows)
         self.mask_button.setVisible(family == "encoder")
         self.step_button.setText("Fill mask →" if family == "encoder" else "Step →")
-        self.main_row.set_tokens((), [], [])
-        self.source_row.set_tokens((), [], [])
+        self.trace, self._roles, self._source_special = None, [], None
+        self.main_row.set_tokens((), [])
+        self.source_row.set_tokens((), [])
         self.summary.setText("" if info else "No model open")
         self._sync_buttons()
 
+    def _main_roles(self, trace: Trace) -> list[str]:
+        """Role of each main-row token. A decoder's depends only on `special` and the prompt length, so a
+        step works out only the positions past the unchanged prefix; an encoder's fill-mask steps can be
+        anywhere (and it is at most a few hundred tokens): all of them."""
+        old, n = self.trace, len(trace)
+        k = 0
+        if old is not None and trace.family != "encoder" and (old.family, old.n_prompt) == (trace.family, trace.n_prompt):
+            k = min(len(old), n, len(self._roles))
+            if old.special[:k] != trace.special[:k]:
+                k = next(i for i in range(k) if old.special[i] != trace.special[i])
+        special, n_prompt = trace.special, trace.n_prompt
+        roles = self._roles[:k] + ["special" if special[i] else "generated" if i >= n_prompt else "prompt"
+                                   for i in range(k, n)]
+        if trace.family == "encoder":
+            for step in trace.steps:
+                roles[step.position] = "masked" if step.how == "masked" else "filled"
+        return roles
+
+    def _step_at(self, i: int):  # noqa: ANN202 - StepInfo | None
+        return next((s for s in reversed(self.trace.steps) if s.position == i), None) if self.trace else None
+
+    def _main_tip(self, i: int) -> str:
+        trace = self.trace
+        if trace is None or i >= len(trace):
+            return ""
+        tip = f"position {i} · id {trace.token_ids[i]} · {self.main_row.role(i)}"
+        step = self._step_at(i)
+        if step is not None:
+            tip += f" · {step.how}, p={step.prob:.3f}"
+        return tip
+
+    def _source_tip(self, i: int) -> str:
+        ids = self.trace.source_ids if self.trace is not None else None
+        return f"source position {i} · id {ids[i]}" if ids is not None and i < len(ids) else ""
+
     def _on_trace(self, trace: Trace) -> None:
-        steps = {s.position: s for s in trace.steps}
-        roles, tips = [], []
-        for i in range(len(trace)):
-            step = steps.get(i)
-            if trace.family == "encoder" and step is not None:
-                role = "masked" if step.how == "masked" else "filled"
-            elif trace.special[i]:
-                role = "special"
-            else:
-                role = "generated" if i >= trace.n_prompt else "prompt"
-            roles.append(role)
-            tip = f"position {i} · id {trace.token_ids[i]} · {role}"
-            if step is not None:
-                tip += f" · {step.how}, p={step.prob:.3f}"
-            tips.append(tip)
-        self.main_row.set_tokens(trace.tokens, roles, tips)
+        roles = self._main_roles(trace)
+        self.trace, self._roles = trace, roles
+        self.main_row.set_tokens(trace.tokens, roles)
         if trace.source_tokens is not None:
-            self.source_row.set_tokens(
-                trace.source_tokens, ["special" if sp else "prompt" for sp in trace.source_special],
-                [f"source position {i} · id {t}" for i, t in enumerate(trace.source_ids)])
+            if trace.source_special != self._source_special:
+                self._source_special = trace.source_special
+                self._source_roles = ["special" if sp else "prompt" for sp in trace.source_special]
+            self.source_row.set_tokens(trace.source_tokens, self._source_roles)
         n_gen = len(trace) - trace.n_prompt
         last = trace.steps[-1] if trace.steps else None
         text = (f"{len(trace)} tokens" if trace.family == "encoder" else
@@ -325,7 +217,22 @@ class TokenStrip(QWidget):
         self.summary.setText(text)
         self._sync_buttons()
         self._refresh_marks()
-        self.scroll.ensureWidgetVisible(self.main_row.chip_at(len(trace) - 1) or self.main_row)
+        if len(trace):
+            r = self.main_row.rect(len(trace) - 1)
+            c = self.main_row.mapTo(self.scroll.widget(), r.center())
+            self._reveal = (c.x(), c.y(), r.width() // 2 + 4, r.height() // 2 + 4)
+            self._scroll_to_reveal()
+
+    def _scroll_to_reveal(self) -> None:
+        """Scroll so that the last token is in view; again when the scroll range grows to reach it."""
+        if self._reveal is None:
+            return
+        x, y, mx, my = self._reveal
+        self.scroll.ensureVisible(x, y, mx, my)
+        viewport = self.scroll.viewport()
+        inner = self.scroll.widget()
+        if viewport.rect().contains(inner.mapTo(viewport, QPoint(x, y))):
+            self._reveal = None
 
     # -- selection and hover tint ----------------------------------------------------------------------
     def _hover(self, side: str, i: int) -> None:

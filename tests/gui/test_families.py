@@ -25,7 +25,9 @@ def back_once(qtbot, win) -> None:
 
 
 def visible_chips(row) -> list[str]:
-    return [c.text() for c in row.chips[: row.n] if not c.isHidden()]
+    """The tokens the row shows, each placed inside the row."""
+    inside = [i for i in range(row.n) if row.rect().contains(row.rect(i))]
+    return [row.text(i) for i in inside]
 
 
 def check_logits_bars(win) -> None:
@@ -62,7 +64,7 @@ def test_decoder_family(qtbot, window, checkpoints):
     back_once(qtbot, win)
     trace = win.state.trace
     assert len(trace) == n + 2
-    roles = [c.role for c in win.token_strip.main_row.chips[: n + 2]]
+    roles = [win.token_strip.main_row.role(i) for i in range(n + 2)]
     assert roles.count("generated") == 2 and roles[:n] == ["prompt"] * n
     assert visible_chips(win.token_strip.main_row) == list(trace.tokens)
     # the query follows the frontier; the heatmap is [tokens, tokens]
@@ -85,12 +87,13 @@ def test_encoder_decoder_family(qtbot, window, checkpoints):
     step_times(qtbot, win, 3)
     back_once(qtbot, win)
     assert len(win.state.trace) == n_dec + 2
+    assert visible_chips(win.token_strip.main_row) == list(win.state.trace.tokens)  # the decoder row below
     assert win.state.kind == "cross"  # the default view of an encoder-decoder
     assert win.attention_view.image.image.shape == (n_dec + 2, n_src)
     # hovering a decoder token under cross-attention tints the source tokens it reads
     win.token_strip._hover("main", n_dec + 1)
     row = win.state.trace.attention_row("cross", 0, n_dec + 1)[0]
-    tints = [c.tint for c in win.token_strip.source_row.chips[:n_src]]
+    tints = [win.token_strip.source_row.tint(i) for i in range(n_src)]
     np.testing.assert_allclose(tints, np.round(np.sqrt(row) * 32) / 32)
     win.token_strip._hover("main", -1)
     win.state.select(kind="self")
@@ -116,7 +119,7 @@ def test_encoder_family_fill_and_mask(qtbot, window, checkpoints):
     step_times(qtbot, win, 1)  # fill the mask
     trace = win.state.trace
     assert mask not in trace.tokens and trace.steps[-1].position == pos
-    assert win.token_strip.main_row.chips[pos].role == "filled"
+    assert win.token_strip.main_row.role(pos) == "filled"
     # the panel shows the predictions the token was chosen from (mask still in place): greedy took the top one
     assert win.state.query == pos and win.logits_panel.candidate_ids[0] == trace.token_ids[pos]
     win.state.set_trace(trace)  # the same trace again (a run's last progress report, then its result)
@@ -128,7 +131,7 @@ def test_encoder_family_fill_and_mask(qtbot, window, checkpoints):
     qtbot.mouseClick(win.token_strip.mask_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: win.state.trace.tokens[1] == mask, timeout=30_000)
     wait_idle(qtbot, win)
-    assert win.token_strip.main_row.chips[1].role == "masked"
+    assert win.token_strip.main_row.role(1) == "masked"
     win.state.select(query=1)
     check_logits_bars(win)
     assert win.logits_panel.target_position == 1

@@ -69,8 +69,8 @@ def test_chat_mode_renders_the_template_stops_at_end_of_turn_and_takes_a_next_tu
     assert preview.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     trace = win.state.trace
     assert trace.tokens[0] == "<|begin_of_text|>" and "<|eot_id|>" in trace.tokens
-    chips = win.token_strip.main_row.chips
-    assert chips[0].role == "special" and chips[0].text() == "<|begin_of_text|>"
+    row = win.token_strip.main_row
+    assert row.role(0) == "special" and row.text(0) == "<|begin_of_text|>"
     assert "Step or Run" in panel.chat_status.text()
 
     # two tokens of reply, then the end of turn (forced: a random model rarely picks it)

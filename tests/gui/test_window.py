@@ -21,17 +21,19 @@ def test_hover_tints_and_tooltip_text(qtbot, window, checkpoints):
     trace = win.state.trace
     q = len(trace) - 1
     win.token_strip._hover("main", q)
-    tints = [c.tint for c in win.token_strip.main_row.chips[: len(trace)]]
+    strip_row = win.token_strip.main_row
+    assert strip_row.n == len(trace)
+    tints = [strip_row.tint(i) for i in range(strip_row.n)]
     row = trace.attention_row("self", win.state.layer, q)[win.state.head]
     np.testing.assert_allclose(tints, np.round(np.sqrt(row) * 32) / 32)  # square root of the weight, 1/32 steps
     win.token_strip._hover("main", -1)
-    assert all(c.tint == 0 for c in win.token_strip.main_row.chips)
+    assert all(strip_row.tint(i) == 0 for i in range(strip_row.n))
     text = win.attention_view.describe(q, 0)
     assert "→" in text and f"{row[0]:.4f}" in text
     assert "masked" in win.attention_view.describe(0, 1)  # causal: later keys are not weights but a mask
     assert np.isnan(win.attention_view.image.image[0, 1]) and not np.isnan(win.attention_view.image.image[1, 0])
     # clicking a chip selects the query row
-    qtbot.mouseClick(win.token_strip.main_row.chips[1], Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(strip_row, Qt.MouseButton.LeftButton, pos=strip_row.rect(1).center())
     assert win.state.query == 1
     assert win.attention_view.row_box.rect().center().y() == 1
 
