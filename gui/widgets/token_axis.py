@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, QTimer
-from PySide6.QtGui import QFontMetricsF
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen
 
 MAX_LABEL_CHARS = 12
 GAP_PX = 6  # between neighbouring horizontal labels
@@ -21,6 +21,29 @@ def short(token: str, limit: int = MAX_LABEL_CHARS) -> str:
 
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 < 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+class _MeasuringPainter:
+    """The painter pyqtgraph's generateDrawSpecs measures tick labels with, remembering each label's box:
+    a step re-lays out the same labels, and QPainter.boundingRect (a text layout per call) was most of
+    the ~1.7 ms an axis took to regenerate."""
+
+    def __init__(self, painter: QPainter, boxes: dict) -> None:
+        self._painter, self._boxes = painter, boxes
+        self._font_key = painter.font().key()
+
+    def setFont(self, font: QFont) -> None:  # noqa: N802 - QPainter API
+        self._painter.setFont(font)
+        self._font_key = font.key()
+
+    def boundingRect(self, rect: QRectF, flags, text: str) -> QRectF:  # noqa: ANN001, N802 - QPainter API
+        key = (self._font_key, rect.width(), rect.height(), int(flags), text)
+        box = self._boxes.get(key)
+        if box is None:
+            if len(self._boxes) > 20_000:  # a long session's labels: forget them all, re-measure what is shown
+                self._boxes.clear()
+            box = self._boxes[key] = QRectF(self._painter.boundingRect(rect, flags, text))
+        return QRectF(box)  # a copy: the caller shrinks its height
 
 
 class TokenAxis(pg.AxisItem):
@@ -37,6 +60,7 @@ class TokenAxis(pg.AxisItem):
         self._advance_font = ""
         self._widest = 0.0  # widest label of all tokens (measured once per token)
         self._shown_title = ""
+        self._label_boxes: dict = {}  # (font, …, text) -> the label's box, for _MeasuringPainter
         if orientation in ("top", "bottom"):
             self.setStyle(hideOverlappingLabels=40)  # let the first/last token's label overhang the ends a little
 
@@ -144,6 +168,92 @@ class TokenAxis(pg.AxisItem):
             i = int(round(v))
             out.append(self.label_text(i) if 0 <= i < len(self.tokens) else "")
         return out
+
+    def generateDrawSpecs(self, p: QPainter):  # noqa: ANN201, N802, C901 - pyqtgraph API
+        """pyqtgraph's generateDrawSpecs for what a token axis is (one tick level, no grid, no SI prefix),
+        with the labels' boxes remembered: its per-label Python (Points, numpy reductions, a text layout
+        each) made an axis ~1.7 ms to regenerate, and the attention view regenerates two per step."""
+        style = self.style
+        if self._tickLevels is not None or self.grid is not False or any(style["stopAxisAtTick"]):
+            return super().generateDrawSpecs(_MeasuringPainter(p, self._label_boxes))
+        painter = _MeasuringPainter(p, self._label_boxes)
+        if style["tickFont"] is not None:
+            painter.setFont(style["tickFont"])
+        bounds = self.mapRectFromParent(self.geometry())
+        o = self.orientation
+        if o == "left":
+            span = (QPointF(bounds.right() - 1, bounds.top() - 1), QPointF(bounds.right() - 1, bounds.bottom() + 1))
+            tick_stop, tick_dir, axis = bounds.right(), -1, 0
+        elif o == "right":
+            span = (QPointF(bounds.left() + 1, bounds.top() - 1), QPointF(bounds.left() + 1, bounds.bottom() + 1))
+            tick_stop, tick_dir, axis = bounds.left(), 1, 0
+        elif o == "top":
+            span = (QPointF(bounds.left() - 1, bounds.bottom() - 1), QPointF(bounds.right() + 1, bounds.bottom() - 1))
+            tick_stop, tick_dir, axis = bounds.bottom(), -1, 1
+        else:
+            span = (QPointF(bounds.left() - 1, bounds.top() + 1), QPointF(bounds.right() + 1, bounds.top() + 1))
+            tick_stop, tick_dir, axis = bounds.top(), 1, 1
+        ends = [self.mapToDevice(pt) for pt in span]
+        if None in ends:
+            return None
+        length_px = math.hypot(ends[1].x() - ends[0].x(), ends[1].y() - ends[0].y())
+        if length_px == 0:
+            return None
+        levels = self.tickValues(self.range[0], self.range[1], length_px)
+        dif = self.range[1] - self.range[0]
+        if dif == 0:
+            scale, offset = 1.0, 0.0
+        elif axis == 0:
+            scale = -bounds.height() / dif
+            offset = self.range[0] * scale - bounds.height()
+        else:
+            scale = bounds.width() / dif
+            offset = self.range[0] * scale
+        lo, hi = sorted(x * scale - offset for x in self.range)
+        tick_length = style["tickLength"]
+        pen = self.tickPen()
+        alpha = 255 if style["tickAlpha"] is None else style["tickAlpha"]  # pyqtgraph's first level: opaque
+        if pen.brush().style() == Qt.BrushStyle.SolidPattern:
+            pen = QPen(pen)
+            color = QColor(pen.color())
+            color.setAlpha(int(min(255, max(0, round(alpha * 255 if isinstance(alpha, float) else alpha)))))
+            pen.setColor(color)
+        tick_specs, text_specs, placed = [], [], []
+        values = levels[0][1] if levels else []
+        spacing = levels[0][0] if levels else 1.0
+        for v in values:
+            x = v * scale - offset
+            if x < lo or x > hi:
+                continue
+            placed.append((v, x))
+            if axis == 0:
+                tick_specs.append((pen, QPointF(tick_stop, x), QPointF(tick_stop + tick_length * tick_dir, x)))
+            else:
+                tick_specs.append((pen, QPointF(x, tick_stop), QPointF(x, tick_stop + tick_length * tick_dir)))
+        axis_spec = (self.pen(), span[0], span[1])
+        if not style["showValues"] or not placed:
+            return axis_spec, tick_specs, text_specs
+        strings = self.tickStrings([v for v, _x in placed], self.autoSIPrefixScale * self.scale, spacing)
+        gap = max(0, tick_length) + style["tickTextOffset"][axis]
+        limit = self.boundingRect()
+        widest = 0.0
+        for (_v, x), text in zip(placed, strings):
+            box = painter.boundingRect(QRectF(0, 0, 100, 100), Qt.AlignmentFlag.AlignCenter, text)
+            w, h = box.width(), box.height() * 0.8  # as pyqtgraph: boundingRect is a little too large
+            widest = max(widest, w if axis == 0 else h)
+            if o == "left":
+                flags, rect = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, QRectF(tick_stop - gap - w, x - h / 2, w, h)
+            elif o == "right":
+                flags, rect = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, QRectF(tick_stop + gap, x - h / 2, w, h)
+            elif o == "top":
+                flags, rect = Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, QRectF(x - w / 2, tick_stop - gap - h, w, h)
+            else:
+                flags, rect = Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, QRectF(x - w / 2, tick_stop + gap, w, h)
+            if limit & rect != rect:  # would stick out of the axis (hideOverlappingLabels sets how far it may)
+                continue
+            text_specs.append((rect, flags | Qt.TextFlag.TextDontClip, text))
+        self._updateMaxTextSize(widest)
+        return axis_spec, tick_specs, text_specs
 
     def drawPicture(self, p, axisSpec, tickSpecs, textSpecs) -> None:  # noqa: ANN001, N802 - pyqtgraph API
         if not self.rotated:
