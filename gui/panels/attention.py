@@ -46,6 +46,7 @@ PatternSource = Callable[[object], "tuple[np.ndarray, str] | None"]  # (engine.T
 WHOLE_CELLS = 512 * 512  # a stored pattern up to this size is drawn whole; beyond it, the visible tile
 ZOOM_STEP = 1.5  # + / − keys
 TILE_DELAY_MS = 30  # a new tile is asked for once the view has stopped moving this long
+HOLD_MS = 60  # after a step, the view waits this long at most for its new tile before it paints the old one
 ROW_TOP = 8  # strongest keys listed under the row plot
 
 class AttentionView(QWidget):
@@ -73,6 +74,12 @@ class AttentionView(QWidget):
         self._tile_timer.setSingleShot(True)
         self._tile_timer.setInterval(TILE_DELAY_MS)
         self._tile_timer.timeout.connect(self._request_tile)
+        # a step changes the axes and the tile: painting the stretched old tile first and the new one ~10 ms
+        # later cost a second full paint per step, so the view holds its paint for the new tile (or HOLD_MS)
+        self._hold_timer = QTimer(self)
+        self._hold_timer.setSingleShot(True)
+        self._hold_timer.setInterval(HOLD_MS)
+        self._hold_timer.timeout.connect(self._release_paint)
 
         # -- controls --------------------------------------------------------------------------
         self.kind_box = QComboBox()
@@ -268,6 +275,7 @@ class AttentionView(QWidget):
         self.pattern = None
         self.tile, self.tiled, self.shape, self._request, self.row = None, False, (0, 0), None, None
         self._generation = self._render.submit("tile", lambda: None)  # drops a tile under way
+        self._release_paint()
         self.row_curve.setData([], [])
         self.row_top.clear()
         self.image.clear()
@@ -332,7 +340,14 @@ class AttentionView(QWidget):
                 self.image.clear()  # another head's tile must not stand in for this one
             elif self._tile_display != (s.colormap, s.log_scale):
                 self._draw_tile()  # the last tile of this head stays (re-scaled) until the new one comes
+            asked = self._generation
             self._request_tile()
+            if same_head and self.tile is not None and self._generation != asked:
+                self._hold_paint()  # one paint when the new tile is in (HOLD_MS at most)
+            else:
+                self._release_paint()
+        else:
+            self._release_paint()
         head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
         self._title = f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}"
         self._show_title()
@@ -378,6 +393,7 @@ class AttentionView(QWidget):
 
     def _on_failed(self, _key: str, generation: int, message: str) -> None:
         self._delivered = max(self._delivered, generation)
+        self._release_paint()
         log.warning("attention tile: %s", message)
 
     def _on_tile(self, key: str, generation: int, result: object) -> None:
@@ -390,6 +406,17 @@ class AttentionView(QWidget):
         self.tile = tile
         self._draw_tile()
         self._show_title()
+        self._release_paint()
+
+    def _hold_paint(self) -> None:
+        if self.graphics.updatesEnabled():
+            self.graphics.setUpdatesEnabled(False)
+        self._hold_timer.start()
+
+    def _release_paint(self) -> None:
+        self._hold_timer.stop()
+        if not self.graphics.updatesEnabled():
+            self.graphics.setUpdatesEnabled(True)  # repaints the view: axes, range and tile at once
 
     def _show_title(self) -> None:
         how = " · max-pooled to the screen" if self.tiled and self.tile is not None and not self.tile.exact else ""
@@ -418,7 +445,7 @@ class AttentionView(QWidget):
     @property
     def pending(self) -> bool:
         """A tile is being computed (tests wait for it)."""
-        return (self._delivered < self._generation or self._tile_timer.isActive()
+        return (self._delivered < self._generation or self._tile_timer.isActive() or self._hold_timer.isActive()
                 or self._wanted() not in (None, self._request))
 
     # -- the selected row as a line ------------------------------------------------------------------

@@ -15,6 +15,15 @@ GAP_PX = 6  # between neighbouring horizontal labels
 MEASURE_LIMIT = 400  # visible labels measured one by one; beyond, the widest of all tokens stands for them
 
 
+# label alignments per orientation (enum | costs microseconds each in Python; an axis has dozens of labels)
+_ALIGN = {
+    "left": Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter | Qt.TextFlag.TextDontClip,
+    "right": Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter | Qt.TextFlag.TextDontClip,
+    "top": Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom | Qt.TextFlag.TextDontClip,
+    "bottom": Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextDontClip,
+}
+
+
 def short(token: str, limit: int = MAX_LABEL_CHARS) -> str:
     return token if len(token) <= limit else token[: limit - 1] + "…"
 
@@ -236,22 +245,23 @@ class TokenAxis(pg.AxisItem):
         strings = self.tickStrings([v for v, _x in placed], self.autoSIPrefixScale * self.scale, spacing)
         gap = max(0, tick_length) + style["tickTextOffset"][axis]
         limit = self.boundingRect()
+        flags, centre = _ALIGN[o], Qt.AlignmentFlag.AlignCenter
         widest = 0.0
         for (_v, x), text in zip(placed, strings):
-            box = painter.boundingRect(QRectF(0, 0, 100, 100), Qt.AlignmentFlag.AlignCenter, text)
+            box = painter.boundingRect(QRectF(0, 0, 100, 100), centre, text)
             w, h = box.width(), box.height() * 0.8  # as pyqtgraph: boundingRect is a little too large
             widest = max(widest, w if axis == 0 else h)
             if o == "left":
-                flags, rect = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, QRectF(tick_stop - gap - w, x - h / 2, w, h)
+                rect = QRectF(tick_stop - gap - w, x - h / 2, w, h)
             elif o == "right":
-                flags, rect = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, QRectF(tick_stop + gap, x - h / 2, w, h)
+                rect = QRectF(tick_stop + gap, x - h / 2, w, h)
             elif o == "top":
-                flags, rect = Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, QRectF(x - w / 2, tick_stop - gap - h, w, h)
+                rect = QRectF(x - w / 2, tick_stop - gap - h, w, h)
             else:
-                flags, rect = Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, QRectF(x - w / 2, tick_stop + gap, w, h)
+                rect = QRectF(x - w / 2, tick_stop + gap, w, h)
             if limit & rect != rect:  # would stick out of the axis (hideOverlappingLabels sets how far it may)
                 continue
-            text_specs.append((rect, flags | Qt.TextFlag.TextDontClip, text))
+            text_specs.append((rect, flags, text))
         self._updateMaxTextSize(widest)
         return axis_spec, tick_specs, text_specs
 
