@@ -37,6 +37,7 @@ from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
 from ..rendering import colormaps, display, tiles
 from ..rendering.labels import kind_name
+from ..rendering.prepared_image import PreparedImageItem, prepare
 from ..rendering.thumbnails import ThumbnailPooler
 from ..widgets.token_axis import TokenAxis, short
 
@@ -128,7 +129,7 @@ class AttentionView(QWidget):
         self.plot.getViewBox().setMouseEnabled(x=True, y=True)
         self.left_axis.set_title("query")  # the axes add "every 4th labelled" when they thin their labels
         self.bottom_axis.set_title("key")
-        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image = PreparedImageItem()  # row-major; a tile comes coloured from the display thread
         self.plot.addItem(self.image)
         self.row_box = QGraphicsRectItem()
         self.row_box.setBrush(Qt.BrushStyle.NoBrush)
@@ -357,13 +358,18 @@ class AttentionView(QWidget):
         # there marks the view dirty again, so every step painted it twice
         self.plot.getViewBox().updateMatrix()
 
+    @staticmethod
+    def _shown(weights: np.ndarray, log_scale: bool, causal: bool, future: np.ndarray | None = None) -> tuple:
+        """(image, levels) as drawn: scaled, and NaN (transparent) outside the causal mask."""
+        img, levels = display.scaled(weights, log_scale)
+        if causal:
+            img = img.copy() if img is weights else img
+            img[future if future is not None else display.future_mask(*weights.shape)] = np.nan
+        return img, levels
+
     def _show_image(self, weights: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray, rect: QRectF,
                     future: np.ndarray | None = None) -> None:
-        img, levels = display.scaled(weights, self.state.log_scale)
-        if self.state.kind == "self":
-            img = img.copy() if img is weights else img
-            mask = future if future is not None else display.future_mask(*weights.shape)
-            img[mask] = np.nan  # transparent: outside the causal mask
+        img, levels = self._shown(weights, self.state.log_scale, self.state.kind == "self", future)
         self.image.setImage(img, autoLevels=False, levels=levels)
         self.image.setRect(rect)
 
@@ -388,8 +394,14 @@ class AttentionView(QWidget):
             return
         self._request = request
         trace, kind, layer, heads, q0, q1, k0, k1, rows, cols = request
-        self._generation = self._render.submit(
-            "tile", lambda: (request, tiles.visible_tile(trace, kind, layer, list(heads), q0, q1, k0, k1, rows, cols)))
+        display_key, log_scale, lut = (self.state.colormap, self.state.log_scale), self.state.log_scale, self.image.lut
+
+        def work() -> tuple:
+            tile = tiles.visible_tile(trace, kind, layer, list(heads), q0, q1, k0, k1, rows, cols)
+            colours = prepare(*self._shown(tile.weights, log_scale, kind == "self", tile.future), lut)
+            return request, tile, (display_key, colours)  # coloured here, not at paint time on the GUI thread
+
+        self._generation = self._render.submit("tile", work)
 
     def _on_failed(self, _key: str, generation: int, message: str) -> None:
         self._delivered = max(self._delivered, generation)
@@ -400,11 +412,11 @@ class AttentionView(QWidget):
         self._delivered = max(self._delivered, generation)
         if key != "tile" or generation != self._generation or result is None:
             return  # stale: the view, the step or the selection moved on
-        request, tile = result
+        request, tile, colours = result
         if request != self._request or not self.tiled:
             return
         self.tile = tile
-        self._draw_tile()
+        self._draw_tile(colours)
         self._show_title()
         self._release_paint()
 
@@ -424,13 +436,18 @@ class AttentionView(QWidget):
             self._shown_title = self._title + how
             self.plot.setTitle(self._shown_title, size="10pt")
 
-    def _draw_tile(self) -> None:
+    def _draw_tile(self, colours: tuple | None = None) -> None:
+        """The tile on screen; `colours` (display key, Prepared) from the display thread if they still fit."""
         t = self.tile
         if t is None:
             return
         self._tile_display = (self.state.colormap, self.state.log_scale)
         rect = QRectF(t.k0 - 0.5, t.q0 - 0.5, t.k1 - t.k0, t.q1 - t.q0)
-        self._show_image(t.weights, t.row_edges, t.col_edges, rect, future=t.future)
+        if colours is not None and colours[0] == self._tile_display:  # show() checks the lookup table too
+            self.image.show(colours[1])
+            self.image.setRect(rect)
+        else:
+            self._show_image(t.weights, t.row_edges, t.col_edges, rect, future=t.future)
 
     def visible_region(self) -> tuple[int, int, int, int]:
         """q0, q1, k0, k1 of the cells in view."""

@@ -206,3 +206,21 @@ def test_prompt_file_on_the_command_line(checkpoints, tmp_path):
     with np.load(out) as data:
         assert "".join(data["tokens"]).replace("Ġ", " ").endswith("created") or len(data["tokens"]) > 3
     assert main.main(["--prompt", "x", "--prompt-file", str(prompt)]) == 2  # one or the other
+
+
+def test_a_step_shows_the_tile_coloured_in_the_display_thread(qtbot, window, long_llama):
+    win = window
+    open_model(qtbot, win, long_llama, prompt=TEXT * 6)
+    _force_rebuild(qtbot, win)
+    _settle(qtbot, win)
+    win.token_strip.step()
+    wait_idle(qtbot, win)
+    _settle(qtbot, win)
+    view = win.attention_view
+    assert view.tiled and view.image._prepared is not None  # the display thread's colours are on screen
+    shown = bytes(view.image.qimage.constBits())
+    view.image._prepared = None  # what pyqtgraph itself would paint for the same image
+    view.image._renderRequired = True
+    view.image.render()
+    assert bytes(view.image.qimage.constBits()) == shown
+    assert view.graphics.updatesEnabled()  # the paint held for the tile was released
