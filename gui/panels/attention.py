@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QGraphicsRectItem,
+    QGraphicsScene,
     QHBoxLayout,
     QLabel,
     QSpinBox,
@@ -118,6 +119,8 @@ class AttentionView(QWidget):
 
         # -- plot --------------------------------------------------------------------------------
         self.graphics = pg.GraphicsLayoutWidget()
+        # a few dozen items that move on every step: a BSP index re-sorted them each time (~2 ms a step)
+        self.graphics.scene().setItemIndexMethod(QGraphicsScene.ItemIndexMethod.NoIndex)
         self.graphics.ci.layout.setContentsMargins(2, 2, 2, 2)
         self.left_axis = TokenAxis("left")
         self.bottom_axis = TokenAxis("bottom")

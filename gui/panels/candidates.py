@@ -9,6 +9,7 @@ below it in a splitter, so it takes room only when someone gives it room."""
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pyqtgraph as pg
@@ -16,6 +17,7 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor, QCursor, QFontMetricsF
 from PySide6.QtWidgets import (
     QFrame,
+    QGraphicsScene,
     QHBoxLayout,
     QLabel,
     QScrollArea,
@@ -47,6 +49,7 @@ class LogitsPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.client = client
+        self._x_max: float | None = None  # the probability axis' range (changed only when it must)
         self.candidate_ids = np.zeros(0, dtype=np.int64)
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.target_position: int | None = None  # where a chosen candidate would go
@@ -64,6 +67,8 @@ class LogitsPanel(QWidget):
         self.axis = TokenAxis("left")
         self.axis.setStyle(tickLength=0)  # token names suffice; tick marks would read as minus signs
         self.plot = pg.PlotWidget(axisItems={"left": self.axis})
+        # a few dozen items that move on every step: a BSP index re-sorted them each time (~2 ms a step)
+        self.plot.scene().setItemIndexMethod(QGraphicsScene.ItemIndexMethod.NoIndex)
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
         self.plot.setMouseEnabled(x=False, y=False)
@@ -129,6 +134,7 @@ class LogitsPanel(QWidget):
         self.candidate_ids = np.zeros(0, dtype=np.int64)
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.bars.setOpts(x0=[], y=[], width=[], brushes=[])
+        self._x_max = None
         for item in self.labels:
             item.setText("")
             item._shown = None  # the next redraw sets everything
@@ -178,8 +184,12 @@ class LogitsPanel(QWidget):
         self.bars.setOpts(x0=np.zeros(n), y=np.arange(n), width=self.bar_values, brushes=brushes)
         self.axis.set_tokens([vocab[int(i)] if int(i) < len(vocab) else f"<{int(i)}>" for i in order])
         top_p = float(self.bar_values[0]) if n else 1.0
-        x_max = max(top_p * 1.35, 0.05)
-        self.plot.setXRange(0, x_max, padding=0)
+        # room for the labels, in steps of 0.05: the probability axis is then redrawn only when the range
+        # changes, not after every step's slightly different top probability
+        x_max = max(math.ceil(top_p * 1.35 / 0.05 - 1e-9) * 0.05, 0.05)
+        if self._x_max != x_max:
+            self._x_max = x_max
+            self.plot.setXRange(0, x_max, padding=0)
         color = self.palette().windowText().color()
         for j, item in enumerate(self.labels):
             if j < n:
