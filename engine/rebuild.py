@@ -100,9 +100,14 @@ class PatternSource:
 
     n_queries: int
     n_keys: int
+    n_heads: int
 
     def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         raise NotImplementedError
+
+    def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """tile() of every head at once, float32 (heads, q1 - q0, k1 - k0)."""
+        return np.stack([self.tile(h, q0, q1, k0, k1) for h in range(self.n_heads)])
 
     def _visible_width(self, z: int, k0: int, k1: int) -> int:
         """How many keys from k0 the rows before z can see (the rest are zeros: nothing to compute)."""
@@ -147,6 +152,7 @@ class Stored(PatternSource):
 
     def __init__(self, blocks: tuple) -> None:  # tuple[PatternBlock, ...]
         self.blocks = blocks
+        self.n_heads = blocks[0].rows.shape[0]
         self.n_queries = sum(b.rows.shape[1] for b in blocks)
         self.n_keys = max(b.rows.shape[2] for b in blocks)
 
@@ -169,9 +175,12 @@ class Rebuilt(PatternSource):
         self.keys = keys  # (kv heads, S, hs) float32, read-only
         self.n_keys = keys.shape[1]
         self.n_queries = sum(b.n for b in blocks)
+        self.n_heads = blocks[0].q.shape[0]
 
-    def _queries(self, head: int, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+    def _queries(self, head: int | slice, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+        """q (n, hs) and lse (n,) of rows q0..q1 of one head; of every head ((heads, n, hs), (heads, n)) for a slice."""
         qs, lses = [], []
+        axis = 1 if isinstance(head, slice) else 0
         for b in self.blocks:
             a, z = max(q0, b.q_start), min(q1, b.q_start + b.n)
             if a < z:
@@ -179,7 +188,36 @@ class Rebuilt(PatternSource):
                 lses.append(b.lse[head, a - b.q_start : z - b.q_start])
         if len(qs) == 1:
             return qs[0], lses[0]
-        return np.concatenate(qs), np.concatenate(lses)
+        return np.concatenate(qs, axis=axis), np.concatenate(lses, axis=axis)
+
+    def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """Every head's rows q0..q1 over keys k0..k1 in one batched matmul per key/value head (the head grid
+        pools a step's new row of every head: one call each cost ~10 numpy calls with the GIL held)."""
+        rule = self.rule
+        if rule.softcap is not None or rule.bias_by_offset is not None:
+            return super().tiles(q0, q1, k0, k1)
+        q, lse = self._queries(slice(None), q0, q1)  # (H, n, hs), (H, n)
+        h, n, hs = q.shape
+        g = rule.group
+        k = self.keys[:, k0:k1]  # (H / g, m, hs)
+        qa = np.empty((h, n, hs + 1), dtype=np.float32)  # as tile(): scale and -lse folded into the matmul
+        qa[..., :-1] = q * np.float32(rule.scale)
+        qa[..., -1] = -lse
+        ka = np.empty((k.shape[0], hs + 1, k.shape[1]), dtype=np.float32)
+        ka[:, :-1] = k.transpose(0, 2, 1)
+        ka[:, -1] = 1.0
+        # query head j reads key/value head j // g: heads of one group are rows of one product
+        s = np.matmul(qa.reshape(h // g, g * n, hs + 1), ka).reshape(h, n, k.shape[1])
+        blocked = np.zeros((n, k.shape[1]), dtype=bool)
+        qpos = np.arange(q0, q1)[:, None]
+        kpos = np.arange(k0, k1)[None, :]
+        if rule.causal:
+            blocked |= kpos > qpos
+        if rule.window is not None:
+            blocked |= kpos <= qpos - rule.window
+        if blocked.any():
+            s[:, blocked] = -np.inf
+        return np.exp(s, out=s)
 
     def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         """Pattern rows q0..q1 over keys k0..k1 of one query head, float32; masked entries are 0."""
@@ -209,7 +247,7 @@ class Rebuilt(PatternSource):
         rows = block._dense.get("rows")
         if rows is None:
             n_k = block.q_start + block.n if self.rule.causal else self.n_keys
-            rows = np.stack([self.tile(h, block.q_start, block.q_start + block.n, 0, n_k) for h in range(block.q.shape[0])])
+            rows = self.tiles(block.q_start, block.q_start + block.n, 0, n_k)
             rows.flags.writeable = False
             block._dense["rows"] = rows
         return rows

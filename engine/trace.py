@@ -194,6 +194,15 @@ class Trace:
             return np.zeros((max(0, q1 - q0), max(0, k1 - k0)), dtype=np.float32)
         return src.tile(self._head(head), q0, q1, k0, k1)
 
+    def attention_tiles(self, kind: str, layer: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """attention_tile of every head at once, float32 [heads, rows, keys] (clipped to the pattern's size)."""
+        src = self._source(kind, layer)
+        q0, q1 = max(0, int(q0)), min(src.n_queries, int(q1))
+        k0, k1 = max(0, int(k0)), min(src.n_keys, int(k1))
+        if q0 >= q1 or k0 >= k1:
+            return np.zeros((self.n_heads, max(0, q1 - q0), max(0, k1 - k0)), dtype=np.float32)
+        return src.tiles(q0, q1, k0, k1)
+
     def attention_overview(self, kind: str, layer: int, heads: list[int] | None = None, rows: int = 256, cols: int = 256,
                            reduce: str = "max", q_range: tuple[int, int] | None = None,
                            k_range: tuple[int, int] | None = None) -> np.ndarray:

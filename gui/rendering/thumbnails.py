@@ -66,8 +66,7 @@ class _Pooled:
             chunk = max(1, CHUNK_BYTES // (4 * max(1, nk) * trace.n_heads))
             for a in range(block.q_start, block.q_start + block.n, chunk):
                 z = min(a + chunk, block.q_start + block.n)
-                tiles = [trace.attention_tile(kind, layer, h, a, z, 0, nk) for h in range(trace.n_heads)]
-                self.add_rows(a, np.stack(tiles))
+                self.add_rows(a, trace.attention_tiles(kind, layer, a, z, 0, nk))
         self.blocks.append(block)
 
     def image(self) -> np.ndarray:

@@ -86,6 +86,22 @@ def test_tiles_and_overviews(model):
     assert part[-1].max() == pytest.approx(dense[2 : nq - 1, 1:].max(), abs=TOL)
 
 
+@pytest.mark.parametrize("mode", ["patterns", "rebuild"])
+def test_every_heads_tiles_at_once(model, mode):
+    """attention_tiles (one batched product per key/value head, for the head grid) equals each head's tile."""
+    s = _session(model, mode)
+    _drive(s)
+    trace = s.trace
+    for kind in trace.kinds:
+        for layer in range(trace.n_layers[kind]):
+            _h, nq, nk = trace.attention_shape(kind, layer)
+            for q0, q1, k0, k1 in ((0, nq, 0, nk), (nq - 1, nq, 0, nk), (2, nq - 3, 1, nk - 2), (nq - 2, nq + 4, -1, 4)):
+                got = trace.attention_tiles(kind, layer, q0, q1, k0, k1)
+                want = np.stack([trace.attention_tile(kind, layer, h, q0, q1, k0, k1) for h in range(trace.n_heads)])
+                assert got.shape == want.shape and got.dtype == np.float32
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=f"{kind} {layer} {(q0, q1, k0, k1)}")
+
+
 def test_earlier_traces_do_not_change(tmp_path):
     model = load_model(modern_factories.ARCHITECTURES["mistral"](tmp_path / "m"), device="cpu")
     s = _session(model, "rebuild", 12)
