@@ -1,6 +1,7 @@
 """GUI timings for tools/bench.py: panel updates after one step, and event-loop stalls during a run.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python tools/bench_gui.py [--lengths 512,1024] [--rounds 12]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python tools/bench_gui.py [--lengths 512,1024] [--rounds 12] \
+        [--size 1920x1080] [--theme dark]
 
 An update is timed from taking the new trace until every view has drawn it, including what the display
 threads (head grid, attention tiles) send back. Reported as the GUI thread's CPU time (time.thread_time:
@@ -25,6 +26,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 log = logging.getLogger("bench.gui")
 
 
+WINDOW_SIZE = (1400, 900)
+
+
 def _window():
     from PySide6.QtCore import QSettings
 
@@ -34,7 +38,7 @@ def _window():
     app = make_app()
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "bench.ini"), QSettings.Format.IniFormat)
     window = MainWindow(settings=settings)
-    window.resize(1400, 900)
+    window.resize(*WINDOW_SIZE)
     window.show()
     app.processEvents()
     return app, window
@@ -170,7 +174,12 @@ if __name__ == "__main__":
     parser.add_argument("--lengths", default="512,1024", help="context lengths for the update timings")
     parser.add_argument("--rounds", type=int, default=12, help="steps timed at each length")
     parser.add_argument("--steps", type=int, default=100, help="steps of the run whose longest stall is measured")
+    parser.add_argument("--size", default="1400x900", help="window size (default %(default)s)")
+    parser.add_argument("--theme", choices=["light", "dark"], default=None, help="force the palette")
     cli = parser.parse_args()
+    WINDOW_SIZE = tuple(int(v) for v in cli.size.lower().split("x"))
+    if cli.theme:
+        os.environ["ATTENTION_INSPECTOR_THEME"] = cli.theme
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for k, v in gui_timings(tuple(int(x) for x in cli.lengths.split(",")), cli.rounds, cli.steps).items():
         sys.stdout.write(f"{k:32s} {v:8.1f}\n")
