@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 from .errors import DeviceError
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -138,7 +141,14 @@ def share_cpu_with_ui(reserve: int = 1, threads: int | None = None) -> int:
     window's event loop and its display threads always have a core while a run computes (on 2 cores a
     two-thread matmul left the GUI thread waiting for a core: event-loop stalls of 100-300 ms). `threads`
     (or the ATTENTION_INSPECTOR_THREADS environment variable) sets the number outright. Returns it."""
-    wanted = threads or int(os.environ.get("ATTENTION_INSPECTOR_THREADS", "0") or 0)
+    wanted = threads
+    if not wanted:
+        raw = os.environ.get("ATTENTION_INSPECTOR_THREADS", "").strip()
+        try:
+            wanted = int(raw) if raw else 0
+        except ValueError:
+            log.warning("ATTENTION_INSPECTOR_THREADS=%r is not a number of threads; using the default", raw)
+            wanted = 0
     n = wanted if wanted > 0 else max(1, usable_cores() - reserve)
     torch.set_num_threads(n)
     return n

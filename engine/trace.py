@@ -178,7 +178,7 @@ class Trace:
         if size > DENSE_LIMIT:
             raise CaptureError(f"the {kind} pattern of layer {layer} would take {size / 2**30:.1f} GiB; ask for one head, "
                                "a tile (attention_tile) or a pooled overview (attention_overview) instead")
-        return np.stack([src.tile(h, 0, src.n_queries, 0, src.n_keys) for h in range(self.n_heads)])
+        return src.tiles(0, src.n_queries, 0, src.n_keys)
 
     def attention_head(self, kind: str, layer: int, head: int) -> np.ndarray:
         """One head's pattern, float32 [queries, keys], without assembling the other heads."""
@@ -240,7 +240,7 @@ class Trace:
                 if b.q_start <= query < b.q_start + b.rows.shape[1]:
                     return b.rows[:, query - b.q_start].astype(np.float32)
         elif isinstance(query, (int, np.integer)) and 0 <= query < src.n_queries:
-            return np.stack([src.tile(h, int(query), int(query) + 1, 0, src.n_keys)[0] for h in range(self.n_heads)])
+            return src.tiles(int(query), int(query) + 1, 0, src.n_keys)[:, 0]
         raise CaptureError(f"query position {query} is outside 0..{len(self) - 1}")
 
     def patterns(self) -> dict[str, np.ndarray]:

@@ -344,9 +344,9 @@ class AttentionView(QWidget):
                 self.image.clear()  # another head's tile must not stand in for this one
             elif self._tile_display != (s.colormap, s.log_scale):
                 self._draw_tile()  # the last tile of this head stays (re-scaled) until the new one comes
-            asked = self._generation
+            asked, idle = self._generation, self._delivered >= self._generation
             self._request_tile()
-            if same_head and self.tile is not None and self._generation != asked:
+            if same_head and self.tile is not None and self._generation != asked and idle:
                 self._hold_paint()  # one paint when the new tile is in (HOLD_MS at most)
             else:
                 self._release_paint()
@@ -424,9 +424,11 @@ class AttentionView(QWidget):
         self._release_paint()
 
     def _hold_paint(self) -> None:
+        """Hold from the first request on, never longer than HOLD_MS: steps that come faster than tiles must
+        not keep pushing the paint back (the view would freeze for a whole run)."""
         if self.graphics.updatesEnabled():
             self.graphics.setUpdatesEnabled(False)
-        self._hold_timer.start()
+            self._hold_timer.start()
 
     def _release_paint(self) -> None:
         self._hold_timer.stop()

@@ -469,11 +469,15 @@ class HeadView(QWidget):
         super().showEvent(event)
         self.catch_up()
 
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.catch_up()  # a dock dragged back open from zero height fires neither show nor visibilityChanged
+
     def catch_up(self) -> None:
         """Shown, or its dock's tab brought to the front (the dock's visibilityChanged): redraw once if
         anything changed while it was away."""
         if self._dirty:
-            QTimer.singleShot(0, self.redraw)
+            QTimer.singleShot(0, lambda: self._dirty and self.redraw())  # shown and visibilityChanged both call
 
     def _ready(self) -> bool:
         s = self.state

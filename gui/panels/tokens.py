@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from PySide6.QtCore import QPoint
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -40,7 +39,8 @@ class TokenStrip(QWidget):
         self.trace: Trace | None = None  # the one the rows show (tooltips read it)
         self._roles: list[str] = []  # of the main row, for self.trace
         self._source_special: tuple[bool, ...] | None = None  # what the source row's roles were made from
-        self._reveal: tuple[int, int, int, int] | None = None  # the last token's place, until it can be scrolled to
+        self._source_roles: list[str] = []
+        self._reveal: int | None = None  # the position to scroll into view (the last token), until it is
 
         # -- stepper ---------------------------------------------------------------------------------
         self.back_button = QPushButton("← Back")
@@ -84,7 +84,7 @@ class TokenStrip(QWidget):
         self.scroll.setWidget(inner)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         # a step that starts a new row grows the strip after _on_trace: scroll once the range has grown
-        self.scroll.verticalScrollBar().rangeChanged.connect(lambda _lo, _hi: self._scroll_to_reveal())
+        self.scroll.verticalScrollBar().rangeChanged.connect(lambda _lo, _hi: self._scroll_to_reveal(last_try=True))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
@@ -158,7 +158,7 @@ class TokenStrip(QWidget):
         self.main_row.set_caption_visible(two_rows)
         self.mask_button.setVisible(family == "encoder")
         self.step_button.setText("Fill mask →" if family == "encoder" else "Step →")
-        self.trace, self._roles, self._source_special = None, [], None
+        self.trace, self._roles, self._source_special, self._source_roles = None, [], None, []
         self.main_row.set_tokens((), [])
         self.source_row.set_tokens((), [])
         self.summary.setText("" if info else "No model open")
@@ -218,20 +218,21 @@ class TokenStrip(QWidget):
         self._sync_buttons()
         self._refresh_marks()
         if len(trace):
-            r = self.main_row.rect(len(trace) - 1)
-            c = self.main_row.mapTo(self.scroll.widget(), r.center())
-            self._reveal = (c.x(), c.y(), r.width() // 2 + 4, r.height() // 2 + 4)
+            self._reveal = len(trace) - 1
             self._scroll_to_reveal()
 
-    def _scroll_to_reveal(self) -> None:
-        """Scroll so that the last token is in view; again when the scroll range grows to reach it."""
-        if self._reveal is None:
+    def _scroll_to_reveal(self, last_try: bool = False) -> None:
+        """Scroll so that the last token is in view; once more when the scroll range grows to reach it (the
+        place is read then: the rows above may have moved it)."""
+        i = self._reveal
+        if i is None or i >= self.main_row.n:
+            self._reveal = None
             return
-        x, y, mx, my = self._reveal
-        self.scroll.ensureVisible(x, y, mx, my)
+        r = self.main_row.rect(i)
+        c = self.main_row.mapTo(self.scroll.widget(), r.center())
+        self.scroll.ensureVisible(c.x(), c.y(), r.width() // 2 + 4, r.height() // 2 + 4)
         viewport = self.scroll.viewport()
-        inner = self.scroll.widget()
-        if viewport.rect().contains(inner.mapTo(viewport, QPoint(x, y))):
+        if last_try or viewport.rect().contains(self.scroll.widget().mapTo(viewport, c)):
             self._reveal = None
 
     # -- selection and hover tint ----------------------------------------------------------------------

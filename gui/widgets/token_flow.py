@@ -141,11 +141,8 @@ class TokenFlow(QWidget):
         if selected != self.selected:
             changed += [i for i in (self.selected, selected) if i is not None]
             self.selected = selected
-        if changed and self._layout_width >= 0:
-            region = QRect()
-            for i in changed:
-                region = region.united(self.rect(i))
-            self.update(region.adjusted(-1, -1, 1, 1))
+        if changed and self._layout_width >= 0:  # one band of rows: a hover can re-tint thousands of chips
+            self.update(self._chips_rect(min(changed), max(changed) + 1).adjusted(-1, -1, 1, 1))
 
     # -- layout ----------------------------------------------------------------------------------------
     def _metrics(self) -> None:

@@ -224,3 +224,42 @@ def test_a_step_shows_the_tile_coloured_in_the_display_thread(qtbot, window, lon
     view.image.render()
     assert bytes(view.image.qimage.constBits()) == shown
     assert view.graphics.updatesEnabled()  # the paint held for the tile was released
+
+
+def test_steps_faster_than_tiles_do_not_freeze_the_view(qtbot, window, long_llama, monkeypatch):
+    """The paint held for a step's tile ends HOLD_MS after it began, however many steps follow (a run whose
+    tiles come slower than its steps once kept the view from painting at all)."""
+    import time
+
+    from gui.panels import attention
+
+    win = window
+    open_model(qtbot, win, long_llama, prompt=TEXT * 6)
+    _force_rebuild(qtbot, win)
+    _settle(qtbot, win)
+    real = attention.tiles.visible_tile
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        time.sleep(0.15)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention.tiles, "visible_tile", slow)
+    view = win.attention_view
+    held_since, longest = None, 0.0
+    for _ in range(8):
+        n = len(win.state.trace)
+        win.token_strip.step()
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:  # a new step every ~40 ms or as soon as the last one is in
+            qtbot.wait(5)
+            now = time.monotonic()
+            if view.graphics.updatesEnabled():
+                held_since = None
+            else:
+                held_since = held_since or now
+                longest = max(longest, now - held_since)
+            if len(win.state.trace) > n and now > deadline - 0.16:
+                break
+    assert longest <= attention.HOLD_MS / 1000 + 0.1, f"the view held its paint for {longest * 1000:.0f} ms"
+    _settle(qtbot, win)
+    assert view.graphics.updatesEnabled()

@@ -16,14 +16,16 @@ def _pixels(item: pg.ImageItem) -> bytes:
     return bytes(q.constBits())[: q.sizeInBytes()], q.format(), q.width(), q.height()
 
 
+@pytest.mark.parametrize("causal", [True, False])  # NaN above the diagonal (self-attention), or none (cross)
 @pytest.mark.parametrize("log_scale", [False, True])
 @pytest.mark.parametrize("cmap", ["viridis", "magma"])
-def test_prepared_colours_equal_pyqtgraphs(qtbot, log_scale, cmap):
+def test_prepared_colours_equal_pyqtgraphs(qtbot, log_scale, cmap, causal):
     rng = np.random.default_rng(3)
     weights = rng.dirichlet(np.ones(57), size=41).astype(np.float32)
     img, levels = display.scaled(weights, log_scale)
     img = img.copy()
-    img[display.future_mask(*img.shape)] = np.nan
+    if causal:
+        img[display.future_mask(*img.shape)] = np.nan
     lut = colormaps.lookup_table(cmap)
 
     plain = pg.ImageItem(axisOrder="row-major")
