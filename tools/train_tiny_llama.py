@@ -1,7 +1,7 @@
 """Train the bundled tiny-llama: a small Llama-format decoder (RoPE, RMSNorm, SwiGLU, grouped-query
 attention) on the King James Bible, stored in bfloat16.
 
-The bundled model came from four phases, each starting from the previous phase's weights
+The bundled model came from six phases, each starting from the previous phase's weights
 (runs/tiny-llama/last.pt is written every --eval-every steps; copy it before the next phase). Phases
 1-3 were stopped by hand (kill) right after the checkpoint named: 1 and 2 when the induction score had
 not moved (more short [EOT] R R sequences were then given), 3 once induction heads had formed (fewer
@@ -18,11 +18,19 @@ then, and more repeats across text in the windows):
         --eval-every 100 --threads 1                                            # 481 steps -> phase4.pt
     nice -n 5 python tools/train_tiny_llama.py --init runs/tiny-llama/phase4.pt --minutes 26 --steps 100000 \
         --batch 12 --synth-batch 8 --synth-len 64 --p-random 0.15 --warmup 20 --lr 1e-3 --seed 4 \
-        --eval-every 100 --threads 1 --out runs/tiny-llama/phase5-export   # 1,060 steps -> the export
+        --eval-every 100 --threads 1 --out runs/tiny-llama/phase5-export   # 1,060 steps -> phase5.pt
+    nice -n 5 python tools/train_tiny_llama.py --init runs/tiny-llama/phase5.pt --minutes 70 --steps 100000 \
+        --batch 12 --synth-batch 8 --synth-len 64 --p-random 0.1 --warmup 30 --lr 8e-4 --seed 5 \
+        --eval-every 100 --threads 1 --out runs/tiny-llama/phase6-export  # stopped at step 500 -> phase6a.pt
+    nice -n 5 python tools/train_tiny_llama.py --init runs/tiny-llama/phase6a.pt --minutes 115 --steps 100000 \
+        --batch 12 --synth-batch 8 --synth-len 64 --p-random 0.1 --warmup 10 --lr 7e-4 --seed 6 \
+        --eval-every 200 --threads 1 --out runs/tiny-llama/phase6-export  # -> the export
     python tools/train_tiny_llama.py --export-only      # export runs/tiny-llama/last.pt again
 
 Phase 5 (mostly text: 12 windows and only 8 short [EOT] R R sequences per step, which keep the
-induction heads) ran later on the same 2-core machine, by then nearly idle.
+induction heads) ran later on the same 2-core machine, by then nearly idle; phase 6 (the same mix, fewer
+repeated random spans) in a later session: 6a was restarted after 500 steps with one longer cosine (6b),
+so that the learning rate decayed once over the time left.
 
 One torch thread: on the shared 2-core machine (load 6-11) two threads did a step in twice the wall
 time of one (measured), the second thread mostly waiting for the first; nearly idle (phase 5's

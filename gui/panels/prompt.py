@@ -48,10 +48,9 @@ HISTORY_CLIP = 160  # characters of each earlier turn the history box shows
 # the bundled models were trained on particular text; their examples show what they learned
 BUNDLED_EXAMPLES = {
     "tiny-gpt": ("In the beginning God created the heaven and the earth. And God said,", ""),
-    # a genealogy that repeats: in the second copy the layer-3 induction heads look back at the token after the
-    # first copy's (on text less sharply than on random repeats: see the card)
-    "tiny-llama": ("Mahalaleel begat Jared, and Jared begat Enoch, and Enoch begat Methuselah. Mahalaleel begat Jared, "
-                   "and Jared begat", ""),
+    # a genealogy that repeats: at the last "begat", layer 3 heads 3 and 7 look back at " Noah", the token after
+    # "Lamech begat" the first time (0.71, 0.55), and " Noah" is the top candidate (see the card)
+    "tiny-llama": ("Jared begat Lamech; and Lamech begat Noah. Jared begat Lamech; and Lamech begat", ""),
     "tiny-seq2seq": ("", "Tuesday, 3rd March 1987"),
 }
 

@@ -30,8 +30,8 @@ ATTN_TOL, LOGIT_TOL = 1e-5, 1e-4
 # what MODEL_CARD.md states (layer, head) and measures; the tests keep a small margin below it
 INDUCTION_HEAD, INDUCTION_MIN = (3, 1), 0.8
 PREVIOUS_HEAD, PREVIOUS_MIN = (2, 6), 0.6
-SAMPLE_BPC = 1.328  # bits/char on card.SAMPLE (Genesis 8:1-5, held out), as the card states
-HELD_OUT_BPC = 1.282  # the card's held-out bits per character (60 chapters; measured by the card script)
+SAMPLE_BPC = 1.195  # bits/char on card.SAMPLE (Genesis 8:1-5, held out), as the card states
+HELD_OUT_BPC = 1.151  # the card's held-out bits per character (60 chapters; measured by the card script)
 RELATIVE_HEAD, RELATIVE_MAX_CHANGE = PREVIOUS_HEAD, 0.08
 
 
@@ -100,6 +100,28 @@ def test_reference_implementation_agrees(model):
 def test_bits_per_char_on_a_held_out_sample(model):
     bpc = card.bits_per_char(model, card.SAMPLE)
     assert bpc <= SAMPLE_BPC + 0.005, f"{bpc:.4f} bits/char on Genesis 8:1-5 (card: {SAMPLE_BPC})"
+
+
+def test_no_worse_than_tiny_gpt_on_held_out_text(model):
+    """The issue's bar: bits per character no worse than tiny-gpt's, on the same held-out passage with the
+    same tokenizer and measure (the card's 60-chapter figure needs the corpus, which the repository lacks)."""
+    ours = card.bits_per_char(model, card.SAMPLE)
+    theirs = card.bits_per_char(load_model("tiny-gpt", device="cpu"), card.SAMPLE)
+    assert ours <= theirs, f"Genesis 8:1-5: tiny-llama {ours:.4f} bits/char, tiny-gpt {theirs:.4f}"
+
+
+def test_the_starter_prompt_shows_induction_at_work(model):
+    """The app's starter prompt for tiny-llama (what the card says of it): at the last token a layer-3 head
+    looks at the token that followed the same two tokens the first time, and that token is the top candidate."""
+    from gui.panels.prompt import BUNDLED_EXAMPLES  # the text the app opens with (no widget is made)
+
+    ids = model.tokenizer.encode(BUNDLED_EXAMPLES[NAME][0])
+    q = len(ids) - 1
+    first = next(k for k in range(1, q) if ids[k - 1 : k + 1] == ids[q - 1 : q + 1])  # "Lamech begat", first time
+    trace = model.run(ids)
+    weights = trace.attention("self", INDUCTION_HEAD[0])[:, q, first + 1]
+    assert weights.max() >= 0.5, f"layer {INDUCTION_HEAD[0]} heads on the induction target: {np.round(weights, 2)}"
+    assert int(np.argmax(trace.logits[q])) == ids[first + 1]
 
 
 def test_induction_head(model):
