@@ -275,7 +275,10 @@ def main() -> int:
         if not args.no_gui and d == devices[0]:
             try:
                 from tools.bench_gui import gui_timings
-                res["gui"] = gui_timings()
+
+                threads = torch.get_num_threads()
+                res["gui"] = gui_timings()  # the window leaves a core to its event loop (share_cpu_with_ui) ...
+                torch.set_num_threads(threads)  # ... which must not change what the rest of this run reports
             except ImportError as exc:
                 log.warning("GUI timings skipped: %s", exc)
         results.append(res)
