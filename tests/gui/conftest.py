@@ -10,13 +10,13 @@ from tests import factories
 OPEN_TIMEOUT_MS = 60_000  # a busy shared CPU can make the first load slow
 
 
-def long_gpt2(folder):
-    """factories.gpt2 with a 1024-token context, so a long run has room to be stopped."""
+def long_gpt2(folder, n_positions: int = 1024):
+    """factories.gpt2 with a long context (and no end of text), so a long run has room to be stopped."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = factories.byte_level_tokenizer(300, ["<|endoftext|>"])
     eos = tok.token_to_id("<|endoftext|>")
-    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=1024,
+    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=n_positions,
                      bos_token_id=eos, eos_token_id=None, attn_implementation="eager")
     return factories._save(factories._init(GPT2LMHeadModel(cfg), 1), tok, folder)
 

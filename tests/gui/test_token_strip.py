@@ -8,21 +8,9 @@ from PySide6.QtGui import QHelpEvent
 from PySide6.QtWidgets import QApplication, QToolTip
 
 from engine import Session, load_model
-from tests import factories
-from tests.gui.conftest import open_model
+from tests.gui.conftest import long_gpt2, open_model
 
 N = 3000
-
-
-def gpt2_4k(folder):
-    """factories.gpt2 with a 4,096-token context (and no end of text: a step never finishes the session)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tok = factories.byte_level_tokenizer(300, ["<|endoftext|>"])
-    eos = tok.token_to_id("<|endoftext|>")
-    cfg = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=4096,
-                     bos_token_id=eos, eos_token_id=None, attn_implementation="eager")
-    return factories._save(factories._init(GPT2LMHeadModel(cfg), 1), tok, folder)
 
 
 def settle(qtbot) -> None:
@@ -33,7 +21,7 @@ def settle(qtbot) -> None:
 
 def test_a_long_trace_shows_every_token_and_a_step_places_only_the_new_one(qtbot, window, tmp_path):
     win = window
-    folder = gpt2_4k(tmp_path / "gpt2-4k")
+    folder = long_gpt2(tmp_path / "gpt2-4k", n_positions=4096)
     open_model(qtbot, win, folder)
     session = Session(load_model(str(folder), device="cpu"), np.random.default_rng(0).integers(0, 250, N).tolist())
     win.state.set_trace(session.trace)
