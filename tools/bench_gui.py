@@ -29,12 +29,77 @@ log = logging.getLogger("bench.gui")
 WINDOW_SIZE = (1400, 900)
 
 
+class _Breakdown:
+    """GUI-thread CPU per (receiver class, event type), exclusive of nested events: where an update's time
+    goes. Installed by overriding QApplication.notify, so it costs a little per event itself; use its
+    shares, not its totals."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], float] = {}
+        self.stack: list[float] = []  # CPU time of nested events, per level
+        self.on = False
+        self.turns: list[tuple[float, float, str]] | None = None  # (wall ms, CPU ms, what) of top-level events
+
+    def app_class(self):  # noqa: ANN201 - a QApplication subclass
+        from PySide6.QtCore import QEvent
+        from PySide6.QtWidgets import QApplication
+
+        breakdown = self
+
+        class TimedApplication(QApplication):
+            def notify(self, receiver, event):  # noqa: ANN001, ANN201 - Qt API
+                if not breakdown.on:
+                    return super().notify(receiver, event)
+                kind = QEvent.Type(event.type()).name
+                where = type(receiver).__name__
+                owner = receiver.parent() if where == "QWidget" else None  # a view's viewport: name the view
+                if owner is not None:
+                    owner = owner.parent() or owner
+                    where = f"{type(owner).__name__}.viewport"
+                breakdown.stack.append(0.0)
+                t0, w0 = time.thread_time(), time.perf_counter()
+                try:
+                    return super().notify(receiver, event)
+                finally:
+                    spent = time.thread_time() - t0
+                    if breakdown.turns is not None and len(breakdown.stack) == 1:
+                        breakdown.turns.append((1e3 * (time.perf_counter() - w0), 1e3 * spent, f"{where} {kind}"))
+                    nested = breakdown.stack.pop()
+                    key = (where, kind)
+                    breakdown.totals[key] = breakdown.totals.get(key, 0.0) + spent - nested
+                    if breakdown.stack:
+                        breakdown.stack[-1] += spent
+
+        return TimedApplication
+
+    def report_turns(self, top: int = 8) -> None:
+        """The longest top-level events of a run: CPU near wall means the GUI thread's own work; wall far
+        above CPU means it waited (for the GIL or a core)."""
+        turns = sorted(self.turns or [], reverse=True)[:top]
+        log.info("longest events during the run (wall ms / GUI-thread CPU ms):")
+        for wall, cpu, what in turns:
+            log.info("  %6.1f / %5.1f  %s", wall, cpu, what)
+        self.turns = None
+
+    def report(self, rounds: int, top: int = 18) -> None:
+        rows = sorted(self.totals.items(), key=lambda kv: -kv[1])[:top]
+        log.info("GUI-thread CPU per step by receiver and event (exclusive, ms):")
+        for (where, kind), total in rows:
+            log.info("  %7.2f  %-28s %s", 1e3 * total / rounds, where, kind)
+        self.totals.clear()
+
+
+BREAKDOWN: _Breakdown | None = None
+
+
 def _window():
     from PySide6.QtCore import QSettings
 
     from gui.shell.app import make_app
     from gui.shell.main_window import MainWindow
 
+    if BREAKDOWN is not None:
+        BREAKDOWN.app_class()(sys.argv[:1])
     app = make_app()
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "bench.ini"), QSettings.Format.IniFormat)
     window = MainWindow(settings=settings)
@@ -94,6 +159,8 @@ def update_times(app, window, model, n: int, rounds: int) -> tuple[list[float], 
     _drawn(app, window)
     counter = _PaintCounter((window.head_grid.graphics.viewport(), window.attention_view.graphics.viewport()))
     cpu, wall, slots = [], [], []
+    if BREAKDOWN is not None:
+        BREAKDOWN.on = True
     for _ in range(rounds):
         s.step()
         trace = s.trace  # the engine's work, not timed here
@@ -107,6 +174,9 @@ def update_times(app, window, model, n: int, rounds: int) -> tuple[list[float], 
         painted = counter.take()
         if not all(painted):  # a view that did not repaint would make the figure meaningless
             raise RuntimeError(f"a view did not repaint after the step (paint events {painted})")
+    if BREAKDOWN is not None:
+        BREAKDOWN.on = False
+        BREAKDOWN.report(rounds)
     return cpu, wall, slots
 
 
@@ -135,11 +205,17 @@ def longest_stall(app, window, folder: Path, n_prompt: int, steps: int) -> float
     timer.timeout.connect(tick)
     timer.start(1)
     start_len = len(window.state.trace)
+    if BREAKDOWN is not None:
+        BREAKDOWN.turns, BREAKDOWN.on = [], True
     window.client.run(steps)
     deadline = time.time() + 600
     while len(window.state.trace) < start_len + steps and time.time() < deadline:
         app.processEvents()
     timer.stop()
+    if BREAKDOWN is not None:
+        BREAKDOWN.on = False
+        BREAKDOWN.report_turns()
+        BREAKDOWN.totals.clear()
     return float(max(gaps[1:] or [0]))
 
 
@@ -176,7 +252,11 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=100, help="steps of the run whose longest stall is measured")
     parser.add_argument("--size", default="1400x900", help="window size (default %(default)s)")
     parser.add_argument("--theme", choices=["light", "dark"], default=None, help="force the palette")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also log where the GUI thread's time per update goes (receiver and event type)")
     cli = parser.parse_args()
+    if cli.breakdown:
+        BREAKDOWN = _Breakdown()
     WINDOW_SIZE = tuple(int(v) for v in cli.size.lower().split("x"))
     if cli.theme:
         os.environ["ATTENTION_INSPECTOR_THEME"] = cli.theme

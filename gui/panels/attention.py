@@ -40,6 +40,7 @@ from ..rendering import colormaps, display, tiles
 from ..rendering.labels import kind_name
 from ..rendering.prepared_image import PreparedImageItem, prepare
 from ..rendering.thumbnails import ThumbnailPooler
+from ..widgets.steady_label import set_spin_range
 from ..widgets.token_axis import TokenAxis, short
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class AttentionView(QWidget):
         s = self.state
         for w, value, maximum in ((self.layer_spin, s.layer, s.n_layers - 1), (self.head_spin, s.head, s.n_heads - 1)):
             with QSignalBlocker(w):
-                w.setRange(0, max(0, maximum))
+                set_spin_range(w, 0, max(0, maximum))
                 w.setValue(value)
         i = self.kind_box.findData(s.kind)
         if i >= 0 and i != self.kind_box.currentIndex():

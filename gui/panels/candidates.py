@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QFrame,
     QGraphicsScene,
     QHBoxLayout,
-    QLabel,
     QScrollArea,
     QSpinBox,
     QSplitter,
@@ -33,6 +32,8 @@ from engine import distribution
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering import display
+from ..widgets.point_labels import PointLabels
+from ..widgets.steady_label import SteadyLabel
 from ..widgets.token_axis import TokenAxis
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,7 @@ class LogitsPanel(QWidget):
         self.target_position: int | None = None  # where a chosen candidate would go
         self._logits = np.zeros(0, dtype=np.float32)
 
-        self.heading = QLabel()
-        self.heading.setWordWrap(True)
+        self.heading = SteadyLabel()  # these change every step: they must not re-lay out the window
         self.count_spin = QSpinBox()
         self.count_spin.setRange(3, MAX_BARS)
         self.count_spin.setValue(10)
@@ -78,11 +78,9 @@ class LogitsPanel(QWidget):
         self.plot.getAxis("bottom").enableAutoSIPrefix(False)
         self.bars = pg.BarGraphItem(x0=[], y=[], height=0.72, width=[], brushes=[], pen=pg.mkPen(None))
         self.plot.addItem(self.bars)
-        self.labels = [pg.TextItem("", anchor=(0, 0.5)) for _ in range(MAX_BARS)]
-        for item in self.labels:
-            self.plot.addItem(item)
-        self.message = QLabel()
-        self.message.setWordWrap(True)
+        self.labels = PointLabels()  # the probabilities beside the bars
+        self.plot.addItem(self.labels)
+        self.message = SteadyLabel()
         self.message.setObjectName("caption")
 
         layout = self._layout = QVBoxLayout(self)
@@ -135,9 +133,7 @@ class LogitsPanel(QWidget):
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.bars.setOpts(x0=[], y=[], width=[], brushes=[])
         self._x_max = None
-        for item in self.labels:
-            item.setText("")
-            item._shown = None  # the next redraw sets everything
+        self.labels.set_labels([], self.palette().windowText().color())
         self.axis.set_tokens(())
         self.heading.setText(text)
         self.message.setText("")
@@ -190,16 +186,13 @@ class LogitsPanel(QWidget):
         if self._x_max != x_max:
             self._x_max = x_max
             self.plot.setXRange(0, x_max, padding=0)
-        color = self.palette().windowText().color()
-        for j, item in enumerate(self.labels):
-            if j < n:
-                mark = " ◀" if int(order[j]) == chosen else ""
-                p = float(self.bar_values[j])
-                # clear of the axis ticks, even for bars of width ~0
-                self._set_label(item, (f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark, color,
-                                p + 0.01 * x_max, j)
-            else:
-                self._set_label(item, "", color, 0.0, j)
+        labels = []
+        for j in range(n):
+            mark = " ◀" if int(order[j]) == chosen else ""
+            p = float(self.bar_values[j])
+            # clear of the axis ticks, even for bars of width ~0
+            labels.append((p + 0.01 * x_max, j, (f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark))
+        self.labels.set_labels(labels, self.palette().windowText().color())
         self.plot.setYRange(-0.6, n - 0.4, padding=0)
         shown = float(self.bar_values.sum())
         self.message.setToolTip("◀ marks the token that was chosen there")
@@ -209,18 +202,6 @@ class LogitsPanel(QWidget):
                              + f" · top {n}: {shown:.1%}"
                              + ("" if chosen is None or chosen in set(order.tolist()) else
                                 f" · chosen “{vocab[chosen]}”: p={probs[chosen]:.3g}, rank {self._rank(probs, chosen)}"))
-
-    @staticmethod
-    def _set_label(item: pg.TextItem, text: str, color: QColor, x: float, y: float) -> None:
-        """Only what changed: a TextItem re-lays out its text on every setText and setColor."""
-        shown = getattr(item, "_shown", None)
-        if shown is None or shown[0] != text:
-            item.setText(text)
-        if shown is None or shown[1] != color.rgba():
-            item.setColor(color)
-        if shown is None or shown[2:] != (x, y):
-            item.setPos(x, y)
-        item._shown = (text, color.rgba(), x, y)
 
     @staticmethod
     def _rank(probs: np.ndarray, token_id: int) -> int:

@@ -43,6 +43,7 @@ from ..rendering.head_colors import head_color
 from ..rendering.labels import kind_name
 from ..widgets.flow_layout import FlowLayout
 from ..widgets.refreshing import on_screen
+from ..widgets.steady_label import SteadyLabel, set_spin_range
 from ..widgets.token_axis import short
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class HeadView(QWidget):
         self.all_button = QToolButton()
         self.all_button.setText("all heads")
         self.all_button.setToolTip("Show every head again")
-        self.title = QLabel()
+        self.title = SteadyLabel(wrap=False)
         self.title.setObjectName("caption")
         controls = QHBoxLayout()
         controls.setContentsMargins(4, 2, 4, 0)
@@ -636,7 +637,7 @@ class HeadView(QWidget):
             with QSignalBlocker(self.kind_box):
                 self.kind_box.setCurrentIndex(i)
         with QSignalBlocker(self.layer_spin):
-            self.layer_spin.setRange(0, max(0, s.n_layers - 1))
+            set_spin_range(self.layer_spin, 0, max(0, s.n_layers - 1))
             self.layer_spin.setValue(s.layer)
 
     # -- hover ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene, QLabel, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene, QToolTip, QVBoxLayout, QWidget
 
 from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
@@ -31,6 +31,7 @@ from ..rendering import colormaps, display
 from ..rendering.head_colors import HeadAxis
 from ..rendering.labels import kind_name
 from ..rendering.thumbnails import ThumbnailPooler
+from ..widgets.steady_label import SteadyLabel
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ class HeadGrid(QWidget):
         self.outline.setPen(pen)
         self.outline.setZValue(10)
         self.plot.addItem(self.outline)
-        self.caption = QLabel()
-        self.caption.setWordWrap(True)
+        self.caption = SteadyLabel()  # changes every step: must not re-lay out the window
         self.caption.setContentsMargins(4, 0, 4, 0)
         self.caption.setObjectName("caption")
         self._layout = QVBoxLayout(self)

@@ -13,7 +13,6 @@ import logging
 import numpy as np
 from PySide6.QtWidgets import (
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -25,6 +24,7 @@ from engine import Trace
 
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
+from ..widgets.steady_label import SteadyLabel
 from ..widgets.token_flow import TokenFlow
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class TokenStrip(QWidget):
         self.reset_button.setToolTip("Start again from the prompt (Ctrl+R)")
         self.mask_button = QPushButton("Mask selected")
         self.mask_button.setToolTip("Replace the selected token with the mask token (M); Step then fills it")
-        self.summary = QLabel()
+        self.summary = SteadyLabel(wrap=False)  # changes every step: must not re-lay out the window
         self.summary.setObjectName("caption")
         bar = QHBoxLayout()
         bar.setContentsMargins(4, 2, 4, 2)

@@ -8,11 +8,12 @@ import math
 
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen, QStaticText
 
 MAX_LABEL_CHARS = 12
 GAP_PX = 6  # between neighbouring horizontal labels
 MEASURE_LIMIT = 400  # visible labels measured one by one; beyond, the widest of all tokens stands for them
+STATIC_TEXTS = 4_000  # laid-out labels kept per axis (a long session's labels: dropped all at once past this)
 
 
 # label alignments per orientation (enum | costs microseconds each in Python; an axis has dozens of labels)
@@ -70,6 +71,8 @@ class TokenAxis(pg.AxisItem):
         self._widest = 0.0  # widest label of all tokens (measured once per token)
         self._shown_title = ""
         self._label_boxes: dict = {}  # (font, …, text) -> the label's box, for _MeasuringPainter
+        self._specs: tuple | None = None  # what paint() draws until pyqtgraph marks the axis stale (picture = None)
+        self._static: dict[tuple[str, str], QStaticText] = {}  # (font, label) -> its laid-out glyphs
         if orientation in ("top", "bottom"):
             self.setStyle(hideOverlappingLabels=40)  # let the first/last token's label overhang the ends a little
 
@@ -265,11 +268,63 @@ class TokenAxis(pg.AxisItem):
         self._updateMaxTextSize(widest)
         return axis_spec, tick_specs, text_specs
 
+    def paint(self, p: QPainter, opt, widget) -> None:  # noqa: ANN001 - Qt API
+        """pyqtgraph records an axis into a QPicture and replays it, re-laying out every label at each paint;
+        here the specs are kept until pyqtgraph marks the axis stale (picture = None, as for its own
+        QPicture) and drawn straight onto the painter, each label from a cached QStaticText."""
+        if self.picture is None:
+            p.save()
+            if self.style["tickFont"] is not None:
+                p.setFont(self.style["tickFont"])
+            try:
+                self._specs = self.generateDrawSpecs(p)
+            finally:
+                p.restore()
+            self.picture = True  # not None: the specs are current (pyqtgraph resets it to None to invalidate)
+        if self._specs is not None:
+            p.save()
+            try:
+                self.drawPicture(p, *self._specs)
+            finally:
+                p.restore()
+
     def drawPicture(self, p, axisSpec, tickSpecs, textSpecs) -> None:  # noqa: ANN001, N802 - pyqtgraph API
-        if not self.rotated:
-            super().drawPicture(p, axisSpec, tickSpecs, textSpecs)
+        if self.rotated:
+            pg.AxisItem.drawPicture(self, p, axisSpec, tickSpecs, [])
+            self._draw_rotated(p, textSpecs)
             return
-        super().drawPicture(p, axisSpec, tickSpecs, [])
+        pg.AxisItem.drawPicture(self, p, axisSpec, tickSpecs, [])  # the line and ticks; pen, hints and clip set
+        if self.style["tickFont"] is not None:
+            p.setFont(self.style["tickFont"])
+        p.setPen(self.textPen())
+        font = p.font()
+        font_key = font.key()
+        line = QFontMetricsF(font).height()  # what drawText centres (a QStaticText's height is rounded up)
+        if len(self._static) > STATIC_TEXTS:
+            self._static.clear()
+        for rect, flags, text in textSpecs:
+            static = self._static.get((font_key, text))
+            if static is None:
+                static = self._static[(font_key, text)] = QStaticText(text)
+                static.setTextFormat(Qt.TextFormat.PlainText)  # a token such as "<b>" is text, not markup
+                static.prepare(font=font)
+            width = static.size().width()
+            # where drawText(rect, flags, text) puts it: aligned in the label's box, centred across the axis
+            if flags & Qt.AlignmentFlag.AlignRight:
+                x = rect.right() - width
+            elif flags & Qt.AlignmentFlag.AlignLeft:
+                x = rect.left()
+            else:
+                x = rect.center().x() - width / 2
+            if flags & Qt.AlignmentFlag.AlignTop:
+                y = rect.top()
+            elif flags & Qt.AlignmentFlag.AlignBottom:
+                y = rect.bottom() - line
+            else:
+                y = rect.center().y() - line / 2
+            p.drawStaticText(QPointF(x, y), static)
+
+    def _draw_rotated(self, p: QPainter, textSpecs) -> None:  # noqa: ANN001, N803
         if self.style["tickFont"] is not None:
             p.setFont(self.style["tickFont"])
         p.setPen(self.textPen())

@@ -40,3 +40,69 @@ def test_specs_equal_pyqtgraphs(qtbot, window, checkpoints, steps):
             assert _plain(ours) == _plain(theirs)
             checked += len(ours[2])
     assert checked > 10  # labels were compared, not only empty axes
+
+
+def _render(item, paint, size) -> QImage:  # noqa: ANN001
+    from PySide6.QtCore import Qt
+
+    image = QImage(size, QImage.Format.Format_ARGB32)
+    image.fill(Qt.GlobalColor.white)
+    painter = QPainter(image)
+    try:
+        item.picture = None  # both draw from fresh specs
+        paint(painter)
+    finally:
+        painter.end()
+    return image
+
+
+def _differing_pixels(a: QImage, b: QImage) -> int:
+    import numpy as np
+
+    def pixels(img: QImage) -> np.ndarray:
+        return np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())
+
+    return int(np.count_nonzero(np.any(pixels(a).reshape(a.height(), -1, 4) != pixels(b).reshape(b.height(), -1, 4),
+                                       axis=2)))
+
+
+def _pyqtgraph_paint(axis, p: QPainter) -> None:  # noqa: ANN001
+    """pyqtgraph's AxisItem.paint: the specs drawn by its own drawPicture into a QPicture, replayed."""
+    from PySide6.QtGui import QPicture
+
+    picture = QPicture()
+    painter = QPainter(picture)
+    try:
+        if axis.style["tickFont"]:
+            painter.setFont(axis.style["tickFont"])
+        specs = axis.generateDrawSpecs(painter)
+        if specs is not None:
+            pg.AxisItem.drawPicture(axis, painter, *specs)
+    finally:
+        painter.end()
+    picture.play(p)
+
+
+@pytest.mark.parametrize("zoom", [1.0, 1.7])
+def test_paints_what_pyqtgraph_paints(qtbot, window, checkpoints, zoom):
+    """The axis draws its labels from cached QStaticTexts instead of pyqtgraph's recorded QPicture: the pixels
+    must be the ones pyqtgraph's own paint makes (same glyphs, same places)."""
+    from PySide6.QtCore import QSize
+
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"], steps=5)
+    win.resize(1400, 900)
+    win.attention_view.zoom(zoom)
+    qtbot.wait(50)
+    axes = [win.attention_view.left_axis, win.attention_view.bottom_axis, win.logits_panel.axis]
+    compared = 0
+    for axis in axes:
+        if axis.rotated:  # upright key labels are drawn with drawText as before, no QStaticText
+            continue
+        compared += 1
+        size = axis.boundingRect().toAlignedRect().size().expandedTo(QSize(8, 8))
+        ours = _render(axis, lambda p, a=axis: a.paint(p, None, None), size)
+        theirs = _render(axis, lambda p, a=axis: _pyqtgraph_paint(a, p), size)
+        assert axis._specs and axis._specs[2], "the axis drew no labels: the comparison would prove nothing"
+        assert _differing_pixels(ours, theirs) == 0
+    assert compared >= 2
