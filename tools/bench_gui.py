@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,28 @@ class _Breakdown:
         self.stack: list[float] = []  # CPU time of nested events, per level
         self.on = False
         self.turns: list[tuple[float, float, str]] | None = None  # (wall ms, CPU ms, what) of top-level events
+        self.gui_thread = threading.get_ident()
+        self.display: dict[str, float] = {}  # display-thread CPU per request key
+        self._patch_display_threads()
+
+    def _patch_display_threads(self) -> None:
+        """Time what the display threads compute (their CPU competes with the GUI thread's on a 2-core machine)."""
+        from gui.core.render_thread import RenderThread
+
+        submit, breakdown = RenderThread.submit, self
+
+        def timed_submit(thread, key, fn):  # noqa: ANN001, ANN202
+            def timed():  # noqa: ANN202
+                c0 = time.thread_time()
+                try:
+                    return fn()
+                finally:
+                    if breakdown.on:
+                        name = f"{thread._thread.name}:{key}"
+                        breakdown.display[name] = breakdown.display.get(name, 0.0) + time.thread_time() - c0
+            return submit(thread, key, timed)
+
+        RenderThread.submit = timed_submit
 
     def app_class(self):  # noqa: ANN201 - a QApplication subclass
         from PySide6.QtCore import QEvent
@@ -48,7 +71,7 @@ class _Breakdown:
 
         class TimedApplication(QApplication):
             def notify(self, receiver, event):  # noqa: ANN001, ANN201 - Qt API
-                if not breakdown.on:
+                if not breakdown.on or threading.get_ident() != breakdown.gui_thread:
                     return super().notify(receiver, event)
                 kind = QEvent.Type(event.type()).name
                 where = type(receiver).__name__
@@ -86,7 +109,10 @@ class _Breakdown:
         log.info("GUI-thread CPU per step by receiver and event (exclusive, ms):")
         for (where, kind), total in rows:
             log.info("  %7.2f  %-28s %s", 1e3 * total / rounds, where, kind)
+        for name, total in sorted(self.display.items()):
+            log.info("  display thread %s: %.2f ms CPU per step", name, 1e3 * total / rounds)
         self.totals.clear()
+        self.display.clear()
 
 
 BREAKDOWN: _Breakdown | None = None
