@@ -149,7 +149,6 @@ class AttentionView(QWidget):
         self.row_plot.setMenuEnabled(False)
         self.row_plot.hideButtons()
         self.row_plot.setMouseEnabled(x=False, y=False)
-        self.row_plot.setXLink(self.plot)
         self.row_plot.setLabel("left", "weight")
         self.row_plot.setMaximumHeight(150)
         self.row_curve = self.row_plot.plot([], [], pen=pg.mkPen((80, 160, 255), width=1.5))
@@ -251,7 +250,8 @@ class AttentionView(QWidget):
         for w, value, maximum in ((self.layer_spin, s.layer, s.n_layers - 1), (self.head_spin, s.head, s.n_heads - 1)):
             with QSignalBlocker(w):
                 set_spin_range(w, 0, max(0, maximum))
-                w.setValue(value)
+                if w.value() != value:  # setValue re-sets the spin box's text even when it is the same
+                    w.setValue(value)
         i = self.kind_box.findData(s.kind)
         if i >= 0 and i != self.kind_box.currentIndex():
             self.kind_box.setCurrentIndex(i)
@@ -339,6 +339,10 @@ class AttentionView(QWidget):
         self.row_box.show()
         if self.shape != old_shape and (self._fitted or old_shape == (0, 0)):
             self.fit()  # a step grew the pattern: keep all of it in view (a zoomed view stays where it is)
+        # apply the new range now: pyqtgraph would do it at the start of the next paint, and moving the items
+        # there marks the view dirty again, so every step painted it twice. Before the tile request: once the
+        # display thread computes, every call into Qt from here waits for the GIL again
+        self.plot.getViewBox().updateMatrix()
         if self.tiled:
             same_head = self._request is not None and self._request[1:4] == (s.kind, s.layer, tuple(self._heads()))
             if not same_head:
@@ -358,9 +362,6 @@ class AttentionView(QWidget):
         self._show_title()
         if self.row_plot_box.isChecked():
             self._draw_row()
-        # apply the new range now: pyqtgraph would do it at the start of the next paint, and moving the items
-        # there marks the view dirty again, so every step painted it twice
-        self.plot.getViewBox().updateMatrix()
 
     @staticmethod
     def _shown(weights: np.ndarray, log_scale: bool, causal: bool, future: np.ndarray | None = None) -> tuple:
@@ -473,6 +474,8 @@ class AttentionView(QWidget):
 
     # -- the selected row as a line ------------------------------------------------------------------
     def _show_row_plot(self, on: bool) -> None:
+        # linked only while shown: a hidden linked plot followed every step's range change (its axes too)
+        self.row_plot.setXLink(self.plot if on else None)
         self.row_plot.setVisible(on)
         self.row_top.setVisible(on)
         if on:

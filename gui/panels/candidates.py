@@ -51,6 +51,7 @@ class LogitsPanel(QWidget):
         self.state = state
         self.client = client
         self._x_max: float | None = None  # the probability axis' range (changed only when it must)
+        self._rows: int | None = None  # bars the y range was set for
         self.candidate_ids = np.zeros(0, dtype=np.int64)
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.target_position: int | None = None  # where a chosen candidate would go
@@ -133,6 +134,7 @@ class LogitsPanel(QWidget):
         self.bar_values = np.zeros(0, dtype=np.float32)
         self.bars.setOpts(x0=[], y=[], width=[], brushes=[])
         self._x_max = None
+        self._rows = None
         self.labels.set_labels([], self.palette().windowText().color())
         self.axis.set_tokens(())
         self.heading.setText(text)
@@ -193,7 +195,9 @@ class LogitsPanel(QWidget):
             # clear of the axis ticks, even for bars of width ~0
             labels.append((p + 0.01 * x_max, j, (f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.0e}") + mark))
         self.labels.set_labels(labels, self.palette().windowText().color())
-        self.plot.setYRange(-0.6, n - 0.4, padding=0)
+        if self._rows != n:  # a range change re-lays out both axes: not once per step
+            self._rows = n
+            self.plot.setYRange(-0.6, n - 0.4, padding=0)
         shown = float(self.bar_values.sum())
         self.message.setToolTip("◀ marks the token that was chosen there")
         self.message.setText(f"T={settings.temperature:g}"

@@ -638,7 +638,8 @@ class HeadView(QWidget):
                 self.kind_box.setCurrentIndex(i)
         with QSignalBlocker(self.layer_spin):
             set_spin_range(self.layer_spin, 0, max(0, s.n_layers - 1))
-            self.layer_spin.setValue(s.layer)
+            if self.layer_spin.value() != s.layer:
+                self.layer_spin.setValue(s.layer)
 
     # -- hover ------------------------------------------------------------------------------------------
     def _on_hover(self, side: str, row: int) -> None:

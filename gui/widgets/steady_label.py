@@ -106,12 +106,14 @@ class SteadyLabel(QWidget):
     def _show(self, resized: bool = False) -> None:
         width = self.contentsRect().width()
         if self._wrap:
-            self.label.setText(self._text)
-            self.label.setToolTip("")
+            shown, tip = self._text, ""
         else:
             shown = QFontMetrics(self.label.font()).elidedText(self._text, Qt.TextElideMode.ElideRight, max(1, width))
+            tip = self._text if shown != self._text else ""
+        if self.label.text() != shown:
             self.label.setText(shown)
-            self.label.setToolTip(self._text if shown != self._text else "")
+        if self.label.toolTip() != tip:
+            self.label.setToolTip(tip)
         needed = self.heightForWidth(self.width()) if self._wrap else self.sizeHint().height()
         if self._wrap:
             self._tallest = max(self._tallest, needed)

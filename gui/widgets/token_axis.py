@@ -25,6 +25,10 @@ _ALIGN = {
 }
 
 
+_RIGHT, _LEFT = int(Qt.AlignmentFlag.AlignRight.value), int(Qt.AlignmentFlag.AlignLeft.value)
+_TOP, _BOTTOM = int(Qt.AlignmentFlag.AlignTop.value), int(Qt.AlignmentFlag.AlignBottom.value)
+
+
 def short(token: str, limit: int = MAX_LABEL_CHARS) -> str:
     return token if len(token) <= limit else token[: limit - 1] + "…"
 
@@ -71,8 +75,12 @@ class TokenAxis(pg.AxisItem):
         self._widest = 0.0  # widest label of all tokens (measured once per token)
         self._shown_title = ""
         self._label_boxes: dict = {}  # (font, …, text) -> the label's box, for _MeasuringPainter
+        self._sizes: dict[str, tuple[float, float]] = {}  # label -> its box (width, height) in _sizes_font
+        self._sizes_font: str | None = None
         self._specs: tuple | None = None  # what paint() draws until pyqtgraph marks the axis stale (picture = None)
         self._static: dict[tuple[str, str], QStaticText] = {}  # (font, label) -> its laid-out glyphs
+        # positions have no SI prefix; pyqtgraph would re-set the title's HTML on every range change
+        self.enableAutoSIPrefix(False)
         if orientation in ("top", "bottom"):
             self.setStyle(hideOverlappingLabels=40)  # let the first/last token's label overhang the ends a little
 
@@ -96,6 +104,8 @@ class TokenAxis(pg.AxisItem):
             width = int(self._widest + 16)
             if width != getattr(self, "fixedWidth", None):
                 self.setWidth(width)
+        elif self.rotated:
+            self._fit_height()  # a wider token came: upright labels need a taller axis (or are cut)
         self.picture = None  # force a redraw with the new strings
         self.update()
 
@@ -160,10 +170,9 @@ class TokenAxis(pg.AxisItem):
         QTimer.singleShot(0, self._update_title)
 
     def _fit_height(self) -> None:
-        if self.rotated:
-            self.setHeight(int(min(self._widest, 110) + 12))
-        else:
-            self.setHeight(None)
+        height = int(min(self._widest, 110) + 12) if self.rotated else None
+        if height != self.fixedHeight:
+            self.setHeight(height)
 
     def _update_title(self) -> None:
         if not self.title:
@@ -180,6 +189,13 @@ class TokenAxis(pg.AxisItem):
             i = int(round(v))
             out.append(self.label_text(i) if 0 <= i < len(self.tokens) else "")
         return out
+
+    def _label_sizes(self, painter: _MeasuringPainter) -> dict[str, tuple[float, float]]:
+        """label -> (width, height) of its box, for the painter's font (labels repeat from step to step)."""
+        key = painter._font_key
+        if key != getattr(self, "_sizes_font", None) or len(self._sizes) > 20_000:
+            self._sizes_font, self._sizes = key, {}
+        return self._sizes
 
     def generateDrawSpecs(self, p: QPainter):  # noqa: ANN201, N802, C901 - pyqtgraph API
         """pyqtgraph's generateDrawSpecs for what a token axis is (one tick level, no grid, no SI prefix),
@@ -248,23 +264,30 @@ class TokenAxis(pg.AxisItem):
         strings = self.tickStrings([v for v, _x in placed], self.autoSIPrefixScale * self.scale, spacing)
         gap = max(0, tick_length) + style["tickTextOffset"][axis]
         limit = self.boundingRect()
-        flags, centre = _ALIGN[o], Qt.AlignmentFlag.AlignCenter
+        left, top, right, bottom = limit.left(), limit.top(), limit.right(), limit.bottom()
+        flags = _ALIGN[o]
+        sizes = self._label_sizes(painter)
         widest = 0.0
         for (_v, x), text in zip(placed, strings):
-            box = painter.boundingRect(QRectF(0, 0, 100, 100), centre, text)
-            w, h = box.width(), box.height() * 0.8  # as pyqtgraph: boundingRect is a little too large
+            size = sizes.get(text)
+            if size is None:
+                box = painter.boundingRect(QRectF(0, 0, 100, 100), Qt.AlignmentFlag.AlignCenter, text)
+                size = sizes[text] = (box.width(), box.height() * 0.8)  # as pyqtgraph: boundingRect is a little too large
+            w, h = size
             widest = max(widest, w if axis == 0 else h)
             if o == "left":
-                rect = QRectF(tick_stop - gap - w, x - h / 2, w, h)
+                rx, ry = tick_stop - gap - w, x - h / 2
             elif o == "right":
-                rect = QRectF(tick_stop + gap, x - h / 2, w, h)
+                rx, ry = tick_stop + gap, x - h / 2
             elif o == "top":
-                rect = QRectF(x - w / 2, tick_stop - gap - h, w, h)
+                rx, ry = x - w / 2, tick_stop - gap - h
             else:
-                rect = QRectF(x - w / 2, tick_stop + gap, w, h)
-            if limit & rect != rect:  # would stick out of the axis (hideOverlappingLabels sets how far it may)
+                rx, ry = x - w / 2, tick_stop + gap
+            # drops a label that would stick out of the axis (hideOverlappingLabels sets how far it may), as
+            # pyqtgraph's `limit & rect != rect`, without two QRectF per label
+            if rx < left or ry < top or rx + w > right or ry + h > bottom:
                 continue
-            text_specs.append((rect, flags, text))
+            text_specs.append((QRectF(rx, ry, w, h), flags, text))
         self._updateMaxTextSize(widest)
         return axis_spec, tick_specs, text_specs
 
@@ -302,37 +325,58 @@ class TokenAxis(pg.AxisItem):
         line = QFontMetricsF(font).height()  # what drawText centres (a QStaticText's height is rounded up)
         if len(self._static) > STATIC_TEXTS:
             self._static.clear()
-        for rect, flags, text in textSpecs:
+        # where drawText(rect, flags, text) puts a label: aligned in its box by the orientation's flags (the same
+        # for every label; PySide's enum operators cost microseconds, so they are read once, not per label)
+        flags = int(_ALIGN[self.orientation].value) if textSpecs else 0
+        h_align = "right" if flags & _RIGHT else "left" if flags & _LEFT else "centre"
+        v_align = "top" if flags & _TOP else "bottom" if flags & _BOTTOM else "centre"
+        for rect, _flags, text in textSpecs:
             static = self._static.get((font_key, text))
             if static is None:
                 static = self._static[(font_key, text)] = QStaticText(text)
                 static.setTextFormat(Qt.TextFormat.PlainText)  # a token such as "<b>" is text, not markup
                 static.prepare(font=font)
             width = static.size().width()
-            # where drawText(rect, flags, text) puts it: aligned in the label's box, centred across the axis
-            if flags & Qt.AlignmentFlag.AlignRight:
+            if h_align == "right":
                 x = rect.right() - width
-            elif flags & Qt.AlignmentFlag.AlignLeft:
+            elif h_align == "left":
                 x = rect.left()
             else:
                 x = rect.center().x() - width / 2
-            if flags & Qt.AlignmentFlag.AlignTop:
+            if v_align == "top":
                 y = rect.top()
-            elif flags & Qt.AlignmentFlag.AlignBottom:
+            elif v_align == "bottom":
                 y = rect.bottom() - line
             else:
                 y = rect.center().y() - line / 2
             p.drawStaticText(QPointF(x, y), static)
 
     def _draw_rotated(self, p: QPainter, textSpecs) -> None:  # noqa: ANN001, N803
+        """Upright labels reading upwards, each ending at the axis (right-aligned in a box of the axis' height),
+        from cached QStaticTexts under one rotation (a save, translate and rotate per label cost ~20 µs)."""
         if self.style["tickFont"] is not None:
             p.setFont(self.style["tickFont"])
         p.setPen(self.textPen())
-        length = self.height() - 6
-        for rect, _flags, text in textSpecs:  # upright, reading upwards, ending at the axis
-            p.save()
-            p.translate(rect.center().x(), rect.top())
-            p.rotate(-90)
-            p.drawText(QRectF(-length, -rect.height() / 2, length, rect.height()),
-                       int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter), text)
-            p.restore()
+        font = p.font()
+        line = QFontMetricsF(font).height()
+        length = self.height() - 6  # a label longer than this is cut there (as drawText in a box that long)
+        p.save()
+        p.rotate(-90)  # (x, y) on the axis is (-y, x) here
+        if textSpecs:
+            top = textSpecs[0][0].top()  # every label's box starts at the same distance from the axis
+            p.setClipRect(QRectF(-top - length, -1e6, length, 2e6), Qt.ClipOperation.IntersectClip)
+        for rect, _flags, text in textSpecs:
+            static = self._static_text(font, text)
+            p.drawStaticText(QPointF(-rect.top() - static.size().width(), rect.center().x() - line / 2), static)
+        p.restore()
+
+    def _static_text(self, font: QFont, text: str) -> QStaticText:
+        key = (font.key(), text)
+        static = self._static.get(key)
+        if static is None:
+            if len(self._static) > STATIC_TEXTS:
+                self._static.clear()
+            static = self._static[key] = QStaticText(text)
+            static.setTextFormat(Qt.TextFormat.PlainText)  # a token such as "<b>" is text, not markup
+            static.prepare(font=font)
+        return static
