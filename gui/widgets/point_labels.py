@@ -26,6 +26,7 @@ class PointLabels(pg.GraphicsObject):
         self._font = QFont(font) if font is not None else QFont()
         self._static: dict[str, QStaticText] = {}
         self._bounds = QRectF()
+        self._extent = (0.0, 0.0)  # the widest label and a line's height, in pixels
 
     def labels(self) -> tuple[tuple[float, float, str], ...]:
         return self._labels
@@ -50,6 +51,8 @@ class PointLabels(pg.GraphicsObject):
         if not self._labels:
             self._bounds = QRectF()
             return
+        fm = QFontMetricsF(self._font)
+        self._extent = (max(fm.horizontalAdvance(t) for _x, _y, t in self._labels), fm.height())
         xs = [x for x, _y, _t in self._labels]
         ys = [y for _x, y, _t in self._labels]
         self._bounds = QRectF(min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
@@ -59,9 +62,8 @@ class PointLabels(pg.GraphicsObject):
             return QRectF()
         # the points plus the widest text and half a line, in data units at the view's current scale
         px_w, px_h = self.pixelSize() if self.getViewBox() is not None else (0.0, 0.0)
-        fm = QFontMetricsF(self._font)
-        widest = max((fm.horizontalAdvance(t) for _x, _y, t in self._labels), default=0.0)
-        return self._bounds.adjusted(0, -fm.height() * px_h, (widest + 2) * px_w, fm.height() * px_h)
+        widest, line = self._extent
+        return self._bounds.adjusted(0, -line * px_h, (widest + 2) * px_w, line * px_h)
 
     def viewTransformChanged(self) -> None:  # noqa: N802 - pyqtgraph API: the scale changed, so does the extent
         self.prepareGeometryChange()

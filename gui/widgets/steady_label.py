@@ -27,6 +27,8 @@ class SteadyLabel(QWidget):
     def __init__(self, text: str = "", wrap: bool = True, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.label = QLabel(self)  # no layout here: its updateGeometry() stops at this widget
+        # opaque: a new text repaints this widget alone, not the dock beneath it (its frame and title bar)
+        self.setAutoFillBackground(True)
         self.label.setWordWrap(wrap)
         self.label.installEventFilter(self)  # a style sheet or font change alters the height it needs
         self._wrap = wrap
