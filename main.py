@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         except (EngineError, OSError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
+    from gui.shell.cpu_share import share_blas_with_ui
+
+    share_blas_with_ui()  # before anything imports numpy: its BLAS must leave the window a core
     from gui.shell.app import run_app
 
     return run_app(args)

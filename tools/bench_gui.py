@@ -1,7 +1,11 @@
 """GUI timings for tools/bench.py: panel updates after one step, and event-loop stalls during a run.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python tools/bench_gui.py [--lengths 512,1024] [--rounds 12] \
-        [--size 1920x1080] [--theme dark]
+        [--size 1920x1080] [--theme dark] [--breakdown]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python tools/bench_gui.py --model llama --lengths 8192   # long contexts
+
+Models: "gpt2" (GPT-2 small, random weights, up to 1,024 tokens) and "llama" (tools/bench_long.py's CPU-sized
+Llama shape, 4 layers, 8 query / 2 key-value heads, rotary, up to 32k tokens; patterns rebuilt on demand).
 
 An update is timed from taking the new trace until every view has drawn it, including what the display
 threads (head grid, attention tiles) send back. Reported as the GUI thread's CPU time (time.thread_time:
@@ -19,10 +23,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+from gui.shell.cpu_share import share_blas_with_ui  # noqa: E402
+
+share_blas_with_ui()  # as the app does, before numpy is imported
+
+import numpy as np  # noqa: E402
 
 log = logging.getLogger("bench.gui")
 
@@ -206,14 +213,14 @@ def update_times(app, window, model, n: int, rounds: int) -> tuple[list[float], 
     return cpu, wall, slots
 
 
-def longest_stall(app, window, folder: Path, n_prompt: int, steps: int) -> float:
+def longest_stall(app, window, folder: Path, n_prompt: int, steps: int, vocab: int = 50000) -> float:
     """Run `steps` generation steps through the worker thread and record the longest gap between
     event-loop turns (a 1 ms timer) on the GUI thread, in ms."""
     from PySide6.QtCore import QElapsedTimer, QTimer
 
     done = {"loading": True}
     window.client.model_loaded.connect(lambda _info: done.update(loading=False))
-    prompt = " ".join(f"t{i}" for i in np.random.default_rng(0).integers(0, 50000, n_prompt))
+    prompt = " ".join(f"t{i}" for i in np.random.default_rng(0).integers(2, vocab - 1, n_prompt))
     window.open_model(str(folder), device="cpu", prompt=prompt, steps=0)
     deadline = time.time() + 300
     while (done["loading"] or window.state.trace is None) and time.time() < deadline:
@@ -245,11 +252,20 @@ def longest_stall(app, window, folder: Path, n_prompt: int, steps: int) -> float
     return float(max(gaps[1:] or [0]))
 
 
-def gui_timings(lengths=(512, 1024), rounds: int = 12, steps: int = 100) -> dict:
-    from engine import load_model
+def model_folder(name: str) -> Path:
+    if name == "llama":
+        from tools.bench_long import llama_folder
+
+        return llama_folder("cpu")
     from tools.bench import gpt2_small_folder
 
-    folder = gpt2_small_folder()
+    return gpt2_small_folder()
+
+
+def gui_timings(lengths=(512, 1024), rounds: int = 12, steps: int = 100, model_name: str = "gpt2") -> dict:
+    from engine import load_model
+
+    folder = model_folder(model_name)
     model = load_model(folder, device="cpu")
     app, window = _window()
     out = {}
@@ -262,7 +278,7 @@ def gui_timings(lengths=(512, 1024), rounds: int = 12, steps: int = 100) -> dict
         out[f"update_slots_cpu_ms_median@{n}"] = statistics.median(slots)
         log.info("gui update @%d: GUI-thread CPU median %.1f ms (max %.1f; slots alone %.1f), wall median %.1f ms "
                  "(max %.1f)", n, statistics.median(cpu), max(cpu), statistics.median(slots), statistics.median(t), max(t))
-    out[f"longest_stall_ms_{steps}_steps"] = longest_stall(app, window, folder, 256, steps)
+    out[f"longest_stall_ms_{steps}_steps"] = longest_stall(app, window, folder, 256, steps, model.config.vocab_size)
     log.info("longest stall over %d steps: %.1f ms", steps, out[f"longest_stall_ms_{steps}_steps"])
     window.client.shutdown()
     window.close()
@@ -278,6 +294,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=100, help="steps of the run whose longest stall is measured")
     parser.add_argument("--size", default="1400x900", help="window size (default %(default)s)")
     parser.add_argument("--theme", choices=["light", "dark"], default=None, help="force the palette")
+    parser.add_argument("--model", choices=["gpt2", "llama"], default="gpt2", help="what to time (default %(default)s)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also log where the GUI thread's time per update goes (receiver and event type)")
     cli = parser.parse_args()
@@ -287,5 +304,5 @@ if __name__ == "__main__":
     if cli.theme:
         os.environ["ATTENTION_INSPECTOR_THEME"] = cli.theme
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for k, v in gui_timings(tuple(int(x) for x in cli.lengths.split(",")), cli.rounds, cli.steps).items():
+    for k, v in gui_timings(tuple(int(x) for x in cli.lengths.split(",")), cli.rounds, cli.steps, cli.model).items():
         sys.stdout.write(f"{k:32s} {v:8.1f}\n")
