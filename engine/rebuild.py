@@ -101,8 +101,9 @@ class PatternSource:
     n_queries: int
     n_keys: int
     n_heads: int
+    log_tiles = False  # tile(…, log=True) gives log weights (-inf where masked)
 
-    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int, log: bool = False) -> np.ndarray:
         raise NotImplementedError
 
     def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
@@ -138,8 +139,14 @@ class PatternSource:
                 n_cells = int(np.searchsorted(c_edges[:-1], width, side="left"))  # cells starting before `width`
                 edges = np.append(c_edges[:n_cells], width)
                 for n, h in enumerate(heads):
-                    pooled = _pool(self.tile(h, a, z, k0, k0 + width), r_edges[i : j + 1] - a, edges,
-                                   "max" if reduce == "max" else "sum")
+                    if reduce == "max" and self.log_tiles:
+                        # exp is monotonic: the max of the log weights, then exp of the pooled cells alone (the
+                        # exp of every cell was a third of an 8k overview)
+                        pooled = np.exp(_pool(self.tile(h, a, z, k0, k0 + width, log=True), r_edges[i : j + 1] - a,
+                                              edges, "max"))
+                    else:
+                        pooled = _pool(self.tile(h, a, z, k0, k0 + width), r_edges[i : j + 1] - a, edges,
+                                       "max" if reduce == "max" else "sum")
                     if reduce == "mean":  # zeros beyond `width` count in each cell's size
                         pooled /= np.diff(r_edges[i : j + 1])[:, None] * np.diff(c_edges)[None, :n_cells]
                     out[n, i:j, :n_cells] = pooled
@@ -156,7 +163,9 @@ class Stored(PatternSource):
         self.n_queries = sum(b.rows.shape[1] for b in blocks)
         self.n_keys = max(b.rows.shape[2] for b in blocks)
 
-    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int, log: bool = False) -> np.ndarray:
+        if log:
+            raise ValueError("stored patterns keep weights, not log weights")
         out = np.zeros((q1 - q0, k1 - k0), dtype=np.float32)
         for b in self.blocks:
             a, z = max(q0, b.q_start), min(q1, b.q_start + b.rows.shape[1])
@@ -226,8 +235,11 @@ class Rebuilt(PatternSource):
             s[:, blocked] = -np.inf
         return np.exp(s, out=s)
 
-    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
-        """Pattern rows q0..q1 over keys k0..k1 of one query head, float32; masked entries are 0."""
+    log_tiles = True
+
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int, log: bool = False) -> np.ndarray:
+        """Pattern rows q0..q1 over keys k0..k1 of one query head, float32; masked entries are 0 (`log`: the
+        log weights s - lse, -inf where masked)."""
         q, lse = self._queries(head, q0, q1)
         k = self.keys[head // self.rule.group, k0:k1]
         rule = self.rule
@@ -243,7 +255,7 @@ class Rebuilt(PatternSource):
         else:
             s = rule.scores(q, k, head, q0, k0)
             s -= lse[:, None]
-        return np.exp(s, out=s)
+        return s if log else np.exp(s, out=s)
 
     def _visible_width(self, z: int, k0: int, k1: int) -> int:
         return max(0, min(k1, z) - k0) if self.rule.causal else k1 - k0  # causal rows before z see no key from z on

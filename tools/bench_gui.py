@@ -143,12 +143,18 @@ def _window():
 
 
 def _drawn(app, window, timeout_s: float = 30.0) -> None:
-    """Until the display threads' results for the trace on screen have arrived and been drawn."""
+    """Until the display threads' results for the trace on screen have arrived and been drawn. Waits as the
+    app's event loop does, asleep until the next event (a result, a timer): polling processEvents every
+    0.5 ms cost the GUI thread ~40 µs a turn, ~9 ms of CPU while an 8k tile computed, charged to the update."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
     deadline = time.time() + timeout_s
     views = (window.head_grid, window.attention_view)
+    app.processEvents()
     while any(getattr(v, "pending", False) for v in views) and time.time() < deadline:
-        app.processEvents()
-        time.sleep(0.0005)
+        # pending also covers state without an event to come (the tile timer's interval): a tick wakes us
+        QTimer.singleShot(5, lambda: None)
+        app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
     app.processEvents()
 
 

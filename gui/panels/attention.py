@@ -14,6 +14,7 @@ Features extend it without reaching inside: `add_control()` puts a widget in its
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -49,7 +50,8 @@ PatternSource = Callable[[object], "tuple[np.ndarray, str] | None"]  # (engine.T
 WHOLE_CELLS = 512 * 512  # a stored pattern up to this size is drawn whole; beyond it, the visible tile
 ZOOM_STEP = 1.5  # + / − keys
 TILE_DELAY_MS = 30  # a new tile is asked for once the view has stopped moving this long
-HOLD_MS = 60  # after a step, the view waits this long at most for its new tile before it paints the old one
+HOLD_MS = 60  # after a step, the view waits this long at least for its new tile before it paints the old one
+MAX_HOLD_MS = 250  # ... and at most: tiles that take longer (8k contexts) are waited for up to this
 ROW_TOP = 8  # strongest keys listed under the row plot
 
 class AttentionView(QWidget):
@@ -82,6 +84,7 @@ class AttentionView(QWidget):
         self._hold_timer = QTimer(self)
         self._hold_timer.setSingleShot(True)
         self._hold_timer.setInterval(HOLD_MS)
+        self._tile_ms = 0.0  # how long the recent tiles took to compute (the hold waits a little longer)
         self._hold_timer.timeout.connect(self._release_paint)
 
         # -- controls --------------------------------------------------------------------------
@@ -402,9 +405,11 @@ class AttentionView(QWidget):
         display_key, log_scale, lut = (self.state.colormap, self.state.log_scale), self.state.log_scale, self.image.lut
 
         def work() -> tuple:
+            started = time.perf_counter()
             tile = tiles.visible_tile(trace, kind, layer, list(heads), q0, q1, k0, k1, rows, cols)
             colours = prepare(*self._shown(tile.weights, log_scale, kind == "self", tile.future), lut)
-            return request, tile, (display_key, colours)  # coloured here, not at paint time on the GUI thread
+            # coloured here, not at paint time on the GUI thread
+            return request, tile, (display_key, colours), 1e3 * (time.perf_counter() - started)
 
         self._generation = self._render.submit("tile", work)
 
@@ -415,9 +420,12 @@ class AttentionView(QWidget):
 
     def _on_tile(self, key: str, generation: int, result: object) -> None:
         self._delivered = max(self._delivered, generation)
+        if key == "tile" and isinstance(result, tuple):  # a stale tile took as long: it counts for the hold
+            spent_ms = result[3]
+            self._tile_ms = spent_ms if not self._tile_ms else 0.7 * self._tile_ms + 0.3 * spent_ms
         if key != "tile" or generation != self._generation or result is None:
             return  # stale: the view, the step or the selection moved on
-        request, tile, colours = result
+        request, tile, colours, _spent_ms = result
         if request != self._request or not self.tiled:
             return
         self.tile = tile
@@ -430,7 +438,13 @@ class AttentionView(QWidget):
         not keep pushing the paint back (the view would freeze for a whole run)."""
         if self.graphics.updatesEnabled():
             self.graphics.setUpdatesEnabled(False)
-            self._hold_timer.start()
+            self._hold_timer.start(self.hold_ms())
+
+    def hold_ms(self) -> int:
+        """How long a step's paint waits for its tile: HOLD_MS, or a little longer than recent tiles took (an 8k
+        tile takes ~90 ms: a shorter hold painted every step twice, first with the stale tile), MAX_HOLD_MS
+        at most, so a run whose steps outpace its tiles still repaints a few times a second."""
+        return int(min(MAX_HOLD_MS, max(HOLD_MS, 1.3 * self._tile_ms + 15)))
 
     def _release_paint(self) -> None:
         self._hold_timer.stop()

@@ -227,8 +227,9 @@ def test_a_step_shows_the_tile_coloured_in_the_display_thread(qtbot, window, lon
 
 
 def test_steps_faster_than_tiles_do_not_freeze_the_view(qtbot, window, long_llama, monkeypatch):
-    """The paint held for a step's tile ends HOLD_MS after it began, however many steps follow (a run whose
-    tiles come slower than its steps once kept the view from painting at all)."""
+    """The paint held for a step's tile ends hold_ms() after it began (a little more than recent tiles took,
+    MAX_HOLD_MS at most), however many steps follow (a run whose tiles come slower than its steps once kept
+    the view from painting at all)."""
     import time
 
     from gui.panels import attention
@@ -260,6 +261,8 @@ def test_steps_faster_than_tiles_do_not_freeze_the_view(qtbot, window, long_llam
                 longest = max(longest, now - held_since)
             if len(win.state.trace) > n and now > deadline - 0.16:
                 break
-    assert longest <= attention.HOLD_MS / 1000 + 0.1, f"the view held its paint for {longest * 1000:.0f} ms"
+    assert attention.HOLD_MS <= view.hold_ms() <= attention.MAX_HOLD_MS
+    assert view.hold_ms() > attention.HOLD_MS  # it learned that these tiles take 150 ms
+    assert longest <= attention.MAX_HOLD_MS / 1000 + 0.1, f"the view held its paint for {longest * 1000:.0f} ms"
     _settle(qtbot, win)
     assert view.graphics.updatesEnabled()
