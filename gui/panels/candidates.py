@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 BAR_COLOR = QColor(90, 140, 220)
 CHOSEN_COLOR = QColor(235, 140, 40)
+_BAR_BRUSH, _CHOSEN_BRUSH = pg.mkBrush(BAR_COLOR), pg.mkBrush(CHOSEN_COLOR)  # made once, not per bar and step
 MAX_BARS = 50
 ROW_PAD = 1.3  # a bar's row: the tick font's height × this (TokenAxis labels every row from 1.05)
 CHART_EXTRA_PX = 44  # the probability axis and its title below the bars
@@ -178,7 +179,7 @@ class LogitsPanel(QWidget):
             where = "next token" if pos + 1 >= len(trace) else f"token {pos + 1}"
             self.heading.setText(f"{where.capitalize()} after “{trace.tokens[pos]}” (position {pos}); double-click to "
                                  + ("choose" if pos + 1 >= len(trace) else "branch"))
-        brushes = [pg.mkBrush(CHOSEN_COLOR if int(i) == chosen else BAR_COLOR) for i in order]
+        brushes = [_CHOSEN_BRUSH if int(i) == chosen else _BAR_BRUSH for i in order]
         self.bars.setOpts(x0=np.zeros(n), y=np.arange(n), width=self.bar_values, brushes=brushes)
         self.axis.set_tokens([vocab[int(i)] if int(i) < len(vocab) else f"<{int(i)}>" for i in order])
         top_p = float(self.bar_values[0]) if n else 1.0

@@ -38,7 +38,8 @@ def top_indices(values: np.ndarray, n: int) -> np.ndarray:
     n = min(n, values.size)
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-values, n - 1)[:n] if n < values.size else np.arange(values.size)
+    # the n largest without negating a copy of the vocabulary first
+    part = np.argpartition(values, values.size - n)[values.size - n :] if n < values.size else np.arange(values.size)
     return part[np.lexsort((part, -values[part]))]
 
 

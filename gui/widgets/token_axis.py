@@ -77,6 +77,7 @@ class TokenAxis(pg.AxisItem):
         self._label_boxes: dict = {}  # (font, …, text) -> the label's box, for _MeasuringPainter
         self._sizes: dict[str, tuple[float, float]] = {}  # label -> its box (width, height) in _sizes_font
         self._sizes_font: str | None = None
+        self._kept_specs: tuple | None = None  # (what they were made for, scale, offset, specs)
         self._specs: tuple | None = None  # what paint() draws until pyqtgraph marks the axis stale (picture = None)
         self._static: dict[tuple[str, str], QStaticText] = {}  # (font, label) -> its laid-out glyphs
         # positions have no SI prefix; pyqtgraph would re-set the title's HTML on every range change
@@ -97,6 +98,8 @@ class TokenAxis(pg.AxisItem):
         start = len(self.tokens) if grown and self._widest else 0  # a step appends: measure only the new labels
         if not start:
             self._widest = 0.0
+        if not grown:
+            self._kept_specs = None  # other tokens at the same positions: the labels must be made again
         self.tokens, self.prefix_index = tokens, prefix_index
         self._widest = max([self._widest] + [self._advance(self.label_text(i)) for i in range(start, len(tokens))])
         if self.orientation in ("left", "right"):
@@ -237,6 +240,22 @@ class TokenAxis(pg.AxisItem):
         else:
             scale = bounds.width() / dif
             offset = self.range[0] * scale
+        values = tuple(levels[0][1]) if levels else ()
+        key = (values, o, bounds.getRect(), painter._font_key, self.pen().color().rgba(), self.tickPen().color().rgba(),
+               style["tickLength"], style["showValues"])
+        kept = self._kept_specs
+        if kept is not None and kept[0] == key and values:
+            # the same labels, each within half a pixel of where they were drawn (a step grew a long pattern by a
+            # row): the old specs stand; regenerating them was most of this axis' paint after every step
+            old_scale, old_offset = kept[1], kept[2]
+            if max(abs((v * scale - offset) - (v * old_scale - old_offset)) for v in (values[0], values[-1])) < 0.5:
+                return kept[3]
+        specs = self._specs_at(style, painter, bounds, o, tick_stop, tick_dir, axis, span, levels, scale, offset)
+        self._kept_specs = (key, scale, offset, specs)
+        return specs
+
+    def _specs_at(self, style, painter, bounds, o, tick_stop, tick_dir, axis, span, levels, scale, offset):  # noqa: ANN001, ANN202, PLR0913
+        """generateDrawSpecs' result for this scale and offset (its tick lines and label boxes)."""
         lo, hi = sorted(x * scale - offset for x in self.range)
         tick_length = style["tickLength"]
         pen = self.tickPen()
