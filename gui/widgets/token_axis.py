@@ -13,6 +13,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPen, QStaticT
 MAX_LABEL_CHARS = 12
 GAP_PX = 6  # between neighbouring horizontal labels
 MEASURE_LIMIT = 400  # visible labels measured one by one; beyond, the widest of all tokens stands for them
+KEEP_PX = 1.0  # labels this close to where they were drawn are not laid out again (see generateDrawSpecs)
 STATIC_TEXTS = 4_000  # laid-out labels kept per axis (a long session's labels: dropped all at once past this)
 
 
@@ -245,10 +246,11 @@ class TokenAxis(pg.AxisItem):
                style["tickLength"], style["showValues"])
         kept = self._kept_specs
         if kept is not None and kept[0] == key and values:
-            # the same labels, each within half a pixel of where they were drawn (a step grew a long pattern by a
-            # row): the old specs stand; regenerating them was most of this axis' paint after every step
+            # the same labels, each within KEEP_PX of where they were drawn (a step grew a long pattern by a row:
+            # at 1k tokens on 600 px the last label moves 0.6 px): the old specs stand; regenerating them was most
+            # of this axis' paint after every step. Compared with where they were drawn, so it never drifts further
             old_scale, old_offset = kept[1], kept[2]
-            if max(abs((v * scale - offset) - (v * old_scale - old_offset)) for v in (values[0], values[-1])) < 0.5:
+            if max(abs((v * scale - offset) - (v * old_scale - old_offset)) for v in (values[0], values[-1])) < KEEP_PX:
                 return kept[3]
         specs = self._specs_at(style, painter, bounds, o, tick_stop, tick_dir, axis, span, levels, scale, offset)
         self._kept_specs = (key, scale, offset, specs)

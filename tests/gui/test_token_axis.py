@@ -128,3 +128,34 @@ def test_paints_what_pyqtgraph_paints(qtbot, window, checkpoints, zoom):
         assert _differing_pixels(ours, theirs) == 0
     assert compared == 3
     assert any(axis.rotated for axis in axes) == (zoom == 1.0)  # upright key labels are compared too
+
+
+def test_specs_are_kept_while_labels_move_less_than_a_pixel(qtbot, window, checkpoints):
+    """A step that grows a long pattern by a row moves every label a fraction of a pixel: the axis keeps its
+    specs (no new layout per step) until a label would be KEEP_PX or more from where it was drawn."""
+    from gui.widgets import token_axis
+
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"], steps=3)
+    win.resize(1400, 900)
+    qtbot.wait(50)
+    axis, vb = win.attention_view.left_axis, win.attention_view.plot.getViewBox()
+    image = QImage(1200, 1200, QImage.Format.Format_ARGB32)
+
+    def specs():
+        painter = QPainter(image)
+        try:
+            return axis.generateDrawSpecs(painter)
+        finally:
+            painter.end()
+
+    (y0, y1) = vb.viewRange()[1]
+    first = specs()
+    px_per_unit = axis.geometry().height() / (y1 - y0)
+    nudge = 0.3 / px_per_unit / max(1.0, y1)  # the far end moves ~0.3 px
+    vb.setYRange(y0, y1 + nudge * (y1 - y0), padding=0)
+    assert specs() is first  # kept
+    vb.setYRange(y0, y1 + 3 * (y1 - y0) / axis.geometry().height(), padding=0)  # ~3 px at the far end
+    again = specs()
+    assert again is not first and _plain(again) != _plain(first)
+    assert token_axis.KEEP_PX <= 1.0
