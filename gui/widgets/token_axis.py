@@ -344,19 +344,13 @@ class TokenAxis(pg.AxisItem):
         font = p.font()
         font_key = font.key()
         line = QFontMetricsF(font).height()  # what drawText centres (a QStaticText's height is rounded up)
-        if len(self._static) > STATIC_TEXTS:
-            self._static.clear()
         # where drawText(rect, flags, text) puts a label: aligned in its box by the orientation's flags (the same
         # for every label; PySide's enum operators cost microseconds, so they are read once, not per label)
         flags = int(_ALIGN[self.orientation].value) if textSpecs else 0
         h_align = "right" if flags & _RIGHT else "left" if flags & _LEFT else "centre"
         v_align = "top" if flags & _TOP else "bottom" if flags & _BOTTOM else "centre"
         for rect, _flags, text in textSpecs:
-            static = self._static.get((font_key, text))
-            if static is None:
-                static = self._static[(font_key, text)] = QStaticText(text)
-                static.setTextFormat(Qt.TextFormat.PlainText)  # a token such as "<b>" is text, not markup
-                static.prepare(font=font)
+            static = self._static_text(font, font_key, text)
             width = static.size().width()
             if h_align == "right":
                 x = rect.right() - width
@@ -379,6 +373,7 @@ class TokenAxis(pg.AxisItem):
             p.setFont(self.style["tickFont"])
         p.setPen(self.textPen())
         font = p.font()
+        font_key = font.key()
         line = QFontMetricsF(font).height()
         length = self.height() - 6  # a label longer than this is cut there (as drawText in a box that long)
         p.save()
@@ -387,12 +382,13 @@ class TokenAxis(pg.AxisItem):
             top = textSpecs[0][0].top()  # every label's box starts at the same distance from the axis
             p.setClipRect(QRectF(-top - length, -1e6, length, 2e6), Qt.ClipOperation.IntersectClip)
         for rect, _flags, text in textSpecs:
-            static = self._static_text(font, text)
+            static = self._static_text(font, font_key, text)
             p.drawStaticText(QPointF(-rect.top() - static.size().width(), rect.center().x() - line / 2), static)
         p.restore()
 
-    def _static_text(self, font: QFont, text: str) -> QStaticText:
-        key = (font.key(), text)
+    def _static_text(self, font: QFont, font_key: str, text: str) -> QStaticText:
+        """The label laid out once per font (cached; a long session's labels are dropped all at once)."""
+        key = (font_key, text)
         static = self._static.get(key)
         if static is None:
             if len(self._static) > STATIC_TEXTS:
