@@ -19,6 +19,7 @@ BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS",)  # numpy's wheels carry OpenBLAS
 
 
 def usable_cores() -> int:
+    """engine.device.usable_cores, repeated: importing anything from engine imports numpy (and torch)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -35,6 +36,7 @@ def share_blas_with_ui(reserve: int = 1) -> int | None:
     if any(v in os.environ for v in BLAS_VARIABLES):
         return None
     raw = os.environ.get("ATTENTION_INSPECTOR_THREADS", "").strip()
+    # a bad value is ignored here; engine.share_cpu_with_ui, which reads it too, says so in the log
     n = int(raw) if raw.isdigit() and int(raw) > 0 else max(1, usable_cores() - reserve)
     for variable in BLAS_VARIABLES:
         os.environ[variable] = str(n)

@@ -85,8 +85,7 @@ class SteadyLabel(QWidget):
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
         mx, my = self._margins()
-        width = max(MIN_WIDTH, self.width()) if self.width() > 0 else MIN_WIDTH + mx
-        return QSize(MIN_WIDTH + mx, self._label_height(width - mx) + my)
+        return QSize(MIN_WIDTH + mx, self._label_height(max(MIN_WIDTH, self.width() - mx)) + my)
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
         mx, my = self._margins()

@@ -26,8 +26,18 @@ _ALIGN = {
 }
 
 
-_RIGHT, _LEFT = int(Qt.AlignmentFlag.AlignRight.value), int(Qt.AlignmentFlag.AlignLeft.value)
-_TOP, _BOTTOM = int(Qt.AlignmentFlag.AlignTop.value), int(Qt.AlignmentFlag.AlignBottom.value)
+
+
+def _placement(flags: Qt.AlignmentFlag) -> tuple[str, str]:
+    """(horizontal, vertical) alignment of a label in its box, as plain strings: PySide's enum operators cost
+    microseconds each, so they are read here once per orientation, not per label and paint."""
+    bits = int(flags.value)
+    h = "right" if bits & int(Qt.AlignmentFlag.AlignRight.value) else "left" if bits & int(Qt.AlignmentFlag.AlignLeft.value) else "centre"
+    v = "top" if bits & int(Qt.AlignmentFlag.AlignTop.value) else "bottom" if bits & int(Qt.AlignmentFlag.AlignBottom.value) else "centre"
+    return h, v
+
+
+_PLACEMENT = {orientation: _placement(flags) for orientation, flags in _ALIGN.items()}
 
 
 def short(token: str, limit: int = MAX_LABEL_CHARS) -> str:
@@ -197,7 +207,7 @@ class TokenAxis(pg.AxisItem):
     def _label_sizes(self, painter: _MeasuringPainter) -> dict[str, tuple[float, float]]:
         """label -> (width, height) of its box, for the painter's font (labels repeat from step to step)."""
         key = painter._font_key
-        if key != getattr(self, "_sizes_font", None) or len(self._sizes) > 20_000:
+        if key != self._sizes_font or len(self._sizes) > 20_000:
             self._sizes_font, self._sizes = key, {}
         return self._sizes
 
@@ -333,10 +343,6 @@ class TokenAxis(pg.AxisItem):
                 p.restore()
 
     def drawPicture(self, p, axisSpec, tickSpecs, textSpecs) -> None:  # noqa: ANN001, N802 - pyqtgraph API
-        if self.rotated:
-            pg.AxisItem.drawPicture(self, p, axisSpec, tickSpecs, [])
-            self._draw_rotated(p, textSpecs)
-            return
         pg.AxisItem.drawPicture(self, p, axisSpec, tickSpecs, [])  # the line and ticks; pen, hints and clip set
         if self.style["tickFont"] is not None:
             p.setFont(self.style["tickFont"])
@@ -344,11 +350,11 @@ class TokenAxis(pg.AxisItem):
         font = p.font()
         font_key = font.key()
         line = QFontMetricsF(font).height()  # what drawText centres (a QStaticText's height is rounded up)
-        # where drawText(rect, flags, text) puts a label: aligned in its box by the orientation's flags (the same
-        # for every label; PySide's enum operators cost microseconds, so they are read once, not per label)
-        flags = int(_ALIGN[self.orientation].value) if textSpecs else 0
-        h_align = "right" if flags & _RIGHT else "left" if flags & _LEFT else "centre"
-        v_align = "top" if flags & _TOP else "bottom" if flags & _BOTTOM else "centre"
+        if self.rotated:
+            self._draw_rotated(p, textSpecs, font, font_key, line)
+            return
+        # where drawText(rect, flags, text) puts a label: aligned in its box by the orientation's flags
+        h_align, v_align = _PLACEMENT[self.orientation]
         for rect, _flags, text in textSpecs:
             static = self._static_text(font, font_key, text)
             width = static.size().width()
@@ -366,15 +372,9 @@ class TokenAxis(pg.AxisItem):
                 y = rect.center().y() - line / 2
             p.drawStaticText(QPointF(x, y), static)
 
-    def _draw_rotated(self, p: QPainter, textSpecs) -> None:  # noqa: ANN001, N803
+    def _draw_rotated(self, p: QPainter, textSpecs, font: QFont, font_key: str, line: float) -> None:  # noqa: ANN001, N803
         """Upright labels reading upwards, each ending at the axis (right-aligned in a box of the axis' height),
         from cached QStaticTexts under one rotation (a save, translate and rotate per label cost ~20 µs)."""
-        if self.style["tickFont"] is not None:
-            p.setFont(self.style["tickFont"])
-        p.setPen(self.textPen())
-        font = p.font()
-        font_key = font.key()
-        line = QFontMetricsF(font).height()
         length = self.height() - 6  # a label longer than this is cut there (as drawText in a box that long)
         p.save()
         p.rotate(-90)  # (x, y) on the axis is (-y, x) here
