@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dock", metavar="NAME", help="bring a dock to the front: inside, attribution, embeddings "
                         "(the \"Inside this head\" tabs), lens, stats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("--version", action="store_true", help="print the version (and torch's, the device's) and exit")
+    parser.add_argument("--version", action="store_true",
+                        help="print the version (and torch's, without importing it; with -v also the default device) and exit")
     parser.add_argument("--install-desktop-entry", action="store_true",
                         help="put the app's menu entry and icon in $XDG_DATA_HOME (default ~/.local/share) and exit")
     parser.add_argument("--uninstall-desktop-entry", action="store_true", help="remove them again and exit")
@@ -146,8 +147,11 @@ def read_prompt_file(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_folder_first(sys.argv[1:] if argv is None else list(argv)))
-    if args.version:
-        from engine.about import version_text
+    if args.version:  # without torch (seconds to import) unless --verbose asks for the device too
+        if args.verbose:
+            from engine.about import version_text
+        else:
+            from attention_inspector.version import version_text
 
         sys.stdout.write(version_text())
         return 0

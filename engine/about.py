@@ -1,28 +1,13 @@
-"""Versions, for `attention-inspector --version` and Help → About: the app's own (one source of truth: the
-`version` in pyproject.toml, read back from the installed metadata) and the engine's (torch, CUDA, device)."""
+"""Versions, for `attention-inspector --version --verbose` and Help → About: the app's own
+(attention_inspector.version, which reads it without torch) and the engine's (torch, CUDA, device)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
-import re
-from pathlib import Path
 
-DISTRIBUTION = "attention-inspector"
+from attention_inspector.version import app_version
 
-
-def app_version() -> str:
-    """The installed version; in a checkout that was never pip-installed, pyproject.toml's, marked so."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    try:
-        found = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.MULTILINE)
-    except OSError:
-        found = None
-    return f"{found.group(1)} (not installed)" if found else "unknown"
+__all__ = ["app_version", "engine_versions", "version_text"]
 
 
 def engine_versions() -> dict[str, str]:
@@ -42,7 +27,8 @@ def engine_versions() -> dict[str, str]:
 
 
 def version_text() -> str:
-    """What `attention-inspector --version` prints: the version on the first line, then the engine's."""
+    """What `attention-inspector --version --verbose` prints: the version on the first line, then the engine's
+    (this imports torch: seconds; plain `--version` is attention_inspector.version's)."""
     v = engine_versions()
     return (f"attention-inspector {app_version()}\n"
             f"torch {v['torch']} (CUDA {v['cuda']}), default device {v['device']}, Python {v['python']}\n")

@@ -27,7 +27,7 @@ from gui.shell import desktop
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("tiny-gpt", "tiny-bert", "tiny-seq2seq")
-SOURCES = ("pyproject.toml", "README.md", "main.py", "engine", "gui", "resources")
+SOURCES = ("pyproject.toml", "README.md", "main.py", "attention_inspector", "engine", "gui", "resources")
 
 
 def _pyproject() -> dict:
@@ -39,7 +39,7 @@ def test_every_package_is_listed_in_pyproject():
     from setuptools import find_packages
 
     listed = set(_pyproject()["tool"]["setuptools"]["packages"])
-    found = set(find_packages(str(ROOT), include=["engine*", "gui*"]))
+    found = set(find_packages(str(ROOT), include=["attention_inspector*", "engine*", "gui*"]))
     assert found - listed == set(), "add these packages to [tool.setuptools] packages in pyproject.toml"
     assert "attention_inspector_resources" in listed
 
@@ -144,6 +144,7 @@ def test_wheel_installs_and_opens_tiny_gpt_outside_the_checkout(tmp_path):
         for f in ("config.json", "model.safetensors", "tokenizer.json"):
             assert f"attention_inspector_resources/models/{model}/{f}" in names
     assert "attention_inspector_resources/attention-inspector.desktop" in names
+    assert {"attention_inspector/__main__.py", "attention_inspector/version.py", "main.py"} <= names
     assert "attention_inspector_resources/icons/hicolor/256x256/apps/attention-inspector.png" in names
     assert not any(n.startswith(("tests/", "tools/")) for n in names)
 
@@ -167,6 +168,9 @@ def test_wheel_installs_and_opens_tiny_gpt_outside_the_checkout(tmp_path):
     assert version.returncode == 0, version.stderr[-3000:]
     assert version.stdout.splitlines()[0] == f"attention-inspector {_pyproject()['project']['version']}"
     assert "torch " in version.stdout
+    as_module = subprocess.run([str(venv / "bin" / "python"), "-m", "attention_inspector", "--version"], cwd=user, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert as_module.returncode == 0 and as_module.stdout == version.stdout, as_module.stderr[-3000:]
 
     shot = subprocess.run([str(app), "--screenshot", "out.png", "--steps", "2", "--prompt", "In the beginning"],
                           cwd=user, env=env, capture_output=True, text=True, timeout=180)

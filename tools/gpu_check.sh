@@ -11,7 +11,7 @@
 # Needs only Python 3.12 with torch, transformers, tokenizers, safetensors, jinja2, numpy and pytest: it runs from
 # the tree (PYTHONPATH), installs nothing from the network, and skips the GUI cleanly when PySide6 is missing.
 # PySide6-Essentials / shiboken6 / pyqtgraph wheels found in .whl/ (or wheels/, or $GPU_CHECK_WHEELS) are installed
-# into a temporary folder first (--no-index --no-deps); the README's GPU section says how to make them.
+# into a temporary folder first (--no-index --no-deps); docs/gpu.md says how to make them.
 # Each step has its own time limit, cut to what is left of the budget, so one failure or hang never sinks the rest.
 set -u
 
@@ -117,7 +117,7 @@ if "$PY" -c "import PySide6.QtWidgets, pyqtgraph" >/dev/null 2>&1; then
     step gui_checkpoint 90 "$PY" tools/bench_cuda.py --device "$DEVICE" --save llama1b "$WORK/llama1b"
     step gui_screenshot 120 "$PY" main.py --model "$WORK/llama1b" --prompt "t1 t2 t3 t4" --steps 1 --screenshot "$OUT/gui_cuda.png"
 else
-    echo "== gui: skipped (PySide6 / pyqtgraph do not import here; see the README's GPU section)"
+    echo "== gui: skipped (PySide6 / pyqtgraph do not import here; see docs/gpu.md)"
     printf '%s\t%s\t%s\t%s\n' gui skipped 0 "PySide6 or pyqtgraph missing" >>"$STEPS"
 fi
 

@@ -12,8 +12,8 @@ from tests import factories
 from tests.cuda.devices import needs_cuda
 
 pytestmark = [pytest.mark.cuda, needs_cuda]
-pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is not installed (see the README's GPU section)")
-pytest.importorskip("pyqtgraph", reason="pyqtgraph is not installed (see the README's GPU section)")
+pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is not installed (see docs/gpu.md)")
+pytest.importorskip("pyqtgraph", reason="pyqtgraph is not installed (see docs/gpu.md)")
 pytest.importorskip("transformers")
 
 

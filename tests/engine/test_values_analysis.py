@@ -27,7 +27,7 @@ from tests.engine.values_models import LazyCheckpoints, checkpoint_root, rollout
 
 transformers = pytest.importorskip("transformers")
 
-ATTN_TOL = 1e-5  # README: every pattern within 1e-5 of transformers
+ATTN_TOL = 1e-5  # docs/models.md: every pattern within 1e-5 of transformers
 PROMPT_IDS = [5, 17, 42, 99, 7, 250, 13, 64, 3, 120, 77]
 
 

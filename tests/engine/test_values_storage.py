@@ -1,5 +1,5 @@
 """Stored patterns checked by value against `transformers`: causal prompts of several row chunks
-(engine.model.ROW_CHUNK), decode rows after them, and float16 storage, with the README's tolerances
+(engine.model.ROW_CHUNK), decode rows after them, and float16 storage, with the tolerances docs/models.md states
 (float32: every weight within 1e-5; float16: within 5e-4)."""
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _auto_dtype(**shape) -> type:
 
 
 def test_auto_storage_switches_to_float16_for_big_models(model):
-    # README: float32 while one full context's patterns fit in 128 MB, float16 beyond (GPT-2 small, BERT-base)
+    # docs/models.md: float32 while one full context's patterns fit in 128 MB, float16 beyond (GPT-2 small, BERT-base)
     assert _auto_dtype(family="decoder", n_decoder_layers=12, n_heads=12, max_positions=1024) is np.float16  # 302 MB
     assert _auto_dtype(family="encoder", n_encoder_layers=12, n_heads=12, max_positions=512) is np.float16  # 151 MB
     assert _auto_dtype(family="decoder", n_decoder_layers=4, n_heads=4, max_positions=512) is np.float32  # 8 MB
