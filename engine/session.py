@@ -157,7 +157,8 @@ class Session:
         self.set_sampling(temperature=value)
 
     def distribution(self, position: int | None = None) -> np.ndarray:
-        """Probabilities at `position` (default: the next token) under the current settings."""
+        """Probabilities at `position` (default: the next token) under the current settings and head gates."""
+        self._sync_gates()
         logits = self._logits_at(position)
         s = self.settings
         return distribution(logits, s.temperature, s.top_k, s.top_p)

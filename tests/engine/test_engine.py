@@ -155,6 +155,19 @@ def test_temperature_changes_probabilities_not_logits(gpt):
     np.testing.assert_array_equal(s.trace.logits, logits_before)
 
 
+def test_distribution_follows_a_changed_head_gate(gpt):
+    s = _session(gpt)
+    before = s.distribution()
+    gpt.set_head_gate("self", 1, 0, 0.0)
+    try:
+        after = s.distribution()
+        assert not np.allclose(before, after)  # the ablated head changed the next-token distribution
+        fresh = Session(gpt, s.ids).distribution()
+        np.testing.assert_allclose(after, fresh, atol=1e-6)
+    finally:
+        gpt.set_head_gate("self", 1, 0, 1.0)
+
+
 def test_top_k_and_top_p_filter(gpt):
     s = Session(gpt, "In the beginning", top_k=5)
     assert np.count_nonzero(s.distribution()) == 5
