@@ -15,6 +15,7 @@ exactly, before any final soft-cap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -428,13 +429,14 @@ def _rank(acts: np.ndarray, writes: np.ndarray, rank_by: str, k: int) -> np.ndar
 
 
 def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,  # noqa: ANN001
-                rank_by: str = "write", stack: str | None = None) -> MlpNeurons:
+                rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> MlpNeurons:
     """The neurons of one MLP at one position, ranked by their write toward `token_id` (default: the most likely
     next token; rank_by "write": most positive first, "abs_write": largest either way) or by |activation|
     ("activation"; the only ranking for encoder-only models and encoder stacks, whose MLPs reach the logits
     through non-linear layers). With the residual stream at the position: per layer, what attention and the
     MLP added. Writes are direct logit attribution (norms linearised as attribute() does): every neuron's write
-    plus the output bias equal attribute()'s part for this MLP."""
+    plus the output bias equal attribute()'s part for this MLP. `include`: neurons listed after the k ranked
+    ones even when they rank lower (e.g. the ablated ones, whose activation is now 0)."""
     if rank_by not in RANKINGS:
         raise CaptureError(f"rank_by must be one of {', '.join(RANKINGS)}, not {rank_by!r}")
     stack = stack or model.main_stack
@@ -473,6 +475,11 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
         acts_all = acts_t.float().cpu().numpy()  # (T, d_ff)
         acts = acts_all[position]
         order = _rank(acts, writes, rank_by, k)
+        bad = [j for j in include if not 0 <= int(j) < acts.shape[0]]
+        if bad:
+            raise CaptureError(f"neuron {bad[0]} does not exist; this MLP has neurons 0..{acts.shape[0] - 1}")
+        extra = [int(j) for j in dict.fromkeys(include) if int(j) not in set(order.tolist())]
+        order = np.concatenate([order, np.array(extra, dtype=order.dtype)]) if extra else order
         sel = torch.as_tensor(order, device=h.device)
         hp = h[position].float()
         first = ffn.gate if ffn.gate is not None else ffn.up  # the linear map the activation function reads
