@@ -3,6 +3,7 @@ what the prediction does. What "which heads wrote it" suggests, patching tests: 
 a prompt without the pattern makes the prediction fall, the head carries it.
 
     patch(model, clean, corrupt, "L3.H7")              # -> PatchResult: distributions before / after, movers
+    patch(model, clean, corrupt, "L3.H3, L3.H7")       # several components in one run
     patch_sweep(model, clean, corrupt, token_a, token_b)  # every layer x head, on logit(a) - logit(b)
 
 Components (Component.parse): "L3.H7" a head (its output before W_O), "L3.attn" a layer's attention output,
@@ -86,7 +87,8 @@ class Component:
 
 @dataclass(frozen=True)
 class PatchResult:
-    component: Component
+    component: Component  # the first of `components`
+    components: tuple[Component, ...]  # everything patched in this run
     position: int  # the clean position whose next-token distribution is read
     pairs: tuple[tuple[int, int], ...]  # (clean position, corrupt position) patched, in the component's stack
     align: str  # "end" | "start"
@@ -100,6 +102,10 @@ class PatchResult:
     movers: tuple[tuple[int, str, float, float], ...]  # (id, token, p before, p after), largest |change| first
     trace: Trace | None  # the patched run (patterns as recorded in the model's capture mode)
     note: str
+
+    @property
+    def label(self) -> str:
+        return ", ".join(c.label for c in self.components)
 
     @property
     def total_variation(self) -> float:
@@ -309,13 +315,6 @@ def _forward(model, prompt: _Prompt, position: int, capture: bool = False, split
     return np.array(fwd.logits), trace
 
 
-def _run_recording(model, prompt: _Prompt, position: int, c: Component) -> tuple[Tensor, np.ndarray]:  # noqa: ANN001
-    with _Hooks(model, c.stack) as hooks, model.guard():
-        chunks = hooks.record(c)
-        logits, _ = _forward(model, prompt, position)
-    return torch.cat(chunks, dim=0), logits
-
-
 def _stack_tokens(model, prompt: _Prompt, stack: str) -> list[int]:  # noqa: ANN001
     return prompt.source if stack == "encoder" and prompt.source is not None else prompt.ids
 
@@ -342,16 +341,30 @@ def _pairs(model, clean: _Prompt, corrupt: _Prompt, c: Component, align: str, po
     return pairs
 
 
+def components(model, component: Component | str | Sequence[Component | str]) -> tuple[Component, ...]:  # noqa: ANN001
+    """One component, several, or a comma-separated text ("L3.H3, L3.H7") -> checked Components of one stack."""
+    items = component.split(",") if isinstance(component, str) else [component] if isinstance(component, Component) else component
+    out = tuple(Component.parse(c, model.family) if isinstance(c, str) else c for c in items if not isinstance(c, str) or c.strip())
+    if not out:
+        raise CaptureError("name at least one component to patch, e.g. L3.H7")
+    for c in out:
+        _check(model, c)
+    if len({c.stack for c in out}) > 1:
+        raise CaptureError("patch the encoder's components and the decoder's in separate runs (their positions differ)")
+    return out
+
+
 def patch(model, clean: Trace | str | Sequence[int], corrupt: Trace | str | Sequence[int],  # noqa: ANN001
-          component: Component | str, positions: Sequence[int] | None = None, align: str = "end",
-          position: int | None = None, capture: bool = True, split: int | None = None) -> PatchResult:
-    """Run `clean` with `component`'s value taken from `corrupt` at the aligned positions (all of them, or the
-    clean `positions` given) and compare its next-token distribution at `position` (default: the last token;
-    the first [MASK] of an encoder-only prompt) with the clean one. `split`: feed the clean prompt through the
-    KV cache in two pieces at that position (the result is the same; a check that patches hold under the
-    cache). The head and neuron gates in force on the model apply to every run."""
-    c = Component.parse(component, model.family) if isinstance(component, str) else component
-    _check(model, c)
+          component: Component | str | Sequence[Component | str], positions: Sequence[int] | None = None,
+          align: str = "end", position: int | None = None, capture: bool = True, split: int | None = None) -> PatchResult:
+    """Run `clean` with `component`'s value (or several components' values: a list, or "L3.H3, L3.H7") taken
+    from `corrupt` at the aligned positions (all of them, or the clean `positions` given) and compare its
+    next-token distribution at `position` (default: the last token; the first [MASK] of an encoder-only prompt)
+    with the clean one. `split`: feed the clean prompt through the KV cache in two pieces at that position (the
+    result is the same; a check that patches hold under the cache). The head and neuron gates in force on the
+    model apply to every run."""
+    comps = components(model, component)
+    c = comps[0]
     a, b = _prompt(model, clean, "clean prompt"), _prompt(model, corrupt, "corrupt prompt")
     read_at = _read_position(model, a, position)
     offset = len(b.ids) - len(a.ids)
@@ -359,19 +372,24 @@ def patch(model, clean: Trace | str | Sequence[int], corrupt: Trace | str | Sequ
     if not 0 <= corrupt_read < len(b.ids):
         raise CaptureError(f"clean position {read_at} has no aligned position in the corrupt prompt ({len(b.ids)} tokens)")
     pairs = _pairs(model, a, b, c, align, positions, read_at, corrupt_read)
-    values, corrupt_logits = _run_recording(model, b, corrupt_read, c)
+    with _Hooks(model, c.stack) as hooks, model.guard():  # the corrupt run, recording every component at once
+        recorded = [hooks.record(x) for x in comps]
+        corrupt_logits, _ = _forward(model, b, corrupt_read)
+    values = [torch.cat(chunks, dim=0) for chunks in recorded]
     with model.guard():
         before_logits, _ = _forward(model, a, read_at)
     with _Hooks(model, c.stack) as hooks, model.guard():
-        hooks.replace(c, values, pairs)
+        for x, v in zip(comps, values):
+            hooks.replace(x, v, pairs)
         after_logits, trace = _forward(model, a, read_at, capture, split)
     before, after = distribution(before_logits, 1.0), distribution(after_logits, 1.0)
     corrupt_p = distribution(corrupt_logits, 1.0)
     toks = model.tokenizer.token_strings
     n_shown = len(pairs)
-    note = (f"{c.label} of {n_shown} position{'s' if n_shown != 1 else ''} taken from the corrupt prompt, aligned at "
+    label = ", ".join(x.label for x in comps)
+    note = (f"{label} at {n_shown} position{'s' if n_shown != 1 else ''} taken from the corrupt prompt, aligned at "
             f"the {align}" + (f" (clean {pairs[0][0]}..{pairs[-1][0]} ↔ corrupt {pairs[0][1]}..{pairs[-1][1]})" if pairs else ""))
-    return PatchResult(component=c, position=read_at, pairs=tuple(pairs), align=align,
+    return PatchResult(component=c, components=comps, position=read_at, pairs=tuple(pairs), align=align,
                        clean_tokens=tuple(toks(_stack_tokens(model, a, c.stack))),
                        corrupt_tokens=tuple(toks(_stack_tokens(model, b, c.stack))), before=before, after=after,
                        corrupt=corrupt_p, before_logits=before_logits, after_logits=after_logits,

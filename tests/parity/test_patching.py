@@ -185,3 +185,23 @@ def test_other_families_patch_and_an_identical_prompt_changes_nothing(build, tmp
         assert np.abs(moved.after_logits - moved.before_logits).max() > 1e-4, f"{build} {comp}"
     if model.family == "encoder":
         assert same.position == tok.encode(src).index(model.config.mask_token_id)
+
+
+def test_several_components_at_once_match_the_reference(pair):
+    name, model, ref = pair
+    both = patch(model, CLEAN, CORRUPT, "L1.H3, L1.H1")
+    assert [c.label for c in both.components] == ["L1.H3", "L1.H1"] and both.label == "L1.H3, L1.H1"
+    # heads 1 and 3 of layer 1 are one slice pair of W_O's input: the reference patches them one hook at a time
+    sites = CASES[name][1]
+
+    def two_heads(m, c):  # noqa: ANN001, ANN202
+        module, pre, _sl = sites(m, Component("head", 1, 0))
+        return module, pre, None
+
+    want_single = _reference_patch(ref, two_heads, Component("head", 1, None), CLEAN, CORRUPT, both.pairs)
+    every = patch(model, CLEAN, CORRUPT, ", ".join(f"L1.H{h}" for h in range(model.n_heads)))
+    np.testing.assert_allclose(every.after_logits, want_single, atol=LOGIT_TOL)  # all heads = the whole W_O input
+    one = patch(model, CLEAN, CORRUPT, "L1.H3")
+    assert np.abs(both.after_logits - one.after_logits).max() > 1e-4
+    with pytest.raises(CaptureError, match="at least one"):
+        patch(model, CLEAN, CORRUPT, " , ")
