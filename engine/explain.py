@@ -358,6 +358,7 @@ class Neuron:
     output_row: np.ndarray  # (d,) its row of W_out: what it adds per unit of activation
     pushes_up: tuple[tuple[int, str, float], ...]  # (id, token, logit change) it raises most here
     pushes_down: tuple[tuple[int, str, float], ...]  # ... and lowers most
+    per_unit: bool  # True when the neuron is silent here (activation 0): the pushes are per unit of activation
     strip: np.ndarray  # (T,) its activation at every position of the sequence
 
 
@@ -508,7 +509,7 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
         neurons.append(Neuron(
             index=int(j), activation=float(acts[j]), pre_activation=float(pre[r]), up=float(up[r]) if up is not None else None,
             write=float(writes[j]), input_row=as_np(gate_rows[r]), up_row=as_np(up_rows[r]) if up_rows is not None else None,
-            output_row=as_np(out_rows[r]), pushes_up=up_list, pushes_down=down_list,
+            output_row=as_np(out_rows[r]), pushes_up=up_list, pushes_down=down_list, per_unit=bool(acts[j] == 0),
             strip=np.ascontiguousarray(acts_all[:, j])))
     cfg = model.config
     mlp_effect = float(neurons_effect + bias_effect) if direct else float("nan")

@@ -57,7 +57,8 @@ RANKS = (("write", "rank: write toward the token"), ("abs_write", "rank: |write|
          ("activation", "rank: |activation|"))
 CANDIDATES = 8
 N_MOVERS = 5
-COLUMNS = ("neuron", "answer", "question", "× up", "writes", "pushes up", "pushes down", "ablate")
+COLUMNS = ("neuron", "ablate", "answer", "question", "× up", "writes", "pushes up", "pushes down")
+ABLATE_COLUMN = 1
 
 
 def _item(text: str, tip: str = "", bg: QColor | None = None, right: bool = True) -> QTableWidgetItem:
@@ -365,13 +366,12 @@ class InsideMlpPanel(RefreshWhenShown):
         tok = f"“{r.token}”" if direct else ""
         act = r.activation_function
         question = f"x·w_gate → {act}" if gated else f"x·w_in → {act}"
-        headers = ["neuron", "answer", "question", "× up", f"writes → {tok}" if direct else "writes",
-                   "pushes up (here)", "pushes down (here)", "ablate"]
+        headers = ["neuron", "ablate", "answer", "question", "× up", f"writes → {tok}" if direct else "writes",
+                   "pushes up (here)", "pushes down (here)"]
         self.table.setHorizontalHeaderLabels(headers)
-        self.table.setColumnHidden(3, not gated)
-        self.table.setColumnHidden(4, not direct)
-        self.table.setColumnHidden(5, not direct)
-        self.table.setColumnHidden(6, not direct)
+        self.table.setColumnHidden(4, not gated)
+        for c in (5, 6, 7):
+            self.table.setColumnHidden(c, not direct)
         off = self.ablated()
         top_w = float(np.nanmax(np.abs([n.write for n in r.neurons]))) if direct and r.neurons else 0.0
         top_a = float(max((abs(n.activation) for n in r.neurons), default=0.0))
@@ -380,16 +380,19 @@ class InsideMlpPanel(RefreshWhenShown):
             gate = off.get(n.index)
             cells = [
                 _item(f"N{n.index}", f"neuron {n.index} of {r.d_ff} in layer {r.layer}'s MLP", right=False),
+                _item("✕ off" if gate == 0 else (f"×{gate:g}" if gate is not None else "ablate"),
+                      "click to switch this neuron off (its activation × 0) or back on", right=False),
                 _item(f"{n.activation:+.3f}", "its answer here: the activation "
                       + ("act(x·w_gate)·(x·w_up)" if gated else "act(x·w_in)"), _shade(n.activation, top_a)),
                 _item(f"{n.pre_activation:+.3f}", f"the question: {question} (x = the normed vector at this token)"),
                 _item(f"{n.up:+.3f}" if n.up is not None else "", "x·w_up: the value the gate lets through"),
                 _item(f"{n.write:+.3f}" if direct else "", f"answer × output row, read through the final norm and the "
                       f"unembedding: its direct effect on the logit of {tok}", _shade(n.write, top_w) if direct else None),
-                _item(_tokens(n.pushes_up), "the tokens this neuron's write raises most here (logit change)", right=False),
-                _item(_tokens(n.pushes_down), "the tokens this neuron's write lowers most here", right=False),
-                _item("✕ off" if gate == 0 else (f"×{gate:g}" if gate is not None else "ablate"),
-                      "click to switch this neuron off (its activation × 0) or back on", right=False),
+                _item(("if it fired: " if n.per_unit else "") + _tokens(n.pushes_up),
+                      "the tokens this neuron's write raises most here (logit change)"
+                      + (" — silent here: per unit of activation" if n.per_unit else ""), right=False),
+                _item(("if it fired: " if n.per_unit else "") + _tokens(n.pushes_down),
+                      "the tokens this neuron's write lowers most here", right=False),
             ]
             for c, item in enumerate(cells):
                 self.table.setItem(row, c, item)
@@ -469,7 +472,7 @@ class InsideMlpPanel(RefreshWhenShown):
 
     # -- ablation -------------------------------------------------------------------------------
     def _on_cell_clicked(self, row: int, col: int) -> None:
-        if col == len(COLUMNS) - 1:
+        if col == ABLATE_COLUMN:
             self.toggle_row(row)
 
     def toggle_row(self, row: int) -> int | None:

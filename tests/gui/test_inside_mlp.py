@@ -41,7 +41,7 @@ def test_the_dock_shows_the_engines_neurons_and_ablates_one(qtbot, window, check
     assert [n.index for n in r.neurons] == [n.index for n in want.neurons]
     assert panel.table.rowCount() == 20
     assert panel.table.item(0, 0).text() == f"N{want.neurons[0].index}"
-    assert float(panel.table.item(0, 4).text()) == pytest.approx(want.neurons[0].write, abs=1e-3)
+    assert float(panel.table.item(0, 5).text()) == pytest.approx(want.neurons[0].write, abs=1e-3)
     res = r.residual
     total = res.embeddings_effect + res.attn_effects.sum() + res.mlp_effects.sum() + res.other_effect
     assert total == pytest.approx(res.logit, abs=1e-3)
@@ -51,7 +51,7 @@ def test_the_dock_shows_the_engines_neurons_and_ablates_one(qtbot, window, check
 
     # ablate the first neuron: the session recomputes, the movers compare with the trace from before
     first = r.neurons[0].index
-    panel._on_cell_clicked(0, panel.table.columnCount() - 1)
+    panel._on_cell_clicked(0, 1)
     qtbot.waitUntil(lambda: bool(win.state.trace.neuron_gates), timeout=TIMEOUT)
     wait_idle(qtbot, win)
     assert win.state.trace.neuron_gates == {"decoder.1.mlp": {first: 0.0}}
@@ -63,7 +63,8 @@ def test_the_dock_shows_the_engines_neurons_and_ablates_one(qtbot, window, check
     wait_idle(qtbot, win)
     rows = [panel.table.item(i, 0).text() for i in range(panel.table.rowCount())]
     assert f"N{first}" in rows  # listed although its write is now 0
-    assert panel.table.item(rows.index(f"N{first}"), 7).text() == "✕ off"
+    assert panel.result.neurons[rows.index(f"N{first}")].per_unit
+    assert panel.table.item(rows.index(f"N{first}"), 1).text() == "✕ off"
     panel.clear_button.click()
     qtbot.waitUntil(lambda: not win.state.trace.neuron_gates, timeout=TIMEOUT)
     wait_idle(qtbot, win)
@@ -77,7 +78,7 @@ def test_encoder_only_models_rank_by_activation(qtbot, window, checkpoints):
     win.state.select(layer=1, query=2)
     panel = _shown(qtbot, win)
     assert panel.result.rank_by == "activation" and not panel.token_combo.isEnabled()
-    assert panel.table.isColumnHidden(4) and "non-linear" in panel.caption.text()
+    assert panel.table.isColumnHidden(5) and "non-linear" in panel.caption.text()
     assert not panel.effect_plot.isVisibleTo(panel)
 
 
