@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 WHATS = ("head", "attn", "mlp", "neuron", "resid")
 N_MOVERS = 8
+SWEEP_TOKENS = 16384  # positions per batched sweep forward, all rows together
 _PATTERN = re.compile(r"^(?P<stack>[LE])(?P<layer>\d+)\.(?:(?P<head>[HX])(?P<h>\d+)|N(?P<n>\d+)|(?P<what>attn|cross|MLP|mlp|resid))$")
 
 
@@ -406,9 +407,9 @@ def patch_sweep(model, clean: Trace | str | Sequence[int], corrupt: Trace | str 
                 cancel: Callable[[], bool] | Any = None, batch: int | None = None) -> SweepResult:
     """Patch every head of every layer of `kind` in turn from `corrupt` into `clean` and measure
     logit(token_a) - logit(token_b) (token_b None: logit(token_a)) at `position`. One forward per layer:
-    its heads are the rows of one batch (`batch` rows at most). `progress(done, total)` after each forward;
-    `cancel` (a callable, or a threading.Event) is checked between forwards: a cancelled sweep returns what it
-    computed, the rest nan, cancelled=True."""
+    its heads are the rows of one batch (`batch` rows at most; default: as many as fit SWEEP_TOKENS positions).
+    `progress(done, total)` after each forward; `cancel` (a callable, or a threading.Event) is checked between
+    forwards: a cancelled sweep returns what it computed, the rest nan, cancelled=True."""
     vocab = model.config.vocab_size
     for t in (token_a, token_b):
         if t is not None and not 0 <= int(t) < vocab:
@@ -431,7 +432,9 @@ def patch_sweep(model, clean: Trace | str | Sequence[int], corrupt: Trace | str 
         clean_logits, _ = _forward(model, a, read_at)
     values = [torch.cat(chunks, 0) for chunks in recorded]
     patched = np.full((n_layers, n_heads), np.nan, dtype=np.float64)
-    rows = max(1, min(batch or n_heads, n_heads))
+    if batch is None:  # heads per forward: a batch of at most SWEEP_TOKENS positions (memory of a long prompt)
+        batch = max(1, SWEEP_TOKENS // max(read_at + 1, len(a.source or ())))
+    rows = max(1, min(batch, n_heads))
     total = n_layers * -(-n_heads // rows)
     done, cancelled = 0, False
     for n in range(n_layers):

@@ -131,3 +131,14 @@ def test_a_bad_component_is_said_in_place(qtbot, window, checkpoints):
     p.run_patch()
     qtbot.waitUntil(lambda: "layer 7" in p.patch_caption.text(), timeout=TIMEOUT)
     wait_idle(qtbot, win)
+
+
+def test_component_labels_match_the_engines_and_pairs_are_described():
+    from engine.patching import Component
+    from gui.features.patching import component_label, describe_pairs
+
+    for text in ("L3.H7", "L0.attn", "L2.MLP", "L1.N120", "L4.resid", "L1.X2", "L1.cross", "E0.H1", "E2.MLP"):
+        c = Component.parse(text, "encoder-decoder")
+        assert component_label(c.what, c.layer, c.index or 0, c.kind) == text
+    text = describe_pairs(((2, 0), (3, 1), (4, 2)), 5, "end")
+    assert "2..4 ↔ the second prompt's 0..2" in text and "2 other positions keep their own" in text

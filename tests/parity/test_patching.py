@@ -205,3 +205,12 @@ def test_several_components_at_once_match_the_reference(pair):
     assert np.abs(both.after_logits - one.after_logits).max() > 1e-4
     with pytest.raises(CaptureError, match="at least one"):
         patch(model, CLEAN, CORRUPT, " , ")
+
+
+def test_component_names_round_trip_and_positions_align():
+    for text in ("L3.H7", "L0.attn", "L2.MLP", "L1.N120", "L4.resid", "L1.X2", "L1.cross", "E0.H1", "E2.MLP"):
+        assert Component.parse(text, "encoder-decoder").label == text
+    assert Component.parse("L1.H0", "encoder").kind == "encoder"  # an encoder-only model's layers are the encoder's
+    assert align_positions(3, 5, "end") == [(0, 2), (1, 3), (2, 4)]
+    assert align_positions(5, 3, "end") == [(2, 0), (3, 1), (4, 2)]
+    assert align_positions(5, 3, "start") == [(0, 0), (1, 1), (2, 2)]
