@@ -337,7 +337,8 @@ class PatchPanel(QWidget):
         vocab = self.state.model.vocab
         what = f"logit(“{vocab[s.token_a]}”)" + (f" − logit(“{vocab[s.token_b]}”)" if s.token_b is not None else "")
         best = np.unravel_index(np.nanargmax(np.abs(s.effect)), s.effect.shape) if np.isfinite(s.effect).any() else None
-        strongest = (f" Strongest: layer {best[0]} head {best[1]} ({s.effect[best]:+.3f})." if best is not None else "")
+        strongest = (f" Strongest: layer {best[0]} head {best[1]} (moves the difference by {s.effect[best]:+.3f})."
+                     if best is not None else "")
         self.sweep_caption.setText(
             f"{what}: this prompt {s.clean_metric:+.3f}, second prompt {s.corrupt_metric:+.3f}. Each cell: (patched − "
             f"this) / (second − this) with that head's output taken from the second prompt at "
