@@ -2,6 +2,8 @@
 
     inside_head(model, trace, kind, layer, head, query)   # q, k, q·k, scale, soft-cap, bias, mask, softmax, values
     attribute(model, trace, position, token_id=None)      # direct logit attribution to every head, MLP, embedding
+    mlp_neurons(model, trace, layer, position, token_id=None, k=20)   # one MLP's neurons: question, answer, writes
+    residual_stream(model, trace, position, token_id=None) # per layer: what attention and the MLP added
     nearest_tokens(model, token_id, k=10)                 # the vocabulary around a token's embedding
     positions_view(model)                                 # the positional scheme as arrays to draw
 
@@ -13,6 +15,7 @@ exactly, before any final soft-cap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,14 +163,18 @@ def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: in
 
 
 # -- direct logit attribution -----------------------------------------------------------------
+PROBE = "~"  # parts whose names start with this ride along through the norms but are not summed (neuron rows)
+
+
 def _linearised(norm: nn.Module, z: Tensor, parts: dict[str, Tensor], bias_name: str) -> dict[str, Tensor]:
-    """Push every part of z (which sum to z) through `norm` with its mean and scale fixed at z's own."""
+    """Push every part of z (which sum to z) through `norm` with its mean and scale fixed at z's own. A part
+    may be a stack of vectors (n, d): each row is pushed through on its own."""
     if isinstance(norm, RMSNorm):
         rms = torch.sqrt(z.float().pow(2).mean() + norm.eps)
         w = norm.weight.float() + (1.0 if norm.kind == "rmsnorm_gemma" else 0.0)
         return {k: w * p / rms for k, p in parts.items()}
     sigma = torch.sqrt(z.float().var(unbiased=False) + norm.eps)
-    out = {k: norm.weight.float() * (p - p.mean()) / sigma for k, p in parts.items()}
+    out = {k: norm.weight.float() * (p - p.mean(-1, keepdim=True)) / sigma for k, p in parts.items()}
     if norm.bias is not None:
         out[bias_name] = out.get(bias_name, 0) + norm.bias.float()
     return out
@@ -180,8 +187,8 @@ def _add(parts: dict[str, Tensor], new: dict[str, Tensor]) -> None:
 
 def _attention_parts(attn, h: Tensor, ctx, i: int, label: str, norms: dict | None = None  # noqa: ANN001
                      ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The attention output (full) and, at position i, each head's write (and the output bias); `norms`
-    collects each head's write norm under the attention's capture name."""
+    """The attention output (full) and, at position i, each head's write (and the output bias, as
+    "{label}bias"); `norms` collects each head's write norm under the attention's capture name."""
     probe = Probe({attn.name})
     out = attn(h, ctx, None, probe)
     y = probe[attn.name]["y"][0, :, i].float()  # (nh, hs)
@@ -191,12 +198,14 @@ def _attention_parts(attn, h: Tensor, ctx, i: int, label: str, norms: dict | Non
         norms[attn.name] = heads.norm(dim=-1)
     parts = {f"{label}{n}": heads[n] for n in range(attn.n_heads)}
     if attn.out.bias is not None:
-        parts["attention output biases"] = attn.out.bias.float()
+        parts[f"{label}bias"] = attn.out.bias.float()
     return out, parts
 
 
-def _sublayer(block, x: Tensor, run, norm, post, i: int, parts: dict[str, Tensor], label: str) -> Tensor:  # noqa: ANN001
-    """One residual sublayer of `block` (its norm placement), adding the sublayer's parts at position i."""
+def _sublayer(block, x: Tensor, run, norm, post, i: int, parts: dict[str, Tensor]) -> tuple[Tensor, float]:  # noqa: ANN001
+    """One residual sublayer of `block` (its norm placement), adding the sublayer's parts at position i.
+    -> the new residual stream and the norm of what the sublayer added to it at i (post-norm: its output
+    before the norm, since the norm then rescales the whole stream)."""
     p = block.placement
     if p in ("pre", "sandwich"):
         out, new = run(norm(x))
@@ -204,19 +213,33 @@ def _sublayer(block, x: Tensor, run, norm, post, i: int, parts: dict[str, Tensor
         out, new = run(x)
     if p == "pre":
         _add(parts, new)
-        return x + out
+        return x + out, float(out[0, i].float().norm())
     if p == "post":
         _add(parts, new)
         z = x + out
         parts.update(_linearised(norm, z[0, i], parts, "norm biases"))
-        return norm(z)
+        return norm(z), float(out[0, i].float().norm())
     post_norm = post if p == "sandwich" else norm
     _add(parts, _linearised(post_norm, out[0, i], new, "norm biases"))
-    return x + post_norm(out)
+    added = post_norm(out)
+    return x + added, float(added[0, i].float().norm())
 
 
-def attribute(model, trace: Trace, position: int, token_id: int | None = None) -> Attribution:  # noqa: ANN001
-    """Direct logit attribution at `position` for `token_id` (default: the most likely next token)."""
+@dataclass
+class _Walk:
+    """What one linearised forward to `position` found: each part's vector after the final norm (and the
+    neuron rows of one MLP, if asked), the unembedding column of the token, the norms written per sublayer."""
+
+    parts: dict[str, Tensor]
+    column: Tensor  # (d,) the token's unembedding column, times lm_head_scale
+    added: dict[str, float]  # "L3.attn" / "L3.cross" / "L3.MLP" / "embeddings" -> norm of what it added at i
+    resid_norms: list[float]  # ‖residual stream‖ at i after each layer
+    write_norms: dict[str, Tensor]  # capture name -> (heads,) ‖head write‖
+    mlp_input: Tensor | None = None  # (T, d) what the asked MLP read (after its norm)
+    mlp_acts: Tensor | None = None  # (T, d_ff) its neurons' activations
+
+
+def _check_position(trace: Trace, position: int, token_id: int | None) -> tuple[np.ndarray, int]:
     if trace.family == "encoder":
         raise CaptureError("direct logit attribution needs a linear path to the logits; a masked-LM head has a "
                            "non-linear activation in between, so encoder-only models are not attributed")
@@ -226,54 +249,311 @@ def attribute(model, trace: Trace, position: int, token_id: int | None = None) -
     token_id = int(np.argmax(logits)) if token_id is None else int(token_id)
     if not 0 <= token_id < logits.shape[0]:
         raise CaptureError(f"token id {token_id} is outside the vocabulary (0..{logits.shape[0] - 1})")
-    write_norms: dict[str, Tensor] = {}
-    with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
-        net, ids, memory = _forward_inputs(model, trace)
-        stack, cfg, i = net.decoder, model.config, position
-        T = ids.shape[1]
-        x = stack.add_positions(net.embed_tokens(ids), 0)
-        parts: dict[str, Tensor] = {"embeddings": x[0, i].float()}
-        if stack.embed_norm is not None:
-            parts = _linearised(stack.embed_norm, x[0, i], parts, "norm biases")
-            x = stack.embed_norm(x)
-        ctx = stack.layer_inputs(0, T, x.dtype, x.device, memory=memory)
-        for n, block in enumerate(stack.layers):
-            sandwich = block.placement == "sandwich"
-            x = _sublayer(block, x, lambda h, b=block, n=n: _attention_parts(b.attn, h, ctx, i, f"L{n}.H", write_norms),
-                          block.attn_norm,
-                          block.attn_post_norm if sandwich else None, i, parts, f"L{n}")
-            if block.cross_attn is not None:
-                x = _sublayer(block, x, lambda h, b=block, n=n: _attention_parts(b.cross_attn, h, ctx, i, f"L{n}.X"),
-                              block.cross_norm, None, i, parts, f"L{n}")
+    return logits, token_id
 
-            def mlp(h, b=block, n=n):  # noqa: ANN001, ANN202
+
+def _walk(model, trace: Trace, i: int, token_id: int, neuron_layer: int | None = None) -> _Walk:  # noqa: ANN001
+    """The decoder forward over the trace's tokens, splitting the residual stream at position i into parts;
+    with `neuron_layer`, that layer's MLP is split into its neurons' unit rows (PROBE "rows", (d_ff, d)) and
+    its output bias. Call under model.guard()."""
+    net, ids, memory = _forward_inputs(model, trace)
+    stack, cfg = net.decoder, model.config
+    T = ids.shape[1]
+    x = stack.add_positions(net.embed_tokens(ids), 0)
+    parts: dict[str, Tensor] = {"embeddings": x[0, i].float()}
+    added = {"embeddings": float(x[0, i].float().norm())}
+    if stack.embed_norm is not None:
+        parts = _linearised(stack.embed_norm, x[0, i], parts, "norm biases")
+        x = stack.embed_norm(x)
+    ctx = stack.layer_inputs(0, T, x.dtype, x.device, memory=memory)
+    walk = _Walk(parts, torch.empty(0), added, [], {})
+    for n, block in enumerate(stack.layers):
+        sandwich = block.placement == "sandwich"
+        x, added[f"L{n}.attn"] = _sublayer(
+            block, x, lambda h, b=block, n=n: _attention_parts(b.attn, h, ctx, i, f"L{n}.H", walk.write_norms),
+            block.attn_norm, block.attn_post_norm if sandwich else None, i, parts)
+        if block.cross_attn is not None:
+            x, added[f"L{n}.cross"] = _sublayer(
+                block, x, lambda h, b=block, n=n: _attention_parts(b.cross_attn, h, ctx, i, f"L{n}.X"),
+                block.cross_norm, None, i, parts)
+
+        def mlp(h, b=block, n=n):  # noqa: ANN001, ANN202
+            if n != neuron_layer:
                 out = b.ffn(h)
                 return out, {f"L{n}.MLP": out[0, i].float()}
+            acts = b.ffn.activations(h)
+            out = b.ffn.down(acts)
+            walk.mlp_input, walk.mlp_acts = h[0], acts[0]
+            new = {PROBE + "rows": _out_rows(b.ffn.down).float()}  # (d_ff, d): each neuron's row of W_out
+            if b.ffn.down.bias is not None:
+                new[f"L{n}.MLP bias"] = b.ffn.down.bias.float()
+            return out, new
 
-            x = _sublayer(block, x, mlp, block.ffn_norm, block.ffn_post_norm if sandwich else None, i, parts, f"L{n}")
-        if stack.final_norm is not None:
-            parts = _linearised(stack.final_norm, x[0, i], parts, "norm biases")
-        w_t = getattr(net, "unembedding_t", None)
-        column = (w_t[:, token_id] if w_t is not None else net.unembedding[token_id]).float() * cfg.lm_head_scale
-        values = {k: float(p @ column) for k, p in parts.items()}
-    if net.final_logits_bias is not None:
-        values["logits bias"] = float(net.final_logits_bias[0, token_id])
-    n_layers, n_heads = len(stack.layers), model.n_heads
+        x, added[f"L{n}.MLP"] = _sublayer(block, x, mlp, block.ffn_norm, block.ffn_post_norm if sandwich else None, i, parts)
+        walk.resid_norms.append(float(x[0, i].float().norm()))
+    if stack.final_norm is not None:
+        parts = _linearised(stack.final_norm, x[0, i], parts, "norm biases")
+    w_t = getattr(net, "unembedding_t", None)
+    walk.column = (w_t[:, token_id] if w_t is not None else net.unembedding[token_id]).float() * cfg.lm_head_scale
+    walk.parts = parts
+    return walk
+
+
+def _values(model, walk: _Walk, token_id: int) -> dict[str, float]:  # noqa: ANN001
+    """Each part's contribution to the token's logit (PROBE parts left out)."""
+    values = {k: float(p @ walk.column) for k, p in walk.parts.items() if not k.startswith(PROBE)}
+    bias = model.net.final_logits_bias
+    if bias is not None:
+        values["logits bias"] = float(bias[0, token_id])
+    return values
+
+
+def _pre_cap(model, logits: np.ndarray, token_id: int) -> tuple[float, str]:  # noqa: ANN001
+    pre_cap = float(logits[token_id])
+    note = "norms linearised at this forward's own mean and scale; parts sum to the logit"
+    cap = model.config.final_logit_softcap
+    if cap is not None:
+        pre_cap = float(np.arctanh(np.clip(pre_cap / cap, -1 + 1e-7, 1 - 1e-7)) * cap)
+        note += f" before the final soft-cap (logit = {cap:g}·tanh(sum / {cap:g}))"
+    return pre_cap, note
+
+
+def attribute(model, trace: Trace, position: int, token_id: int | None = None) -> Attribution:  # noqa: ANN001
+    """Direct logit attribution at `position` for `token_id` (default: the most likely next token)."""
+    logits, token_id = _check_position(trace, position, token_id)
+    with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
+        walk = _walk(model, trace, position, token_id)
+        raw = _values(model, walk, token_id)
+    values: dict[str, float] = {}
+    for k, v in raw.items():  # the attention output biases of every layer as one part, as before
+        bias = k.endswith(".Hbias") or k.endswith(".Xbias")
+        key = "attention output biases" if bias else k
+        values[key] = values.get(key, 0.0) + v
+    n_layers, n_heads = len(model.net.decoder.layers), model.n_heads
     heads = np.array([[values.get(f"L{n}.H{h}", 0.0) for h in range(n_heads)] for n in range(n_layers)], dtype=np.float32)
     cross = None
     if trace.family == "encoder-decoder":
         cross = np.array([[values.get(f"L{n}.X{h}", 0.0) for h in range(n_heads)] for n in range(n_layers)], dtype=np.float32)
     mlps = np.array([values.get(f"L{n}.MLP", 0.0) for n in range(n_layers)], dtype=np.float32)
-    norms = np.stack([write_norms[capture_name("self", n)].cpu().numpy() for n in range(n_layers)]).astype(np.float32)
-    pre_cap = float(logits[token_id])
-    note = "norms linearised at this forward's own mean and scale; parts sum to the logit"
-    if cfg.final_logit_softcap is not None:
-        cap = cfg.final_logit_softcap
-        pre_cap = float(np.arctanh(np.clip(pre_cap / cap, -1 + 1e-7, 1 - 1e-7)) * cap)
-        note += f" before the final soft-cap (logit = {cap:g}·tanh(sum / {cap:g}))"
+    norms = np.stack([walk.write_norms[capture_name("self", n)].cpu().numpy() for n in range(n_layers)]).astype(np.float32)
+    pre_cap, note = _pre_cap(model, logits, token_id)
     return Attribution(position=position, token_id=token_id, token=model.tokenizer.display(token_id), logit=pre_cap,
                        total=float(sum(values.values())), parts=tuple(values.items()), heads=heads, cross_heads=cross,
                        mlps=mlps, head_write_norms=norms, note=note)
+
+
+# -- inside the MLP -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Neuron:
+    """One MLP neuron at one position: the question it asks (its input row), its answer here (the activation)
+    and what it writes (activation × its output row, read through the final norm and the unembedding)."""
+
+    index: int
+    activation: float  # act(x·w_in), or act(x·w_gate)·(x·w_up) when gated (times its gate, if ablated)
+    pre_activation: float  # x·w_in, or x·w_gate: what enters the activation function
+    up: float | None  # x·w_up (gated MLPs), else None
+    write: float  # its direct effect on the chosen token's logit (nan for encoder-only models)
+    input_row: np.ndarray  # (d,) w_in, or w_gate for gated MLPs: the question
+    up_row: np.ndarray | None  # (d,) w_up (gated MLPs)
+    output_row: np.ndarray  # (d,) its row of W_out: what it adds per unit of activation
+    pushes_up: tuple[tuple[int, str, float], ...]  # (id, token, logit change) it raises most here
+    pushes_down: tuple[tuple[int, str, float], ...]  # ... and lowers most
+    per_unit: bool  # True when the neuron is silent here (activation 0): the pushes are per unit of activation
+    strip: np.ndarray  # (T,) its activation at every position of the sequence
+
+
+@dataclass(frozen=True)
+class LayerWrites:
+    """What each sublayer added to the residual stream at one position: norms, and direct effects on the token."""
+
+    embeddings_norm: float
+    embeddings_effect: float
+    attn_norms: np.ndarray  # (layers,)
+    attn_effects: np.ndarray  # (layers,) every head's part plus the output bias
+    cross_norms: np.ndarray | None  # (layers,) encoder-decoder
+    cross_effects: np.ndarray | None
+    mlp_norms: np.ndarray  # (layers,)
+    mlp_effects: np.ndarray  # (layers,)
+    resid_norms: np.ndarray  # (layers,) ‖residual stream‖ after each layer
+    other_effect: float  # norm biases and the logits bias (not written by any layer)
+    logit: float  # the sum of everything: the token's logit before any final soft-cap
+
+
+@dataclass(frozen=True)
+class MlpNeurons:
+    stack: str
+    layer: int
+    position: int
+    token_id: int | None  # the token whose logit the writes explain (None for encoder-only models)
+    token: str
+    rank_by: str  # "write" | "abs_write" | "activation"
+    gated: bool
+    activation_function: str
+    d_ff: int
+    neurons: tuple[Neuron, ...]  # the k ranked first
+    mlp_effect: float  # the whole MLP's direct effect (= attribute(...).mlps[layer]); nan for encoder-only
+    bias_effect: float  # its output bias's share (0 without a bias)
+    neurons_effect: float  # every neuron's write summed (mlp_effect = neurons_effect + bias_effect)
+    activations: np.ndarray  # (d_ff,) every neuron's activation at the position
+    writes: np.ndarray  # (d_ff,) every neuron's write (nan for encoder-only models)
+    residual: LayerWrites | None  # None for encoder-only models and encoder stacks
+    note: str
+
+
+RANKINGS = ("write", "abs_write", "activation")
+PUSHED = 5  # tokens listed as pushed up and down per neuron
+
+
+def _mlp_inputs_by_hook(model, trace: Trace, stack: str, layer: int) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    """(what the MLP read (T, d), its activations (T, d_ff)) from one plain forward (encoder stacks)."""
+    ffn = model.mlp_module(layer, stack)
+    seen: dict[str, Tensor] = {}
+    hook = ffn.register_forward_pre_hook(lambda _m, args: seen.setdefault("h", args[0]))
+    try:
+        with model.guard():
+            ids = trace.source_ids if trace.family == "encoder-decoder" else trace.token_ids
+            model.net.encode(torch.tensor([list(ids)], device=model.device))
+            acts = ffn.activations(seen["h"])
+    finally:
+        hook.remove()
+    return seen["h"][0], acts[0]
+
+
+def _rank(acts: np.ndarray, writes: np.ndarray, rank_by: str, k: int) -> np.ndarray:
+    if rank_by == "write":
+        key = -writes
+    elif rank_by == "abs_write":
+        key = -np.abs(writes)
+    else:
+        key = -np.abs(acts)
+    return np.argsort(key, kind="stable")[:k]
+
+
+def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,  # noqa: ANN001
+                rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> MlpNeurons:
+    """The neurons of one MLP at one position, ranked by their write toward `token_id` (default: the most likely
+    next token; rank_by "write": most positive first, "abs_write": largest either way) or by |activation|
+    ("activation"; the only ranking for encoder-only models and encoder stacks, whose MLPs reach the logits
+    through non-linear layers). With the residual stream at the position: per layer, what attention and the
+    MLP added. Writes are direct logit attribution (norms linearised as attribute() does): every neuron's write
+    plus the output bias equal attribute()'s part for this MLP. `include`: neurons listed after the k ranked
+    ones even when they rank lower (e.g. the ablated ones, whose activation is now 0)."""
+    if rank_by not in RANKINGS:
+        raise CaptureError(f"rank_by must be one of {', '.join(RANKINGS)}, not {rank_by!r}")
+    stack = stack or model.main_stack
+    ffn = model.mlp_module(layer, stack)  # checks the stack and the layer
+    n_pos = len(trace.source_ids) if stack == "encoder" and trace.family == "encoder-decoder" else len(trace)
+    if not 0 <= position < n_pos:
+        raise CaptureError(f"position {position} is outside 0..{n_pos - 1}")
+    if k < 1:
+        raise CaptureError(f"k must be at least 1, not {k}")
+    direct = stack == "decoder"
+    residual, rows_t = None, None
+    note = ""
+    if direct:
+        logits, token_id = _check_position(trace, position, token_id)
+        with model.guard():
+            walk = _walk(model, trace, position, token_id, neuron_layer=layer)
+            h, acts_t = walk.mlp_input, walk.mlp_acts
+            rows_t = walk.parts[PROBE + "rows"]  # (d_ff, d) through every later norm
+            unit = rows_t @ walk.column  # (d_ff,) logit change per unit of activation
+            writes = (acts_t[position].float() * unit).cpu().numpy()
+            values = _values(model, walk, token_id)
+        bias_effect = values.get(f"L{layer}.MLP bias", 0.0)
+        neurons_effect = float(writes.astype(np.float64).sum())
+        values[f"L{layer}.MLP"] = neurons_effect + values.pop(f"L{layer}.MLP bias", 0.0)
+        residual = _layer_writes(model, walk, values, trace, logits, token_id)
+        token = model.tokenizer.display(token_id)
+        note = "writes: direct effect on the logit, norms linearised at this forward's own mean and scale"
+    else:
+        h, acts_t = _mlp_inputs_by_hook(model, trace, stack, layer)
+        writes = np.full(acts_t.shape[1], np.nan, dtype=np.float32)
+        bias_effect = neurons_effect = float("nan")
+        token_id, token, rank_by = None, "", "activation"
+        note = ("the neurons' writes reach the predictions through non-linear layers (a masked-LM head, or the "
+                "decoder's cross-attention), so they are ranked by |activation| and have no direct effect")
+    with torch.inference_mode():
+        acts_all = acts_t.float().cpu().numpy()  # (T, d_ff)
+        acts = acts_all[position]
+        order = _rank(acts, writes, rank_by, k)
+        bad = [j for j in include if not 0 <= int(j) < acts.shape[0]]
+        if bad:
+            raise CaptureError(f"neuron {bad[0]} does not exist; this MLP has neurons 0..{acts.shape[0] - 1}")
+        extra = [int(j) for j in dict.fromkeys(include) if int(j) not in set(order.tolist())]
+        order = np.concatenate([order, np.array(extra, dtype=order.dtype)]) if extra else order
+        sel = torch.as_tensor(order, device=h.device)
+        hp = h[position].float()
+        first = ffn.gate if ffn.gate is not None else ffn.up  # the linear map the activation function reads
+        gate_rows = first.weight.index_select(0, sel).float()  # (k, d)
+        pre = gate_rows @ hp + (first.bias.float()[sel] if first.bias is not None else 0)
+        up_rows = ffn.up.weight.index_select(0, sel).float() if ffn.gate is not None else None
+        up = (up_rows @ hp + (ffn.up.bias.float()[sel] if ffn.up.bias is not None else 0)) if up_rows is not None else None
+        out_rows = _out_rows(ffn.down).index_select(0, sel).float()  # (k, d)
+        pushed = None
+        if rows_t is not None:
+            w_t = getattr(model.net, "unembedding_t", None)
+            w_t = w_t if w_t is not None else model.net.unembedding.t()
+            a_sel = torch.as_tensor(acts[order], device=h.device)
+            scale = torch.where(a_sel != 0, a_sel, torch.ones_like(a_sel))  # a silent neuron: per unit of activation
+            pushed = (rows_t.index_select(0, sel) * scale[:, None]) @ w_t.float() * model.config.lm_head_scale  # (k, vocab)
+            top = torch.topk(pushed, PUSHED, dim=1)
+            bottom = torch.topk(-pushed, PUSHED, dim=1)
+    display = model.tokenizer.display
+    as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    neurons = []
+    for r, j in enumerate(order):
+        up_list = down_list = ()
+        if pushed is not None:
+            up_list = tuple((int(t), display(int(t)), float(v)) for v, t in zip(top.values[r], top.indices[r]))
+            down_list = tuple((int(t), display(int(t)), -float(v)) for v, t in zip(bottom.values[r], bottom.indices[r]))
+        neurons.append(Neuron(
+            index=int(j), activation=float(acts[j]), pre_activation=float(pre[r]), up=float(up[r]) if up is not None else None,
+            write=float(writes[j]), input_row=as_np(gate_rows[r]), up_row=as_np(up_rows[r]) if up_rows is not None else None,
+            output_row=as_np(out_rows[r]), pushes_up=up_list, pushes_down=down_list, per_unit=bool(acts[j] == 0),
+            strip=np.ascontiguousarray(acts_all[:, j])))
+    cfg = model.config
+    mlp_effect = float(neurons_effect + bias_effect) if direct else float("nan")
+    return MlpNeurons(stack=stack, layer=layer, position=position, token_id=token_id, token=token, rank_by=rank_by,
+                      gated=ffn.gate is not None, activation_function=cfg.activation, d_ff=int(acts.shape[0]),
+                      neurons=tuple(neurons), mlp_effect=mlp_effect, bias_effect=float(bias_effect),
+                      neurons_effect=float(neurons_effect), activations=acts.astype(np.float32),
+                      writes=writes.astype(np.float32), residual=residual, note=note)
+
+
+def _layer_writes(model, walk: _Walk, values: dict[str, float], trace: Trace, logits: np.ndarray,  # noqa: ANN001
+                  token_id: int) -> LayerWrites:
+    n = len(walk.resid_norms)
+
+    def per_layer(prefix: str) -> np.ndarray:
+        out = np.zeros(n, dtype=np.float64)
+        for key, v in values.items():
+            layer, _, rest = key[1:].partition(".")
+            if key.startswith("L") and layer.isdigit() and rest[:1] == prefix and (rest[1:].isdigit() or rest[1:] == "bias"):
+                out[int(layer)] += v
+        return out.astype(np.float32)
+
+    enc_dec = trace.family == "encoder-decoder"
+    mlp = np.array([values.get(f"L{i}.MLP", 0.0) for i in range(n)], dtype=np.float32)
+    attn, cross = per_layer("H"), per_layer("X") if enc_dec else None
+    layer_sum = float(attn.sum(dtype=np.float64) + mlp.sum(dtype=np.float64) + (cross.sum(dtype=np.float64) if enc_dec else 0))
+    other = float(sum(values.values())) - values.get("embeddings", 0.0) - layer_sum
+    return LayerWrites(
+        embeddings_norm=walk.added["embeddings"], embeddings_effect=values.get("embeddings", 0.0),
+        attn_norms=np.array([walk.added[f"L{i}.attn"] for i in range(n)], dtype=np.float32), attn_effects=attn,
+        cross_norms=np.array([walk.added[f"L{i}.cross"] for i in range(n)], dtype=np.float32) if enc_dec else None,
+        cross_effects=cross, mlp_norms=np.array([walk.added[f"L{i}.MLP"] for i in range(n)], dtype=np.float32),
+        mlp_effects=mlp, resid_norms=np.array(walk.resid_norms, dtype=np.float32), other_effect=other,
+        logit=_pre_cap(model, logits, token_id)[0])
+
+
+def residual_stream(model, trace: Trace, position: int, token_id: int | None = None) -> LayerWrites:  # noqa: ANN001
+    """Per layer, what attention (and cross-attention) and the MLP added to the residual stream at `position`:
+    their norms and their direct effects on `token_id`'s logit (default: the most likely next token)."""
+    logits, token_id = _check_position(trace, position, token_id)
+    with model.guard():
+        walk = _walk(model, trace, position, token_id)
+        values = _values(model, walk, token_id)
+    return _layer_writes(model, walk, values, trace, logits, token_id)
 
 
 # -- embeddings and positions -------------------------------------------------------------------

@@ -64,7 +64,8 @@ def trace_arrays(trace: Trace, layers: Iterable[str] | None = None) -> dict[str,
         arrays["logits"] = np.asarray(trace.logits)
     summary = {"family": trace.family, "model": trace.model_name, "n_prompt": trace.n_prompt, "n_heads": trace.n_heads,
                "layers": trace.n_layers, "patterns": names,
-               "steps": [s.__dict__ for s in trace.steps], "gates": trace.gates}
+               "steps": [s.__dict__ for s in trace.steps], "gates": trace.gates,
+               "neuron_gates": {name: {str(j): v for j, v in g.items()} for name, g in trace.neuron_gates.items()}}
     arrays["summary_json"] = np.array(json.dumps(summary))
     return arrays
 

@@ -20,7 +20,7 @@ from .modules import Recorder
 from .network import Transformer
 from .rebuild import KeyArena, QueryBlock, ScoreRule
 from .tokenizer import Tokenizer
-from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name, parse_capture_name
+from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name, mlp_name, parse_capture_name
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Model:
         self._unembedding: tuple | None = None
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}  # capture name -> gates, where any differs from 1
+        self._neuron_gate_values: dict[str, dict[int, float]] = {}  # "decoder.3.mlp" -> {neuron: gate != 1}
 
     @property
     def pattern_dtype(self) -> type:
@@ -194,10 +195,60 @@ class Model:
         return dict(self._gate_values)
 
     def clear_gates(self) -> None:
+        """Every head gate and every neuron gate back to 1."""
         for kind in self.kinds:
             for i in range(self.layers_by_kind[kind]):
                 self.attention_module(kind, i).gate.fill_(1.0)
         self._gate_values.clear()
+        self.clear_neuron_gates()
+
+    # -- neuron gates (MLP ablation) ------------------------------------------------------------
+    @property
+    def main_stack(self) -> str:
+        """"decoder", or "encoder" for an encoder-only model: the stack whose MLPs explain the predictions."""
+        return "decoder" if self.config.has_decoder else "encoder"
+
+    def mlp_module(self, layer: int, stack: str | None = None):  # noqa: ANN201 - engine.modules.FeedForward
+        """The MLP (FeedForward) of `layer` in `stack` (default: the main stack)."""
+        stack = stack or self.main_stack
+        net_stack = {"encoder": self.net.encoder, "decoder": self.net.decoder}.get(stack)
+        if net_stack is None:
+            raise CaptureError(f"this {self.family} model has no {stack!r} stack; use "
+                               f"{' or '.join(repr(s) for s in ('encoder', 'decoder') if getattr(self.net, s) is not None)}")
+        if not 0 <= layer < len(net_stack.layers):
+            raise CaptureError(f"layer {layer} does not exist in the {stack}; layers are 0..{len(net_stack.layers) - 1}")
+        return net_stack.layers[layer].ffn
+
+    def set_neuron_gate(self, layer: int, neuron: int, value: float, stack: str | None = None) -> None:
+        """Multiply one MLP neuron's activation by `value` (0 = ablated, 1 = untouched) in every later forward."""
+        stack = stack or self.main_stack
+        ffn = self.mlp_module(layer, stack)
+        d_ff = ffn.down.in_features
+        if not 0 <= neuron < d_ff:
+            raise CaptureError(f"neuron {neuron} does not exist; layer {layer}'s MLP has neurons 0..{d_ff - 1}")
+        name = mlp_name(stack, layer)
+        values = self._neuron_gate_values.setdefault(name, {})
+        if float(value) == 1.0:
+            values.pop(neuron, None)
+        else:
+            values[neuron] = float(value)
+        if not values:
+            del self._neuron_gate_values[name]
+            ffn.neuron_gate = None  # the plain forward again
+            return
+        if ffn.neuron_gate is None:
+            ffn.neuron_gate = torch.ones(d_ff, device=self.device)
+        ffn.neuron_gate[neuron] = float(value)
+
+    def neuron_gates(self) -> dict[str, dict[int, float]]:
+        """"decoder.3.mlp" -> {neuron: gate} for the neurons whose gate differs from 1 (a host-side copy)."""
+        return {name: dict(v) for name, v in self._neuron_gate_values.items()}
+
+    def clear_neuron_gates(self) -> None:
+        for name in list(self._neuron_gate_values):
+            stack, layer, _ = name.split(".")
+            self.mlp_module(int(layer), stack).neuron_gate = None
+        self._neuron_gate_values.clear()
 
     # -- ids ----------------------------------------------------------------------------------
     def check_ids(self, ids: Sequence[int], what: str = "prompt") -> list[int]:
@@ -392,6 +443,7 @@ class Model:
             token_ids=tuple(ids), tokens=tuple(tok.token_strings(list(ids))), special=tuple(tok.is_special(i) for i in ids),
             n_prompt=len(ids) if n_prompt is None else n_prompt, blocks={k: tuple(v) for k, v in blocks.items()},
             logit_rows=logit_rows, steps=steps, gates=self.gates() if gates is None else gates, source_ids=src, keys=keys or {},
+            neuron_gates=self.neuron_gates(),
             source_tokens=tuple(tok.token_strings(list(src))) if src is not None else None,
             source_special=tuple(tok.is_special(i) for i in src) if src is not None else None)
 

@@ -305,17 +305,30 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """The MLP: each of its d_ff neurons reads the vector (a row of W_in, or W_gate and W_up), answers with one
+    number (its activation: act(x·w_in), or act(x·w_gate)·(x·w_up) when gated) and writes that number times
+    its row of W_out. `neuron_gate` (None, or a (d_ff,) tensor) multiplies each activation: 0 ablates a neuron."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.act = activation(cfg.activation)
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias)
         self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.ffn_bias) if cfg.gated_ffn else None
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.ffn_bias)
+        self.neuron_gate: Tensor | None = None  # not a buffer: None costs nothing in the forward
+
+    def activations(self, x: Tensor) -> Tensor:
+        """(B, T, d) -> the neurons' activations (B, T, d_ff), gated as `neuron_gate` says."""
+        if self.gate is not None:  # T5 v1.1 / SwiGLU: act(x W_gate) * (x W_up)
+            h = self.act(self.gate(x)) * self.up(x)
+        else:
+            h = self.act(self.up(x))
+        if self.neuron_gate is not None:
+            h = h * self.neuron_gate.to(h.dtype)
+        return h
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gate is not None:  # T5 v1.1 / SwiGLU: act(x W_gate) * (x W_up)
-            return self.down(self.act(self.gate(x)) * self.up(x))
-        return self.down(self.act(self.up(x)))
+        return self.down(self.activations(x))
 
 
 class Block(nn.Module):

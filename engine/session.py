@@ -87,6 +87,7 @@ class Session:
         # every step / back / mask in order (branches included), enough to rebuild the session exactly
         self.history: list[tuple] = []
         self._gates = model.gates()  # head gates in force for every recorded forward
+        self._neuron_gates = model.neuron_gates()  # and neuron gates
         self.stop_ids = stop_token_ids(model) if model.family != "encoder" else ()
         # the chat this session's prompt was rendered from (None for a plain prompt), kept for saving / display
         self.messages: tuple[dict[str, Any], ...] | None = None
@@ -230,7 +231,7 @@ class Session:
     def _sync_gates(self) -> None:
         """Head gates changed on the model since the last forward: recompute, so patterns, logits and
         the recorded gates agree."""
-        if self.model.gates() != self._gates:
+        if self.model.gates() != self._gates or self.model.neuron_gates() != self._neuron_gates:
             self.recompute()
 
     def _add(self, fwd: Forward) -> None:
@@ -391,12 +392,13 @@ class Session:
             return m.make_trace(token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special,
                                 n_prompt=len(self._ids), blocks=dict(self._enc_blocks),
                                 logit_rows=(self._enc_logits,) if self._enc_logits is not None else None,
-                                steps=tuple(self._steps), gates=self._gates)
+                                steps=tuple(self._steps), gates=self._gates, neuron_gates=self._neuron_gates)
         blocks = {**self._encoder_blocks, **{k: tuple(v) for k, v in self._blocks.items()}}
         src = self.source_ids
         return m.make_trace(
             token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special, n_prompt=self.n_prompt,
             blocks=blocks, logit_rows=tuple(self._logit_rows), steps=tuple(self._steps), gates=self._gates,
+            neuron_gates=self._neuron_gates,
             keys=self._cache.key_views(), source_ids=tuple(src) if src is not None else None,
             source_tokens=tuple(tok.token_strings(src)) if src is not None else None,
             source_special=tuple(tok.is_special(i) for i in src) if src is not None else None,

@@ -37,6 +37,8 @@ def session_state(session: Session, view: dict | None = None) -> dict:
         "chat_options": session.chat_options,
         "settings": {k: getattr(session.settings, k) for k in ("temperature", "top_k", "top_p", "greedy", "seed")},
         "gates": {name: list(g) for name, g in model.gates().items()},
+        # optional (older files have none): "decoder.3.mlp" -> {"224": 0.0}
+        "neuron_gates": {name: {str(j): v for j, v in g.items()} for name, g in model.neuron_gates().items()},
         "history": [list(e) for e in session.history],
         "view": view or {},
     }
@@ -85,18 +87,47 @@ def _parse_gates(state: dict) -> list[tuple[str, int, int, float]]:
     return out
 
 
+def _parse_neuron_gates(state: dict) -> list[tuple[str, int, int, float]]:
+    """[(stack, layer, neuron, value)] from the file's neuron gates."""
+    gates = state.get("neuron_gates") or {}
+    if not isinstance(gates, dict):
+        raise TypeError("neuron_gates must be an object")
+    out = []
+    for name, values in gates.items():
+        stack, layer, what = name.split(".")
+        if what != "mlp" or not isinstance(values, dict):
+            raise ValueError(f"{name!r} is not an MLP's neuron gates")
+        out += [(stack, int(layer), int(j), float(v)) for j, v in values.items()]
+    return out
+
+
+def _put_back(model: Model, heads: dict, neurons: dict) -> None:
+    model.clear_gates()
+    for name, values in heads.items():
+        kind, layer = parse_capture_name(name)
+        for head, value in enumerate(values):
+            model.set_head_gate(kind, layer, head, value)
+    for name, values in neurons.items():
+        stack, layer, _ = name.split(".")
+        for j, value in values.items():
+            model.set_neuron_gate(int(layer), j, value, stack)
+
+
 def restore_session(state: dict, model: Model) -> Session:
     """Rebuild the saved session on `model` (gates applied, history replayed). On failure the model's
     gates are put back as they were."""
-    previous = model.gates()
+    previous, previous_neurons = model.gates(), model.neuron_gates()
     try:
         gates = _parse_gates(state)
+        neuron_gates = _parse_neuron_gates(state)
         history = [tuple(e) for e in state["history"]]
         if not all(e and isinstance(e[0], str) for e in history):
             raise ValueError("history entries must start with an event name")
         model.clear_gates()
         for kind, layer, head, value in gates:
             model.set_head_gate(kind, layer, head, value)
+        for stack, layer, neuron, value in neuron_gates:
+            model.set_neuron_gate(layer, neuron, value, stack)
         s = state["settings"]
         session = Session(model, state["prompt_ids"], source=state.get("source_ids"), temperature=s["temperature"],
                           top_k=s["top_k"], top_p=s["top_p"], greedy=s["greedy"], seed=s["seed"])
@@ -107,11 +138,7 @@ def restore_session(state: dict, model: Model) -> Session:
         session.replay(history)
         return session
     except BaseException as exc:
-        model.clear_gates()
-        for name, values in previous.items():
-            kind, layer = parse_capture_name(name)
-            for head, value in enumerate(values):
-                model.set_head_gate(kind, layer, head, value)
+        _put_back(model, previous, previous_neurons)
         if isinstance(exc, EngineError) or not isinstance(exc, Exception):
             raise
         raise SessionFileError(f"the session file is inconsistent with this model or damaged: {exc!r}") from exc

@@ -20,6 +20,13 @@ def capture_name(kind: str, layer: int) -> str:
     return {"encoder": f"encoder.{layer}.attn", "self": f"decoder.{layer}.attn", "cross": f"decoder.{layer}.cross_attn"}[kind]
 
 
+def mlp_name(stack: str, layer: int) -> str:
+    """The module-tree name of an MLP: decoder.{i}.mlp or encoder.{i}.mlp (neuron gates, patching)."""
+    if stack not in ("encoder", "decoder"):
+        raise CaptureError(f"stack must be 'encoder' or 'decoder', not {stack!r}")
+    return f"{stack}.{layer}.mlp"
+
+
 def parse_capture_name(name: str) -> tuple[str, int]:
     """The inverse of capture_name: "decoder.3.cross_attn" -> ("cross", 3)."""
     try:
@@ -109,6 +116,7 @@ class Trace:
     source_special: tuple[bool, ...] | None = None
     steps: tuple[StepInfo, ...] = ()
     gates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # capture name -> head gates != 1
+    neuron_gates: dict[str, dict[int, float]] = field(default_factory=dict)  # "decoder.3.mlp" -> {neuron: gate != 1}
     no_logits_reason: str | None = None
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads with grouped-query attention
     rules: dict[str, ScoreRule] = field(default_factory=dict)  # capture name -> score rule (rebuilt points)

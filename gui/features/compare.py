@@ -1,6 +1,7 @@
 """Compare two prompts: run a second prompt on the same model (one forward in the worker, the open
 session untouched) and show the selected head for both, their difference on the shared prefix, and
-the two next-token distributions side by side."""
+the two next-token distributions side by side. The Patch tab (gui/features/patching.py) runs the prompt on
+screen with one component taken from the second prompt, and sweeps every head."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -31,6 +33,7 @@ from ..core.worker import EngineClient
 from ..rendering import colormaps, display
 from ..rendering.labels import kind_name
 from ..widgets.token_axis import TokenAxis
+from .patching import PatchPanel
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +130,20 @@ class CompareDialog(QDialog):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(18)
         self.table.setMaximumHeight(200)
+        attention = QWidget()
+        inner = QVBoxLayout(attention)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addWidget(self.caption)
+        inner.addWidget(self.graphics, 1)
+        inner.addWidget(QLabel("Next-token distributions after the last token of each (T=1):"))
+        inner.addWidget(self.table)
+        self.patch = PatchPanel(state, client, lambda: (self.prompt_edit.text(), self.source_edit.text() or None))
+        self.tabs = QTabWidget()
+        self.tabs.addTab(attention, "Attention")
+        self.tabs.addTab(self.patch, "Patch")
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.caption)
-        layout.addWidget(self.graphics, 1)
-        layout.addWidget(QLabel("Next-token distributions after the last token of each (T=1):"))
-        layout.addWidget(self.table)
+        layout.addWidget(self.tabs, 1)
 
         self.run_button.clicked.connect(self.run)
         self.prompt_edit.returnPressed.connect(self.run)

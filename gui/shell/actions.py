@@ -83,6 +83,7 @@ ENTRIES: tuple[Entry | Hint, ...] = (
     Entry("analysis.inside_head", "&Inside this head", ("I",), "Inside this head: q·k, scale, mask, softmax for the "
           "selected query"),
     Entry("analysis.attribution", "Which heads &wrote the token (logit attribution)"),
+    Entry("analysis.inside_mlp", "Inside the &MLP (neurons, residual stream)"),
     Entry("analysis.compare", "Compare &with another prompt…"),
     # help
     Entry("help.shortcuts", "&Keyboard shortcuts", (SK.HelpContents,)),
@@ -109,7 +110,8 @@ MENUS: dict[str, tuple[str, tuple[str, ...]]] = {
                        "view.next_head", "view.mean_heads", "view.prev_query", "view.next_query", "view.log_scale", "-",
                        "view.reset_layout")),
     "analysis": ("&Analysis", ("analysis.clear_ablations", "analysis.rollout", "-", "analysis.logit_lens",
-                               "analysis.head_stats", "analysis.inside_head", "analysis.attribution", "-",
+                               "analysis.head_stats", "analysis.inside_head", "analysis.attribution",
+                               "analysis.inside_mlp", "-",
                                "analysis.compare")),
     "help": ("&Help", ("help.shortcuts", "help.about")),
 }

@@ -18,6 +18,7 @@ from ..features.prompt_file import PromptFile
 from ..features.session_files import SessionFiles
 from ..panels.head_stats import HeadStatsPanel
 from ..panels.inside_head import InsideHeadPanel
+from ..panels.inside_mlp import InsideMlpPanel
 from ..panels.logit_lens import LogitLensPanel
 from . import style
 
@@ -40,6 +41,10 @@ class AnalysisUI:
         inside = window.add_dock("inside", "Inside this head", self.inside_head, Qt.DockWidgetArea.BottomDockWidgetArea)
         inside.visibilityChanged.connect(lambda on: on and self.inside_head.refresh_soon())
         inside.hide()  # opened from Analysis → Inside this head (the default layout stays as it was)
+        self.inside_mlp = InsideMlpPanel(window.state, window.client)  # issue 29
+        mlp = window.add_dock("inside_mlp", "Inside the MLP", self.inside_mlp, Qt.DockWidgetArea.BottomDockWidgetArea)
+        mlp.visibilityChanged.connect(lambda on: on and self.inside_mlp.refresh_soon())
+        mlp.hide()  # opened from Analysis → Inside the MLP
         window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)  # under the view only
         self.session_io = SessionFiles(window, self.rollout)
         self.exports = Exports(window, self.session_io.view_state)
@@ -56,6 +61,7 @@ class AnalysisUI:
             ("analysis.head_stats", lambda: self.show_dock("stats")),
             ("analysis.inside_head", lambda: self.show_inside("inside")),
             ("analysis.attribution", lambda: self.show_inside("attribution")),
+            ("analysis.inside_mlp", self.show_inside_mlp),
             ("analysis.compare", self.open_compare),
             ("file.open_session", io.open_session_dialog),
             ("file.save_session", io.save_session_dialog),
@@ -87,6 +93,14 @@ class AnalysisUI:
         self.show_dock("inside")
         if was_hidden and not dock.isFloating():
             w.resizeDocks([dock], [int(w.height() * 0.46)], Qt.Orientation.Vertical)
+
+    def show_inside_mlp(self) -> None:
+        """The "Inside the MLP" dock, below the view (tabbed with "Inside this head")."""
+        w, dock = self.window, self.window.docks["inside_mlp"]
+        was_hidden = dock.isHidden()
+        self.show_dock("inside_mlp")
+        if was_hidden and not dock.isFloating():
+            w.resizeDocks([dock], [int(w.height() * 0.5)], Qt.Orientation.Vertical)
 
     def open_compare(self) -> CompareDialog:
         """The compare dialog (one per window, non-modal), prefilled with the prompt on screen."""
