@@ -142,7 +142,7 @@ def pack(key: bytes, header: dict, body: Any = None) -> list:
     payload = encode(body, arrays)
     arrays = [np.ascontiguousarray(a) for a in arrays]
     head = dict(header, body=payload, buffers=[[a.dtype.name, list(a.shape)] for a in arrays])
-    frames = [json.dumps(head, separators=(",", ":")).encode("utf-8"), *(memoryview(a).cast("B") for a in arrays)]
+    frames = [json.dumps(head, separators=(",", ":")).encode("utf-8"), *(memoryview(a).cast("B") if a.size else b"" for a in arrays)]
     return [sign(key, frames), *frames]
 
 

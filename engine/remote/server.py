@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import CheckpointError, EngineError, SessionError
+from ..errors import CheckpointError, EngineError, LoadCancelled, SessionError
 from ..local import LocalEngine
 from ..session import live_events, stop_token_ids
 from .delta import TraceSender
@@ -177,7 +177,7 @@ class EngineServer:
                 cancel = self._cancels.get(rid)
                 try:
                     if cancel is not None and cancel.is_set():
-                        raise EngineError("cancelled before it started")
+                        raise (LoadCancelled if op == "load" else EngineError)("cancelled before it started")
                     handler = getattr(self, f"_do_{op}", None)
                     if handler is None:
                         raise EngineError(f"the server has no operation {op!r} (a newer client?)")
