@@ -9,17 +9,35 @@ done on the Trace itself, wherever it is.
 
 from __future__ import annotations
 
+import logging
 import platform
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .session import Session, stop_token_ids
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+log = logging.getLogger(__name__)
+
+
+def weights_size(folder: Path) -> int:
+    """Bytes of the weight files in a checkpoint folder (symlinks of a hub snapshot followed); 0 when unknown."""
+    total = 0
+    try:
+        for path in Path(folder).iterdir():
+            if path.name.endswith(WEIGHT_SUFFIXES) and path.is_file():
+                total += path.stat().st_size
+    except OSError as exc:
+        log.debug("cannot size %s: %s", folder, exc)
+    return total
 
 
 class LocalEngine:
     """In-process engine: the model lives in this process, on this computer's devices."""
 
     remote = False
+    gone: str | None = None  # an engine in this process never goes away
     Session = Session  # eng.Session(model, prompt, ...) as engine.Session
 
     @property
@@ -43,12 +61,13 @@ class LocalEngine:
 
         return load_model(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel)
 
-    def describe_source(self, source: str) -> tuple[str, str | None]:
-        """(display name, folder or None) of what `source` names, without loading it; raises EngineError."""
+    def describe_source(self, source: str) -> tuple[str, int]:
+        """(display name, bytes of its weight files) of what `source` names, without loading it; EngineError
+        when it names nothing this engine can open."""
         from .checkpoints import resolve
 
         folder, name = resolve(source)
-        return name, str(folder)
+        return name, weights_size(folder)
 
     def bundled_models(self) -> list[str]:
         from .checkpoints.resolve import bundled_models
@@ -113,6 +132,13 @@ class LocalEngine:
         from .session_file import restore_session
 
         return restore_session(state, model)
+
+    def model_folders(self) -> list[str]:
+        """Folders the engine offers besides bundled and cached models: none in-process (any folder opens)."""
+        return []
+
+    def reconnect(self) -> None:
+        """Nothing to reconnect to in-process."""
 
     def close(self) -> None:
         """Nothing to let go of in-process."""

@@ -63,6 +63,7 @@ class RemoteEngine:
         self.conn = Connection(address, token)
         self.info = _handshake(self.conn, timeout)
         self._models: weakref.WeakSet = weakref.WeakSet()
+        self.tunnel: Any = None  # an ssh tunnel (launch.Tunnel) this engine is reached through; closed with it
         self._sessions: weakref.WeakSet = weakref.WeakSet()
         log.info("connected to the engine on %s (%s)", self.info.get("host"), address)
 
@@ -80,6 +81,8 @@ class RemoteEngine:
 
     def close(self) -> None:
         self.conn.close()
+        if self.tunnel is not None:
+            self.tunnel.stop()
 
     def reconnect(self, address: str | None = None, token: str | None = None) -> None:
         """Connect again (the same address unless given) and put back every model and session this client
@@ -127,7 +130,7 @@ class RemoteEngine:
         self._sessions.add(session)
         return session
 
-    def describe_source(self, source: str) -> tuple[str, str | None]:
+    def describe_source(self, source: str) -> tuple[str, int]:
         return tuple(self.call("describe_source", {"source": str(source)}))
 
     def _listing(self, what: str) -> list:

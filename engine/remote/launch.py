@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .protocol import RemoteEngineError
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 CONNECT_LINE = re.compile(r"^connect: (?P<address>\S+:\d+) (?:token=(?P<token>\S+)|token-file=(?P<file>.+))$")
 SERVER_START_S = 60.0  # importing torch on a cold disk takes a while
 ALIVE_INTERVAL_S = 15
+DEFAULT_PORT = 5555
 
 
 def parse_connect_line(line: str) -> tuple[str, str | None, str | None]:
@@ -81,13 +83,48 @@ def ssh_tunnel_command(host: str, local_port: int, remote_port: int, jump: str |
     return [*cmd, "--", host]
 
 
-def ssh_serve_command(host: str, remote_port: int, jump: str | None = None, ssh: str = "ssh") -> list[str]:
+def ssh_serve_command(host: str, remote_port: int, jump: str | None = None, ssh: str = "ssh",
+                      local_port: int | None = None) -> list[str]:
     """Start `attention-inspector serve` on `host` (installed there) and forward its port in the same ssh, so
     closing the ssh stops both. The server's connect line (with the token) comes back on ssh's stdout: the
     token never appears on a command line."""
-    cmd = ssh_tunnel_command(host, remote_port, remote_port, jump, ssh)
+    cmd = ssh_tunnel_command(host, local_port or remote_port, remote_port, jump, ssh)
     cmd.remove("-N")
     return [*cmd, "attention-inspector", "serve", "--port", str(int(remote_port))]
+
+
+def open_remote(address: str | None = None, token: str | None = None, ssh_host: str | None = None,
+                jump: str | None = None, remote_port: int = DEFAULT_PORT, start_server: bool = False,
+                ssh: str = "ssh") -> Any:
+    """A RemoteEngine reached either at `address` with `token` (a port already forwarded), or through an ssh
+    tunnel to `ssh_host` (optionally via `jump`) to its 127.0.0.1:`remote_port`, starting the server there
+    first when `start_server`. The tunnel closes with the engine."""
+    from .client import connect
+
+    tunnel = None
+    if ssh_host:
+        local = free_port()
+        cmd = (ssh_serve_command(ssh_host, remote_port, jump, ssh, local_port=local) if start_server
+               else ssh_tunnel_command(ssh_host, local, remote_port, jump, ssh))
+        tunnel = Tunnel(cmd, local)
+        try:
+            if start_server:
+                token = tunnel.read_token()
+            tunnel.wait_ready()
+        except BaseException:
+            tunnel.stop()
+            raise
+        address = f"127.0.0.1:{local}"
+    if not address or not token:
+        raise RemoteEngineError("give the server's address and token (its `connect:` line), or an SSH host")
+    try:
+        eng = connect(address.strip(), token.strip())
+    except BaseException:
+        if tunnel is not None:
+            tunnel.stop()
+        raise
+    eng.tunnel = tunnel
+    return eng
 
 
 def _check_host(host: str) -> None:

@@ -1,0 +1,82 @@
+"""Where the engine runs: File → Connect to engine… / Reconnect to engine, and the status bar's "engine:"
+label. The worker talks to one engine interface (gui/core/engine_jobs.py swaps the implementation), so
+nothing else in the window changes when the engine is on another machine; this module only says where it
+is, and offers Reconnect when it went away (the trace on screen stays)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PySide6.QtCore import QObject
+from PySide6.QtWidgets import QDialog, QLabel
+
+from ..core.engine_jobs import connect_engine, reconnect, use_this_computer
+from .connect_dialog import LOCAL, ConnectDialog
+
+log = logging.getLogger(__name__)
+
+
+class RemoteEngineController(QObject):
+    def __init__(self, window: Any) -> None:  # MainWindow
+        super().__init__(window)
+        self.window = window
+        self.client = window.client
+        self.label = QLabel()
+        self.label.setContentsMargins(6, 0, 6, 0)
+        window.statusBar().addPermanentWidget(self.label)
+        self.last_target: dict = {}
+        self._reopen: str | None = None
+        window.registry.bind("file.connect_engine", self.show_dialog)
+        window.registry.bind("file.reconnect_engine", self.reconnect)
+        self.client.result_ready.connect(self._on_result)
+        self.client.error.connect(self._on_error)
+        self.client.model_loaded.connect(lambda _info: self.refresh())
+        self.refresh()
+
+    def refresh(self) -> None:
+        engine = self.client.engine
+        gone = engine.gone
+        self.label.setText(f"engine: {engine.where()}" + (" — gone (File → Reconnect to engine)" if gone else ""))
+        self.label.setToolTip(gone or "where models are loaded and run (File → Connect to engine…)")
+
+    def show_dialog(self) -> None:
+        dialog = ConnectDialog(self.window, self.client.engine.where(), self.last_target)
+        if dialog.exec() != QDialog.DialogCode.Accepted:
+            return
+        self.connect_to(dialog.target())
+
+    def connect_to(self, target: Any) -> int:
+        """Switch the engine (LOCAL, or a target for engine.remote.launch.open_remote); the model that was
+        open is opened again on the new engine."""
+        recent = self.window.recent_models()
+        self._reopen = recent[0] if recent else None
+        if target == LOCAL:
+            self.window.statusBar().showMessage("Switching to the engine on this computer …")
+            return self.client.call("engine", use_this_computer())
+        self.last_target = {k: v for k, v in target.items() if k != "token"}  # the token is never kept
+        where = target.get("ssh_host") or target.get("address")
+        self.window.statusBar().showMessage(f"Connecting to the engine at {where} …")
+        return self.client.call("engine", connect_engine(target))
+
+    def reconnect(self) -> int:
+        self.window.statusBar().showMessage("Reconnecting to the engine …")
+        return self.client.call("reconnect", reconnect())
+
+    def _on_result(self, _rid: int, op: str, payload: object) -> None:
+        if op not in ("engine", "reconnect"):
+            return
+        self.refresh()
+        self.window.statusBar().showMessage(f"Engine: {self.client.engine.where()}", 8000)
+        if op == "engine" and self._reopen:
+            source, self._reopen = self._reopen, None
+            self.window.open_model(source, device=None)
+
+    def _on_error(self, op: str, message: str) -> None:
+        self.refresh()  # an engine that went away says so in the label
+        if op in ("engine", "reconnect"):
+            log.warning("engine connection: %s", message)
+
+
+def install(window: Any) -> RemoteEngineController:
+    return RemoteEngineController(window)
