@@ -32,6 +32,7 @@ class RemoteEngineController(QObject):
         self.client.result_ready.connect(self._on_result)
         self.client.error.connect(self._on_error)
         self.client.model_loaded.connect(lambda _info: self.refresh())
+        self.client.trace_ready.connect(self._on_trace)  # a reconnect answers with the restored trace
         self.refresh()
 
     def refresh(self) -> None:
@@ -71,6 +72,10 @@ class RemoteEngineController(QObject):
         if op == "engine" and self._reopen:
             source, self._reopen = self._reopen, None
             self.window.open_model(source, device=None)
+
+    def _on_trace(self, _trace: object, op: str) -> None:
+        if op == "reconnect":
+            self._on_result(0, op, None)
 
     def _on_error(self, op: str, message: str) -> None:
         self.refresh()  # an engine that went away says so in the label
