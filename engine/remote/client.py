@@ -15,6 +15,7 @@ the same sessions, and the traces already on screen stay usable meanwhile.
 from __future__ import annotations
 
 import logging
+import uuid
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def connect(address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> Rem
 def _handshake(conn: Connection, timeout: float) -> dict:
     try:
         return conn.call("hello", {"protocol": PROTOCOL_VERSION, "app_version": app_version(),
-                                   "capabilities": list(CAPABILITIES)}, timeout=timeout)
+                                   "capabilities": list(CAPABILITIES), "client": conn.client_id}, timeout=timeout)
     except EngineGone as exc:
         conn.close()
         raise EngineGone(f"no engine answers at {conn.address} (is `attention-inspector serve` running there, and the "
@@ -57,10 +58,14 @@ class RemoteEngine:
     """The engine on another machine, behind the same interface as engine.local.LocalEngine."""
 
     remote = True
+    # fetch the newest position's whole logits row with each step, in the calling (worker) thread, so a window
+    # that re-colours candidates never waits on the network in its own thread; False: only the top candidates
+    prefetch_logits = True
 
     def __init__(self, address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         self.address, self._token, self._timeout = address, token, timeout
-        self.conn = Connection(address, token)
+        self.client_id = uuid.uuid4().hex
+        self.conn = Connection(address, token, self.client_id)
         self.info = _handshake(self.conn, timeout)
         self._models: weakref.WeakSet = weakref.WeakSet()
         self.tunnel: Any = None  # an ssh tunnel (launch.Tunnel) this engine is reached through; closed with it
@@ -91,7 +96,7 @@ class RemoteEngine:
         self.address = address or self.address
         self._token = token or self._token
         old = self.conn
-        conn = Connection(self.address, self._token)
+        conn = Connection(self.address, self._token, self.client_id)
         self.info = _handshake(conn, self._timeout)
         self.conn = conn
         try:
@@ -413,8 +418,17 @@ class RemoteSession:
         if history:
             self.history += [tuple(e) for e in answer["history"]]
         if "delta" in answer:
-            self._mirror.apply(answer)
+            trace = self._mirror.apply(answer)
+            if self.engine.prefetch_logits and trace.logit_rows:
+                trace.logits_at(self._frontier(trace))
         return answer.get("result")
+
+    def _frontier(self, trace: RemoteTrace) -> int:
+        """Where the next choice is made: the last position, or (fill-mask) the first mask."""
+        if self.family == "encoder":
+            mask = self.model.config.mask_token_id
+            return next((i for i, t in enumerate(trace.token_ids) if t == mask), 0)
+        return len(trace) - 1
 
     def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self._gate_version = self.model.gate_version  # the server recomputes first if the gates changed

@@ -2,9 +2,11 @@
 
 ZeroMQ sockets belong to one thread, and the GUI asks from several (the engine worker steps while the
 window fetches a logits row), so a thread of its own owns the socket: callers hand it signed requests and
-wait for their answer by request id. While answers are outstanding it pings the server; the server's
-socket thread answers pings even while its engine thread is busy, so silence means the server is gone
-(killed, crashed, or the network dropped): every waiting call then fails with EngineGone at once.
+wait for their answer by request id. Liveness is ZeroMQ's own: ZMTP heartbeats, answered by the server's
+libzmq I/O thread (no Python, no GIL: a server busy loading a model still answers), and a socket monitor
+that reports the TCP connection closing. A server killed or crashed closes it at once; a link that died
+silently misses its heartbeats. Either way every waiting call fails with EngineGone at once, and so does
+every later call, until reconnect().
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .protocol import AuthenticationError, BadMessage, EngineGone, is_refusal, pack, raise_error, unpack
 
 log = logging.getLogger(__name__)
 
-PING_AFTER_S = 0.5  # silence while waiting before a ping
-GONE_AFTER_S = 4.0  # silence while waiting (pings unanswered) before the engine counts as gone
-CONNECT_TIMEOUT_S = 5.0
+HEARTBEAT_MS = 1000  # ZMTP PING this often
+HEARTBEAT_TIMEOUT_MS = 10_000  # no traffic at all for this long: libzmq drops the connection
+CONNECT_TIMEOUT_S = 15.0  # a server busy loading may take a while to shake hands
 
 
 class _Pending:
@@ -36,8 +39,9 @@ class _Pending:
 
 
 class Connection:
-    def __init__(self, address: str, token: str) -> None:
+    def __init__(self, address: str, token: str, client_id: str = "") -> None:
         self.address = address
+        self.client_id = client_id  # one per RemoteEngine, the same across reconnects
         self.key = token.encode("utf-8")
         self.gone: str | None = None  # why, once the engine went away
         self.bytes_sent = 0
@@ -48,6 +52,10 @@ class Connection:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._connected = False
         self._sock.connect(f"tcp://{address}")
         self._wake_name = f"inproc://wake-{id(self)}"
         self._wake_in = self._ctx.socket(zmq.PAIR)
@@ -56,8 +64,6 @@ class Connection:
         self._wake_out.connect(self._wake_name)
         self._outbox: list[list] = []
         self._closing = False
-        self._last_heard = time.monotonic()
-        self._last_ping = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"engine-link-{address}", daemon=True)
         self._thread.start()
 
@@ -71,7 +77,7 @@ class Connection:
             raise EngineGone(self.gone)
         rid = next(self._ids)
         pending = _Pending(progress)
-        frames = pack(self.key, {"id": rid, "op": op}, body)
+        frames = pack(self.key, {"id": rid, "op": op, "client": self.client_id}, body)
         with self._lock:
             self._pending[rid] = pending
             self._send(frames)
@@ -111,7 +117,11 @@ class Connection:
         with self._lock:
             self._wake_out.send(b"")
         self._thread.join(2)
-        for s in (self._sock, self._wake_in, self._wake_out):
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        for s in (self._monitor, self._sock, self._wake_in, self._wake_out):
             s.close(0)
         self._ctx.term()
 
@@ -120,6 +130,7 @@ class Connection:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_in, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while not self._closing:
             events = dict(poller.poll(100))
             if self._wake_in in events:
@@ -140,10 +151,22 @@ class Connection:
                     except zmq.Again:
                         break
                     self._receive(frames)
-            self._watch()
+            if self._monitor in events:
+                self._on_monitor()
+
+    def _on_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._connected = True
+            elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
+                self._mark_gone(f"the engine at {self.address} went away (the server stopped or crashed, or the "
+                                "network dropped); what you see is kept: reconnect once the server runs again")
 
     def _receive(self, frames: list[bytes]) -> None:
-        self._last_heard = time.monotonic()
         self.bytes_received += sum(len(f) for f in frames)
         if is_refusal(frames):
             self._fail_all(AuthenticationError(f"the engine at {self.address} refused the token; copy the token from the "
@@ -169,22 +192,6 @@ class Connection:
             self._pending.pop(head["id"], None)
         pending.body = body
         pending.done.set()
-
-    def _watch(self) -> None:
-        with self._lock:
-            waiting = bool(self._pending)
-        if not waiting or self.gone:
-            return
-        now = time.monotonic()
-        silent = now - self._last_heard
-        if silent > GONE_AFTER_S:
-            self._mark_gone(f"the engine at {self.address} stopped answering ({silent:.0f} s without a word); "
-                            "what you see is kept: reconnect once the server runs again")
-        elif silent > PING_AFTER_S and now - self._last_ping > PING_AFTER_S:
-            self._last_ping = now
-            frames = pack(self.key, {"id": 0, "op": "ping"}, None)
-            self.bytes_sent += sum(len(f) for f in frames)
-            self._sock.send_multipart(frames, copy=False)
 
     def _mark_gone(self, why: str) -> None:
         if self.gone is None:

@@ -68,6 +68,7 @@ class EngineServer:
         self.sessions: dict[int, tuple[Any, TraceSender]] = {}
         self.senders: dict[int, TraceSender] = {}  # sender id -> its state (lazy logit rows)
         self.traces: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self.owners: dict[int, str | None] = {}  # model / session handle -> the client id that opened it
         self._engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
 
     # -- socket thread -------------------------------------------------------------------------
@@ -119,7 +120,9 @@ class EngineServer:
                 self.sock.send_multipart([ident, *pack(self.key, {"id": rid}, {"error": error_body(exc)})])
             return
         self._cancels[rid] = threading.Event()
-        self._inbox.put((ident, rid, op, body or {}))
+        body = dict(body or {})
+        body["_client"] = head.get("client")  # who asked: what it opens is its own (see _do_forget)
+        self._inbox.put((ident, rid, op, body))
 
     def _op_hello(self, body: dict) -> dict:
         theirs, their_app = body.get("protocol"), str(body.get("app_version", "?"))
@@ -131,6 +134,8 @@ class EngineServer:
                 f"version mismatch: the server runs attention-inspector {self.app_version} (protocol {PROTOCOL_VERSION}), "
                 f"the client {their_app} (protocol {theirs}); upgrade the {older} to match the {newer} "
                 f"(pip install -U attention-inspector where the {older} runs)")
+        if body.get("client"):  # a client that shakes hands again restores what it holds: drop the old copies
+            self._inbox.put((None, None, "forget", {"_client": body["client"]}))
         return {"protocol": PROTOCOL_VERSION, "app_version": self.app_version, **self._info()}
 
     def _info(self) -> dict:
@@ -142,6 +147,7 @@ class EngineServer:
         try:
             import torch
 
+            info["torch_threads"] = torch.get_num_threads()  # CPU results depend on it (reduction order)
             if torch.cuda.is_available():
                 free, total = torch.cuda.mem_get_info()
                 info["gpu_memory"] = f"{free / 1e9:.1f} of {total / 1e9:.1f} GB free"
@@ -174,6 +180,9 @@ class EngineServer:
                 if item is None:
                     return
                 ident, rid, op, body = item
+                if ident is None:  # housekeeping, nobody waits for it
+                    self._do_forget(body, None, None)
+                    continue
                 cancel = self._cancels.get(rid)
                 try:
                     if cancel is not None and cancel.is_set():
@@ -220,7 +229,7 @@ class EngineServer:
         return found
 
     def _do_info(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
-        return self._info()
+        return {**self._info(), "open_models": len(self.models), "open_sessions": len(self.sessions)}
 
     def _do_listing(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
         what = body["what"]
@@ -263,17 +272,33 @@ class EngineServer:
             _ = model.rebuilds_patterns  # checks the value now
         handle = self._next()
         self.models[handle] = model
+        self.owners[handle] = body.get("_client")
         return {"handle": handle, "desc": describe_model(model)}
 
     def _do_free_model(self, body: dict, progress, cancel) -> None:  # noqa: ANN001
         self.models.pop(body["model"], None)
+        self.owners.pop(body["model"], None)
         for h in [h for h, (s, _) in self.sessions.items() if s.model not in self.models.values()]:
             self._drop_session(h)
 
     def _drop_session(self, handle: int) -> None:
         session = self.sessions.pop(handle, None)
+        self.owners.pop(handle, None)
         if session is not None:
             self.senders.pop(handle, None)
+
+    def _do_forget(self, body: dict, progress, cancel) -> None:  # noqa: ANN001
+        """A client connected again (after a dropped link): what it opened before goes; it restores its own."""
+        client = body.get("_client")
+        gone = [h for h, owner in self.owners.items() if owner == client]
+        for h in gone:
+            if h in self.sessions:
+                self._drop_session(h)
+            else:
+                self.models.pop(h, None)
+                self.owners.pop(h, None)
+        if gone:
+            log.info("a client reconnected: %d of its old models and sessions released", len(gone))
 
     def _do_free_session(self, body: dict, progress, cancel) -> None:  # noqa: ANN001
         self._drop_session(body["session"])
@@ -317,6 +342,7 @@ class EngineServer:
         handle = self._next()
         sender = TraceSender()
         self.sessions[handle] = (session, sender)
+        self.owners[handle] = body.get("_client")
         self.senders[handle] = sender
         return {"handle": handle, "state": session_state(session), **self._trace_answer(session.trace, sender, handle)}
 

@@ -82,7 +82,7 @@ def test_connect_open_step_run_stop_ablate_save_and_reconnect(qtbot, window, tmp
         win.client.step()
         qtbot.waitUntil(lambda: len(win.errors) > n_errors, timeout=TIMEOUT_MS)
         idle(qtbot, win)
-        assert "stopped answering" in win.errors[-1]
+        assert "went away" in win.errors[-1]
         assert win.state.trace is shown and shown.attention("self", 0).shape[1] == len(shown)
         assert "gone" in win.remote_engine.label.text()
 

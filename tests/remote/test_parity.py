@@ -11,6 +11,19 @@ import pytest
 from engine import Session, load_model
 from engine.local import LocalEngine
 
+
+@pytest.fixture(autouse=True)
+def same_threads(eng):
+    """CPU float results depend on torch's thread count (the order of reductions): compare like with like
+    (a GUI test in this process may have changed it, see engine.device.share_cpu_with_ui)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(eng.info["torch_threads"])
+    yield
+    torch.set_num_threads(before)
+
+
 PROMPTS = {"tiny-gpt": "In the beginning God created", "tiny-llama": "In the beginning God created the heaven",
            "tiny-bert": "In the [MASK] God created the [MASK]", "tiny-seq2seq": "the earth was without form"}
 
