@@ -108,6 +108,7 @@ def main() -> int:
     results = []
     try:
         eng = connect(address, token)
+        eng.prefetch_logits = False  # bytes of a step alone (top candidates), then of the row the window reads
         for length in (int(x) for x in args.lengths.split(",")):
             for mode in args.modes.split(","):
                 if mode == "patterns" and length > 2048:

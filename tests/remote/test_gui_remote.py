@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 from PySide6.QtCore import QSettings
@@ -54,6 +55,17 @@ def test_connect_open_step_run_stop_ablate_save_and_reconnect(qtbot, window, tmp
         trace = win.state.trace
         assert isinstance(trace, RemoteTrace) and trace.model_name == "tiny-gpt"
         n = len(trace)
+        # from here on, nothing the window does while stepping may wait on the network in the GUI thread
+        conn = win.client.engine.conn
+        in_gui_thread: list[str] = []
+        real_call = conn.call
+
+        def call(op, *args, **kw):  # noqa: ANN001, ANN202
+            if threading.current_thread() is threading.main_thread():
+                in_gui_thread.append(op)
+            return real_call(op, *args, **kw)
+
+        conn.call = call
         win.client.step()
         qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=TIMEOUT_MS)
         win.client.run(500)
@@ -63,6 +75,7 @@ def test_connect_open_step_run_stop_ablate_save_and_reconnect(qtbot, window, tmp
         stopped_at = len(win.state.trace)
         assert stopped_at < n + 1 + 500 and not win.client.running
         assert win.errors[n_errors:] == []
+        assert in_gui_thread == []
 
         # an ablation runs on the server and comes back as a recomputed trace
         win.client.call("gates", set_gates([("self", 0, 1, 0.0)]))
