@@ -411,10 +411,11 @@ class RemoteSession:
     def _take(self, answer: dict, history: bool = True) -> Any:
         st = answer["state"]
         self.finished = st["finished"]
-        self.n_prompt, self.prompt_ids, self.source_ids = st["n_prompt"], st["prompt_ids"], st["source_ids"]
-        self.messages = tuple(st["messages"]) if st["messages"] is not None else None
-        self.chat_options, self.stop_ids = st["chat_options"], tuple(st["stop_ids"])
         self.settings = SamplingSettings(**st["settings"])
+        if "prompt_ids" in st:  # what never changes comes when the session opens
+            self.n_prompt, self.prompt_ids, self.source_ids = st["n_prompt"], st["prompt_ids"], st["source_ids"]
+            self.messages = tuple(st["messages"]) if st["messages"] is not None else None
+            self.chat_options, self.stop_ids = st["chat_options"], tuple(st["stop_ids"])
         if history:
             self.history += [tuple(e) for e in answer["history"]]
         if "delta" in answer:

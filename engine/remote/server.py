@@ -344,7 +344,8 @@ class EngineServer:
         self.sessions[handle] = (session, sender)
         self.owners[handle] = body.get("_client")
         self.senders[handle] = sender
-        return {"handle": handle, "state": session_state(session), **self._trace_answer(session.trace, sender, handle)}
+        return {"handle": handle, "state": session_state(session, opening=True),
+                **self._trace_answer(session.trace, sender, handle)}
 
     def _do_session(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         handle = body["session"]
@@ -381,14 +382,21 @@ class EngineServer:
         return getattr(self.local, fn)(model, *args, **body.get("kwargs", {}))
 
 
-def session_state(session: Any) -> dict:
-    """What a client mirrors of a session besides its trace (small, every answer)."""
+def session_state(session: Any, opening: bool = False) -> dict:
+    """What a client mirrors of a session besides its trace: small, with every answer; what never changes
+    (the prompt and source ids, the chat, the stop ids) only when the session opens, so a step's answer does
+    not grow with a long prompt."""
     s = session.settings
-    return {"finished": bool(session.finished), "n_prompt": getattr(session, "n_prompt", len(session.ids)),
-            "prompt_ids": list(session.prompt_ids), "source_ids": list(session.source_ids) if session.source_ids else None,
-            "settings": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "greedy": s.greedy, "seed": s.seed},
+    state = {"finished": bool(session.finished),
+             "settings": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "greedy": s.greedy,
+                          "seed": s.seed}}
+    if opening:
+        state.update({
+            "n_prompt": getattr(session, "n_prompt", len(session.ids)), "prompt_ids": list(session.prompt_ids),
+            "source_ids": list(session.source_ids) if session.source_ids else None,
             "messages": [dict(m) for m in session.messages] if session.messages is not None else None,
-            "chat_options": dict(session.chat_options), "stop_ids": tuple(session.stop_ids)}
+            "chat_options": dict(session.chat_options), "stop_ids": tuple(session.stop_ids)})
+    return state
 
 
 def describe_model(model: Any) -> dict:

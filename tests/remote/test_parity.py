@@ -174,3 +174,22 @@ def test_model_description_and_listings(eng):
     assert "tiny-gpt" in eng.bundled_models()
     assert "cpu" in eng.available_devices()
     assert eng.where().startswith(eng.info["host"])
+
+
+def test_bytes_per_step_do_not_grow_with_the_context_when_patterns_are_rebuilt(eng):
+    """Only the new token's blocks cross: a step after a 600-token prompt costs what one after 20 tokens does
+    (give or take the digits of larger positions)."""
+    model = eng.load_model("tiny-llama", capture_mode="rebuild")
+    eng.prefetch_logits = False
+    try:
+        costs = []
+        for n in (20, 600):
+            session = eng.Session(model, list(range(10, 10 + n)))
+            session.step()
+            before = eng.conn.bytes_sent + eng.conn.bytes_received
+            session.step()
+            costs.append(eng.conn.bytes_sent + eng.conn.bytes_received - before)
+        assert abs(costs[1] - costs[0]) < 300, costs
+        assert costs[0] < 4 * 4096, costs  # less than a vocabulary-wide logits row (4096 floats) per layer
+    finally:
+        eng.prefetch_logits = True
