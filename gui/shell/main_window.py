@@ -244,7 +244,7 @@ class MainWindow(QMainWindow):
 
     def _fill_bundled_menu(self) -> None:
         self.bundled_menu.clear()
-        names = self.client.engine.bundled_models()
+        names = self.client.engine.bundled_models() + self.client.engine.model_folders()  # + a server's --models-dir
         for name in names:
             self.bundled_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
         if not names:

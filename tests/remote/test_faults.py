@@ -157,3 +157,25 @@ def test_reconnecting_to_the_same_server_replaces_what_the_client_held(server):
         assert len(session.trace) == len(session.ids)
     finally:
         eng.close()
+
+
+def test_main_py_serve_prints_the_connect_line_first_and_warns_on_another_address(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    token_file = tmp_path / "t"
+    proc = subprocess.Popen([sys.executable, "main.py", "serve", "--bind", "0.0.0.0", "--token-file", str(token_file)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address, token, file = parse_connect_line(proc.stdout.readline())
+        assert address.startswith("0.0.0.0:") and token is None and file == str(token_file)
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600" and len(token_file.read_text().strip()) >= 32
+        eng = connect("127.0.0.1:" + address.rsplit(":", 1)[1], token=token_file.read_text().strip())
+        assert eng.info["models_dirs"] == []
+        eng.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "NOT encrypted" in err and token_file.read_text().strip() not in err
