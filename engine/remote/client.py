@@ -58,8 +58,8 @@ class RemoteEngine:
     """The engine on another machine, behind the same interface as engine.local.LocalEngine."""
 
     remote = True
-    # fetch the newest position's whole logits row with each step, in the calling (worker) thread, so a window
-    # that re-colours candidates never waits on the network in its own thread; False: only the top candidates
+    # the whole logits row where the next choice is made comes with each session answer, so a window that
+    # re-colours candidates never asks the network for it in its own thread; False: only the top candidates
     prefetch_logits = True
 
     def __init__(self, address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -393,7 +393,7 @@ class RemoteSession:
         self._open(body)
 
     def _open(self, body: dict) -> None:
-        answer = self.engine.call("session_new", body)
+        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits})
         self.handle = answer["handle"]
         self._mirror = TraceMirror(self.engine.fetch_logits, self.engine)
         self._gate_version = self.model.gate_version
@@ -419,22 +419,16 @@ class RemoteSession:
         if history:
             self.history += [tuple(e) for e in answer["history"]]
         if "delta" in answer:
-            trace = self._mirror.apply(answer)
-            if self.engine.prefetch_logits and trace.logit_rows:
-                trace.logits_at(self._frontier(trace))
+            self._mirror.apply(answer)
+            if "row" in answer:
+                self._mirror.seed_row(*answer["row"])
         return answer.get("result")
-
-    def _frontier(self, trace: RemoteTrace) -> int:
-        """Where the next choice is made: the last position, or (fill-mask) the first mask."""
-        if self.family == "encoder":
-            mask = self.model.config.mask_token_id
-            return next((i for i, t in enumerate(trace.token_ids) if t == mask), 0)
-        return len(trace) - 1
 
     def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self._gate_version = self.model.gate_version  # the server recomputes first if the gates changed
         answer = self.engine.call("session", {"session": self.handle, "method": method, "args": list(args),
-                                              "kwargs": kwargs, "history_known": len(self.history)})
+                                              "kwargs": kwargs, "history_known": len(self.history),
+                                              "with_row": self.engine.prefetch_logits})
         return self._take(answer)
 
     # -- as engine.Session ---------------------------------------------------------------------

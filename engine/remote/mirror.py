@@ -112,6 +112,18 @@ class TraceMirror:
             remote=(self.engine, answer["tid"], sender))
         return self.trace
 
+    def seed_row(self, position: int, row: np.ndarray) -> None:
+        """Keep a logits row the server sent along (so reading it later asks nothing)."""
+        start = 0
+        for block in self.logits:
+            n = block.shape[0]
+            if position < start + n:
+                row = np.array(row, dtype=np.float32)
+                row.flags.writeable = False
+                block._rows[position - start] = row
+                return
+            start += n
+
     def last_top(self) -> tuple | None:
         """(ids, logits) of the best candidates at the newest position, as the step brought them."""
         return self.logits[-1].top if self.logits else None

@@ -345,7 +345,7 @@ class EngineServer:
         self.owners[handle] = body.get("_client")
         self.senders[handle] = sender
         return {"handle": handle, "state": session_state(session, opening=True),
-                **self._trace_answer(session.trace, sender, handle)}
+                **self._trace_answer(session.trace, sender, handle), **frontier_row(session, body)}
 
     def _do_session(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         handle = body["session"]
@@ -365,7 +365,7 @@ class EngineServer:
         answer = {"result": result, "state": session_state(session), "history": [list(e) for e in session.history[known:]]}
         if method in ("distribution", "reply", "set_sampling"):
             return answer
-        return {**answer, **self._trace_answer(session.trace, sender, handle)}
+        return {**answer, **self._trace_answer(session.trace, sender, handle), **frontier_row(session, body)}
 
     def _do_analysis(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
         fn = body["fn"]
@@ -380,6 +380,20 @@ class EngineServer:
                                    f"{TRACES_KEPT}); step or run again")
             args.insert(0, trace)
         return getattr(self.local, fn)(model, *args, **body.get("kwargs", {}))
+
+
+def frontier_row(session: Any, body: dict) -> dict:
+    """{"row": (position, logits)} where the next choice is made, when the client asked for it with its
+    request (a window re-colours candidates from the whole row; sending it now saves a round trip)."""
+    if not body.get("with_row") or session.trace.logit_rows is None:
+        return {}
+    trace = session.trace
+    if session.family == "encoder":
+        mask = session.model.config.mask_token_id
+        position = next((i for i, t in enumerate(trace.token_ids) if t == mask), 0)
+    else:
+        position = len(trace) - 1
+    return {"row": (position, trace.logits_at(position))}
 
 
 def session_state(session: Any, opening: bool = False) -> dict:

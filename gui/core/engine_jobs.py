@@ -24,7 +24,7 @@ def connect_engine(target: dict[str, Any]) -> Callable:
 
         engine = open_remote(**target)
         w.switch_engine(engine)
-        return {"where": engine.where()}
+        return {"where": engine.where(), "devices": engine.available_devices()}
 
     return fn
 
@@ -35,7 +35,7 @@ def use_this_computer() -> Callable:
 
         engine = LocalEngine()
         w.switch_engine(engine)
-        return {"where": engine.where()}
+        return {"where": engine.where(), "devices": engine.available_devices()}
 
     return fn
 

@@ -69,6 +69,11 @@ class RemoteEngineController(QObject):
             return
         self.refresh()
         self.window.statusBar().showMessage(f"Engine: {self.client.engine.where()}", 8000)
+        if op == "engine" and isinstance(payload, dict):
+            panel = self.window.prompt_panel  # the new engine's devices; "auto" lets it pick its GPU
+            for device in payload.get("devices", ()):
+                panel.set_device(device)
+            panel.set_device(None)
         if op == "engine" and self._reopen:
             source, self._reopen = self._reopen, None
             self.window.open_model(source, device=None)
