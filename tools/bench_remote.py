@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_remote.py                          # 1k and 8k tokens, CPU-sized Llama shape
     .venv/bin/python tools/bench_remote.py --lengths 1024 --steps 4 --modes rebuild,patterns
+    python tools/bench_remote.py --device cuda --json-out remote.json   # on a GPU machine (tools/gpu_check.sh)
 
 For each context length and capture mode, the same random prompt is prefilled in-process and on a server
 subprocess (127.0.0.1), then both step side by side, alternating which goes first each round. One "answer"
@@ -46,11 +47,11 @@ def answer(session) -> tuple[float, int]:  # noqa: ANN001 - engine.Session or Re
     return time.perf_counter() - t0, step.token_id
 
 
-def run(length: int, mode: str, steps: int, rounds: int, eng, folder: Path) -> dict:  # noqa: ANN001
+def run(length: int, mode: str, steps: int, rounds: int, eng, folder: Path, device: str) -> dict:  # noqa: ANN001
     rng = np.random.default_rng(length)
-    local_model = load_model(str(folder), device="cpu")
+    local_model = load_model(str(folder), device=device)
     local_model.capture_mode = mode
-    remote_model = eng.load_model(str(folder), device="cpu", capture_mode=mode)
+    remote_model = eng.load_model(str(folder), device=device, capture_mode=mode)
     vocab = local_model.config.vocab_size
     ids = [int(i) for i in rng.integers(1, vocab - 2, size=length)]
     times = {"local": [], "remote": []}
@@ -100,7 +101,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--shape", default="cpu", choices=["cpu", "1b"])
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="where both engines run (the server's and this process's)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--json-out", metavar="FILE", help="also write them there (tools/gpu_check.sh)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     folder = llama_folder(args.shape)
@@ -113,12 +116,14 @@ def main() -> int:
             for mode in args.modes.split(","):
                 if mode == "patterns" and length > 2048:
                     continue  # layers × heads × T² floats: the stored mode is for short contexts
-                results.append(run(length, mode, args.steps, args.rounds, eng, folder))
+                results.append(run(length, mode, args.steps, args.rounds, eng, folder, args.device))
                 log.info("%s", results[-1])
         eng.close()
     finally:
         proc.terminate()
         proc.wait(10)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"device": args.device, "results": results}, indent=1))
     if args.json:
         print(json.dumps(results, indent=1))
     else:
