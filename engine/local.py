@@ -137,7 +137,7 @@ class LocalEngine:
         """Folders the engine offers besides bundled and cached models: none in-process (any folder opens)."""
         return []
 
-    def reconnect(self) -> None:
+    def reconnect(self, **_: Any) -> None:
         """Nothing to reconnect to in-process."""
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ the same sessions, and the traces already on screen stay usable meanwhile.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -89,15 +90,25 @@ class RemoteEngine:
         if self.tunnel is not None:
             self.tunnel.stop()
 
-    def reconnect(self, address: str | None = None, token: str | None = None) -> None:
+    def reconnect(self, address: str | None = None, token: str | None = None, attempts: int = 1,
+                  timeout: float | None = None, backoff: float = 1.0) -> None:
         """Connect again (the same address unless given) and put back every model and session this client
         still holds: models reloaded from their source with their head gates, sessions replayed from their
-        prompt ids, settings and history. Traces made before stay as they are."""
+        prompt ids, settings and history. Traces made before stay as they are. With `attempts` > 1, waits
+        `backoff` seconds after the first failure, doubling up to 30 s, before each next try (a laptop
+        waking up, a server restarting); the last failure is raised (EngineGone)."""
         self.address = address or self.address
         self._token = token or self._token
+        for attempt in range(max(1, attempts)):
+            conn = Connection(self.address, self._token, self.client_id)
+            try:
+                self.info = _handshake(conn, timeout or self._timeout)
+                break
+            except EngineGone:
+                if attempt == max(1, attempts) - 1:
+                    raise
+                time.sleep(min(30.0, backoff * 2**attempt))
         old = self.conn
-        conn = Connection(self.address, self._token, self.client_id)
-        self.info = _handshake(conn, self._timeout)
         self.conn = conn
         try:
             old.close()

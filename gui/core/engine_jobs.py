@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from engine import EngineError
+
 from .worker import EngineWorker
 
 
@@ -40,12 +42,18 @@ def use_this_computer() -> Callable:
     return fn
 
 
-def reconnect() -> Callable:
+def reconnect(quiet: bool = False, timeout: float | None = None) -> Callable:
     """Reconnect the engine and restore what it held; -> the session's restored Trace (run as a trace op,
-    it replaces the one on screen), or {"where": ...} when no session was open."""
+    it replaces the one on screen), or {"where": ...} when no session was open. `quiet` (the window's own
+    retries): a failure answers {"reconnected": False, "why": ...} instead of an error message."""
 
     def fn(w: EngineWorker) -> Any:
-        w.engine.reconnect()
-        return w.session.trace if w.session is not None else {"where": w.engine.where()}
+        try:
+            w.engine.reconnect(timeout=timeout)
+        except EngineError as exc:
+            if not quiet:
+                raise
+            return {"reconnected": False, "why": str(exc)}
+        return w.session.trace if w.session is not None else {"reconnected": True, "where": w.engine.where()}
 
     return fn

@@ -1,20 +1,24 @@
 """Where the engine runs: File → Connect to engine… / Reconnect to engine, and the status bar's "engine:"
 label. The worker talks to one engine interface (gui/core/engine_jobs.py swaps the implementation), so
 nothing else in the window changes when the engine is on another machine; this module only says where it
-is, and offers Reconnect when it went away (the trace on screen stays)."""
+is and, when it went away (the trace on screen stays), tries to reconnect with backoff (1, 2, 4 … 30 s,
+a short handshake each, so the worker is never held long) and offers File → Reconnect to engine."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QDialog, QLabel
 
 from ..core.engine_jobs import connect_engine, reconnect, use_this_computer
 from .connect_dialog import LOCAL, ConnectDialog
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S, RETRY_MAX_S, RETRIES = 1.0, 30.0, 8  # about 2 minutes of tries, then Reconnect is by hand
+RETRY_HANDSHAKE_S = 2.0
 
 
 class RemoteEngineController(QObject):
@@ -27,6 +31,10 @@ class RemoteEngineController(QObject):
         window.statusBar().addPermanentWidget(self.label)
         self.last_target: dict = {}
         self._reopen: str | None = None
+        self._retries = 0  # automatic reconnects tried since the engine went away (0: none under way)
+        self._retry_timer = QTimer(self)
+        self._retry_timer.setSingleShot(True)
+        self._retry_timer.timeout.connect(self._retry)
         window.registry.bind("file.connect_engine", self.show_dialog)
         window.registry.bind("file.reconnect_engine", self.reconnect)
         self.client.result_ready.connect(self._on_result)
@@ -64,9 +72,33 @@ class RemoteEngineController(QObject):
         self.window.statusBar().showMessage("Reconnecting to the engine …")
         return self.client.call("reconnect", reconnect())
 
+    def _retry(self) -> None:
+        if not self.client.engine.gone:
+            self._retries = 0
+            return
+        self._retries += 1
+        self.label.setText(f"engine: reconnecting to {self.client.engine.address} (try {self._retries} of {RETRIES}) …")
+        self.client.call("reconnect", reconnect(quiet=True, timeout=RETRY_HANDSHAKE_S))
+
+    def _schedule_retry(self) -> None:
+        if self._retries >= RETRIES:
+            self._retries = 0
+            self.refresh()
+            self.window.statusBar().showMessage("The engine did not come back; File → Reconnect to engine when it runs",
+                                                15000)
+            return
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** max(0, self._retries - 1))
+        self._retry_timer.start(int(delay * 1000))
+
     def _on_result(self, _rid: int, op: str, payload: object) -> None:
         if op not in ("engine", "reconnect"):
             return
+        if op == "reconnect" and isinstance(payload, dict) and payload.get("reconnected") is False:
+            log.info("reconnect failed: %s", payload.get("why"))
+            self._schedule_retry()
+            return
+        self._retries = 0
+        self._retry_timer.stop()
         self.refresh()
         self.window.statusBar().showMessage(f"Engine: {self.client.engine.where()}", 8000)
         if op == "engine" and isinstance(payload, dict):
@@ -86,6 +118,8 @@ class RemoteEngineController(QObject):
         self.refresh()  # an engine that went away says so in the label
         if op in ("engine", "reconnect"):
             log.warning("engine connection: %s", message)
+        if self.client.engine.gone and not self._retries and not self._retry_timer.isActive():
+            self._schedule_retry()  # the first try after RETRY_FIRST_S
 
 
 def install(window: Any) -> RemoteEngineController:

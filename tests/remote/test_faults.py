@@ -120,6 +120,8 @@ def test_kill_9_mid_run_then_reconnect_restores_the_session(tmp_path):
         np.testing.assert_array_equal(shown.logits_at(len(shown) - 1), last_logits)
         held = (list(session.ids), list(session.history), session.settings, model.gates())
         srv.stop()
+        with pytest.raises(EngineGone, match="no engine answers"):  # nothing there yet: tries, backs off, says so
+            eng.reconnect(attempts=2, timeout=1.0, backoff=0.1)
 
         srv = Server(tmp_path, port=port, token_file=token_file)
         eng.reconnect()

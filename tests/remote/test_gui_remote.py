@@ -97,21 +97,29 @@ def test_connect_open_step_run_stop_ablate_save_and_reconnect(qtbot, window, tmp
         idle(qtbot, win)
         assert "went away" in win.errors[-1]
         assert win.state.trace is shown and shown.attention("self", 0).shape[1] == len(shown)
-        assert "gone" in win.remote_engine.label.text()
+        assert any(w in win.remote_engine.label.text() for w in ("gone", "reconnecting"))
 
-        # back on the same port (a token file keeps the token): Reconnect restores prompt, steps and ablation
+        # back on the same port (a token file keeps the token): the window's own retries (with backoff) find it
+        # and restore prompt, steps and ablation
         srv.stop()
         token_file = tmp_path / "token"
         token_file.write_text(srv.token)
         srv = Server(tmp_path, port=srv.port, token_file=token_file)
-        win.remote_engine.reconnect()
-        qtbot.waitUntil(lambda: win.state.trace is not shown, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: win.state.trace is not shown, timeout=2 * TIMEOUT_MS)
         idle(qtbot, win)
+        assert win.errors[-1].count("went away") == 1  # the retries that failed said nothing in the window
+        assert not win.client.engine.gone
         restored = win.state.trace
         assert restored.token_ids == shown.token_ids and restored.gates == shown.gates
         assert "gone" not in win.remote_engine.label.text()
         win.client.step()
         qtbot.waitUntil(lambda: len(win.state.trace) == len(shown) + 1, timeout=TIMEOUT_MS)
+        # File → Reconnect to engine on a live link: the same session again
+        stepped = win.state.trace
+        win.remote_engine.reconnect()
+        qtbot.waitUntil(lambda: win.state.trace is not stepped, timeout=TIMEOUT_MS)
+        idle(qtbot, win)
+        assert win.state.trace.token_ids == stepped.token_ids
     finally:
         win.client.call("engine", use_this_computer())
         idle(qtbot, win)
