@@ -193,3 +193,20 @@ def test_bytes_per_step_do_not_grow_with_the_context_when_patterns_are_rebuilt(e
         assert costs[0] < 4 * 4096, costs  # less than a vocabulary-wide logits row (4096 floats) per layer
     finally:
         eng.prefetch_logits = True
+
+
+def test_a_session_file_is_written_here_and_restored_on_the_server(eng, tmp_path):
+    from engine.session_file import read_session_file, save_session
+
+    model = eng.load_model("tiny-gpt")
+    model.set_head_gate("self", 0, 2, 0.5)
+    session = eng.Session(model, "In the beginning", temperature=0.9, greedy=False, seed=2)
+    session.step(), session.step(), session.back(), session.step(11)
+    path = save_session(session, tmp_path / "s.aisession", view={"layer": 1})
+    model.clear_gates()
+    restored = eng.restore_session(read_session_file(path), model)
+    assert restored.history == session.history and restored.settings == session.settings
+    gates = model.gates()
+    assert set(gates) == {"decoder.0.attn"} and gates["decoder.0.attn"][2] == 0.5 and sum(gates["decoder.0.attn"]) == \
+        len(gates["decoder.0.attn"]) - 0.5
+    assert_same_trace(restored.trace, session.trace)
