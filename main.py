@@ -7,6 +7,7 @@
     python main.py --screenshot out.png --steps 5   render the window after 5 steps, save it, exit
     python main.py export --model M --prompt P --steps N --out trace.npz   headless export
     attention-inspector --install-desktop-entry     add the app to the desktop's menus (and --version)
+    attention-inspector serve [--port N]            run the engine here for a window elsewhere (docs/remote-engine.md)
 """
 
 from __future__ import annotations
@@ -146,7 +147,12 @@ def read_prompt_file(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_folder_first(sys.argv[1:] if argv is None else list(argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the engine server (engine/remote/cli.py): its own options, no window
+        from engine.remote.cli import main as serve
+
+        return serve(argv[1:])
+    args = build_parser().parse_args(_folder_first(argv))
     if args.version:  # without torch (seconds to import) unless --verbose asks for the device too
         if args.verbose:
             from engine.about import version_text

@@ -94,9 +94,10 @@ def softcap(logits, cap: float | None):  # noqa: ANN001, ANN201 - a torch tensor
 
 
 def _rows(block: np.ndarray | LazyLogits, start: int = 0, stop: int | None = None) -> np.ndarray:
-    if isinstance(block, LazyLogits):
-        return block.rows(start, stop)
-    return block[start:stop]
+    """Rows of one logits block: an array, or anything with rows(start, stop) (LazyLogits, a remote engine's)."""
+    if isinstance(block, np.ndarray):
+        return block[start:stop]
+    return block.rows(start, stop)
 
 
 @dataclass(frozen=True, eq=False)

@@ -193,6 +193,11 @@ def test_about_shows_the_version_and_the_engine(qapp, monkeypatch):
 
     shown = []
     monkeypatch.setattr(main_window.QMessageBox, "about", lambda parent, title, text: shown.append(text))
-    main_window.MainWindow.show_about(None)
+    from types import SimpleNamespace
+
+    from engine.local import LocalEngine
+
+    main_window.MainWindow.show_about(SimpleNamespace(client=SimpleNamespace(engine=LocalEngine())))
     versions = engine_versions()
     assert app_version() in shown[0] and f"torch {versions['torch']}" in shown[0] and versions["device"] in shown[0]
+    assert "Models run on: this computer" in shown[0]  # a remote engine says its host instead (issue 27)

@@ -77,7 +77,7 @@ WHEELS="${GPU_CHECK_WHEELS:-}"
 for d in .whl wheels; do [ -z "$WHEELS" ] && ls "$ROOT/$d"/*.whl >/dev/null 2>&1 && WHEELS="$ROOT/$d"; done
 if [ -n "$WHEELS" ]; then
     # only the GUI's own packages: the machine's numpy / torch stay as they are
-    mapfile -t GUI_WHEELS < <(ls "$WHEELS"/*.whl | grep -iE '/(pyside6_essentials|pyside6-essentials|shiboken6|pyqtgraph)-')
+    mapfile -t GUI_WHEELS < <(ls "$WHEELS"/*.whl | grep -iE '/(pyside6_essentials|pyside6-essentials|shiboken6|pyqtgraph|pyzmq)-')
     if [ ${#GUI_WHEELS[@]} -gt 0 ]; then
         step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${GUI_WHEELS[@]}"
         export PYTHONPATH="$PYTHONPATH:$WORK/site"
@@ -119,6 +119,14 @@ if "$PY" -c "import PySide6.QtWidgets, pyqtgraph" >/dev/null 2>&1; then
 else
     echo "== gui: skipped (PySide6 / pyqtgraph do not import here; see docs/gpu.md)"
     printf '%s\t%s\t%s\t%s\n' gui skipped 0 "PySide6 or pyqtgraph missing" >>"$STEPS"
+fi
+
+# 5b. the remote engine (issue 27): a server on this device, a client beside it; needs pyzmq (carry its wheel)
+if "$PY" -c "import zmq" >/dev/null 2>&1; then
+    step remote 150 "$PY" tools/bench_remote.py --device "$DEVICE" --lengths 1024,8192 --steps 6 --rounds 2 --json-out "$OUT/remote.json"
+else
+    echo "== remote: skipped (pyzmq does not import here; put its wheel in .whl/)"
+    printf '%s\t%s\t%s\t%s\n' remote skipped 0 "pyzmq missing" >>"$STEPS"
 fi
 
 # 6. one JSON of everything, and the table last

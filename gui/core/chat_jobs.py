@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import Session
-
 from .jobs import open_model
 from .worker import EngineWorker, SessionRequest
 
@@ -25,8 +23,8 @@ def chat_messages(system: str, turns: Sequence[tuple[str, str]]) -> list[dict[st
 
 def _start(w: EngineWorker, messages: list[dict[str, str]], req: SessionRequest) -> Any:
     model = open_model(w)
-    session = Session(model, messages=messages, temperature=req.temperature, top_k=req.top_k,
-                      top_p=req.top_p, seed=req.seed, greedy=req.greedy)
+    session = w.engine.Session(model, messages=messages, temperature=req.temperature, top_k=req.top_k,
+                               top_p=req.top_p, seed=req.seed, greedy=req.greedy)
     w.adopt(model, session)
     return session.trace
 

@@ -22,14 +22,12 @@ def inside_head(trace: Any, kind: str, layer: int, head: int, query: int) -> Cal
     """q, k, v, q·k, scale, soft-cap, bias, mask, softmax and the value-weighted norms of one head, one query."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.explain import inside_head as explain
-
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (kind, layer, head, query)
         try:
-            return {"trace": trace, "key": key, "inside": explain(model, trace, kind, layer, head, query)}
+            return {"trace": trace, "key": key, "inside": w.engine.inside_head(model, trace, kind, layer, head, query)}
         except CaptureError as exc:
             return {"trace": trace, "key": key, "error": str(exc)}
 
@@ -40,14 +38,12 @@ def attribution(trace: Any, position: int, token_id: int | None) -> Callable:
     """Direct logit attribution at `position` toward `token_id` (None: the most likely next token)."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.explain import attribute
-
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (position, token_id)
         try:
-            return {"trace": trace, "key": key, "attribution": attribute(model, trace, position, token_id)}
+            return {"trace": trace, "key": key, "attribution": w.engine.attribute(model, trace, position, token_id)}
         except CaptureError as exc:
             return {"trace": trace, "key": key, "error": str(exc)}
 
@@ -58,17 +54,15 @@ def embeddings(trace: Any, token_id: int, k: int, metric: str) -> Callable:
     """The k nearest tokens to `token_id`'s input embedding, and the positional scheme (made once per model)."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.explain import nearest_tokens, positions_view
-
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (token_id, k, metric)
         positions = w.cache.get("positions_view")  # the cache is emptied when the model changes
         if positions is None:
-            positions = w.cache["positions_view"] = positions_view(model)
+            positions = w.cache["positions_view"] = w.engine.positions_view(model)
         try:
-            near = nearest_tokens(model, token_id, k, metric)
+            near = w.engine.nearest_tokens(model, token_id, k, metric)
         except CaptureError as exc:
             return {"trace": trace, "key": key, "error": str(exc), "positions": positions}
         return {"trace": trace, "key": key, "nearest": near, "positions": positions}

@@ -54,12 +54,10 @@ def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
     """Top tokens read off the residual stream after each layer at `position` (main stack)."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.analysis import logit_lens as lens
-
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}  # the panel drops it: its trace is gone
-        out = lens(model, trace, position, top=top)
+        out = w.engine.logit_lens(model, trace, position, top=top)
         return {"trace": trace, "position": position, "top_ids": out["top_ids"], "top_probs": out["top_probs"]}
 
     return fn
@@ -69,17 +67,14 @@ def head_statistics(trace: Any) -> Callable:
     """Every head's statistics on `trace`; induction scores are cached per model and gates."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.analysis import head_statistics as stats
-        from engine.analysis import induction_scores
-
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (id(model), tuple(sorted(model.gates().items())))
         cached = w.cache.get("induction")
         if cached is None or cached[0] != key:  # one entry: the cache never keeps other gates' numbers
-            cached = w.cache["induction"] = (key, induction_scores(model))
-        return {"trace": trace, "stats": stats(model, trace, induction=cached[1])}
+            cached = w.cache["induction"] = (key, w.engine.induction_scores(model))
+        return {"trace": trace, "stats": w.engine.head_statistics(model, trace, induction=cached[1])}
 
     return fn
 
@@ -100,18 +95,17 @@ def open_session(path: str) -> Callable:
     replay it. Damaged or foreign files raise SessionFileError; the old model and session stay."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine import load_model
-        from engine.session_file import model_reference, read_session_file, restore_session
+        from engine.session_file import model_reference, read_session_file
 
         state = read_session_file(path)
         ref = model_reference(state)
         model = w.model
         same = model is not None and ref in (model.name, str(model.folder) if model.folder else None)
         if not same:
-            model = load_model(ref)
-        session = restore_session(state, model)
+            model = w.engine.load_model(ref)
+        session = w.engine.restore_session(state, model)
         w.adopt(model, session)
-        return {"info": model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},
+        return {"info": model_info(model, w.engine), "trace": session.trace, "view": state.get("view", {}) or {},
                 "settings": dict(state["settings"]), "prompt": _text(model, session.prompt_ids),
                 "source": _text(model, session.source_ids) if session.source_ids is not None else None}
 

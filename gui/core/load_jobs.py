@@ -1,9 +1,9 @@
 """Opening models with progress and cancel, and the Hugging Face cache listing behind File → Open from cache.
 
-`load_with_progress` runs in the engine worker thread (gui/core/worker.py): it names the model and sizes
-its weights before reading them, so the status bar can say what is loading, then hands the engine's
-progress fractions on as LoadProgress values. `CacheScanner` lists the cache in a thread of its own, so
-the dialog answers at once even while the worker is busy loading or running.
+`load_with_progress` runs in the engine worker thread (gui/core/worker.py): it asks the engine (in this
+process or remote) to name the model and size its weights before reading them, so the status bar can say
+what is loading, then hands the engine's progress fractions on as LoadProgress values. `CacheScanner`
+lists the cache in a thread of its own, so the dialog answers at once even while the worker is busy loading or running.
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
 
 @dataclass(frozen=True)
 class LoadProgress:
@@ -33,29 +29,15 @@ class LoadProgress:
     message: str  # the engine's own words ("model.safetensors: 1.2 GB of 2.5 GB")
 
 
-def weights_size(folder: Path) -> int:
-    """Bytes of the weight files in a checkpoint folder (symlinks of a hub snapshot followed)."""
-    total = 0
-    try:
-        for path in folder.iterdir():
-            if path.name.endswith(WEIGHT_SUFFIXES) and path.is_file():
-                total += path.stat().st_size
-    except OSError as exc:
-        log.debug("cannot size %s: %s", folder, exc)
-    return total
-
-
-def describe_source(source: str) -> tuple[str, int]:
-    """(display name, weight bytes) of what `source` names; (source, 0) when it does not resolve
-    (load_model then says why)."""
+def describe_source(source: str, engine: Any) -> tuple[str, int]:
+    """(display name, weight bytes) of what `source` names on `engine`; (source, 0) when it does not
+    resolve (load_model then says why)."""
     from engine import EngineError
-    from engine.checkpoints import resolve
 
     try:
-        folder, name = resolve(source)
+        return engine.describe_source(source)
     except (EngineError, OSError, ValueError):
         return source, 0
-    return name, weights_size(Path(folder))
 
 
 def format_size(n: int) -> str:
@@ -67,19 +49,17 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
-def load_with_progress(source: str, device: str | None, dtype: str | None,
+def load_with_progress(engine: Any, source: str, device: str | None, dtype: str | None,
                        report: Callable[[LoadProgress], None], cancel: threading.Event | None) -> Any:
     """engine.load_model with its progress turned into LoadProgress reports; raises LoadCancelled when
-    `cancel` is set (the engine frees what it had allocated)."""
-    from engine import load_model
-
-    name, size = describe_source(source)
+    `cancel` is set (the engine frees what it had allocated; a remote engine is told to stop)."""
+    name, size = describe_source(source, engine)
     report(LoadProgress(source, name, size, 0.0, f"opening {name}"))
 
     def progress(fraction: float, message: str) -> None:
         report(LoadProgress(source, name, size, float(fraction), str(message)))
 
-    return load_model(source, device=device, dtype=dtype, progress=progress, cancel=cancel)
+    return engine.load_model(source, device=device, dtype=dtype, progress=progress, cancel=cancel)
 
 
 class CacheScanner(QObject):

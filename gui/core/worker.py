@@ -1,6 +1,8 @@
 """The engine's one worker thread, and the GUI-side client that talks to it.
 
-Only the worker touches Model and Session (they are not thread-safe). The GUI sends requests
+The worker talks to one engine object: engine.local.LocalEngine (the model in this process) or
+engine.remote.RemoteEngine (the model on a server); both have the same methods, so nothing here or in
+the jobs asks which. Only the worker touches Model and Session (they are not thread-safe). The GUI sends requests
 through queued signals; each carries an id, and the client drops results that a newer request
 has made stale. What comes back is immutable: a ModelInfo or an engine.Trace (plain numpy).
 """
@@ -17,15 +19,15 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from engine import EngineError, Session, Trace, share_cpu_with_ui
-from engine.session import stop_token_ids
+from engine import EngineError, Trace, share_cpu_with_ui
+from engine.local import LocalEngine
 
 from .load_jobs import LoadProgress, load_with_progress
 
 log = logging.getLogger(__name__)
 
 # ops whose result replaces the trace on screen; a newer one makes older ones stale
-TRACE_OPS = ("session", "step", "back", "branch", "mask", "run", "load", "gates", "open_session")
+TRACE_OPS = ("session", "step", "back", "branch", "mask", "run", "load", "gates", "open_session", "reconnect")
 PROGRESS_INTERVAL_S = 0.05  # a long run reports at most this often, so the GUI queue never floods
 
 
@@ -77,7 +79,7 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
-def model_info(model: Any) -> ModelInfo:
+def model_info(model: Any, engine: Any) -> ModelInfo:
     tok = model.tokenizer
     cfg = model.config
     vocab = tuple(tok.display(i) for i in range(cfg.vocab_size))
@@ -90,7 +92,7 @@ def model_info(model: Any) -> ModelInfo:
         max_positions=model.max_positions, has_logits=bool(model.has_logits),
         dtype_reason=str(getattr(model, "dtype_reason", "") or ""),
         has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
-        stop_ids=tuple(stop_token_ids(model)) if model.family != "encoder" else ())
+        stop_ids=tuple(engine.stop_token_ids(model)) if model.family != "encoder" else ())
 
 
 class EngineWorker(QObject):
@@ -101,23 +103,33 @@ class EngineWorker(QObject):
     failed = Signal(int, str, str)  # request id, op, message
     load_progress = Signal(int, object)  # request id, LoadProgress (gui/core/load_jobs.py)
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Any = None) -> None:
         super().__init__()
+        self.engine = engine if engine is not None else LocalEngine()  # in-process or remote: the same methods
         # runs with a request id up to this one stop; an int, not an Event, so a Stop that arrives
         # before its run has started is not undone when the run begins (ints are set atomically)
         self._cancel_upto = 0
         self.model = None
-        self.session: Session | None = None
+        self.session: Any = None  # the engine's Session
         self._request: SessionRequest | None = None
         # what jobs (gui/core/jobs.py) keep between calls for the open model; emptied when it changes,
         # so it never keeps an old model alive
         self.cache: dict[str, Any] = {}
 
-    def adopt(self, model: Any, session: Session | None) -> None:
+    def adopt(self, model: Any, session: Any) -> None:
         """Jobs that open a model or a session themselves (a session file) hand them over here."""
         if model is not self.model:
             self.cache.clear()
         self.model, self.session, self._request = model, session, None
+
+    def switch_engine(self, engine: Any) -> None:
+        """Talk to another engine from now on (a connect job); the open model and session belong to the old
+        one and go with it."""
+        old, self.engine = self.engine, engine
+        self.adopt(None, None)
+        self.cache.clear()
+        if old is not engine:
+            old.close()
 
     def cancel(self, upto: int) -> None:
         """Called from the GUI thread: runs with request id <= `upto` stop after the step in progress."""
@@ -134,7 +146,7 @@ class EngineWorker(QObject):
             log.error("unexpected error in %s:\n%s", op, traceback.format_exc())
             self.failed.emit(rid, op, f"Unexpected {type(exc).__name__}: {exc} (details in the log)")
 
-    def _session(self) -> Session:
+    def _session(self) -> Any:
         if self.session is None:
             raise EngineError("no session: open a model and type a prompt first")
         return self.session
@@ -143,10 +155,11 @@ class EngineWorker(QObject):
     def load(self, rid: int, source: str, device: str | None, dtype: str | None, cancel: Any = None) -> None:
         def work() -> ModelInfo:
             # progress comes from this thread; `cancel` (a threading.Event) is set by the GUI thread
-            model = load_with_progress(source, device, dtype, lambda p: self.load_progress.emit(rid, p), cancel)
+            model = load_with_progress(self.engine, source, device, dtype, lambda p: self.load_progress.emit(rid, p),
+                                       cancel)
             # swap only after a successful load, so a broken folder leaves the old model usable
             self.adopt(model, None)
-            info = model_info(model)
+            info = model_info(model, self.engine)
             settle_garbage_collector()
             return info
 
@@ -164,8 +177,8 @@ class EngineWorker(QObject):
                 raise EngineError("type a source text for the encoder")
             if family == "encoder-decoder" and not prompt.strip():
                 prompt = None  # the decoder starts from its start token
-            self.session = Session(self.model, prompt, source=source, temperature=req.temperature,
-                                   top_k=req.top_k, top_p=req.top_p, seed=req.seed, greedy=req.greedy)
+            self.session = self.engine.Session(self.model, prompt, source=source, temperature=req.temperature,
+                                               top_k=req.top_k, top_p=req.top_p, seed=req.seed, greedy=req.greedy)
             self._request = req
             return self.session.trace
 
@@ -324,6 +337,11 @@ class EngineClient(QObject):
         if len(self._pending) == 1 or op == "load":
             self.busy_changed.emit(True, op)
         return rid
+
+    @property
+    def engine(self) -> Any:
+        """The engine the worker talks to (for listings from any thread: both kinds answer thread-safely)."""
+        return self.worker.engine
 
     @property
     def busy(self) -> bool:

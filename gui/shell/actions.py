@@ -65,6 +65,9 @@ ENTRIES: tuple[Entry | Hint, ...] = (
           "count is shown before it runs)"),
     Entry("file.open_cache", "Open from &cache…", ("Ctrl+Shift+H",), "Open a model from the Hugging Face cache (a list "
           "with sizes; the ones that cannot be opened say why)"),
+    Entry("file.connect_engine", "Co&nnect to engine…", (), "Connect to an engine on another machine (an SSH host, or "
+          "an address and token), or come back to this computer"),
+    Entry("file.reconnect_engine", "Reconnect to en&gine"),
     Entry("file.open_session", "Open &session…", ("Ctrl+Shift+O",), "Open / save a session (prompt, steps, ablations, "
           "view)", group="session"),
     Entry("file.save_session", "Sa&ve session…", (SK.Save,), group="session"),
@@ -101,7 +104,7 @@ ENTRIES: tuple[Entry | Hint, ...] = (
 # its owner on aboutToShow), "section:<id>" for a place others add to later (the docks' toggles)
 MENUS: dict[str, tuple[str, tuple[str, ...]]] = {
     "file": ("&File", ("file.open_folder", "file.open_cache", "menu:file.hf", "menu:file.bundled", "menu:file.recent", "-",
-                       "file.open_prompt", "-",
+                       "file.connect_engine", "file.reconnect_engine", "-", "file.open_prompt", "-",
                        "file.open_session", "file.save_session", "-", "file.export_view", "file.export_head_view", "file.export_pattern",
                        "file.export_summary", "file.export_trace", "file.screenshot", "-", "file.quit")),
     "generate": ("&Generate", ("generate.step", "generate.back", "generate.run", "generate.stop", "generate.reset",

@@ -23,8 +23,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.checkpoints.resolve import bundled_models, cached_models
-
 from ..core.state import InspectorState
 from ..core.worker import EngineClient, ModelInfo
 from ..panels.attention import AttentionView
@@ -40,6 +38,7 @@ from .actions import ActionRegistry
 from .analysis import install as install_analysis
 from .cache_dialog import show_cache_dialog
 from .loading import LoadingController
+from .remote_engine import install as install_remote_engine
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +123,7 @@ class MainWindow(QMainWindow):
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
         self.state.model_changed.connect(self._on_model_changed)
         self.analysis = install_analysis(self)  # issue 7: ablation, lens, statistics, sessions
+        self.remote_engine = install_remote_engine(self)  # issue 27: File → Connect to engine…, the engine: label
 
         self.resize(1400, 900)
         self.apply_default_sizes()
@@ -132,7 +132,7 @@ class MainWindow(QMainWindow):
         style.theme_plots(self)
         # a bound method (not a lambda), so the connection ends with the window
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._on_scheme_changed)
-        self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
+        self.prompt_panel.set_model_choices(self.client.engine.bundled_models() + self.recent_models())
 
     # -- construction helpers ----------------------------------------------------------------------------
     def add_dock(self, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
@@ -225,7 +225,7 @@ class MainWindow(QMainWindow):
 
     def open_from_cache(self) -> None:
         """File → Open from cache…: the cached models listed in a thread, the openable ones marked."""
-        show_cache_dialog(self)
+        show_cache_dialog(self, scan=self.client.engine.cached_model_infos)  # the engine's cache, wherever it runs
 
     def browse_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a checkpoint folder (config.json, weights, tokenizer)",
@@ -236,7 +236,7 @@ class MainWindow(QMainWindow):
 
     def _fill_hf_menu(self) -> None:
         self.hf_menu.clear()
-        names = cached_models()
+        names = self.client.engine.cached_models()
         for name in names:
             self.hf_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
         if not names:
@@ -244,7 +244,7 @@ class MainWindow(QMainWindow):
 
     def _fill_bundled_menu(self) -> None:
         self.bundled_menu.clear()
-        names = bundled_models()
+        names = self.client.engine.bundled_models() + self.client.engine.model_folders()  # + a server's --models-dir
         for name in names:
             self.bundled_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
         if not names:
@@ -291,7 +291,7 @@ class MainWindow(QMainWindow):
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.banner.hide()
         self._remember_recent(self._loading_source)
-        self.prompt_panel.set_model_choices(bundled_models() + self.recent_models())
+        self.prompt_panel.set_model_choices(self.client.engine.bundled_models() + self.recent_models())
         self.state.set_model(info)  # panels switch to the family's defaults here
         prompt, source = self._chain_texts
         if info.family == "encoder-decoder" and source is None and prompt is not None:
@@ -405,7 +405,7 @@ class MainWindow(QMainWindow):
                           "<p>Decoder-only (GPT-2), encoder-only (BERT) and encoder-decoder (T5, BART, Marian) "
                           "models, run by a small torch engine of its own.</p>"
                           f"<p>Engine: torch {v['torch']} (CUDA {v['cuda']}), default device {v['device']}, "
-                          f"Python {v['python']}</p>")
+                          f"Python {v['python']}</p><p>Models run on: {self.client.engine.where()}</p>")
 
     def export_trace(self, path: str) -> None:
         """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""

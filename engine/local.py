@@ -1,0 +1,144 @@
+"""The engine in this process, behind the interface the GUI talks to (engine.remote.RemoteEngine is the
+other implementation: the same methods, answered by a server next to the GPU).
+
+Everything that asks about the machine the model runs on goes through one of these objects: which
+models it can open, its devices, loading, sessions, and the explanations and analyses that need the
+model's weights. What only computes on a Trace's numbers (patterns, tiles, distributions, exports) is
+done on the Trace itself, wherever it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .session import Session, stop_token_ids
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+log = logging.getLogger(__name__)
+
+
+def weights_size(folder: Path) -> int:
+    """Bytes of the weight files in a checkpoint folder (symlinks of a hub snapshot followed); 0 when unknown."""
+    total = 0
+    try:
+        for path in Path(folder).iterdir():
+            if path.name.endswith(WEIGHT_SUFFIXES) and path.is_file():
+                total += path.stat().st_size
+    except OSError as exc:
+        log.debug("cannot size %s: %s", folder, exc)
+    return total
+
+
+class LocalEngine:
+    """In-process engine: the model lives in this process, on this computer's devices."""
+
+    remote = False
+    gone: str | None = None  # an engine in this process never goes away
+    Session = Session  # eng.Session(model, prompt, ...) as engine.Session
+
+    @property
+    def address(self) -> str:
+        return "this computer"
+
+    def where(self) -> str:
+        """Where models run, for the status bar: "this computer (cpu)"."""
+        from .about import engine_versions
+
+        return f"this computer ({engine_versions()['device']})"
+
+    def describe(self) -> dict:
+        from .about import app_version, engine_versions
+
+        return {"host": platform.node(), "address": self.address, "app_version": app_version(), **engine_versions()}
+
+    def load_model(self, source: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
+                   progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> Any:
+        from . import load_model
+
+        return load_model(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel)
+
+    def describe_source(self, source: str) -> tuple[str, int]:
+        """(display name, bytes of its weight files) of what `source` names, without loading it; EngineError
+        when it names nothing this engine can open."""
+        from .checkpoints import resolve
+
+        folder, name = resolve(source)
+        return name, weights_size(folder)
+
+    def bundled_models(self) -> list[str]:
+        from .checkpoints.resolve import bundled_models
+
+        return bundled_models()
+
+    def cached_models(self) -> list[str]:
+        from .checkpoints.resolve import cached_models
+
+        return cached_models()
+
+    def cached_model_infos(self) -> list:
+        from .checkpoints import cached_model_infos
+
+        return cached_model_infos()
+
+    def available_devices(self) -> list[str]:
+        from .device import available_devices
+
+        return available_devices()
+
+    def stop_token_ids(self, model: Any) -> tuple[int, ...]:
+        return stop_token_ids(model)
+
+    # -- what needs the model's weights --------------------------------------------------------
+    def logit_lens(self, model: Any, trace: Any, position: int, top: int = 10) -> dict:
+        from .analysis import logit_lens
+
+        return logit_lens(model, trace, position, top=top)
+
+    def head_statistics(self, model: Any, trace: Any, induction: Any = None) -> list:
+        from .analysis import head_statistics
+
+        return head_statistics(model, trace, induction=induction)
+
+    def induction_scores(self, model: Any) -> Any:
+        from .analysis import induction_scores
+
+        return induction_scores(model)
+
+    def inside_head(self, model: Any, trace: Any, kind: str, layer: int, head: int, query: int) -> Any:
+        from .explain import inside_head
+
+        return inside_head(model, trace, kind, layer, head, query)
+
+    def attribute(self, model: Any, trace: Any, position: int, token_id: int | None = None) -> Any:
+        from .explain import attribute
+
+        return attribute(model, trace, position, token_id)
+
+    def nearest_tokens(self, model: Any, token_id: int, k: int = 10, metric: str = "cosine") -> list:
+        from .explain import nearest_tokens
+
+        return nearest_tokens(model, token_id, k, metric)
+
+    def positions_view(self, model: Any) -> dict:
+        from .explain import positions_view
+
+        return positions_view(model)
+
+    def restore_session(self, state: dict, model: Any) -> Any:
+        from .session_file import restore_session
+
+        return restore_session(state, model)
+
+    def model_folders(self) -> list[str]:
+        """Folders the engine offers besides bundled and cached models: none in-process (any folder opens)."""
+        return []
+
+    def reconnect(self, **_: Any) -> None:
+        """Nothing to reconnect to in-process."""
+
+    def close(self) -> None:
+        """Nothing to let go of in-process."""

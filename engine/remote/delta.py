@@ -1,0 +1,127 @@
+"""Server side of trace mirroring: what a client must add to its copy of a session's Trace.
+
+A session's successive Traces share their pattern blocks, logit rows and keys with the Trace before them
+(engine/session.py), so what changes per step is one new block per capture point, one logits row, one
+token and its key rows. TraceSender remembers what it sent (blocks by identity, tokens by value) and
+answers a delta: for each list, how much of the client's copy stays (`keep`) and what follows it. After
+`back()` the lists shrink; after a branch the suffix differs; after a recompute (head gates) everything is
+new. Logit rows never cross here: a delta names them (serial, rows, vocabulary) and the client fetches a
+row when something asks for it; with the new token, the step's top candidates come along.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from ..trace import Trace
+
+TOP_K = 20  # candidates sent with each step (the whole row only when asked for)
+
+
+def _common_prefix(old: list, new: tuple | list, same=lambda a, b: a is b) -> int:  # noqa: ANN001
+    n = 0
+    for a, b in zip(old, new):
+        if not same(a, b):
+            break
+        n += 1
+    return n
+
+
+def _eq(a: Any, b: Any) -> bool:
+    return a == b
+
+
+class TraceSender:
+    """Per session (or per one-off run): the state of the client's mirror, and deltas against it."""
+
+    _serials = itertools.count(1)
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, list] = {}
+        self.tokens: list[tuple[int, str, bool]] = []
+        self.steps: list = []
+        self.logit_rows: list = []
+        self.logit_serials: list[int] = []
+        self.key_rows: dict[str, int] = {}
+        self.rules: dict[str, Any] = {}
+        self.static_sent = False
+        self._held: dict[int, Any] = {}  # serial -> logits block of the current trace, for the client's lazy fetches
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def delta(self, trace: Trace) -> dict:
+        out: dict[str, Any] = {}
+        if not self.static_sent:
+            out["static"] = {
+                "family": trace.family, "model_name": trace.model_name, "n_layers": dict(trace.n_layers),
+                "n_heads": trace.n_heads, "n_kv_heads": trace.n_kv_heads, "no_logits_reason": trace.no_logits_reason,
+                "source_ids": trace.source_ids, "source_tokens": trace.source_tokens, "source_special": trace.source_special,
+                "has_logits": trace.logit_rows is not None}
+            self.static_sent = True
+        toks = list(zip(trace.token_ids, trace.tokens, trace.special))
+        keep = _common_prefix(self.tokens, toks, _eq)
+        out["tokens"] = (keep, [t[0] for t in toks[keep:]], [t[1] for t in toks[keep:]], [t[2] for t in toks[keep:]])
+        self.tokens = toks
+        out["n_prompt"] = trace.n_prompt
+        keep = _common_prefix(self.steps, trace.steps, _eq)
+        out["steps"] = (keep, list(trace.steps[keep:]))
+        self.steps = list(trace.steps)
+        out["gates"] = {k: tuple(v) for k, v in trace.gates.items()}
+        blocks = {}
+        for name, bs in trace.blocks.items():
+            old = self.blocks.get(name, [])
+            keep = _common_prefix(old, bs)
+            blocks[name] = (keep, list(bs[keep:]))
+            self.blocks[name] = list(bs)
+        out["blocks"] = blocks
+        out["dropped"] = [n for n in self.blocks if n not in trace.blocks]
+        for n in out["dropped"]:
+            del self.blocks[n]
+        rules = {name: rule for name, rule in trace.rules.items() if self.rules.get(name) is not rule}
+        self.rules.update(rules)
+        out["rules"] = rules
+        keys = {}
+        n_tok_keep = out["tokens"][0]
+        for name, k in trace.keys.items():
+            # self-attention keys sit at token positions: rows before the first changed token are the client's
+            keep = min(self.key_rows.get(name, 0), n_tok_keep, k.shape[1])
+            keys[name] = (keep, np.ascontiguousarray(k[:, keep:]))
+            self.key_rows[name] = k.shape[1]
+        out["keys"] = keys
+        out["logits"] = self._logits(trace)
+        return out
+
+    def _logits(self, trace: Trace) -> tuple[int, list] | None:
+        if trace.logit_rows is None:
+            return None
+        rows = trace.logit_rows
+        keep = _common_prefix(self.logit_rows, rows)
+        new = []
+        serials = self.logit_serials[:keep]
+        for block in rows[keep:]:
+            serial = next(self._serials)
+            serials.append(serial)
+            self._held[serial] = block
+            n, vocab = block.shape
+            last = block[-1] if isinstance(block, np.ndarray) else None
+            top = None
+            if last is not None:  # a step's row: its best candidates come with it
+                order = np.argsort(-last, kind="stable")[:TOP_K]
+                top = (order.astype(np.int64), np.asarray(last[order], dtype=np.float32))
+            new.append((serial, int(n), int(vocab), top))
+        for serial in self.logit_serials[keep:]:
+            self._held.pop(serial, None)
+        self.logit_rows, self.logit_serials = list(rows), serials
+        return keep, new
+
+    def logit_rows_of(self, serial: int, start: int, stop: int) -> np.ndarray:
+        from ..errors import SessionError
+
+        block = self._held.get(serial)
+        if block is None:
+            raise SessionError("those logits are no longer held by the server (the session moved on); step again")
+        return np.asarray(block.rows(start, stop) if hasattr(block, "rows") else block[start:stop], dtype=np.float32)

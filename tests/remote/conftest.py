@@ -1,0 +1,63 @@
+"""A loopback engine server in a subprocess (one per test module), and in-process models to compare with."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from engine.remote import connect
+from engine.remote.launch import spawn_server
+
+
+class Server:
+    """A running `python -m engine.remote.cli` child, its address, token and stderr log."""
+
+    def __init__(self, tmp_path, models_dirs=(), port=0, token_file=None) -> None:
+        self.log_path = tmp_path / f"server-{port or 'any'}.log"
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
+        self.models_dirs = models_dirs
+        self.proc, self.address, self.token = spawn_server(port=port, token_file=token_file, models_dirs=models_dirs,
+                                                           stderr=self._log)
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def modern_dir(tmp_path_factory):
+    """A --models-dir holding a random Gemma 2 checkpoint (soft-caps, sliding windows, GQA)."""
+    from tests import modern_factories
+
+    root = tmp_path_factory.mktemp("models")
+    modern_factories.ARCHITECTURES["gemma2"](root / "gemma2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, modern_dir):
+    s = Server(tmp_path_factory.mktemp("server"), models_dirs=(modern_dir,))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def eng(server):
+    e = connect(server.address, token=server.token)
+    yield e
+    e.close()
