@@ -29,11 +29,14 @@ def trace(request, tmp_path, monkeypatch):
 
 def test_statistics_match_the_whole_pattern(trace):
     kind = trace.kinds[0]
+    # Stored patterns are the same float32 numbers either way; rebuilt rows are recomputed in float32 per chunk,
+    # and BLAS rounds a 3-row product differently from a 36-row one (~1e-8 relative with numpy 2.4's OpenBLAS).
+    tol = 1e-6 if trace.rules else 1e-9
     for layer in range(trace.n_layers[kind]):
         want = pattern_statistics(trace.attention(kind, layer), causal=kind == "self")
         got = chunked.pattern_statistics_chunked(trace, kind, layer)
         for name, values in want.items():
-            np.testing.assert_allclose(got[name], values, rtol=1e-9, atol=1e-9, err_msg=f"{name} layer {layer}")
+            np.testing.assert_allclose(got[name], values, rtol=tol, atol=tol, err_msg=f"{name} layer {layer}")
 
 
 def test_rollout_row_matches_the_product(trace):
