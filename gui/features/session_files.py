@@ -10,6 +10,7 @@ import logging
 from PySide6.QtWidgets import QFileDialog, QMainWindow
 
 from ..core import jobs
+from ..panels.prompt import model_text
 from ..rendering import colormaps
 from .aggregate import RolloutControl
 
@@ -58,8 +59,9 @@ class SessionFiles:
         w.banner.hide()
         info = payload["info"]
         s.set_model(info)  # panels reset for the (possibly other) model
-        w.prompt_panel.set_model_text(info.folder or info.name)
-        w.prompt_panel.set_texts(payload["prompt"], payload["source"])
+        w.prompt_panel.set_model_text(model_text(info))  # a bundled model by its name, not its folder
+        # the boxes hold what the session holds (a chat: system, turns and user message), no new session
+        w.prompt_panel.show_session(payload["prompt"], payload["source"], payload.get("messages"))
         s.set_trace(payload["trace"])
         view = payload["view"] or {}
         s.select(kind=view.get("kind"))

@@ -266,6 +266,9 @@ class HeadCanvas(QGraphicsView):
         if self.line_x != old:
             for item in self.lines.values():
                 item.set_lines(*self.line_x, item.y0, item.keys, item.ys, item.weights)
+        # a dock tabbed to the front (or a splitter moved) gets its size after the redraw that scrolled: the
+        # selected query stays in sight at the new size
+        self.ensure_row_visible(self.queries.selected)
 
     def hover_at(self, scene_pos: QPointF) -> tuple[str, int]:
         x, y = scene_pos.x(), scene_pos.y()
@@ -369,9 +372,9 @@ class HeadView(QWidget):
         self.legend_layout = FlowLayout(self.legend, spacing=4)
         self.chips: dict[int, HeadChip] = {}
         self.canvas = HeadCanvas()
-        self.caption = QLabel()
+        # one line (the whole text in its tooltip): in a short dock the canvas keeps the height (issue 30)
+        self.caption = SteadyLabel(wrap=False)
         self.caption.setObjectName("caption")
-        self.caption.setWordWrap(True)
 
         # what an export shows: the title, the legend and the canvas (not the controls)
         self.picture = QWidget()
@@ -553,8 +556,10 @@ class HeadView(QWidget):
         hint = (" No key reaches the threshold: lower it." if shown == 0 and len(self.chips) > hidden else
                 " Hover a token on the left to select it; click a head's colour to hide it, double-click to show "
                 "it alone.")
-        self.caption.setText(f"Query {q} “{token}”: {shown} lines with weight ≥ {thr:g} from "
-                             f"{len(self.chips) - hidden} of {len(self.chips)} heads." + hint)
+        text = (f"Query {q} “{token}”: {shown} lines with weight ≥ {thr:g} from "
+                f"{len(self.chips) - hidden} of {len(self.chips)} heads." + hint)
+        self.caption.setText(text)
+        self.caption.setToolTip(text)
 
     def _fan_offset(self, head: int, n_heads: int) -> float:
         """Heads that pick the same key end a little apart within its row, so one does not hide another."""

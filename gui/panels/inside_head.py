@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine import capture_name
 from engine.export import atomic_write  # plain file I/O, as the other exports write
 
 from ..core import explain_jobs
@@ -630,18 +631,22 @@ class AttributionTab(QWidget):
         mlp_top = float(max(np.abs(a.mlps).max(initial=0), top))
         norm_top = float(a.head_write_norms.max(initial=0))
         self.cells = {}
+        gates = getattr(trace, "gates", None) or {}
         for n in range(n_layers):
             for h in range(n_heads):
                 v, wn = float(a.heads[n, h]), float(a.head_write_norms[n, h])
                 bg = _shade(wn, norm_top, False) if by_norm else _shade(v, top, True)
-                self.table.setItem(n, h, _item(f"{v:+.3f}", f"layer {n} head {h}: {v:+.4f} toward “{a.token}”; "
-                                                           f"‖head output‖ = {wn:.3f}. Click to show this head.", bg))
+                mark, note = gate_mark(gates, "self", n, h)
+                self.table.setItem(n, h, _item(f"{v:+.3f}{mark}", f"layer {n} head {h}: {v:+.4f} toward “{a.token}”; "
+                                                                  f"‖head output‖ = {wn:.3f}.{note} Click to show this head.",
+                                               bg, italic=bool(mark)))
                 self.cells[(n, h)] = ("self", n, h)
                 if cross:
                     c = float(a.cross_heads[n, h])
-                    self.table.setItem(n, n_heads + h, _item(f"{c:+.3f}", f"layer {n} cross-attention head {h}: "
-                                                                          f"{c:+.4f}. Click to show this head.",
-                                                             None if by_norm else _shade(c, top, True)))
+                    mark, note = gate_mark(gates, "cross", n, h)
+                    self.table.setItem(n, n_heads + h, _item(f"{c:+.3f}{mark}", f"layer {n} cross-attention head {h}: "
+                                                                                f"{c:+.4f}.{note} Click to show this head.",
+                                                             None if by_norm else _shade(c, top, True), italic=bool(mark)))
                     self.cells[(n, n_heads + h)] = ("cross", n, h)
             m = float(a.mlps[n])
             self.table.setItem(n, len(headers) - 1, _item(f"{m:+.3f}", f"layer {n} MLP: {m:+.4f}",
@@ -671,9 +676,10 @@ class AttributionTab(QWidget):
                              f"(after “{trace.tokens[pos]}”): logit {a.logit:.3f}")
         other = {n: v for n, v in a.parts if not (n.startswith("L") and n[1:].split(".")[0].isdigit())}
         rest = " · ".join(f"{n} {v:+.3f}" for n, v in other.items())
+        ablated = " ✕ = ablated head (its output ×0), ×g = scaled." if gates else ""
         self.caption.setText(f"{rest} · every part summed: {a.total:.3f} = the logit {a.logit:.3f}. "
                              f"Linearised: {a.note}. Rows: layers; H = self-attention heads"
-                             + (", X = cross-attention heads" if cross else "") + ". Click a head to show it.")
+                             + (", X = cross-attention heads" if cross else "") + f". Click a head to show it.{ablated}")
 
     def click_cell(self, row: int, col: int) -> None:
         target = self.cells.get((row, col))
@@ -707,6 +713,17 @@ class AttributionTab(QWidget):
         rows.append(["(sum of parts)", a.total, ""])
         rows.append([f"(logit of “{a.token}” at position {a.position})", a.logit, ""])
         return write_csv(path, ["part", "contribution", "head output norm"], rows)
+
+
+def gate_mark(gates: dict, kind: str, layer: int, head: int) -> tuple[str, str]:
+    """(" ✕" or " ×g", a tooltip sentence) for an ablated or scaled head in a Trace.gates dict; ("", "") if untouched."""
+    values = gates.get(capture_name(kind, layer))
+    g = float(values[head]) if values is not None and head < len(values) else 1.0
+    if g == 1:
+        return "", ""
+    if g == 0:
+        return " ✕", " Ablated: its output is multiplied by 0."
+    return f" ×{g:g}", f" Scaled: its output is multiplied by {g:g}."
 
 
 class HeadGridMarks:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QHeaderView,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -54,6 +56,31 @@ def device_text(info: ModelInfo) -> str:
         return f"{info.device} · {info.dtype}"
     device = info.device.split(":")[0]
     return reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
+
+
+# panels whose least size is large (a form, a table and plots side by side): in their docks they scroll below it,
+# so that opening or tabbing one never pushes the window past the screen (issue 30) and the window's own least
+# size stays within a 1280 x 800 laptop screen (issue 28). The others shrink or scroll by themselves.
+SCROLLED_DOCKS = ("prompt", "head_view", "inside", "stats", "lens")
+FITTING_MIN = QSize(120, 90)  # the least size of a scrolled dock's content area
+
+
+def default_size() -> QSize:
+    """1400 x 900, or the screen's available area where that is smaller (a 1366 x 768 laptop)."""
+    screen = QGuiApplication.primaryScreen()
+    size = QSize(1400, 900)
+    return size.boundedTo(screen.availableGeometry().size()) if screen is not None else size
+
+
+def fitting(widget: QWidget) -> QScrollArea:
+    """`widget` in a frameless scroll area: it fills the dock where the dock is big enough, scrolls where not."""
+    area = QScrollArea()
+    area.setObjectName(f"scroll-{widget.objectName() or type(widget).__name__}")
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    area.setMinimumSize(FITTING_MIN)
+    return area
 
 
 class MainWindow(QMainWindow):
@@ -122,10 +149,12 @@ class MainWindow(QMainWindow):
         self.prompt_panel.open_requested.connect(lambda src, dev: self.open_model(src, device=dev))
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
+        self.token_strip.before_step = self.prompt_panel.flush_edits  # Step right after typing steps the new text
+        self._run_from: int | None = None  # tokens when the newest run started (its "stopped after N steps")
         self.state.model_changed.connect(self._on_model_changed)
         self.analysis = install_analysis(self)  # issue 7: ablation, lens, statistics, sessions
 
-        self.resize(1400, 900)
+        self.resize(default_size())
         self.apply_default_sizes()
         self._default_state = self.saveState()
         self._restore_settings()
@@ -140,7 +169,7 @@ class MainWindow(QMainWindow):
         self.client), as the panels below are, and add them as docks; View lists them."""
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock-{key}")
-        dock.setWidget(widget)
+        dock.setWidget(fitting(widget) if key in SCROLLED_DOCKS else widget)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable
                          | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         self.addDockWidget(area, dock)
@@ -317,6 +346,8 @@ class MainWindow(QMainWindow):
         if op != "progress":
             self.banner.hide()  # the last request worked: an older error no longer applies
         self.state.set_trace(trace)
+        if op == "run":
+            self._report_run(trace)
         if op == "session" and self._chain == ["run"]:
             self._chain = []
             self.client.run(self._chain_steps)
@@ -342,10 +373,25 @@ class MainWindow(QMainWindow):
             self._busy_delay.stop()
             self.busy_bar.hide()
         if busy and op == "run":
+            self._run_from = len(self.state.trace.steps) if self.state.trace is not None else None
             self.statusBar().showMessage("Running … (Esc or Stop to stop)")
         if not busy:
             self.statusBar().clearMessage()
             self._maybe_settled()
+
+    def _report_run(self, trace) -> None:  # noqa: ANN001 - engine.Trace
+        """How the run ended, in the status bar: stopped (Esc / Stop) after N steps, finished early, or done."""
+        if self._run_from is None:
+            return
+        taken, asked = len(trace.steps) - self._run_from, self.client.run_asked
+        self._run_from = None
+        if self.client.stop_asked:
+            text = f"Stopped after {taken} step{'s' if taken != 1 else ''} of {asked}"
+        elif taken < asked:
+            text = f"Run ended after {taken} of {asked} steps: nothing more to generate"
+        else:
+            text = f"Ran {taken} step{'s' if taken != 1 else ''}"
+        self.statusBar().showMessage(text, 8000)
 
     def _maybe_settled(self) -> None:
         if not self._chain and not self.client.busy:
