@@ -34,10 +34,10 @@ def test_a_refused_prompt_does_not_step_the_old_session(qtbot, window, checkpoin
     _type_prompt(qtbot, win, LONG)
     assert "reads at most 64" in win.errors[-1]
     assert win.state.trace is old  # the panels still show the session that was taken ...
-    assert win.state.stale and panel.stale_box.isVisible()  # ... and say that it is not the box's text
     _step(qtbot, win)
     # Step did not quietly continue the previous prompt (today's code stepped it: one token more)
     assert len(win.state.trace) == len(old) and win.state.trace.token_ids == old.token_ids
+    assert win.state.stale and panel.stale_box.isVisible()  # ... and they say that it is not the box's text
     assert "Step is off" in win.errors[-1] and "Step is off" in win.token_strip.summary.text()
 
     # "Back to the session's prompt": the box shows what the session holds, and Step works again
@@ -158,15 +158,16 @@ def test_the_movers_line_follows_the_next_step_and_ablated_heads_are_marked(qtbo
     win.analysis.ablation.ablate(0, 1)
     qtbot.waitUntil(lambda: win.state.trace is not before and not win.client.busy, timeout=30_000)
     diff = win.analysis.ablation.diff
-    assert "TV" in diff.summary.text()
-    assert "ABLATED" in win.attention_view.plot.titleLabel.text  # the big view says its head is off
+    assert "total variation" in diff.heading.text()
 
     _step(qtbot, win)  # a position the trace before the ablation never had
     wait_idle(qtbot, win)
     pos = len(win.state.trace) - 1
-    # today: "Ablated · nothing to compare with at position N", cut mid-word in the dock
+    # today: "Ablated: no un-ablated distribution at position N to compare with", its line cut mid-word
+    assert diff.heading.text().startswith(f"Ablation effect at position {pos}, T=1: total variation")
     assert diff.summary.text().startswith(f"Ablation at {pos}: TV"), diff.summary.text()
     assert diff.summary.wordWrap() and len(diff.rows) == 4
+    assert "ABLATED" in win.attention_view.plot.titleLabel.text  # the big view says its head is off
 
     win.analysis.show_inside("attribution")
     tab = win.analysis.inside_head.attribution_tab
