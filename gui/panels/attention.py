@@ -137,7 +137,7 @@ class AttentionView(QWidget):
         self.plot.invertY(True)  # query 0 at the top, as in a matrix
         self.plot.setAspectLocked(False)
         self.plot.getViewBox().setMouseEnabled(x=True, y=True)
-        self.left_axis.set_title("query")  # the axes add "every 4th labelled" when they thin their labels
+        self.left_axis.set_title("query")  # the axes add "(every 4th)" when they thin their labels
         self.bottom_axis.set_title("key")
         self.image = PreparedImageItem()  # row-major; a tile comes coloured from the display thread
         self.plot.addItem(self.image)

@@ -360,13 +360,11 @@ class HeadView(QWidget):
         self.all_button.setToolTip("Show every head again")
         self.title = SteadyLabel(wrap=False)
         self.title.setObjectName("caption")
-        controls = QHBoxLayout()
-        controls.setContentsMargins(4, 2, 4, 0)
-        controls.addWidget(self.kind_box)
-        controls.addWidget(self.layer_spin)
-        controls.addWidget(self.threshold_spin)
-        controls.addWidget(self.all_button)
-        controls.addStretch(1)
+        controls = QWidget()  # wraps in a narrow dock (a 1366-px screen) rather than needing 420 px
+        flow = FlowLayout(controls, spacing=4)
+        flow.setContentsMargins(4, 2, 4, 0)
+        for w in (self.kind_box, self.layer_spin, self.threshold_spin, self.all_button):
+            flow.addWidget(w)
 
         self.legend = QWidget()
         self.legend_layout = FlowLayout(self.legend, spacing=4)
@@ -387,7 +385,7 @@ class HeadView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        layout.addLayout(controls)
+        layout.addWidget(controls)
         layout.addWidget(self.picture, 1)
         layout.addWidget(self.caption)
 

@@ -51,11 +51,13 @@ from ..core import explain_jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering.labels import kind_name
+from ..widgets.flow_layout import FlowLayout
 from ..widgets.refreshing import RefreshWhenShown
 from ..widgets.token_axis import TokenAxis, short
 
 log = logging.getLogger(__name__)
 
+VECTOR_MIN_HEIGHT = 150  # the q and k plots: below this their bars and ticks could not be read
 PATTERN_COLOR = QColor(70, 120, 210)  # the model's own weights
 WRITE_COLOR = QColor(235, 140, 40)  # what each key writes (α‖v W_O‖)
 WHAT_IF_COLOR = QColor(200, 60, 160)  # what-ifs: dashed outlines, never filled like the pattern
@@ -169,13 +171,12 @@ class InsideTab(QWidget):
         self.order = QComboBox()
         self.order.addItems(["keys by position", f"top {MAX_KEYS // 4} keys by weight"])
         self.export_button = QPushButton("Export CSV…")
-        controls = QHBoxLayout()
-        controls.setContentsMargins(0, 0, 0, 0)
-        for w in (self.no_scale, self.no_mask):
-            controls.addWidget(w)
-        controls.addStretch(1)
-        controls.addWidget(self.order)
-        controls.addWidget(self.export_button)
+        # the controls wrap onto a second line in a narrow dock (a 1366-px screen) instead of widening it
+        controls = QWidget()
+        flow = FlowLayout(controls, spacing=6)
+        flow.setContentsMargins(0, 0, 0, 0)
+        for w in (self.no_scale, self.no_mask, self.order, self.export_button):
+            flow.addWidget(w)
 
         self.plot = _plot("weight")
         self.axis = self.plot.getAxis("bottom")
@@ -196,6 +197,8 @@ class InsideTab(QWidget):
         self.q_plot, self.k_plot = _plot("q"), _plot("k")
         self.q_plot.setLabel("bottom", "dimension")
         self.k_plot.setLabel("bottom", "dimension")
+        for plot in (self.q_plot, self.k_plot):  # readable bars (issue 30); a short dock scrolls to them instead
+            plot.setMinimumHeight(VECTOR_MIN_HEIGHT)
         self.q_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=PATTERN_COLOR, pen=pg.mkPen(None))
         self.k_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=WRITE_COLOR, pen=pg.mkPen(None))
         grey = pg.mkPen((150, 150, 150), width=1.5)
@@ -234,7 +237,7 @@ class InsideTab(QWidget):
         layout.setContentsMargins(4, 2, 4, 2)
         layout.addWidget(self.heading)
         layout.addWidget(self.chain)
-        layout.addLayout(controls)
+        layout.addWidget(controls)
         layout.addWidget(body, 1)
         layout.addWidget(self.caption)
 
@@ -506,13 +509,12 @@ class AttributionTab(QWidget):
         self.grid_marks = QCheckBox("mark on the head grid")
         self.grid_marks.setToolTip("A square in each head-grid cell: red = wrote toward the token, blue = against")
         self.export_button = QPushButton("Export CSV…")
-        controls = QHBoxLayout()
-        controls.setContentsMargins(0, 0, 0, 0)
-        controls.addWidget(QLabel("token:"))
-        for w in (self.token_combo, self.color_combo, self.sort_combo, self.grid_marks):
-            controls.addWidget(w)
-        controls.addStretch(1)
-        controls.addWidget(self.export_button)
+        controls = QWidget()  # wraps in a narrow dock, as the Inside tab's
+        flow = FlowLayout(controls, spacing=6)
+        flow.setContentsMargins(0, 0, 0, 0)
+        for w in (QLabel("token:"), self.token_combo, self.color_combo, self.sort_combo, self.grid_marks,
+                  self.export_button):
+            flow.addWidget(w)
         self.table = _table()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
         self.table.setToolTip("Click a head to show it in the attention view")
@@ -536,7 +538,7 @@ class AttributionTab(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
         layout.addWidget(self.heading)
-        layout.addLayout(controls)
+        layout.addWidget(controls)
         layout.addWidget(self.message)
         layout.addWidget(body, 1)
         layout.addWidget(self.caption)

@@ -58,11 +58,22 @@ def device_text(info: ModelInfo) -> str:
     return reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
 
 
-# panels whose least size is large (a form, a table and plots side by side): in their docks they scroll below it,
+# panels whose least size is large (tables and plots side by side): in their docks they scroll below it,
 # so that opening or tabbing one never pushes the window past the screen (issue 30) and the window's own least
 # size stays within a 1280 x 800 laptop screen (issue 28). The others shrink or scroll by themselves.
-SCROLLED_DOCKS = ("prompt", "head_view", "inside", "stats", "lens")
+SCROLLED_DOCKS = ("head_view", "inside", "stats", "lens")
 FITTING_MIN = QSize(120, 90)  # the least size of a scrolled dock's content area
+
+
+STATUS_CHARS = 70  # what the status bar beside its permanent labels shows of an error on a 1366-px screen
+
+
+def status_copy(message: str) -> str:
+    """The status bar's copy of an error: its first line, cut at a word (never mid-word) where it is long."""
+    first = message.splitlines()[0] if message else "error"
+    if len(first) <= STATUS_CHARS:
+        return first
+    return first[:STATUS_CHARS].rsplit(" ", 1)[0] + " … (the whole message is above the view)"
 
 
 def default_size() -> QSize:
@@ -345,6 +356,7 @@ class MainWindow(QMainWindow):
     def _on_trace(self, trace, op: str) -> None:  # noqa: ANN001 - engine.Trace
         if op != "progress":
             self.banner.hide()  # the last request worked: an older error no longer applies
+            self.statusBar().setToolTip("")
         self.state.set_trace(trace)
         if op == "run":
             self._report_run(trace)
@@ -405,7 +417,8 @@ class MainWindow(QMainWindow):
         self.errors.append(message)
         log.warning("%s", message)
         self.banner.show_message(message + hint)
-        self.statusBar().showMessage(message.splitlines()[0] if message else "error", 10000)
+        self.statusBar().showMessage(status_copy(message), 10000)
+        self.statusBar().setToolTip(message)  # the whole text, where the bar has room for its start only
 
     def _on_scheme_changed(self, _scheme: object = None) -> None:
         """The system switched between light and dark: plots and chips pick up the new palette."""
