@@ -257,3 +257,53 @@ def test_a_bundled_model_is_shown_by_its_name():
     assert model_text(Info()) == "tiny-llama"
     Info.folder = "/data/my-llama"
     assert model_text(Info()) == "/data/my-llama"
+
+
+def test_the_status_bar_copy_of_a_long_error_is_cut_at_a_word_with_the_whole_text_as_tooltip(qtbot, window):
+    from gui.shell.main_window import STATUS_CHARS, status_copy
+
+    message = "the prompt has 5606 tokens but this model reads at most 256; shorten it " * 3
+    short = status_copy(message)
+    assert short.endswith("… (the whole message is above the view)")
+    assert message.startswith(short.split(" …")[0] + " ") and len(short.split(" …")[0]) <= STATUS_CHARS
+    window.show_error(message)
+    assert window.statusBar().currentMessage() == short and window.statusBar().toolTip() == message
+
+
+def test_the_first_hover_shows_the_readout_and_a_click_marks_the_key_column(qtbot, window, checkpoints):
+    from PySide6.QtCore import QPointF
+
+    win = window
+    open_model(qtbot, win, checkpoints["decoder"])
+    view = win.attention_view
+    scene_pos = view.plot.getViewBox().mapViewToScene(QPointF(1, 3))  # key 1, query 3
+    view.graphics.scene().sigMouseMoved.emit(scene_pos)  # one move, the first one
+    assert view.readout.text() == view.describe(3, 1) and "→" in view.readout.text()
+
+    class Click:
+        def button(self):
+            return Qt.MouseButton.LeftButton
+
+        def scenePos(self):  # noqa: N802 - pyqtgraph's event API
+            return scene_pos
+
+    view._on_clicked(Click())
+    assert win.state.query == 3 and view.selected_key == 1 and view.key_box.isVisible()
+    assert view.key_box.rect().center().x() == 1
+
+
+@pytest.mark.parametrize("layout", ["default", "tabbed with the heads"])
+def test_the_candidates_heading_never_overlaps_the_bars(qtbot, window, checkpoints, layout):
+    win = window
+    win.resize(1280, 800)
+    if layout != "default":
+        win.tabifyDockWidget(win.docks["heads"], win.docks["logits"])
+        win.docks["stats"].raise_()
+    open_model(qtbot, win, checkpoints["decoder"], steps=3)
+    win.state.select(query=2)  # a longer heading ("Token 3 after … double-click to branch") while hidden
+    win.analysis.show_dock("logits")
+    qtbot.wait(100)
+    panel = win.logits_panel
+    heading = panel.heading
+    assert heading.label.geometry().height() <= heading.height()
+    assert heading.geometry().bottom() < panel.splitter.geometry().top()
