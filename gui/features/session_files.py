@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtWidgets import QFileDialog, QMainWindow
+from PySide6.QtWidgets import QMainWindow
 
 from ..core import jobs
 from ..panels.prompt import model_text
 from ..rendering import colormaps
+from ..widgets import file_dialogs
 from .aggregate import RolloutControl
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ class SessionFiles:
         w.statusBar().showMessage(f"Opened session on {payload['info'].name}", 5000)
 
     def save_session_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Save session", "session.json", SESSION_FILTER)
+        path, _ = file_dialogs.save_path(self.window, "Save session", "session.json", SESSION_FILTER)
         if path:
             self.save_session(path)
 
     def open_session_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open session", "", SESSION_FILTER + ";;All files (*)")
+        path, _ = file_dialogs.open_path(self.window, "Open session", SESSION_FILTER + ";;All files (*)")
         if path:
             self.open_session(path)

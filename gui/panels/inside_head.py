@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QGraphicsPathItem,
     QHBoxLayout,
     QHeaderView,
@@ -51,6 +50,7 @@ from ..core import explain_jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering.labels import kind_name
+from ..widgets import file_dialogs
 from ..widgets.flow_layout import FlowLayout
 from ..widgets.refreshing import RefreshWhenShown
 from ..widgets.token_axis import TokenAxis, short
@@ -1031,7 +1031,7 @@ class InsideHeadPanel(RefreshWhenShown):
 
     def export_dialog(self, name: str) -> None:
         default = {"inside": "inside-head.csv", "attribution": "logit-attribution.csv", "embeddings": "nearest-tokens.csv"}
-        path, _ = QFileDialog.getSaveFileName(self, "Export table as CSV", default[name], "CSV (*.csv)")
+        path, _ = file_dialogs.save_path(self, "Export table as CSV", default[name], "CSV (*.csv)")
         if path:
             if not path.lower().endswith(".csv"):
                 path += ".csv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
 from ..panels.tokens import TokenStrip
 from ..rendering import colormaps
+from ..widgets import file_dialogs
 from ..widgets.error_banner import ErrorBanner
 from . import style
 from .actions import ActionRegistry
@@ -102,6 +104,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setObjectName("MainWindow")
         self.settings = settings if settings is not None else QSettings("AttentionInspector", "AttentionInspector")
+        # every save / open dialog starts in the folder used last, this run or an earlier one (issue 30)
+        file_dialogs.memory.folder = str(self.settings.value("last_file_folder", "") or "")
+        file_dialogs.memory.on_change = functools.partial(self.settings.setValue, "last_file_folder")
         self.state = InspectorState(self)
         self.client = EngineClient(self)
         self.last_error = ""
@@ -471,7 +476,7 @@ class MainWindow(QMainWindow):
         self.analysis.exports.export_trace(path)
 
     def _save_screenshot_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")
+        path, _ = file_dialogs.save_path(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")
         if path:
             self.grab().save(path)
 

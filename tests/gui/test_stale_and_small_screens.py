@@ -307,3 +307,24 @@ def test_the_candidates_heading_never_overlaps_the_bars(qtbot, window, checkpoin
     heading = panel.heading
     assert heading.label.geometry().height() <= heading.height()
     assert heading.geometry().bottom() < panel.splitter.geometry().top()
+
+
+def test_file_dialogs_start_in_the_last_folder_used(qtbot, window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from gui.widgets import file_dialogs
+
+    asked = []
+
+    def fake_save(parent, title, start, filters):
+        asked.append(start)
+        return str(tmp_path / "sub" / "shot.png"), filters
+
+    (tmp_path / "sub").mkdir()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", fake_save)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda parent, title, start, filters: (asked.append(start), ("", ""))[1])
+    window._save_screenshot_dialog()
+    window.analysis.session_io.open_session_dialog()  # another dialog: it starts where the last one saved
+    assert asked[1] == str(tmp_path / "sub")
+    assert window.settings.value("last_file_folder") == str(tmp_path / "sub")  # and the next run starts there too
+    assert file_dialogs.memory.start("x.json") == str(tmp_path / "sub" / "x.json")
