@@ -106,8 +106,9 @@ def main() -> int:
 
     xdo("windowactivate", "--sync", wid)
     xdo("key", "--window", wid, "i")  # Inside this head
+    pump(800)
     idle(win)
-    pump(500)
+    pump(800)
     report(win, "4-inside", out, args.size)
     xdo("key", "--window", wid, "i")  # again: closes it
     pump(300)
@@ -120,8 +121,9 @@ def main() -> int:
     idle(win)
     report(win, "5-ablation", out, args.size)
     win.analysis.show_inside("attribution")
+    pump(800)
     idle(win)
-    pump(500)
+    pump(800)
     report(win, "6-attribution", out, args.size)
     win.docks["inside"].hide()
     win.analysis.ablation.clear()

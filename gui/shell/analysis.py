@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMainWindow, QMenu
 
 from ..features.ablation import AblationController
@@ -89,12 +89,14 @@ class AnalysisUI:
         w, dock = self.window, self.window.docks["inside"]
         was_hidden = dock.isHidden()
         size = w.size()
+        shared = w.centralWidget().height()  # what the view and the dock share, read before the dock takes its part
         self.inside_head.show_tab(tab)
         self.show_dock("inside")
         if was_hidden and not dock.isFloating():
-            view_now = w.centralWidget().height()
-            height = max(MIN_INSIDE_HEIGHT, min(int(w.height() * 0.46), view_now - MIN_VIEW_HEIGHT))
+            height = max(MIN_INSIDE_HEIGHT, min(int(w.height() * 0.46), shared - MIN_VIEW_HEIGHT))
             w.resizeDocks([dock], [height], Qt.Orientation.Vertical)
+            # a dock shown for the first time is laid out after this call: size it again once it has been
+            QTimer.singleShot(0, lambda: dock.isVisible() and w.resizeDocks([dock], [height], Qt.Orientation.Vertical))
         if not (w.isMaximized() or w.isFullScreen()) and w.size() != size:
             w.resize(size)  # a dock never changes the window's size (issue 30)
 
