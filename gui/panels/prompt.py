@@ -128,6 +128,7 @@ class PromptPanel(QWidget):
         self.state = state
         self.client = client
         self._defaults: tuple[str, str] = ("", "")
+        self._open_text: str | None = None  # a model to open, sent once the event in hand is done
 
         # -- model ------------------------------------------------------------------------------------
         self.model_box = QComboBox()
@@ -306,8 +307,8 @@ class PromptPanel(QWidget):
         self.keep_button.clicked.connect(self.keep_last_tokens)
         self.restore_button.clicked.connect(self.restore_session_texts)
         state.trace_changed.connect(self._on_trace)
-        self.open_button.clicked.connect(self._open_clicked)
-        self.model_box.lineEdit().returnPressed.connect(self._open_clicked)
+        self.open_button.clicked.connect(lambda: self._open_clicked())  # clicked passes `checked`, not a text
+        # Return in the box and a pick from its list both arrive as activated
         # an entry picked from the list opens at once (before, it waited for Open)
         self.model_box.activated.connect(lambda i: self._open_clicked(self.model_box.itemText(i)))
         self.browse_button.clicked.connect(self.browse_requested)
@@ -582,7 +583,18 @@ class PromptPanel(QWidget):
 
     # -- reactions -----------------------------------------------------------------------------------
     def _open_clicked(self, text: str | None = None) -> None:
+        """Open button, Return in the box, or an entry picked from its list. One key press can arrive as two
+        activations (the editable box's own and its line edit's): they are one request, sent once."""
         text = (self.model_box.currentText() if text is None else text).strip()
+        if not text:
+            return
+        first = self._open_text is None
+        self._open_text = text
+        if first:
+            QTimer.singleShot(0, self._send_open)
+
+    def _send_open(self) -> None:
+        text, self._open_text = self._open_text, None
         if text:
             self.open_requested.emit(text, self.device())
 

@@ -188,10 +188,21 @@ def test_the_model_box_lists_each_model_once_and_a_choice_opens_it(qtbot, window
     box = window.prompt_panel.model_box
     window.prompt_panel.set_model_choices([str(checkpoints["decoder"]), str(checkpoints["decoder"])])
     assert box.count() == 1
+    asked = []
+    window.prompt_panel.open_requested.connect(lambda source, _device: asked.append(source))
     with qtbot.waitSignal(window.prompt_panel.open_requested, timeout=5_000):
         box.activated.emit(0)  # picking an entry from the list opens it (no Open needed)
     wait_idle(qtbot, window)
-    assert window.state.model is not None
+    assert window.state.model is not None and asked == [str(checkpoints["decoder"])]
+    # Return in the box and the Open button: one request each (Return used to send two)
+    box.lineEdit().setFocus()
+    with qtbot.waitSignal(window.prompt_panel.open_requested, timeout=5_000):
+        qtbot.keyClick(box.lineEdit(), Qt.Key.Key_Return)
+    wait_idle(qtbot, window)
+    with qtbot.waitSignal(window.prompt_panel.open_requested, timeout=5_000):
+        qtbot.mouseClick(window.prompt_panel.open_button, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, window)
+    assert asked == [str(checkpoints["decoder"])] * 3
 
 
 def test_the_end_token_is_a_normal_end_not_an_error(qtbot, window, checkpoints):
