@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attention-inspector", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser)
     parser.add_argument("--screenshot", metavar="FILE.png", help="render the window after the steps, save it and exit")
-    parser.add_argument("--size", default="1400x900", help="window size for --screenshot (default: %(default)s)")
+    parser.add_argument("--size", metavar="WxH", help="window size, e.g. 1366x768 (default: the last one used; "
+                        "1400x900 for --screenshot)")
     parser.add_argument("--dock", metavar="NAME", help="bring a dock to the front: inside, attribution, embeddings "
                         "(the \"Inside this head\" tabs), lens, stats")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

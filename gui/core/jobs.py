@@ -107,7 +107,8 @@ def open_session(path: str) -> Callable:
         w.adopt(model, session)
         return {"info": model_info(model, w.engine), "trace": session.trace, "view": state.get("view", {}) or {},
                 "settings": dict(state["settings"]), "prompt": _text(model, session.prompt_ids),
-                "source": _text(model, session.source_ids) if session.source_ids is not None else None}
+                "source": _text(model, session.source_ids) if session.source_ids is not None else None,
+                "messages": [dict(m) for m in session.messages] if session.messages is not None else None}
 
     return fn
 
@@ -131,5 +132,89 @@ def run_other(prompt: str, source: str | None) -> Callable:
         else:
             trace = model.run(prompt)
         return {"trace": trace}  # wrapped: a bare Trace would replace the one on screen
+
+    return fn
+
+
+def keep_session() -> Callable:
+    """The prompt box went back to the session's own prompt: its steps are allowed again."""
+
+    def fn(w: EngineWorker) -> dict:
+        w.refused = None
+        return {"session": w.session is not None}
+
+    return fn
+
+
+def generation_room(max_positions: int) -> int:
+    """Tokens a trimmed prompt leaves free, so the session can still step (an eighth, 1..64)."""
+    return max(1, min(64, max_positions // 8))
+
+
+def _last_tokens(tokenizer: Any, text: str, keep: int) -> tuple[str, int]:
+    """The end of `text` that encodes (special tokens included) to at most `keep` tokens, and its count.
+    A tail decoded from the middle of the ids may re-encode a little longer: then a few fewer are taken."""
+    ids = tokenizer.encode(text, special_tokens=False)
+    n_special = len(tokenizer.encode(text, special_tokens=True)) - len(ids)
+    take = max(1, keep - n_special)
+    while take > 0:
+        tail = tokenizer.decode(ids[-take:], skip_special_tokens=False).lstrip()
+        n = len(tokenizer.encode(tail, special_tokens=True))
+        if n <= keep:
+            return tail, n
+        take -= max(1, n - keep)
+    return "", 0
+
+
+def fit_prompt(prompt: str, source: str | None) -> Callable:
+    """-> {"max": the model's positions, "prompt"/"source": {"tokens": n, "keep": k, "text": the last k
+    tokens' text}} for each text that is too long (the prompt keeps generation_room free; a source does not
+    grow). Plain data: the prompt panel offers "keep the last k tokens"."""
+
+    def fn(w: EngineWorker) -> dict:
+        model = open_model(w)
+        tok, limit = model.tokenizer, model.max_positions
+        out: dict[str, Any] = {"max": limit}
+        texts = {"prompt": prompt, "source": source if model.family == "encoder-decoder" else None}
+        for what, text in texts.items():
+            if not text:
+                continue
+            n = len(tok.encode(text, special_tokens=True))
+            if n <= limit:
+                continue
+            grows = what == "prompt" and model.family != "encoder"
+            keep = limit - generation_room(limit) if grows else limit
+            tail, kept = _last_tokens(tok, text, keep)
+            if kept:
+                out[what] = {"tokens": n, "keep": kept, "text": tail}
+        return out
+
+    return fn
+
+
+def ungated_logits(trace: Any, position: int) -> Callable:
+    """The logits at `position` of `trace`'s tokens with every head gate open (one forward without the
+    ablation; the gates are put back as they were, so the session does not recompute). -> {"trace",
+    "position", "logits"}, or {"stale": True} when the trace is another model's."""
+
+    def fn(w: EngineWorker) -> dict:
+        from engine import parse_capture_name
+
+        model = open_model(w)
+        if not same_model(model, trace):
+            return {"trace": trace, "stale": True}
+        saved = model.gates()
+        model.clear_gates()
+        try:
+            if trace.family == "encoder-decoder":
+                base = model.run(list(trace.token_ids), source=list(trace.source_ids))
+            else:
+                base = model.run(list(trace.token_ids))
+        finally:
+            for name, values in saved.items():
+                kind, layer = parse_capture_name(name)
+                for head, value in enumerate(values):
+                    model.set_head_gate(kind, layer, head, value)
+        return {"trace": trace, "position": position, "logits": base.logits_at(position)}
 
     return fn

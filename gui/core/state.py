@@ -44,6 +44,8 @@ class InspectorState(QObject):
     colormap_changed = Signal(str)
     log_scale_changed = Signal(bool)
     display_changed = Signal()  # once, after the field signals of one set_display()
+    # why the session on screen no longer matches the prompt box (a refused prompt), "" when it does
+    stale_changed = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -59,10 +61,12 @@ class InspectorState(QObject):
         self.sampling = SamplingSettings()
         self.colormap = "viridis"
         self.log_scale = False
+        self.stale = ""
 
     # -- model & trace --------------------------------------------------------------------------
     def set_model(self, info: ModelInfo) -> None:
         self.model = info
+        self.set_stale("")
         self.trace = self.previous_trace = None
         self.kind = "cross" if "cross" in info.kinds else info.kinds[0]
         self.layer = min(self.layer, info.layers_by_kind[self.kind] - 1)
@@ -197,6 +201,12 @@ class InspectorState(QObject):
             self.sampling = settings
             self.sampling_changed.emit(settings)
         return settings
+
+    def set_stale(self, reason: str) -> None:
+        """The prompt box holds text the session did not take (`reason`), or "" once they agree again."""
+        if reason != self.stale:
+            self.stale = reason
+            self.stale_changed.emit(reason)
 
     def set_display(self, colormap: str | None = None, log_scale: bool | None = None) -> None:
         before = {f: getattr(self, f) for f in DISPLAY_FIELDS}

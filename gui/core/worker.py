@@ -19,7 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from engine import EngineError, Trace, share_cpu_with_ui
+from engine import EngineError, SessionError, Trace, share_cpu_with_ui
 from engine.local import LocalEngine
 
 from .load_jobs import LoadProgress, load_with_progress
@@ -115,12 +115,17 @@ class EngineWorker(QObject):
         # what jobs (gui/core/jobs.py) keep between calls for the open model; emptied when it changes,
         # so it never keeps an old model alive
         self.cache: dict[str, Any] = {}
+        # why the last new session was refused (a prompt too long …): the old session stays for the panels, but
+        # stepping it would continue a prompt the box no longer shows, so steps are refused until a session
+        # starts or the GUI goes back to this session's prompt (keep_session)
+        self.refused: str | None = None
 
     def adopt(self, model: Any, session: Any) -> None:
         """Jobs that open a model or a session themselves (a session file) hand them over here."""
         if model is not self.model:
             self.cache.clear()
         self.model, self.session, self._request = model, session, None
+        self.refused = None
 
     def switch_engine(self, engine: Any) -> None:
         """Talk to another engine from now on (a connect job); the open model and session belong to the old
@@ -138,17 +143,33 @@ class EngineWorker(QObject):
     # one wrapper so every error, expected or not, becomes a message and the worker lives on
     def _do(self, rid: int, op: str, fn) -> None:  # noqa: ANN001
         try:
-            self.done.emit(rid, op, fn())
+            result = fn()
         except EngineError as exc:
             log.info("%s failed: %s", op, exc)
+            self._refuse(op, str(exc))
             self.failed.emit(rid, op, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - an engine bug must not kill the thread
             log.error("unexpected error in %s:\n%s", op, traceback.format_exc())
-            self.failed.emit(rid, op, f"Unexpected {type(exc).__name__}: {exc} (details in the log)")
+            message = f"Unexpected {type(exc).__name__}: {exc} (details in the log)"
+            self._refuse(op, message)
+            self.failed.emit(rid, op, message)
+            return
+        if op == "session":
+            self.refused = None
+        self.done.emit(rid, op, result)
+
+    def _refuse(self, op: str, message: str) -> None:
+        if op == "session" and self.session is not None:
+            self.refused = message
 
     def _session(self) -> Any:
         if self.session is None:
             raise EngineError("no session: open a model and type a prompt first")
+        if self.refused is not None:
+            raise SessionError(f"Step is off: the prompt box holds text that did not start a session ({self.refused}). "
+                               "Fix the prompt, keep its last tokens, or go back to the session's prompt "
+                               "(buttons under the prompt).")
         return self.session
 
     @Slot(int, str, object, object, object)
@@ -302,6 +323,8 @@ class EngineClient(QObject):
         self._pending: dict[int, str] = {}
         self.forward_requests = 0  # requests that run the model; tests check a re-draw adds none
         self.running = False
+        self.run_asked = 0  # steps the newest run was asked for
+        self.stop_asked = False  # Stop (Esc) was pressed during the newest run
         self._progress: tuple[int, Trace] | None = None
         self._load_cancel: threading.Event | None = None  # the newest load's; cancel_load() sets it
         threads = share_cpu_with_ui(reserve=1)  # a core stays free for the event loop while a run computes
@@ -404,6 +427,7 @@ class EngineClient(QObject):
     def run(self, n: int) -> int:
         rid = self._issue("run")
         self.running = True
+        self.run_asked, self.stop_asked = n, False
         self._run.emit(rid, n)
         return rid
 
@@ -417,6 +441,7 @@ class EngineClient(QObject):
     def stop(self) -> None:
         """Cooperative: the worker checks between steps, so this takes effect at once (also for a run
         still waiting in the queue)."""
+        self.stop_asked = self.stop_asked or self.running
         self.worker.cancel(self._next_id)
 
     def shutdown(self) -> None:

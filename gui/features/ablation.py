@@ -16,11 +16,11 @@ from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGraphicsPathItem,
+    QHBoxLayout,
     QHeaderView,
     QInputDialog,
     QLabel,
     QMenu,
-    QSizePolicy,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -75,12 +75,14 @@ class AblationDiff(QWidget):
         self.toggle = QToolButton()
         self.toggle.setCheckable(True)
         self.toggle.setAutoRaise(True)
-        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.toggle.setArrowType(Qt.ArrowType.RightArrow)
         self.toggle.setToolTip("Show or hide the biggest movers (the candidates keep their rows either way)")
-        self.toggle.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.toggle.clicked.connect(self._on_toggle_clicked)
         self.user_expanded: bool | None = None  # None until the person chooses
+        # the one-line summary wraps rather than being cut: it is the ablation's headline after every step
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.summary.setObjectName("ablation-summary")
         self.heading = QLabel()
         self.heading.setWordWrap(True)
         self.heading.setObjectName("caption")
@@ -95,7 +97,11 @@ class AblationDiff(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
         layout.setSpacing(2)
-        layout.addWidget(self.toggle)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.toggle, 0, Qt.AlignmentFlag.AlignTop)
+        top.addWidget(self.summary, 1)
+        layout.addLayout(top)
         layout.addWidget(self.heading)
         layout.addWidget(self.table)
         self.rows: list[tuple[int, float, float]] = []
@@ -144,8 +150,8 @@ class AblationDiff(QWidget):
         """`summary`: the collapsed one-liner; `expand`: the default while the person has not chosen."""
         self.rows = rows
         self.heading.setText(heading)
-        self.toggle.setText(summary or "Ablation effect")
-        self.toggle.setToolTip(heading)
+        self.summary.setText(summary or "Ablation effect")
+        self.summary.setToolTip(heading)
         on = self.user_expanded if self.user_expanded is not None else bool(expand)
         self.set_expanded(on)
         self.table.setRowCount(len(rows))
@@ -172,6 +178,11 @@ class AblationController(QObject):
         self.gates: dict[str, tuple[float, ...]] = {}  # capture name -> per-head gates (as the model has them)
         self.baseline = None  # the last trace without gates: the "before" of the comparison
         self._pending_gates_rid = 0
+        # where the trace before the ablation does not reach (a later step), the "before" is computed: the same
+        # tokens with every gate open, one forward per (trace, position), asked for only while ablated
+        self._ungated: tuple[object, int, np.ndarray] | None = None  # (trace, position, logits): the one on screen
+        self._ungated_rid = 0
+        self._ungated_for: tuple[object, int] | None = None  # what the newest request asked for
 
         self.overlay = QGraphicsPathItem()
         pen = QPen(CROSS_COLOR)
@@ -308,6 +319,7 @@ class AblationController(QObject):
     # -- state -----------------------------------------------------------------------------------
     def _on_model(self, _info: object) -> None:
         self.gates, self.baseline = {}, None  # a freshly loaded model has no gates
+        self._ungated = self._ungated_for = None
         self.update_overlay()
         self._update_status()
         self.diff.hide()
@@ -325,20 +337,39 @@ class AblationController(QObject):
             self.gates = dict(payload["gates"])
             self.update_overlay()
             self._update_status()
+        elif op == "ungated" and rid == self._ungated_rid and isinstance(payload, dict) and "logits" in payload:
+            self._ungated = (payload["trace"], int(payload["position"]), payload["logits"])
+            if payload["trace"] is self.state.trace:
+                self.update_diff()
+
+    def _before(self, trace, pos: int) -> np.ndarray | None:  # noqa: ANN001 - engine.Trace
+        """The un-ablated logits at `pos`: from the trace before the ablation while it has the same tokens
+        there, else computed (None until the answer comes; asked for once)."""
+        base = self.baseline
+        if (base is not None and base.logit_rows is not None and len(base) > pos
+                and base.token_ids[: pos + 1] == trace.token_ids[: pos + 1] and base.source_ids == trace.source_ids):
+            return base.logits_at(pos)
+        if self._ungated is not None and self._ungated[0] is trace and self._ungated[1] == pos:
+            return self._ungated[2]
+        asked = self._ungated_for
+        if asked is None or asked[0] is not trace or asked[1] != pos:
+            self._ungated_for = (trace, pos)
+            self._ungated_rid = self.client.call("ungated", jobs.ungated_logits(trace, pos))
+        return None
 
     def update_diff(self) -> None:
-        s, trace, base = self.state, self.state.trace, self.baseline
+        s, trace = self.state, self.state.trace
         if trace is None or not trace.gates or trace.logit_rows is None or s.model is None:
             self.diff.hide()
             return
         pos = min(s.query, len(trace) - 1)
-        if (base is None or base.logit_rows is None or len(base) <= pos
-                or base.token_ids[: pos + 1] != trace.token_ids[: pos + 1] or base.source_ids != trace.source_ids):
-            self.diff.show_movers(f"Ablated: no un-ablated distribution at position {pos} to compare with "
-                                  "(the comparison uses the trace from just before the first ablation).", [], (),
-                                  summary=f"Ablated · nothing to compare with at position {pos}")
+        before_logits = self._before(trace, pos)
+        if before_logits is None:
+            self.diff.show_movers(f"Ablated: working out the distribution at position {pos} without the ablation "
+                                  "(one forward pass) to compare with.", [], (),
+                                  summary=f"Ablation at position {pos}: comparing with the un-ablated model …")
             return
-        before = distribution(base.logits_at(pos), 1.0)
+        before = distribution(before_logits, 1.0)
         after = distribution(trace.logits_at(pos), 1.0)
         tv = 0.5 * float(np.abs(after - before).sum())
         rows = biggest_movers(before, after)

@@ -17,7 +17,6 @@ from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
-    QFileDialog,
     QGraphicsView,
     QLabel,
     QListWidget,
@@ -29,6 +28,8 @@ from PySide6.QtWidgets import (
 
 from engine import EngineError
 from engine.export import atomic_write, pattern_bytes, pattern_names, save_npz, trace_arrays  # numpy I/O on the Trace
+
+from ..widgets import file_dialogs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Exports:
             layers = self.choose_layers(self.window, sizes)
             if layers is None:
                 return
-        path, _ = QFileDialog.getSaveFileName(self.window, "Export trace", "trace.npz", "NumPy archive (*.npz)")
+        path, _ = file_dialogs.save_path(self.window, "Export trace", "trace.npz", "NumPy archive (*.npz)")
         if path:
             self.export_trace(path, layers)
 
@@ -218,22 +219,22 @@ class Exports:
         return out
 
     def export_view_dialog(self) -> None:
-        path, chosen = QFileDialog.getSaveFileName(self.window, "Export view", "attention.png", "PNG (*.png);;SVG (*.svg)")
+        path, chosen = file_dialogs.save_path(self.window, "Export view", "attention.png", "PNG (*.png);;SVG (*.svg)")
         if path:
             self.export_view(_with_suffix(path, chosen))
 
     def export_widget_dialog(self, widget: QWidget, name: str = "view") -> None:
-        path, chosen = QFileDialog.getSaveFileName(self.window, "Export view", f"{name}.png", "PNG (*.png);;SVG (*.svg)")
+        path, chosen = file_dialogs.save_path(self.window, "Export view", f"{name}.png", "PNG (*.png);;SVG (*.svg)")
         if path:
             self.export_widget(widget, _with_suffix(path, chosen))
 
     def export_pattern_dialog(self) -> None:
-        path, chosen = QFileDialog.getSaveFileName(self.window, "Export pattern", "pattern.csv",
+        path, chosen = file_dialogs.save_path(self.window, "Export pattern", "pattern.csv",
                                               "CSV with token labels (*.csv);;NumPy array (*.npy)")
         if path:
             self.export_pattern(_with_suffix(path, chosen))
 
     def export_summary_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Export trace summary", "trace-summary.json", "JSON (*.json)")
+        path, _ = file_dialogs.save_path(self.window, "Export trace summary", "trace-summary.json", "JSON (*.json)")
         if path:
             self.export_summary(path)

@@ -7,7 +7,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox
+from PySide6.QtWidgets import QMainWindow, QMessageBox
+
+from ..widgets import file_dialogs
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,8 @@ class PromptFile:
         window.client.error.connect(lambda op, _m: op == "count_prompt" and self._pending.clear())
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open a prompt from a text file", "",
-                                              "Text (*.txt *.md);;All files (*)")
+        path, _ = file_dialogs.open_path(self.window, "Open a prompt from a text file",
+                                         "Text (*.txt *.md);;All files (*)")
         if path:
             self.open_path(path)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtWidgets import QFileDialog, QMainWindow
+from PySide6.QtWidgets import QMainWindow
 
 from ..core import jobs
+from ..panels.prompt import model_text
 from ..rendering import colormaps
+from ..widgets import file_dialogs
 from .aggregate import RolloutControl
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,9 @@ class SessionFiles:
         w.banner.hide()
         info = payload["info"]
         s.set_model(info)  # panels reset for the (possibly other) model
-        w.prompt_panel.set_model_text(info.folder or info.name)
-        w.prompt_panel.set_texts(payload["prompt"], payload["source"])
+        w.prompt_panel.set_model_text(model_text(info))  # a bundled model by its name, not its folder
+        # the boxes hold what the session holds (a chat: system, turns and user message), no new session
+        w.prompt_panel.show_session(payload["prompt"], payload["source"], payload.get("messages"))
         s.set_trace(payload["trace"])
         view = payload["view"] or {}
         s.select(kind=view.get("kind"))
@@ -75,11 +78,11 @@ class SessionFiles:
         w.statusBar().showMessage(f"Opened session on {payload['info'].name}", 5000)
 
     def save_session_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Save session", "session.json", SESSION_FILTER)
+        path, _ = file_dialogs.save_path(self.window, "Save session", "session.json", SESSION_FILTER)
         if path:
             self.save_session(path)
 
     def open_session_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open session", "", SESSION_FILTER + ";;All files (*)")
+        path, _ = file_dialogs.open_path(self.window, "Open session", SESSION_FILTER + ";;All files (*)")
         if path:
             self.open_session(path)

@@ -35,13 +35,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine import capture_name
+
 from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
 from ..rendering import colormaps, display, tiles
 from ..rendering.labels import kind_name
 from ..rendering.prepared_image import PreparedImageItem, prepare
 from ..rendering.thumbnails import ThumbnailPooler
-from ..widgets.steady_label import set_spin_range
+from ..widgets.steady_label import SteadyLabel, set_spin_range
 from ..widgets.token_axis import TokenAxis, short
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ WHOLE_CELLS = 512 * 512  # a stored pattern up to this size is drawn whole; beyo
 ZOOM_STEP = 1.5  # + / − keys
 TILE_DELAY_MS = 30  # a new tile is asked for once the view has stopped moving this long
 HOLD_MS = 60  # after a step, the view waits this long at least for its new tile before it paints the old one
+HOVER_HINT = "Hover a cell for its weight; click one to select its query row and mark its key column"
 MAX_HOLD_MS = 250  # ... and at most: tiles that take longer (8k contexts) are waited for up to this
 ROW_TOP = 8  # strongest keys listed under the row plot
 
@@ -134,7 +137,7 @@ class AttentionView(QWidget):
         self.plot.invertY(True)  # query 0 at the top, as in a matrix
         self.plot.setAspectLocked(False)
         self.plot.getViewBox().setMouseEnabled(x=True, y=True)
-        self.left_axis.set_title("query")  # the axes add "every 4th labelled" when they thin their labels
+        self.left_axis.set_title("query")  # the axes add "(every 4th)" when they thin their labels
         self.bottom_axis.set_title("key")
         self.image = PreparedImageItem()  # row-major; a tile comes coloured from the display thread
         self.plot.addItem(self.image)
@@ -142,6 +145,12 @@ class AttentionView(QWidget):
         self.row_box.setBrush(Qt.BrushStyle.NoBrush)
         self.row_box.setZValue(10)
         self.plot.addItem(self.row_box)
+        self.selected_key: int | None = None  # the key column clicked last: outlined (dashed) until another click
+        self.key_box = QGraphicsRectItem()
+        self.key_box.setBrush(Qt.BrushStyle.NoBrush)
+        self.key_box.setZValue(10)
+        self.key_box.hide()
+        self.plot.addItem(self.key_box)
         self.colorbar = pg.ColorBarItem(values=display.LINEAR_LEVELS, colorMap=colormaps.colormap("viridis"),
                                         interactive=False, width=14)
         self.graphics.addItem(self.colorbar, row=0, col=1)
@@ -162,6 +171,10 @@ class AttentionView(QWidget):
         self.row_top.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.row_top.hide()
         self.row: np.ndarray | None = None  # the row on the plot
+        # the cell under the mouse, always readable here (the tooltip needs the pointer to rest first)
+        self.readout = SteadyLabel(wrap=False)
+        self.readout.setObjectName("caption")
+        self.readout.setText(HOVER_HINT)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -169,6 +182,7 @@ class AttentionView(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.row_top)
+        layout.addWidget(self.readout)
         vb = self.plot.getViewBox()
         vb.sigRangeChangedManually.connect(self._on_user_range)
         vb.sigRangeChanged.connect(lambda *_: self._view_moved())
@@ -246,6 +260,8 @@ class AttentionView(QWidget):
         self.kind_box.setMinimumWidth(self.kind_box.sizeHint().width())  # never squeezed into "cross-att…"
         self._sync_controls()
         self.plot.enableAutoRange()
+        self.selected_key = None
+        self.readout.setText(HOVER_HINT)
         self._show_empty("Type a prompt")
 
     def _sync_controls(self) -> None:
@@ -288,6 +304,7 @@ class AttentionView(QWidget):
         self.row_top.clear()
         self.image.clear()
         self.row_box.hide()
+        self.key_box.hide()
         self.empty_text.setText(text)
         self.empty_text.setColor(self.palette().windowText().color())
         self.empty_text.setPos(0.5, 0.5)
@@ -340,6 +357,7 @@ class AttentionView(QWidget):
         self.row_box.setRect(QRectF(-0.5, q - 0.5, n_k, 1))
         self.row_box.setPen(self._row_pen())
         self.row_box.show()
+        self._draw_key_box()
         if self.shape != old_shape and (self._fitted or old_shape == (0, 0)):
             self.fit()  # a step grew the pattern: keep all of it in view (a zoomed view stays where it is)
         # apply the new range now: pyqtgraph would do it at the start of the next paint, and moving the items
@@ -361,10 +379,34 @@ class AttentionView(QWidget):
         else:
             self._release_paint()
         head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
-        self._title = f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}"
+        self._title = f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}" + self._gate_note(trace)
         self._show_title()
         if self.row_plot_box.isChecked():
             self._draw_row()
+
+    def _gate_note(self, trace) -> str:  # noqa: ANN001 - engine.Trace
+        """" · ablated" when the head on screen is switched off (scaled: its factor); for the mean, how many are."""
+        s = self.state
+        gates = (getattr(trace, "gates", None) or {}).get(capture_name(s.kind, s.layer))
+        if not gates:
+            return ""
+        if s.mean_heads:
+            off = sum(1 for g in gates if g != 1)
+            return f" · {off} of them ablated or scaled" if off else ""
+        g = gates[s.head] if s.head < len(gates) else 1.0
+        return "" if g == 1 else " · ABLATED (output ×0)" if g == 0 else f" · scaled (output ×{g:g})"
+
+    def _draw_key_box(self) -> None:
+        n_q, n_k = self.shape
+        k = self.selected_key
+        if k is None or not 0 <= k < n_k:
+            self.key_box.hide()
+            return
+        pen = self._row_pen()
+        pen.setStyle(Qt.PenStyle.DashLine)
+        self.key_box.setPen(pen)
+        self.key_box.setRect(QRectF(k - 0.5, -0.5, 1, n_q))
+        self.key_box.show()
 
     @staticmethod
     def _shown(weights: np.ndarray, log_scale: bool, causal: bool, future: np.ndarray | None = None) -> tuple:
@@ -546,8 +588,10 @@ class AttentionView(QWidget):
             if self.hover_text:
                 self.hover_text = ""
                 QToolTip.hideText()
+                self.readout.setText(HOVER_HINT)
             return
         self.hover_text = self.describe(*cell)
+        self.readout.setText(self.hover_text)
         QToolTip.showText(QCursor.pos(), self.hover_text, self.graphics)
 
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
@@ -555,6 +599,8 @@ class AttentionView(QWidget):
             return
         cell = self.cell_at(event.scenePos())
         if cell is not None:
+            self.selected_key = cell[1]
+            self._draw_key_box()
             if self.state.uses_source_rows():
                 self.state.select(source_query=cell[0])
             else:

@@ -158,7 +158,10 @@ class LogitsPanel(QWidget):
             return
         settings = s.sampling
         probs = distribution(logits, settings.temperature, settings.top_k, settings.top_p)
-        n = min(self.count_spin.value(), probs.size)
+        # top-k / top-p cut the rest to exactly 0: the bars are the survivors, never padded with cut tokens
+        filtered = bool(settings.top_k or settings.top_p)
+        survivors = int(np.count_nonzero(probs)) if filtered else probs.size
+        n = min(self.count_spin.value(), survivors)
         order = display.top_indices(probs, n)
         self.candidate_ids, self.bar_values = order, probs[order]
         self._logits = logits
@@ -168,7 +171,8 @@ class LogitsPanel(QWidget):
         # which token actually stands there (marked), and where a choice would go
         if encoder_only:
             self.target_position = pos
-            chosen = trace.token_ids[pos]
+            # a mask still in place was chosen by nobody: no "chosen [MASK]: p=0" before any fill
+            chosen = None if trace.tokens[pos] == s.model.mask_token else trace.token_ids[pos]
             if before_fill is not None:
                 self.heading.setText(f"Predictions at position {pos} while it was masked; double-click to refill")
             else:
@@ -201,12 +205,14 @@ class LogitsPanel(QWidget):
             self.plot.setYRange(-0.6, n - 0.4, padding=0)
         shown = float(self.bar_values.sum())
         self.message.setToolTip("◀ marks the token that was chosen there")
+        cut = " and ".join(name for name, on in (("top-k", settings.top_k), ("top-p", settings.top_p)) if on)
         self.message.setText(f"T={settings.temperature:g}"
                              + (f", top-k={settings.top_k}" if settings.top_k else "")
                              + (f", top-p={settings.top_p:g}" if settings.top_p else "")
-                             + f" · top {n}: {shown:.1%}"
+                             + (f" · {survivors} survive {cut}" if filtered else f" · top {n}: {shown:.1%}")
                              + ("" if chosen is None or chosen in set(order.tolist()) else
-                                f" · chosen “{vocab[chosen]}”: p={probs[chosen]:.3g}, rank {self._rank(probs, chosen)}"))
+                                f" · chosen “{vocab[chosen]}”: " + (f"cut by {cut}" if filtered and probs[chosen] == 0 else
+                                f"p={probs[chosen]:.3g}, rank {self._rank(probs, chosen)}")))
 
     @staticmethod
     def _rank(probs: np.ndarray, token_id: int) -> int:

@@ -266,6 +266,9 @@ class HeadCanvas(QGraphicsView):
         if self.line_x != old:
             for item in self.lines.values():
                 item.set_lines(*self.line_x, item.y0, item.keys, item.ys, item.weights)
+        # a dock tabbed to the front (or a splitter moved) gets its size after the redraw that scrolled: the
+        # selected query stays in sight at the new size
+        self.ensure_row_visible(self.queries.selected)
 
     def hover_at(self, scene_pos: QPointF) -> tuple[str, int]:
         x, y = scene_pos.x(), scene_pos.y()
@@ -357,21 +360,19 @@ class HeadView(QWidget):
         self.all_button.setToolTip("Show every head again")
         self.title = SteadyLabel(wrap=False)
         self.title.setObjectName("caption")
-        controls = QHBoxLayout()
-        controls.setContentsMargins(4, 2, 4, 0)
-        controls.addWidget(self.kind_box)
-        controls.addWidget(self.layer_spin)
-        controls.addWidget(self.threshold_spin)
-        controls.addWidget(self.all_button)
-        controls.addStretch(1)
+        controls = QWidget()  # wraps in a narrow dock (a 1366-px screen) rather than needing 420 px
+        flow = FlowLayout(controls, spacing=4)
+        flow.setContentsMargins(4, 2, 4, 0)
+        for w in (self.kind_box, self.layer_spin, self.threshold_spin, self.all_button):
+            flow.addWidget(w)
 
         self.legend = QWidget()
         self.legend_layout = FlowLayout(self.legend, spacing=4)
         self.chips: dict[int, HeadChip] = {}
         self.canvas = HeadCanvas()
-        self.caption = QLabel()
+        # one line (the whole text in its tooltip): in a short dock the canvas keeps the height (issue 30)
+        self.caption = SteadyLabel(wrap=False)
         self.caption.setObjectName("caption")
-        self.caption.setWordWrap(True)
 
         # what an export shows: the title, the legend and the canvas (not the controls)
         self.picture = QWidget()
@@ -384,7 +385,7 @@ class HeadView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        layout.addLayout(controls)
+        layout.addWidget(controls)
         layout.addWidget(self.picture, 1)
         layout.addWidget(self.caption)
 
@@ -553,8 +554,10 @@ class HeadView(QWidget):
         hint = (" No key reaches the threshold: lower it." if shown == 0 and len(self.chips) > hidden else
                 " Hover a token on the left to select it; click a head's colour to hide it, double-click to show "
                 "it alone.")
-        self.caption.setText(f"Query {q} “{token}”: {shown} lines with weight ≥ {thr:g} from "
-                             f"{len(self.chips) - hidden} of {len(self.chips)} heads." + hint)
+        text = (f"Query {q} “{token}”: {shown} lines with weight ≥ {thr:g} from "
+                f"{len(self.chips) - hidden} of {len(self.chips)} heads." + hint)
+        self.caption.setText(text)
+        self.caption.setToolTip(text)
 
     def _fan_offset(self, head: int, n_heads: int) -> float:
         """Heads that pick the same key end a little apart within its row, so one does not hide another."""

@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QGraphicsPathItem,
     QHBoxLayout,
     QHeaderView,
@@ -44,17 +43,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine import capture_name
 from engine.export import atomic_write  # plain file I/O, as the other exports write
 
 from ..core import explain_jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering.labels import kind_name
+from ..widgets import file_dialogs
+from ..widgets.flow_layout import FlowLayout
 from ..widgets.refreshing import RefreshWhenShown
 from ..widgets.token_axis import TokenAxis, short
 
 log = logging.getLogger(__name__)
 
+VECTOR_MIN_HEIGHT = 150  # the q and k plots: below this their bars and ticks could not be read
 PATTERN_COLOR = QColor(70, 120, 210)  # the model's own weights
 WRITE_COLOR = QColor(235, 140, 40)  # what each key writes (α‖v W_O‖)
 WHAT_IF_COLOR = QColor(200, 60, 160)  # what-ifs: dashed outlines, never filled like the pattern
@@ -168,13 +171,12 @@ class InsideTab(QWidget):
         self.order = QComboBox()
         self.order.addItems(["keys by position", f"top {MAX_KEYS // 4} keys by weight"])
         self.export_button = QPushButton("Export CSV…")
-        controls = QHBoxLayout()
-        controls.setContentsMargins(0, 0, 0, 0)
-        for w in (self.no_scale, self.no_mask):
-            controls.addWidget(w)
-        controls.addStretch(1)
-        controls.addWidget(self.order)
-        controls.addWidget(self.export_button)
+        # the controls wrap onto a second line in a narrow dock (a 1366-px screen) instead of widening it
+        controls = QWidget()
+        flow = FlowLayout(controls, spacing=6)
+        flow.setContentsMargins(0, 0, 0, 0)
+        for w in (self.no_scale, self.no_mask, self.order, self.export_button):
+            flow.addWidget(w)
 
         self.plot = _plot("weight")
         self.axis = self.plot.getAxis("bottom")
@@ -195,6 +197,8 @@ class InsideTab(QWidget):
         self.q_plot, self.k_plot = _plot("q"), _plot("k")
         self.q_plot.setLabel("bottom", "dimension")
         self.k_plot.setLabel("bottom", "dimension")
+        for plot in (self.q_plot, self.k_plot):  # readable bars (issue 30); a short dock scrolls to them instead
+            plot.setMinimumHeight(VECTOR_MIN_HEIGHT)
         self.q_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=PATTERN_COLOR, pen=pg.mkPen(None))
         self.k_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=WRITE_COLOR, pen=pg.mkPen(None))
         grey = pg.mkPen((150, 150, 150), width=1.5)
@@ -233,7 +237,7 @@ class InsideTab(QWidget):
         layout.setContentsMargins(4, 2, 4, 2)
         layout.addWidget(self.heading)
         layout.addWidget(self.chain)
-        layout.addLayout(controls)
+        layout.addWidget(controls)
         layout.addWidget(body, 1)
         layout.addWidget(self.caption)
 
@@ -505,13 +509,12 @@ class AttributionTab(QWidget):
         self.grid_marks = QCheckBox("mark on the head grid")
         self.grid_marks.setToolTip("A square in each head-grid cell: red = wrote toward the token, blue = against")
         self.export_button = QPushButton("Export CSV…")
-        controls = QHBoxLayout()
-        controls.setContentsMargins(0, 0, 0, 0)
-        controls.addWidget(QLabel("token:"))
-        for w in (self.token_combo, self.color_combo, self.sort_combo, self.grid_marks):
-            controls.addWidget(w)
-        controls.addStretch(1)
-        controls.addWidget(self.export_button)
+        controls = QWidget()  # wraps in a narrow dock, as the Inside tab's
+        flow = FlowLayout(controls, spacing=6)
+        flow.setContentsMargins(0, 0, 0, 0)
+        for w in (QLabel("token:"), self.token_combo, self.color_combo, self.sort_combo, self.grid_marks,
+                  self.export_button):
+            flow.addWidget(w)
         self.table = _table()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
         self.table.setToolTip("Click a head to show it in the attention view")
@@ -535,7 +538,7 @@ class AttributionTab(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
         layout.addWidget(self.heading)
-        layout.addLayout(controls)
+        layout.addWidget(controls)
         layout.addWidget(self.message)
         layout.addWidget(body, 1)
         layout.addWidget(self.caption)
@@ -630,18 +633,22 @@ class AttributionTab(QWidget):
         mlp_top = float(max(np.abs(a.mlps).max(initial=0), top))
         norm_top = float(a.head_write_norms.max(initial=0))
         self.cells = {}
+        gates = getattr(trace, "gates", None) or {}
         for n in range(n_layers):
             for h in range(n_heads):
                 v, wn = float(a.heads[n, h]), float(a.head_write_norms[n, h])
                 bg = _shade(wn, norm_top, False) if by_norm else _shade(v, top, True)
-                self.table.setItem(n, h, _item(f"{v:+.3f}", f"layer {n} head {h}: {v:+.4f} toward “{a.token}”; "
-                                                           f"‖head output‖ = {wn:.3f}. Click to show this head.", bg))
+                mark, note = gate_mark(gates, "self", n, h)
+                self.table.setItem(n, h, _item(f"{v:+.3f}{mark}", f"layer {n} head {h}: {v:+.4f} toward “{a.token}”; "
+                                                                  f"‖head output‖ = {wn:.3f}.{note} Click to show this head.",
+                                               bg, italic=bool(mark)))
                 self.cells[(n, h)] = ("self", n, h)
                 if cross:
                     c = float(a.cross_heads[n, h])
-                    self.table.setItem(n, n_heads + h, _item(f"{c:+.3f}", f"layer {n} cross-attention head {h}: "
-                                                                          f"{c:+.4f}. Click to show this head.",
-                                                             None if by_norm else _shade(c, top, True)))
+                    mark, note = gate_mark(gates, "cross", n, h)
+                    self.table.setItem(n, n_heads + h, _item(f"{c:+.3f}{mark}", f"layer {n} cross-attention head {h}: "
+                                                                                f"{c:+.4f}.{note} Click to show this head.",
+                                                             None if by_norm else _shade(c, top, True), italic=bool(mark)))
                     self.cells[(n, n_heads + h)] = ("cross", n, h)
             m = float(a.mlps[n])
             self.table.setItem(n, len(headers) - 1, _item(f"{m:+.3f}", f"layer {n} MLP: {m:+.4f}",
@@ -671,9 +678,10 @@ class AttributionTab(QWidget):
                              f"(after “{trace.tokens[pos]}”): logit {a.logit:.3f}")
         other = {n: v for n, v in a.parts if not (n.startswith("L") and n[1:].split(".")[0].isdigit())}
         rest = " · ".join(f"{n} {v:+.3f}" for n, v in other.items())
+        ablated = " ✕ = ablated head (its output ×0), ×g = scaled." if gates else ""
         self.caption.setText(f"{rest} · every part summed: {a.total:.3f} = the logit {a.logit:.3f}. "
                              f"Linearised: {a.note}. Rows: layers; H = self-attention heads"
-                             + (", X = cross-attention heads" if cross else "") + ". Click a head to show it.")
+                             + (", X = cross-attention heads" if cross else "") + f". Click a head to show it.{ablated}")
 
     def click_cell(self, row: int, col: int) -> None:
         target = self.cells.get((row, col))
@@ -707,6 +715,17 @@ class AttributionTab(QWidget):
         rows.append(["(sum of parts)", a.total, ""])
         rows.append([f"(logit of “{a.token}” at position {a.position})", a.logit, ""])
         return write_csv(path, ["part", "contribution", "head output norm"], rows)
+
+
+def gate_mark(gates: dict, kind: str, layer: int, head: int) -> tuple[str, str]:
+    """(" ✕" or " ×g", a tooltip sentence) for an ablated or scaled head in a Trace.gates dict; ("", "") if untouched."""
+    values = gates.get(capture_name(kind, layer))
+    g = float(values[head]) if values is not None and head < len(values) else 1.0
+    if g == 1:
+        return "", ""
+    if g == 0:
+        return " ✕", " Ablated: its output is multiplied by 0."
+    return f" ×{g:g}", f" Scaled: its output is multiplied by {g:g}."
 
 
 class HeadGridMarks:
@@ -1012,7 +1031,7 @@ class InsideHeadPanel(RefreshWhenShown):
 
     def export_dialog(self, name: str) -> None:
         default = {"inside": "inside-head.csv", "attribution": "logit-attribution.csv", "embeddings": "nearest-tokens.csv"}
-        path, _ = QFileDialog.getSaveFileName(self, "Export table as CSV", default[name], "CSV (*.csv)")
+        path, _ = file_dialogs.save_path(self, "Export table as CSV", default[name], "CSV (*.csv)")
         if path:
             if not path.lower().endswith(".csv"):
                 path += ".csv"

@@ -8,6 +8,7 @@ The text boxes are as tall as their text, within limits, so the sampling control
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtGui import QFontMetrics
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -28,8 +30,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import SamplingError
+from engine import SamplingError, SamplingSettings
+from engine.checkpoints.resolve import RESOURCES
 
+from ..core import jobs
 from ..core.chat_jobs import chat_messages, chat_session, chat_state, render_chat
 from ..core.state import InspectorState
 from ..core.worker import EngineClient, ModelInfo, SessionRequest
@@ -53,6 +57,42 @@ BUNDLED_EXAMPLES = {
     "tiny-llama": ("Jared begat Lamech; and Lamech begat Noah. Jared begat Lamech; and Lamech begat", ""),
     "tiny-seq2seq": ("", "Tuesday, 3rd March 1987"),
 }
+
+
+SAMPLING_NOTE = "Changes re-draw the candidates at once; no new forward pass."
+
+
+def model_text(info: ModelInfo) -> str:
+    """What the model box shows for an open model: a bundled model's name, else its folder (or id)."""
+    if info.folder and Path(info.folder).parent == RESOURCES and Path(info.folder).name == info.name:
+        return info.name
+    return info.folder or info.name
+
+
+def unique_choices(names: list[str]) -> list[str]:
+    """The model box's entries once each: a bundled model's folder is its name, a repeat is dropped."""
+    out: list[str] = []
+    for name in names:
+        path = Path(name)
+        if path.is_absolute() and path.parent == RESOURCES:
+            name = path.name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def sampling_summary(s: SamplingSettings) -> str:
+    """The settings that differ from the defaults, e.g. "sample, T=0.7, top-k 5" ("" for the defaults)."""
+    parts = [] if s.greedy else ["sample"]
+    if s.temperature != 1.0:
+        parts.append(f"T={s.temperature:g}")
+    if s.top_k:
+        parts.append(f"top-k {s.top_k}")
+    if s.top_p:
+        parts.append(f"top-p {s.top_p:g}")
+    if s.seed:
+        parts.append(f"seed {s.seed}")
+    return ", ".join(parts)
 
 
 def default_prompts(info: ModelInfo) -> tuple[str, str]:
@@ -88,6 +128,7 @@ class PromptPanel(QWidget):
         self.state = state
         self.client = client
         self._defaults: tuple[str, str] = ("", "")
+        self._open_text: str | None = None  # a model to open, sent once the event in hand is done
 
         # -- model ------------------------------------------------------------------------------------
         self.model_box = QComboBox()
@@ -140,6 +181,27 @@ class PromptPanel(QWidget):
         self.prompt_edit.setPlaceholderText("type a prompt")
         for edit in (self.source_edit, self.prompt_edit, self.system_edit):
             edit.setTabChangesFocus(True)
+        # a refused prompt (too long, no source …): the session on screen is the previous one; say so and offer
+        # the ways back (issue 30): keep the text's last tokens, or return the boxes to the session's texts
+        self.stale_box = QFrame()
+        self.stale_box.setObjectName("stale")
+        self.stale_box.setFrameShape(QFrame.Shape.StyledPanel)
+        self.stale_label = QLabel()
+        self.stale_label.setWordWrap(True)
+        self.keep_button = QPushButton("Keep the last tokens")
+        self.keep_button.setToolTip("Replace the text with its end, as many tokens as the model reads (leaving room to step)")
+        self.restore_button = QPushButton("Back to the session's prompt")
+        self.restore_button.setToolTip("Put the text of the session on screen back in the boxes; Step works again")
+        sl = QVBoxLayout(self.stale_box)
+        sl.setContentsMargins(4, 3, 4, 3)
+        sl.addWidget(self.stale_label)
+        for button in (self.keep_button, self.restore_button):  # one above the other: the column stays narrow
+            sl.addWidget(button, 0, Qt.AlignmentFlag.AlignLeft)
+        self.stale_box.hide()
+        self.session_texts: tuple[str, str, str] | None = None  # (prompt, source, system) of the session on screen
+        self._asked_texts: tuple[str, str, str] | None = None  # those of the newest session request
+        self._fit_rid = 0
+        self._trims: dict[str, str] = {}  # "prompt"/"source" -> the text of its last tokens (keep_button)
         self.preview_button = QToolButton()
         self.preview_button.setText("Template")
         self.preview_button.setCheckable(True)
@@ -179,7 +241,7 @@ class PromptPanel(QWidget):
         tg = QVBoxLayout(text_group)
         tg.setSpacing(3)
         for w in (self.chat_check, self.source_label, self.source_edit, self.system_label, self.system_edit,
-                  self.history_label, self.history_edit, self.prompt_label, self.prompt_edit):
+                  self.history_label, self.history_edit, self.prompt_label, self.prompt_edit, self.stale_box):
             tg.addWidget(w)
         tg.addLayout(chat_buttons)
         tg.addWidget(self.preview_edit, 1)
@@ -204,12 +266,18 @@ class PromptPanel(QWidget):
         self.seed_spin.setRange(0, 2**31 - 1)
         sampling_group = QGroupBox("Sampling")
         form = QFormLayout(sampling_group)
-        form.addRow("choice", self.mode_box)
+        self.sampling_reset = QPushButton("Defaults")
+        self.sampling_reset.setToolTip("greedy, temperature 1, top-k and top-p off, seed 0")
+        self.sampling_reset.clicked.connect(self.reset_sampling)
+        choice_row = QHBoxLayout()
+        choice_row.addWidget(self.mode_box, 1)
+        choice_row.addWidget(self.sampling_reset)
+        form.addRow("choice", choice_row)
         form.addRow("temperature", self.temperature_spin)
         form.addRow("top-k", self.top_k_spin)
         form.addRow("top-p", self.top_p_spin)
         form.addRow("seed", self.seed_spin)
-        self.sampling_note = QLabel("Changes re-draw the candidates at once; no new forward pass.")
+        self.sampling_note = QLabel(SAMPLING_NOTE)
         self.sampling_note.setWordWrap(True)
         self.sampling_note.setObjectName("caption")
         form.addRow(self.sampling_note)
@@ -234,9 +302,15 @@ class PromptPanel(QWidget):
         self.next_turn_button.clicked.connect(self.next_turn)
         self.clear_chat_button.clicked.connect(self.clear_chat)
         client.result_ready.connect(self._on_result)
+        client.trace_ready.connect(self._on_trace_op)
+        client.error.connect(self._on_error)
+        self.keep_button.clicked.connect(self.keep_last_tokens)
+        self.restore_button.clicked.connect(self.restore_session_texts)
         state.trace_changed.connect(self._on_trace)
-        self.open_button.clicked.connect(self._open_clicked)
-        self.model_box.lineEdit().returnPressed.connect(self._open_clicked)
+        self.open_button.clicked.connect(lambda: self._open_clicked())  # clicked passes `checked`, not a text
+        # Return in the box and a pick from its list both arrive as activated
+        # an entry picked from the list opens at once (before, it waited for Open)
+        self.model_box.activated.connect(lambda i: self._open_clicked(self.model_box.itemText(i)))
         self.browse_button.clicked.connect(self.browse_requested)
         self.device_box.activated.connect(lambda _i: self._device_changed())
         for w in (self.temperature_spin, self.top_p_spin):
@@ -273,10 +347,105 @@ class PromptPanel(QWidget):
         self._debounce.stop()
         if self.state.model is None:
             return
+        self._asked_texts = self._box_texts()
         if self.chat_mode:
             self.request_chat()
         else:
             self.client.new_session(self.session_request())
+
+    def flush_edits(self) -> None:
+        """An edit still waiting for its session (the debounce) starts it now: a Step pressed right after typing
+        then steps the new prompt (the worker takes the requests in order), never the old one."""
+        if self._debounce.isActive():
+            self.request_session()
+
+    def _box_texts(self) -> tuple[str, str, str]:
+        return self.prompt_edit.toPlainText(), self.source_edit.toPlainText(), self.system_edit.toPlainText()
+
+    # -- a refused prompt ----------------------------------------------------------------------------
+    def _on_trace_op(self, _trace: object, op: str) -> None:
+        if op == "session":  # the newest session request (older ones are dropped as stale)
+            self.session_texts = self._asked_texts
+            self._show_stale("")
+
+    def _on_error(self, op: str, message: str) -> None:
+        if op != "session" or self.state.model is None:
+            return
+        self._show_stale(message)
+        if not self.chat_mode:  # a chat's user message is rendered through its template: shortening is the person's
+            prompt, source = self.texts()
+            self._fit_rid = self.client.call("fit_prompt", jobs.fit_prompt(prompt, source if self.source_edit.isVisibleTo(self) else None))
+
+    def _show_stale(self, message: str) -> None:
+        has_session = self.state.trace is not None and self.session_texts is not None
+        self.state.set_stale(message)
+        self._trims = {}
+        self.keep_button.hide()
+        if not message:
+            self.stale_box.hide()
+            return
+        then = ("The panels still show the session before it; Step and Run are off until a prompt is taken."
+                if has_session else "No session runs until a prompt is taken.")
+        self.stale_label.setText(f"<b>Not started:</b> {message}. {then}")
+        self.restore_button.setVisible(has_session)
+        self.stale_box.show()
+
+    def _on_fit(self, payload: dict) -> None:
+        if not self.state.stale:
+            return
+        for what in ("prompt", "source"):
+            fit = payload.get(what)
+            if fit:
+                self._trims = {what: fit["text"]}
+                box = "source" if what == "source" else "text"
+                self.keep_button.setText(f"Keep the last {fit['keep']} tokens")
+                self.keep_button.setToolTip(f"The {box} has {fit['tokens']} tokens; this model reads at most "
+                                            f"{payload['max']}. Keep its end ({fit['keep']} tokens"
+                                            + (", leaving room to step)" if fit["keep"] < payload["max"] else ")"))
+                self.keep_button.show()
+                return
+
+    def keep_last_tokens(self) -> None:
+        """Cut the over-long box to its last tokens (worked out by the engine's tokenizer) and start the session."""
+        if not self._trims:
+            return
+        (what, text), = self._trims.items()
+        self.set_texts(text if what == "prompt" else None, text if what == "source" else None)
+        self.request_session()
+
+    def restore_session_texts(self) -> None:
+        """The boxes back to the texts of the session on screen; its steps are allowed again."""
+        if self.session_texts is None:
+            return
+        prompt, source, system = self.session_texts
+        self.set_texts(prompt, source)
+        with QSignalBlocker(self.system_edit):
+            self.system_edit.setPlainText(system)
+        self.client.call("keep_session", jobs.keep_session())
+        self._show_stale("")
+
+    def show_session(self, prompt: str | None, source: str | None, messages: list[dict] | None = None) -> None:
+        """A reopened session's texts in the boxes (a chat's system, earlier turns and user message), without
+        starting a new session: they are the session's."""
+        self._debounce.stop()
+        if messages:
+            system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+            turns = [(str(m["role"]), str(m.get("content", ""))) for m in messages if m.get("role") != "system"]
+            user = turns.pop()[1] if turns and turns[-1][0] == "user" else ""
+            with QSignalBlocker(self.chat_check), QSignalBlocker(self.system_edit):
+                self.chat_check.setChecked(True)
+                self.system_edit.setPlainText(system)
+            self.turns = turns
+            self.set_texts(user, None)
+            self._show_history()
+        else:
+            if self.state.model is not None and self.state.model.has_chat_template:
+                with QSignalBlocker(self.chat_check):
+                    self.chat_check.setChecked(False)
+            self.set_texts(prompt, source)
+            self._update_mode()
+        self.session_texts = self._asked_texts = self._box_texts()
+        self._show_stale("")
 
     # -- chat mode -----------------------------------------------------------------------------------
     @property
@@ -309,7 +478,9 @@ class PromptPanel(QWidget):
         self.request_session()
 
     def _on_result(self, rid: int, op: str, payload: object) -> None:
-        if rid == self._preview_rid and isinstance(payload, dict):
+        if rid == self._fit_rid and isinstance(payload, dict):
+            self._on_fit(payload)
+        elif rid == self._preview_rid and isinstance(payload, dict):
             self.preview_edit.setPlainText(str(payload.get("text", "")))
         elif rid == self._state_rid and isinstance(payload, dict) and payload.get("messages") is not None:
             turns = [(str(m["role"]), str(m.get("content", ""))) for m in payload["messages"] if m["role"] != "system"]
@@ -397,7 +568,7 @@ class PromptPanel(QWidget):
         current = self.model_box.currentText()
         with QSignalBlocker(self.model_box):
             self.model_box.clear()
-            self.model_box.addItems(names)
+            self.model_box.addItems(unique_choices(names))
             self.model_box.setEditText(current)
 
     def device(self) -> str | None:
@@ -411,8 +582,19 @@ class PromptPanel(QWidget):
         self.device_box.setCurrentIndex(max(i, 0))
 
     # -- reactions -----------------------------------------------------------------------------------
-    def _open_clicked(self) -> None:
-        text = self.model_box.currentText().strip()
+    def _open_clicked(self, text: str | None = None) -> None:
+        """Open button, Return in the box, or an entry picked from its list. One key press can arrive as two
+        activations (the editable box's own and its line edit's): they are one request, sent once."""
+        text = (self.model_box.currentText() if text is None else text).strip()
+        if not text:
+            return
+        first = self._open_text is None
+        self._open_text = text
+        if first:
+            QTimer.singleShot(0, self._send_open)
+
+    def _send_open(self) -> None:
+        text, self._open_text = self._open_text, None
         if text:
             self.open_requested.emit(text, self.device())
 
@@ -427,6 +609,10 @@ class PromptPanel(QWidget):
 
     def _on_model(self, info: ModelInfo) -> None:
         self.turns = []
+        self.session_texts = self._asked_texts = None
+        self._show_stale("")
+        kept = sampling_summary(self.state.sampling)  # sampling stays from model to model: say so
+        self.sampling_note.setText(f"Kept from before: {kept}. " + SAMPLING_NOTE if kept else SAMPLING_NOTE)
         self.history_edit.clear()
         self.preview_edit.clear()
         self.chat_status.clear()
@@ -463,5 +649,9 @@ class PromptPanel(QWidget):
         except SamplingError as exc:
             self.sampling_note.setText(str(exc))
             return
-        self.sampling_note.setText("Changes re-draw the candidates at once; no new forward pass.")
+        self.sampling_note.setText(SAMPLING_NOTE)
         self.client.set_sampling(**changes)  # so the session's next steps use them
+
+    def reset_sampling(self) -> None:
+        """Greedy, T=1, no top-k/top-p, seed 0 (the controls' handlers pass them on)."""
+        self.show_sampling({})

@@ -9,6 +9,7 @@ changed, tooltips only for the token hovered.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from PySide6.QtWidgets import (
@@ -41,6 +42,8 @@ class TokenStrip(QWidget):
         self._source_special: tuple[bool, ...] | None = None  # what the source row's roles were made from
         self._source_roles: list[str] = []
         self._reveal: int | None = None  # the position to scroll into view (the last token), until it is
+        self.before_step: Callable[[], None] | None = None  # the window's: an edit waiting to start its session
+        self._text = ""  # the summary without a notice
 
         # -- stepper ---------------------------------------------------------------------------------
         self.back_button = QPushButton("← Back")
@@ -104,14 +107,28 @@ class TokenStrip(QWidget):
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(self._on_trace)
         state.selection_changed.connect(self._refresh_marks)
+        state.stale_changed.connect(lambda _r: self._show_summary())
         self._on_model(None)
 
     # -- actions ---------------------------------------------------------------------------------------
     def _ready(self) -> bool:
         return self.state.trace is not None and not self.client.loading
 
+    def _prepare(self) -> bool:
+        """Before a step or run: start a session typed but not yet sent; a finished generation is said in the
+        summary, not sent to fail as an error (the model choosing its end token is the normal end)."""
+        if self.before_step is not None:
+            self.before_step()
+        if not self._ready():
+            return False
+        why = finished_reason(self.state.trace, self.state.model)
+        if why and not self.state.stale:
+            self.summary.setText(f"{why} · Back, or double-click a candidate to branch")
+            return False
+        return True
+
     def step(self) -> None:
-        if self._ready():
+        if self._prepare():
             self.client.step()
 
     def back(self) -> None:
@@ -121,7 +138,7 @@ class TokenStrip(QWidget):
     def run_or_stop(self) -> None:
         if self.client.running:
             self.client.stop()
-        elif self._ready():
+        elif self._prepare():
             self.client.run(self.run_spin.value())
         self._sync_buttons()
 
@@ -161,7 +178,8 @@ class TokenStrip(QWidget):
         self.trace, self._roles, self._source_special, self._source_roles = None, [], None, []
         self.main_row.set_tokens((), [])
         self.source_row.set_tokens((), [])
-        self.summary.setText("" if info else "No model open")
+        self._text = "" if info else "No model open"
+        self._show_summary()
         self._sync_buttons()
 
     def _main_roles(self, trace: Trace) -> list[str]:
@@ -214,12 +232,22 @@ class TokenStrip(QWidget):
                 f"{len(trace)} tokens ({trace.n_prompt} prompt + {n_gen} generated)")
         if last is not None:
             text += f" · last: “{last.token}” ({last.how}, p={last.prob:.3f})"
-        self.summary.setText(text)
+        why = finished_reason(trace, self.state.model)
+        self._text = text + (f" · {why}" if why else "")
+        self._show_summary()
         self._sync_buttons()
         self._refresh_marks()
         if len(trace):
             self._reveal = len(trace) - 1
             self._scroll_to_reveal()
+
+    def _show_summary(self) -> None:
+        stale = self.state.stale
+        self.summary.setText(("⚠ Step is off: the prompt was not taken (see the prompt panel) · " if stale else "")
+                             + self._text)
+        tip = f"Step is off until a prompt is taken: {stale}" if stale else ""
+        self.summary.setToolTip(tip)
+        self.step_button.setToolTip(tip or "Choose the next token (→)")
 
     def _scroll_to_reveal(self, last_try: bool = False) -> None:
         """Scroll so that the last token is in view; once more when the scroll range grows to reach it (the
@@ -268,3 +296,16 @@ class TokenStrip(QWidget):
         self.main_row.set_marks(s.query if s.trace is not None else None, main_tint)
         if self.source_row.isVisible() or self.source_row.n:
             self.source_row.set_marks(s.source_query if s.uses_source_rows() else None, source_tint)
+
+
+def finished_reason(trace: Trace | None, info) -> str:  # noqa: ANN001 - ModelInfo | None
+    """Why no further step is possible ("" if one is): the model chose its end token, or the context is full.
+    Encoder-only models fill masks: they are done when none is left (the engine says so)."""
+    if trace is None or info is None or trace.family == "encoder":
+        return ""
+    ids = trace.token_ids
+    if trace.steps and ids and ids[-1] in info.stop_ids:
+        return f"finished: the model chose “{info.vocab[ids[-1]]}” (its end token, the normal end)"
+    if len(ids) >= info.max_positions:
+        return f"finished: the context is full ({info.max_positions} tokens)"
+    return ""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMainWindow, QMenu
 
 from ..features.ablation import AblationController
@@ -23,6 +23,9 @@ from ..panels.logit_lens import LogitLensPanel
 from . import style
 
 log = logging.getLogger(__name__)
+
+MIN_VIEW_HEIGHT = 320  # what the attention view keeps when "Inside this head" opens below it
+MIN_INSIDE_HEIGHT = 200
 
 
 class AnalysisUI:
@@ -59,7 +62,7 @@ class AnalysisUI:
             ("analysis.rollout", self.rollout.toggle),
             ("analysis.logit_lens", lambda: self.show_dock("lens")),
             ("analysis.head_stats", lambda: self.show_dock("stats")),
-            ("analysis.inside_head", lambda: self.show_inside("inside")),
+            ("analysis.inside_head", lambda: self.toggle_inside("inside")),
             ("analysis.attribution", lambda: self.show_inside("attribution")),
             ("analysis.inside_mlp", self.show_inside_mlp),
             ("analysis.compare", self.open_compare),
@@ -86,13 +89,31 @@ class AnalysisUI:
         dock.raise_()
 
     def show_inside(self, tab: str = "inside") -> None:
-        """The "Inside this head" dock at a tab ("inside", "attribution", "embeddings"), below the view."""
+        """The "Inside this head" dock at a tab ("inside", "attribution", "embeddings"), below the view. It takes
+        up to 46% of the window's height, leaving the attention view MIN_VIEW_HEIGHT px where the window has them;
+        the window's size stays as it is (the dock's content scrolls when it has less than it asks for)."""
         w, dock = self.window, self.window.docks["inside"]
         was_hidden = dock.isHidden()
+        size = w.size()
+        shared = w.centralWidget().height()  # what the view and the dock share, read before the dock takes its part
         self.inside_head.show_tab(tab)
         self.show_dock("inside")
         if was_hidden and not dock.isFloating():
-            w.resizeDocks([dock], [int(w.height() * 0.46)], Qt.Orientation.Vertical)
+            height = max(MIN_INSIDE_HEIGHT, min(int(w.height() * 0.46), shared - MIN_VIEW_HEIGHT))
+            w.resizeDocks([dock], [height], Qt.Orientation.Vertical)
+            # a dock shown for the first time is laid out after this call: size it again once it has been
+            QTimer.singleShot(0, lambda: dock.isVisible() and w.resizeDocks([dock], [height], Qt.Orientation.Vertical))
+        if not (w.isMaximized() or w.isFullScreen()) and w.size() != size:
+            w.resize(size)  # a dock never changes the window's size (issue 30)
+
+    def toggle_inside(self, tab: str = "inside") -> None:
+        """The I key: opens the dock at `tab`; pressed again while that tab is on screen, closes it."""
+        dock = self.window.docks["inside"]
+        if dock.isVisible() and not dock.visibleRegion().isEmpty() and self.inside_head.tabs.currentWidget() is \
+                self.inside_head.tab(tab):
+            dock.hide()
+            return
+        self.show_inside(tab)
 
     def show_inside_mlp(self) -> None:
         """The "Inside the MLP" dock, below the view (tabbed with "Inside this head")."""

@@ -91,8 +91,9 @@ def run_app(args: argparse.Namespace) -> int:
         settings = QSettings(str(Path(tempfile.mkdtemp()) / "screenshot.ini"), QSettings.Format.IniFormat)
     window = MainWindow(settings=settings)
     relay = install_excepthook(window)  # noqa: F841 - kept alive for the app's lifetime
-    if screenshot:
-        w, h = parse_size(getattr(args, "size", "1400x900"))
+    size = getattr(args, "size", None)
+    if screenshot or size:  # --size is honoured with or without --screenshot
+        w, h = parse_size(size or "1400x900")
         window.resize(w, h)
         window.apply_default_sizes()
     window.show()

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QHeaderView,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -32,6 +35,7 @@ from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
 from ..panels.tokens import TokenStrip
 from ..rendering import colormaps
+from ..widgets import file_dialogs
 from ..widgets.error_banner import ErrorBanner
 from . import style
 from .actions import ActionRegistry
@@ -55,6 +59,42 @@ def device_text(info: ModelInfo) -> str:
     return reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
 
 
+# panels whose least size is large (tables and plots side by side): in their docks they scroll below it,
+# so that opening or tabbing one never pushes the window past the screen (issue 30) and the window's own least
+# size stays within a 1280 x 800 laptop screen (issue 28). The others shrink or scroll by themselves.
+SCROLLED_DOCKS = ("head_view", "inside", "stats", "lens")
+FITTING_MIN = QSize(120, 90)  # the least size of a scrolled dock's content area
+
+
+STATUS_CHARS = 70  # what the status bar beside its permanent labels shows of an error on a 1366-px screen
+
+
+def status_copy(message: str) -> str:
+    """The status bar's copy of an error: its first line, cut at a word (never mid-word) where it is long."""
+    first = message.splitlines()[0] if message else "error"
+    if len(first) <= STATUS_CHARS:
+        return first
+    return first[:STATUS_CHARS].rsplit(" ", 1)[0] + " … (the whole message is above the view)"
+
+
+def default_size() -> QSize:
+    """1400 x 900, or the screen's available area where that is smaller (a 1366 x 768 laptop)."""
+    screen = QGuiApplication.primaryScreen()
+    size = QSize(1400, 900)
+    return size.boundedTo(screen.availableGeometry().size()) if screen is not None else size
+
+
+def fitting(widget: QWidget) -> QScrollArea:
+    """`widget` in a frameless scroll area: it fills the dock where the dock is big enough, scrolls where not."""
+    area = QScrollArea()
+    area.setObjectName(f"scroll-{widget.objectName() or type(widget).__name__}")
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    area.setMinimumSize(FITTING_MIN)
+    return area
+
+
 class MainWindow(QMainWindow):
     settled = Signal()  # the startup chain (open → session → steps) has finished, successfully or not
 
@@ -63,6 +103,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setObjectName("MainWindow")
         self.settings = settings if settings is not None else QSettings("AttentionInspector", "AttentionInspector")
+        # every save / open dialog starts in the folder used last, this run or an earlier one (issue 30)
+        file_dialogs.memory.folder = str(self.settings.value("last_file_folder", "") or "")
+        file_dialogs.memory.on_change = functools.partial(self.settings.setValue, "last_file_folder")
         self.state = InspectorState(self)
         self.client = EngineClient(self)
         self.last_error = ""
@@ -121,11 +164,13 @@ class MainWindow(QMainWindow):
         self.prompt_panel.open_requested.connect(lambda src, dev: self.open_model(src, device=dev))
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
+        self.token_strip.before_step = self.prompt_panel.flush_edits  # Step right after typing steps the new text
+        self._run_from: int | None = None  # tokens when the newest run started (its "stopped after N steps")
         self.state.model_changed.connect(self._on_model_changed)
         self.analysis = install_analysis(self)  # issue 7: ablation, lens, statistics, sessions
         self.remote_engine = install_remote_engine(self)  # issue 27: File → Connect to engine…, the engine: label
 
-        self.resize(1400, 900)
+        self.resize(default_size())
         self.apply_default_sizes()
         self._default_state = self.saveState()
         self._restore_settings()
@@ -140,7 +185,7 @@ class MainWindow(QMainWindow):
         self.client), as the panels below are, and add them as docks; View lists them."""
         dock = QDockWidget(title, self)
         dock.setObjectName(f"dock-{key}")
-        dock.setWidget(widget)
+        dock.setWidget(fitting(widget) if key in SCROLLED_DOCKS else widget)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable
                          | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         self.addDockWidget(area, dock)
@@ -316,7 +361,10 @@ class MainWindow(QMainWindow):
     def _on_trace(self, trace, op: str) -> None:  # noqa: ANN001 - engine.Trace
         if op != "progress":
             self.banner.hide()  # the last request worked: an older error no longer applies
+            self.statusBar().setToolTip("")
         self.state.set_trace(trace)
+        if op == "run":
+            self._report_run(trace)
         if op == "session" and self._chain == ["run"]:
             self._chain = []
             self.client.run(self._chain_steps)
@@ -342,10 +390,25 @@ class MainWindow(QMainWindow):
             self._busy_delay.stop()
             self.busy_bar.hide()
         if busy and op == "run":
+            self._run_from = len(self.state.trace.steps) if self.state.trace is not None else None
             self.statusBar().showMessage("Running … (Esc or Stop to stop)")
         if not busy:
             self.statusBar().clearMessage()
             self._maybe_settled()
+
+    def _report_run(self, trace) -> None:  # noqa: ANN001 - engine.Trace
+        """How the run ended, in the status bar: stopped (Esc / Stop) after N steps, finished early, or done."""
+        if self._run_from is None:
+            return
+        taken, asked = len(trace.steps) - self._run_from, self.client.run_asked
+        self._run_from = None
+        if self.client.stop_asked:
+            text = f"Stopped after {taken} step{'s' if taken != 1 else ''} of {asked}"
+        elif taken < asked:
+            text = f"Run ended after {taken} of {asked} steps: nothing more to generate"
+        else:
+            text = f"Ran {taken} step{'s' if taken != 1 else ''}"
+        self.statusBar().showMessage(text, 8000)
 
     def _maybe_settled(self) -> None:
         if not self._chain and not self.client.busy:
@@ -359,7 +422,8 @@ class MainWindow(QMainWindow):
         self.errors.append(message)
         log.warning("%s", message)
         self.banner.show_message(message + hint)
-        self.statusBar().showMessage(message.splitlines()[0] if message else "error", 10000)
+        self.statusBar().showMessage(status_copy(message), 10000)
+        self.statusBar().setToolTip(message)  # the whole text, where the bar has room for its start only
 
     def _on_scheme_changed(self, _scheme: object = None) -> None:
         """The system switched between light and dark: plots and chips pick up the new palette."""
@@ -412,7 +476,7 @@ class MainWindow(QMainWindow):
         self.analysis.exports.export_trace(path)
 
     def _save_screenshot_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")
+        path, _ = file_dialogs.save_path(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")
         if path:
             self.grab().save(path)
 

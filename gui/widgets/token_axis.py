@@ -1,6 +1,6 @@
 """An axis labelled with tokens (one per integer position): every label that fits is drawn; key labels turn
 vertical when that lets every one fit; only when even that fails are they thinned, and the axis title
-says so ("key · every 4th labelled")."""
+says so ("key (every 4th)")."""
 
 from __future__ import annotations
 
@@ -191,7 +191,8 @@ class TokenAxis(pg.AxisItem):
     def _update_title(self) -> None:
         if not self.title:
             return
-        note = f" · every {_ordinal(self.stride)} labelled" if self.stride > 1 else ""
+        # short: a rotated title longer than a short axis would run over its first labels (issue 30)
+        note = f" (every {_ordinal(self.stride)})" if self.stride > 1 else ""
         text = self.title + note
         if text != self._shown_title:
             self._shown_title = text

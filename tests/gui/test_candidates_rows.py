@@ -36,7 +36,7 @@ def test_every_bar_keeps_its_label_after_an_ablation(qtbot, window, checkpoints,
     _ablate(qtbot, win)
     assert diff.isVisible() and len(diff.rows) == 4
     assert _labelled_rows(panel) == list(range(n))  # every drawn bar is labelled
-    assert "TV" in diff.toggle.text()
+    assert "TV" in diff.summary.text()
     assert panel.plot.height() >= panel.chart_height(n)
     # the person opens the movers table: the bars still keep every label (they scroll if need be)
     diff.toggle.click()
@@ -64,4 +64,4 @@ def test_movers_start_collapsed_where_the_bars_need_the_room(qtbot, window, chec
     room = panel.splitter.height() - panel.chart_height()
     assert diff.expanded == (room >= diff.expanded_height())
     assert "total variation" in diff.heading.text()  # the full heading is kept (shown when expanded, and as a tooltip)
-    assert diff.toggle.toolTip() == diff.heading.text()
+    assert diff.summary.toolTip() == diff.heading.text()

@@ -186,7 +186,9 @@ def test_prompt_from_file_counts_tokens_first_and_export_writes_chosen_layers(qt
     win.analysis.exports.choose_layers = lambda _parent, sizes: sizes_seen.append(sizes) or ["decoder.1.attn"]
     monkeypatch.setattr(exports, "EXPORT_ASK_BYTES", 0)
     out = tmp_path / "chosen.npz"
-    monkeypatch.setattr(exports.QFileDialog, "getSaveFileName", staticmethod(lambda *_a, **_k: (str(out), "")))
+    from PySide6.QtWidgets import QFileDialog  # the dialogs go through gui/widgets/file_dialogs.py
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *_a, **_k: (str(out), "")))
     win.analysis.exports.export_trace_dialog()
     trace = win.state.trace
     assert sizes_seen == [{"decoder.0.attn": 4 * 4 * len(trace) ** 2, "decoder.1.attn": 4 * 4 * len(trace) ** 2}]

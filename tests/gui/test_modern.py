@@ -87,10 +87,10 @@ def test_chat_mode_renders_the_template_stops_at_end_of_turn_and_takes_a_next_tu
     win.client.run(5)
     wait_idle(qtbot, win)
     assert len(win.state.trace) == n + 1 and win.errors == []
-    qtbot.mouseClick(win.token_strip.step_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: bool(win.errors), timeout=STEP_TIMEOUT_MS)
-    assert "end-of-sequence token <|eot_id|>" in win.errors[-1]
+    qtbot.mouseClick(win.token_strip.step_button, Qt.MouseButton.LeftButton)  # the normal end, not an error (issue 30)
     wait_idle(qtbot, win)
+    assert win.errors == [] and len(win.state.trace) == n + 1
+    assert "finished: the model chose “<|eot_id|>”" in win.token_strip.summary.text()
 
     # the next turn: the reply becomes the assistant's message, and a new user message is rendered after it
     first_user = panel.prompt_edit.toPlainText()
