@@ -193,9 +193,9 @@ def fit_prompt(prompt: str, source: str | None) -> Callable:
 
 
 def ungated_logits(trace: Any, position: int) -> Callable:
-    """The logits at `position` of `trace`'s tokens with every head gate open (one forward without the
-    ablation; the gates are put back as they were, so the session does not recompute). -> {"trace",
-    "position", "logits"}, or {"stale": True} when the trace is another model's."""
+    """The logits at `position` of `trace`'s tokens with every head gate open (one forward without the head
+    ablation; neuron gates stay; the head gates are put back as they were, so the session does not recompute).
+    -> {"trace", "position", "logits"}, or {"stale": True} when the trace is another model's."""
 
     def fn(w: EngineWorker) -> dict:
         from engine import parse_capture_name
@@ -204,7 +204,10 @@ def ungated_logits(trace: Any, position: int) -> Callable:
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         saved = model.gates()
-        model.clear_gates()
+        for name, values in saved.items():  # head gates only: clear_gates() would drop the neuron ablations too
+            kind, layer = parse_capture_name(name)
+            for head in range(len(values)):
+                model.set_head_gate(kind, layer, head, 1.0)
         try:
             if trace.family == "encoder-decoder":
                 base = model.run(list(trace.token_ids), source=list(trace.source_ids))
