@@ -251,6 +251,7 @@ class HeadGrid(QWidget):
         self._generation = self._render.submit("grid", lambda: None)  # drops what is under way
         self.atlas, self.shape, self.pooled, self._drawn, self._ticks = None, (0, 0), None, None, None
         self._stats = (None, {})
+        self.navigator.set_shape(0, 0)  # the next model starts at the automatic fit, even if of the same shape
         self.outline.setRect(QRectF())
         self.groups.setPath(QPainterPath())
         for side in ("left", "top"):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-READABLE_PX = 20.0  # below this a thumbnail's shape is hard to make out (and to hit with the mouse)
+READABLE_PX = 20.0  # a thumbnail's shape is easy to make out (and to hit with the mouse) from this size
+SMALL_PX = 14.0  # below this the first view gives the heads of a layer the width rather than show every layer
 MAX_CELL_PX = 240.0  # zoomed in as far as one head filling a small dock
 ATLAS_PIXELS = 8_000_000  # the largest atlas the grid resamples (a 64 × 64-head grid at ~43 px per thumbnail)
 LABEL_STEPS = (1, 2, 5, 10, 20, 50, 100)  # layer/head numbers are written every this many cells
@@ -22,11 +23,12 @@ def fit_all_px(width: float, height: float, n_layers: int, n_heads: int) -> floa
 
 
 def auto_px(width: float, height: float, n_layers: int, n_heads: int) -> float:
-    """The first view of a model: everything if the cells are readable so; else, if the heads of one layer
-    fit across at a readable size, that (the layers scroll); else everything (zoom in from there)."""
+    """The first view of a model: everything, unless that makes cells small (< SMALL_PX) and the heads of one
+    layer fit across at a readable size: then the width (the layers scroll). 12 × 12 heads in a small dock stay
+    whole (as the grid always showed them, at the same cost per step); 28 × 16 get the width."""
     every = fit_all_px(width, height, n_layers, n_heads)
     across = width / max(n_heads, 1)
-    return across if every < READABLE_PX <= across else every
+    return across if every < SMALL_PX and across >= READABLE_PX else every
 
 
 def clamp_origin(origin: float, visible: float, n_cells: int) -> float:

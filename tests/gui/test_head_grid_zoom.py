@@ -196,6 +196,7 @@ def test_thumbnails_fit_the_cell_and_the_atlas_budget():
 
 def test_first_view_fits_all_or_the_width():
     assert auto_px(400, 400, 12, 12) == pytest.approx(400 / 12)  # everything, readable
+    assert auto_px(344, 215, 12, 12) == pytest.approx(215 / 12)  # a small dock: 12 × 12 stay whole (18 px)
     assert auto_px(400, 250, 28, 16) == pytest.approx(25.0)  # the heads across; the layers scroll
     assert 25.0 >= READABLE_PX
     assert auto_px(400, 400, 64, 64) == pytest.approx(400 / 64)  # nothing fits readably: everything, zoom in
