@@ -49,7 +49,7 @@ from ..core.state import InspectorState
 from ..rendering import colormaps, display
 from ..rendering.grid_view import label_step, thumb_size
 from ..rendering.head_colors import HeadAxis
-from ..rendering.head_statistics import BY_KEY, STATISTICS, colour_indices, format_value
+from ..rendering.head_statistics import BY_KEY, STATISTICS, colour_indices, format_value, statistic_scale
 from ..rendering.labels import kind_name
 from ..rendering.thumbnails import ThumbnailPooler
 from ..widgets.steady_label import SteadyLabel
@@ -61,7 +61,7 @@ MIN_THUMB, MAX_THUMB = 4, 64  # thumbnail resolution in atlas pixels
 POOL_SIZE = 64  # pooled bins per axis before resampling to the thumbnail
 MIN_LABEL_PX = 18  # layer/head numbers closer than this are thinned out (to every 2nd, 5th, 10th …)
 MIN_GROUP_PX = 10  # key/value group lines are drawn only between cells at least this wide on screen
-GAP = 1  # atlas pixels between thumbnails
+GAP = 1  # atlas pixels between thumbnails (none when cells are tiny on screen: see grid_view.thumb_size)
 GAP_INDEX = 255  # the lookup-table entry reserved for the gaps
 
 
@@ -74,6 +74,8 @@ class HeadGrid(QWidget):
         super().__init__(parent)
         self.state = state
         self.thumb = MIN_THUMB
+        self.gap = GAP  # atlas pixels between thumbnails now
+        self.statistic_scale = (0.0, 1.0)  # the values the darkest and the brightest colour stand for
         self.shape = (0, 0)  # (layers, heads) on screen
         self.atlas: np.ndarray | None = None
         self.pooler = ThumbnailPooler(size=POOL_SIZE)  # stored traces, on this thread
@@ -217,7 +219,7 @@ class HeadGrid(QWidget):
     @property
     def cell_fraction(self) -> float:
         """The part of each unit cell the thumbnail covers (the rest is the gap to the next one)."""
-        return self.thumb / (self.thumb + GAP)
+        return self.thumb / (self.thumb + self.gap)
 
     def cell_rect(self, layer: int, head: int, inset: float = 0.0) -> QRectF:
         """Where the thumbnail of (layer, head) lies in overlay coordinates; `inset` is a fraction of it."""
@@ -285,22 +287,22 @@ class HeadGrid(QWidget):
         return arrays.get(key) if key else None
 
     @staticmethod
-    def build_statistic_atlas(values: np.ndarray, t: int) -> tuple[np.ndarray, float, float]:
-        """values [layers, heads] -> (the uint8 atlas with one colour per cell, t × t, GAP apart; NaN cells are
-        background) and the values the darkest and the brightest colour stand for."""
-        idx, lo, hi = colour_indices(values, GAP_INDEX)
+    def build_statistic_atlas(values: np.ndarray, t: int, gap: int, scale: tuple[float, float]) -> np.ndarray:
+        """values [layers, heads] -> the uint8 atlas with one colour per cell (scale[0] darkest, scale[1]
+        brightest), t × t, `gap` apart; NaN cells are background."""
+        idx = colour_indices(values, GAP_INDEX, *scale)
         idx[idx < 0] = GAP_INDEX
         n_layers, n_heads = values.shape
-        cell = t + GAP
+        cell = t + gap
         cells = np.full((n_layers, cell, n_heads, cell), GAP_INDEX, dtype=np.uint8)
         cells[:, :t, :, :t] = idx.astype(np.uint8)[:, None, :, None]
-        atlas = cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP]
-        return np.ascontiguousarray(atlas), lo, hi
+        atlas = cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - gap, : n_heads * cell - gap]
+        return np.ascontiguousarray(atlas)
 
     def _draw_statistic(self, trace, kind: str) -> None:  # noqa: ANN001 - engine.Trace
         s, key = self.state, self.color_by
         n_layers, n_heads = trace.n_layers[kind], trace.n_heads
-        t = self._thumb_size(n_layers, n_heads)
+        t, gap = self._thumb_size(n_layers, n_heads)
         values = self.statistic_values(kind)
         stat = BY_KEY[key]
         if values is None or values.shape != (n_layers, n_heads):
@@ -310,12 +312,16 @@ class HeadGrid(QWidget):
             text = f"{stat.title}: no value for {kind_name(kind, s.model.family)} (main stack only)"
         else:
             text = None
-        atlas, lo, hi = self.build_statistic_atlas(values, t)
+        self.statistic_scale = statistic_scale(key, values, len(s.key_tokens(trace)))
+        atlas = self.build_statistic_atlas(values, t, gap, self.statistic_scale)
         if text is None:
+            lo, hi = self.statistic_scale
+            finite = values[np.isfinite(values)]
             earlier = " · of an earlier step (updates when idle)" if self._stats[0] is not trace else ""
-            text = (f"{stat.title}: dark {format_value(key, lo)} → bright {format_value(key, hi)}{earlier} · "
-                    f"{n_layers} layers × {n_heads} heads; hover one for its value")
-        self._show_atlas(kind, atlas, t, n_layers, n_heads, trace.kv_group, text)
+            text = (f"{stat.title}: dark {format_value(key, lo)} → bright {format_value(key, hi)}; these heads "
+                    f"{format_value(key, float(finite.min()))} – {format_value(key, float(finite.max()))}{earlier}"
+                    " · hover one for its value")
+        self._show_atlas(kind, atlas, t, gap, n_layers, n_heads, trace.kv_group, text)
 
     # -- attention patterns ------------------------------------------------------------------------------
     @property
@@ -361,19 +367,19 @@ class HeadGrid(QWidget):
             else:  # kept for when the patterns are shown again
                 self.pooled, self.bin_width, self._drawn = pooled, width, (trace, kind)
 
-    def _atlas_recipe(self, trace, kind: str) -> tuple[int, bool, tuple[bool, ...]]:  # noqa: ANN001 - engine.Trace
-        """What the atlas depends on besides the pooled stack: (thumbnail size, log scale, layers captured)."""
+    def _atlas_recipe(self, trace, kind: str) -> tuple[int, int, bool, tuple[bool, ...]]:  # noqa: ANN001 - engine.Trace
+        """What the atlas depends on besides the pooled stack: (thumbnail size, gap, log scale, layers captured)."""
         s = self.state
-        t = self._thumb_size(trace.n_layers[kind], trace.n_heads)
-        return t, s.log_scale, tuple(ThumbnailPooler.captured(trace, kind, layer) for layer in range(trace.n_layers[kind]))
+        t, gap = self._thumb_size(trace.n_layers[kind], trace.n_heads)
+        return t, gap, s.log_scale, tuple(ThumbnailPooler.captured(trace, kind, layer) for layer in range(trace.n_layers[kind]))
 
     @staticmethod
-    def build_atlas(kind: str, pooled: np.ndarray, recipe: tuple[int, bool, tuple[bool, ...]]) -> np.ndarray:
-        """pooled [layers, heads, m_q, m_k] -> the uint8 atlas of thumbnails t × t, GAP apart (numpy only, so
+    def build_atlas(kind: str, pooled: np.ndarray, recipe: tuple[int, int, bool, tuple[bool, ...]]) -> np.ndarray:
+        """pooled [layers, heads, m_q, m_k] -> the uint8 atlas of thumbnails t × t, `gap` apart (numpy only, so
         the display thread can make it: ~2 ms a step at 12 × 12 heads that the event loop no longer spends)."""
-        t, log_scale, captured = recipe
+        t, gap, log_scale, captured = recipe
         n_layers, n_heads = pooled.shape[:2]
-        cell = t + GAP
+        cell = t + gap
         # resampled and scaled as one stack (per-layer calls cost more in numpy overhead than in work)
         stack = pooled.reshape(-1, *pooled.shape[2:])
         tiles = np.round(display.normalised_stack(display.fit_stack(stack, t), log_scale) * (GAP_INDEX - 1))
@@ -387,7 +393,7 @@ class HeadGrid(QWidget):
                 tiles[layer] = GAP_INDEX  # not captured (Session(capture=...)): nothing to show
         cells = np.full((n_layers, cell, n_heads, cell), GAP_INDEX, dtype=np.uint8)
         cells[:, :t, :, :t] = tiles.transpose(0, 2, 1, 3)
-        return np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - GAP, : n_heads * cell - GAP])
+        return np.ascontiguousarray(cells.reshape(n_layers * cell, n_heads * cell)[: n_layers * cell - gap, : n_heads * cell - gap])
 
     def _draw(self, trace, kind: str, pooled: np.ndarray, width: int,  # noqa: ANN001 - engine.Trace
               made: tuple[tuple, np.ndarray] | None = None) -> None:
@@ -399,19 +405,19 @@ class HeadGrid(QWidget):
         n = max(len(s.query_tokens(trace)), len(s.key_tokens(trace)))
         recipe = self._atlas_recipe(trace, kind)
         atlas = made[1] if made is not None and made[0] == recipe else self.build_atlas(kind, pooled, recipe)
-        t = recipe[0]
+        t, gap = recipe[0], recipe[1]
         groups = (f" · query heads share key/value heads in groups of {trace.kv_group} (dashed lines)"
                   if trace.kv_group > 1 else "")
         text = (f"{kind_name(kind, s.model.family)}: {n_layers} layers (rows) × {n_heads} heads"
                 + (f" · {n} tokens, max-pooled" if n > t else "") + groups)
-        self._show_atlas(kind, atlas, t, n_layers, n_heads, trace.kv_group, text)
+        self._show_atlas(kind, atlas, t, gap, n_layers, n_heads, trace.kv_group, text)
 
     # -- on screen ---------------------------------------------------------------------------------------
-    def _show_atlas(self, kind: str, atlas: np.ndarray, t: int, n_layers: int, n_heads: int, kv_group: int,
-                    caption: str) -> None:
-        cell = t + GAP
-        moved = (t, (n_layers, n_heads)) != (self.thumb, self.shape)
-        self.thumb, self.shape, self.atlas = t, (n_layers, n_heads), atlas
+    def _show_atlas(self, kind: str, atlas: np.ndarray, t: int, gap: int, n_layers: int, n_heads: int,
+                    kv_group: int, caption: str) -> None:
+        cell = t + gap
+        moved = (t, gap, (n_layers, n_heads)) != (self.thumb, self.gap, self.shape)
+        self.thumb, self.gap, self.shape, self.atlas = t, gap, (n_layers, n_heads), atlas
         self.image.setImage(atlas, autoLevels=False, levels=(0, 255))
         # atlas coordinates: one unit per thumbnail, so layer/head are the integer cells
         self.image.setRect(QRectF(0, 0, atlas.shape[1] / cell, atlas.shape[0] / cell))
@@ -431,9 +437,9 @@ class HeadGrid(QWidget):
         n_layers, n_heads = self.shape
         if not n_layers:
             return
-        t, cell = self.thumb, self.thumb + GAP
+        t, cell = self.thumb, self.thumb + self.gap
         step = label_step(self.navigator.px or MIN_LABEL_PX, MIN_LABEL_PX)
-        ticks = (t, step, n_layers, n_heads)
+        ticks = (t, self.gap, step, n_layers, n_heads)
         if ticks != self._ticks:  # new tick labels regenerate both axes: only when they change
             self._ticks = ticks
             self.plot.getAxis("left").setTicks([[(i + t / cell / 2, str(i)) for i in range(0, n_layers, step)]])
@@ -441,7 +447,7 @@ class HeadGrid(QWidget):
 
     @property
     def label_step(self) -> int:
-        return self._ticks[1] if self._ticks else 1
+        return self._ticks[2] if self._ticks else 1
 
     def _on_view_changed(self) -> None:
         self._update_ticks()
@@ -475,17 +481,18 @@ class HeadGrid(QWidget):
         """Screen pixels per cell now."""
         return self.navigator.px
 
-    def _thumb_size(self, n_layers: int, n_heads: int) -> int:
+    def _thumb_size(self, n_layers: int, n_heads: int) -> tuple[int, int]:
+        """(thumbnail size, gap) in atlas pixels for cells of the size they have on screen."""
         px = self.navigator.cell_px_for(n_layers, n_heads) * self.devicePixelRatioF()
-        if px < 2:  # not laid out yet: full resolution (within the atlas budget)
+        if px <= 0:  # not laid out yet: full resolution (within the atlas budget)
             px = MAX_THUMB + GAP
-        return thumb_size(px, n_layers, n_heads, GAP, MIN_THUMB, MAX_THUMB)  # short sequences are repeated up to it
+        return thumb_size(px, n_layers, n_heads, MIN_THUMB, MAX_THUMB)  # short sequences are repeated up to it
 
     def _refit(self) -> None:
         s, trace = self.state, self.state.trace
         if trace is None or s.kind not in trace.kinds or not self.cell_count:
             return
-        if self._thumb_size(*self.shape) != self.thumb:
+        if self._thumb_size(*self.shape) != (self.thumb, self.gap):
             self.redraw()
 
     def _place_outline(self, scroll: bool = False) -> None:
@@ -493,7 +500,7 @@ class HeadGrid(QWidget):
         s = self.state
         if self.cell_count == 0:
             return
-        frac = self.thumb / (self.thumb + GAP)
+        frac = self.cell_fraction
         if s.mean_heads:
             self.outline.setRect(QRectF(0, s.layer, self.shape[1] - 1 + frac, frac))
         else:

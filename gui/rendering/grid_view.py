@@ -14,6 +14,7 @@ READABLE_PX = 20.0  # a thumbnail's shape is easy to make out (and to hit with t
 SMALL_PX = 14.0  # below this the first view gives the heads of a layer the width rather than show every layer
 MAX_CELL_PX = 240.0  # zoomed in as far as one head filling a small dock
 ATLAS_PIXELS = 8_000_000  # the largest atlas the grid resamples (a 64 × 64-head grid at ~43 px per thumbnail)
+TIGHT_PX = 6.0  # cells smaller than this on screen are drawn without a gap between them
 LABEL_STEPS = (1, 2, 5, 10, 20, 50, 100)  # layer/head numbers are written every this many cells
 
 
@@ -24,11 +25,11 @@ def fit_all_px(width: float, height: float, n_layers: int, n_heads: int) -> floa
 
 def auto_px(width: float, height: float, n_layers: int, n_heads: int) -> float:
     """The first view of a model: everything, unless that makes cells small (< SMALL_PX) and the heads of one
-    layer fit across at a readable size: then the width (the layers scroll). 12 × 12 heads in a small dock stay
+    layer fit across at SMALL_PX or more: then the width (the layers scroll). 12 × 12 heads in a small dock stay
     whole (as the grid always showed them, at the same cost per step); 28 × 16 get the width."""
     every = fit_all_px(width, height, n_layers, n_heads)
     across = width / max(n_heads, 1)
-    return across if every < SMALL_PX and across >= READABLE_PX else every
+    return across if every < SMALL_PX <= across else every
 
 
 def clamp_origin(origin: float, visible: float, n_cells: int) -> float:
@@ -45,11 +46,15 @@ def label_step(cell_px: float, min_px: float) -> int:
     return next((s for s in LABEL_STEPS if s >= need), LABEL_STEPS[-1])
 
 
-def thumb_size(cell_px: float, n_layers: int, n_heads: int, gap: int, lo: int, hi: int) -> int:
-    """Thumbnail resolution in atlas pixels: about one per screen pixel of the cell (so the gaps neither vanish
-    nor alias), within [lo, hi], and small enough that the whole atlas stays within ATLAS_PIXELS."""
+def thumb_size(cell_px: float, n_layers: int, n_heads: int, lo: int, hi: int) -> tuple[int, int]:
+    """(thumbnail size, gap) in atlas pixels: about one atlas pixel per screen pixel of the cell (so the gaps
+    neither vanish nor alias), within [lo, hi], and small enough that the whole atlas stays within ATLAS_PIXELS.
+    Cells under TIGHT_PX on screen get no gap and may be smaller than lo: a 1-pixel gap in a 2-pixel cell would
+    alias into stripes."""
+    gap = 0 if cell_px < TIGHT_PX else 1
+    lo = 1 if gap == 0 else lo
     budget = int(math.sqrt(ATLAS_PIXELS / max(n_layers * n_heads, 1))) - gap
-    return int(min(max(int(cell_px) - gap, lo), hi, max(budget, lo)))
+    return int(min(max(int(cell_px) - gap, lo), hi, max(budget, lo))), gap
 
 
 @dataclass(frozen=True)

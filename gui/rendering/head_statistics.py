@@ -19,15 +19,16 @@ class Statistic:
     title: str  # what the menu and captions call it
     unit: str  # appended to values ("" for weights)
     tip: str
+    scale: str  # "weight": 0..1 · "entropy": 0..log2(keys), uniform attention · "largest": 0..the largest shown
 
 
 STATISTICS = (
-    Statistic("entropy", "entropy", " bits", "mean row entropy in bits (0 = each query looks at one key)"),
-    Statistic("sink", "sink mass", "", "mean attention on the first token"),
-    Statistic("prev_token", "previous token", "", "mean attention on the token just before the query"),
+    Statistic("entropy", "entropy", " bits", "mean row entropy in bits (0 = each query looks at one key)", "entropy"),
+    Statistic("sink", "sink mass", "", "mean attention on the first token", "weight"),
+    Statistic("prev_token", "previous token", "", "mean attention on the token just before the query", "weight"),
     Statistic("induction", "induction", "", "mean attention on the token after the previous occurrence of the "
-                                            "query's token, on a repeated random sequence (main stack only)"),
-    Statistic("distance", "mean distance", " tokens", "mean |query − key| weighted by attention"),
+                                            "query's token, on a repeated random sequence (main stack only)", "weight"),
+    Statistic("distance", "mean distance", " tokens", "mean |query − key| weighted by attention", "largest"),
 )
 BY_KEY = {s.key: s for s in STATISTICS}
 
@@ -46,20 +47,27 @@ def statistic_arrays(stats: Iterable, n_layers: dict[str, int], n_heads: int) ->
     return out
 
 
-def colour_indices(values: np.ndarray, n_colors: int) -> tuple[np.ndarray, float, float]:
-    """values [layers, heads] -> (int indices into a colour map of n_colors, -1 where NaN; the values that map
-    to the first and the last colour). The scale runs from the smallest to the largest value shown, so heads
-    that differ stand apart on any model (captions state the range: similar heads may look far apart)."""
+def statistic_scale(key: str, values: np.ndarray, n_keys: int) -> tuple[float, float]:
+    """The values the darkest and the brightest colour stand for. Fixed where the statistic has a natural range
+    (a weight: 0..1; entropy: 0..log2(keys), attention spread evenly over every key), so a model whose heads are
+    all alike looks alike instead of having its noise stretched into contrast; else 0..the largest value shown."""
+    kind = BY_KEY[key].scale
+    if kind == "weight":
+        return 0.0, 1.0
+    if kind == "entropy":
+        return 0.0, math.log2(max(n_keys, 2))
+    finite = values[np.isfinite(values)]
+    return 0.0, max(float(finite.max(initial=0.0)), 1e-9)
+
+
+def colour_indices(values: np.ndarray, n_colors: int, lo: float, hi: float) -> np.ndarray:
+    """values [layers, heads] -> int indices into a colour map of n_colors (lo -> 0, hi -> n_colors - 1,
+    clipped); -1 where NaN."""
     finite = np.isfinite(values)
-    if not finite.any():
-        return np.full(values.shape, -1, dtype=np.int32), 0.0, 0.0
-    lo, hi = float(values[finite].min()), float(values[finite].max())
-    scale = (n_colors - 1) / (hi - lo) if hi > lo else 0.0
     idx = np.full(values.shape, -1, dtype=np.int32)
-    # equal values (hi == lo) take the middle colour: nothing stands out
-    idx[finite] = (np.clip(np.round((values[finite] - lo) * scale), 0, n_colors - 1) if scale
-                   else (n_colors - 1) // 2)
-    return idx, lo, hi
+    scaled = (values[finite] - lo) / (hi - lo) if hi > lo else np.zeros(int(finite.sum()))
+    idx[finite] = np.round(np.clip(scaled, 0.0, 1.0) * (n_colors - 1)).astype(np.int32)
+    return idx
 
 
 def format_value(key: str, value: float) -> str:

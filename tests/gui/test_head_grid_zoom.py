@@ -65,7 +65,7 @@ def test_grid_zooms_to_readable_thumbnails_and_clicks_pick_the_head(qtbot, windo
     grid.navigator.zoom_to(40)
     qtbot.waitUntil(lambda: grid.thumb >= 30, timeout=10_000)  # finer thumbnails once the zoom settles
     assert grid.cell_pixels >= 40 - 1e-6
-    assert grid.atlas.shape == (n_layers * (grid.thumb + 1) - 1, n_heads * (grid.thumb + 1) - 1)
+    assert grid.gap == 1 and grid.atlas.shape == (n_layers * (grid.thumb + 1) - 1, n_heads * (grid.thumb + 1) - 1)
     assert grid.atlas.size <= ATLAS_PIXELS
     if shape != (4, 4):  # zoomed in: only part of the grid is on screen, the rest scrolls
         view = grid.navigator.view
@@ -157,16 +157,20 @@ def test_colour_by_statistic_matches_the_engine(qtbot, window, grid_models, shap
                         timeout=OPEN_TIMEOUT_MS)
         values = grid.statistic_values()
         np.testing.assert_allclose(values, want[key], rtol=1e-5, atol=1e-6)
-        # each cell is one colour: its value's place between the smallest and the largest value shown
-        lo, hi = values.min(), values.max()
-        want_idx = np.round((values - lo) / (hi - lo) * (GAP_INDEX - 1)).astype(np.uint8)
-        cell = grid.thumb + 1
+        # each cell is one colour: its value's place on the statistic's natural scale (weights 0..1, entropy
+        # 0..uniform over every key), so alike heads look alike
+        lo, hi = (0.0, np.log2(len(trace.tokens))) if key == "entropy" else (0.0, 1.0)
+        assert grid.statistic_scale == pytest.approx((lo, hi))
+        want_idx = np.round(np.clip((values - lo) / (hi - lo), 0, 1) * (GAP_INDEX - 1)).astype(np.uint8)
+        cell = grid.thumb + grid.gap
         for layer in range(n_layers):
             for head in range(n_heads):
                 block = grid.atlas[layer * cell: layer * cell + grid.thumb, head * cell: head * cell + grid.thumb]
                 assert (block == want_idx[layer, head]).all()
-        assert (grid.atlas[grid.thumb::cell, :] == GAP_INDEX).all()  # the gaps stay background
-        assert f"{lo:.3f}" in grid.caption.text() and f"{hi:.3f}" in grid.caption.text()
+        if grid.gap:
+            assert (grid.atlas[grid.thumb::cell, :] == GAP_INDEX).all()  # the gaps stay background
+        caption = grid.caption.text()
+        assert f"{values.min():.3f}" in caption and f"{values.max():.3f}" in caption and f"{hi:.3f}" in caption
         text = grid.describe_cell(n_layers - 1, n_heads - 1)
         assert f"{values[n_layers - 1, n_heads - 1]:.3f}" in text
     # clicking still selects, in statistic mode too
@@ -187,11 +191,13 @@ def test_label_steps_are_round_and_far_enough_apart():
 
 
 def test_thumbnails_fit_the_cell_and_the_atlas_budget():
-    assert thumb_size(20.0, 12, 12, 1, 4, 64) == 19  # one atlas pixel per screen pixel, less the gap
-    assert thumb_size(500.0, 4, 4, 1, 4, 64) == 64  # at most the pooled resolution
-    assert thumb_size(2.0, 64, 64, 1, 4, 64) == 4  # at least a few pixels
-    t = thumb_size(200.0, 64, 64, 1, 4, 64)
-    assert ((t + 1) * 64) ** 2 <= ATLAS_PIXELS and t >= 30
+    assert thumb_size(20.0, 12, 12, 4, 64) == (19, 1)  # one atlas pixel per screen pixel, less the gap
+    assert thumb_size(500.0, 4, 4, 4, 64) == (64, 1)  # at most the pooled resolution
+    assert thumb_size(7.0, 64, 64, 4, 64) == (6, 1)
+    assert thumb_size(4.5, 64, 64, 4, 64) == (4, 0)  # tiny cells: no gap (it would alias into stripes)
+    assert thumb_size(2.1, 64, 64, 4, 64) == (2, 0)  # and as many atlas pixels as screen pixels
+    t, gap = thumb_size(200.0, 64, 64, 4, 64)
+    assert ((t + gap) * 64) ** 2 <= ATLAS_PIXELS and t >= 30
 
 
 def test_first_view_fits_all_or_the_width():
@@ -199,6 +205,7 @@ def test_first_view_fits_all_or_the_width():
     assert auto_px(344, 215, 12, 12) == pytest.approx(215 / 12)  # a small dock: 12 × 12 stay whole (18 px)
     assert auto_px(400, 250, 28, 16) == pytest.approx(25.0)  # the heads across; the layers scroll
     assert 25.0 >= READABLE_PX
+    assert auto_px(240, 120, 28, 16) == pytest.approx(15.0)  # narrower: still the width, cells over 14 px
     assert auto_px(400, 400, 64, 64) == pytest.approx(400 / 64)  # nothing fits readably: everything, zoom in
 
 
