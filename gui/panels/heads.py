@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QScrollBar,
+    QSizePolicy,
     QToolButton,
     QToolTip,
     QVBoxLayout,
@@ -168,18 +169,22 @@ class HeadGrid(QWidget):
 
     def _make_toolbar(self) -> QHBoxLayout:
         self.color_box = QComboBox()
-        self.color_box.addItem("attention patterns", None)
+        self.color_box.addItem("patterns", None)
         for st in STATISTICS:
             self.color_box.addItem(st.title, st.key)
             self.color_box.setItemData(self.color_box.count() - 1, st.tip, Qt.ItemDataRole.ToolTipRole)
         self.color_box.setToolTip("Show each head's attention pattern, or colour each head by one statistic "
                                   "(readable however many heads there are)")
-        self.color_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        # narrow docks (a laptop screen) must not be held wide by the box: it shrinks to a few letters
+        self.color_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.color_box.setMinimumContentsLength(4)
+        self.color_box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.color_box.setMaximumWidth(QFontMetrics(self.font()).horizontalAdvance("previous token") + 48)
         self.color_box.currentIndexChanged.connect(self._on_color_by)
         bar = QHBoxLayout()
         bar.setContentsMargins(2, 0, 2, 0)
         bar.setSpacing(2)
-        bar.addWidget(self.color_box)
+        bar.addWidget(self.color_box, 1)  # grows up to its longest item when the dock has room
         bar.addStretch(1)
         self.zoom_buttons = {}
         for key, text, tip, slot in (
