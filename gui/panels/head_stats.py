@@ -1,7 +1,7 @@
 """Head statistics dock: every head of every kind with its entropy, previous-token, induction, sink and
 mean-distance scores (engine.analysis.head_statistics, computed in the worker), as a sortable table.
-Selecting a row shows that head; "colour grid by" draws the chosen statistic as a bar under each
-thumbnail of the head grid."""
+Selecting a row shows that head. It also feeds the head grid's "colour by" mode (gui/panels/heads.py: one
+colour per head for a statistic); "colour grid by" here is the same choice as the grid's own box."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import logging
 import math
 
 from PySide6.QtCore import QSignalBlocker, Qt
-from PySide6.QtGui import QBrush, QColor, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QGraphicsPathItem,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -26,6 +24,7 @@ from PySide6.QtWidgets import (
 from ..core import jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
+from ..rendering.head_statistics import statistic_arrays
 from ..widgets.refreshing import RefreshWhenShown
 from .heads import HeadGrid
 
@@ -44,7 +43,6 @@ COLUMNS = (
     ("distance", "mean distance", "mean |query − key| weighted by attention"),
 )
 STATISTICS = tuple(c[0] for c in COLUMNS[3:])
-BAR_COLOR = QColor(255, 150, 30)
 
 
 class _Item(QTableWidgetItem):
@@ -70,40 +68,6 @@ class _Item(QTableWidgetItem):
         return str(a) < str(b)
 
 
-class GridTint:
-    """The chosen statistic as a bar along the bottom of each head-grid thumbnail (full width = the
-    largest value among the heads shown)."""
-
-    def __init__(self, grid: HeadGrid) -> None:
-        self.grid = grid
-        self.item = QGraphicsPathItem()
-        self.item.setBrush(QBrush(BAR_COLOR))
-        pen = QPen(QColor(0, 0, 0))
-        pen.setCosmetic(True)
-        pen.setWidthF(0.5)
-        self.item.setPen(pen)
-        self.item.setZValue(9)
-        grid.add_overlay(self.item)
-        self.values: dict[tuple[int, int], float] = {}
-
-    def draw(self, values: dict[tuple[int, int], float]) -> None:
-        """values: (layer, head) -> statistic of the kind on the grid; {} hides the bars."""
-        self.values = values
-        path = QPainterPath()
-        grid = self.grid
-        finite = [v for v in values.values() if math.isfinite(v)]
-        top = max((abs(v) for v in finite), default=0.0)
-        if grid.cell_count and top > 0:
-            for (layer, head), v in values.items():
-                if layer < grid.shape[0] and head < grid.shape[1] and math.isfinite(v):
-                    cell = grid.cell_rect(layer, head)  # a bar along its bottom edge
-                    h = 0.14 * cell.height()
-                    cell.setTop(cell.bottom() - h)
-                    cell.setWidth(cell.width() * max(abs(v) / top, 0.02))
-                    path.addRect(cell)
-        self.item.setPath(path)
-
-
 class HeadStatsPanel(RefreshWhenShown):
     def __init__(self, state: InspectorState, client: EngineClient, grid: HeadGrid,
                  parent: QWidget | None = None) -> None:
@@ -115,13 +79,12 @@ class HeadStatsPanel(RefreshWhenShown):
         self._wanted: int | None = None  # id of the trace asked for
         self.requests = 0
         self._in_flight = 0  # at most one request queued: a long run's progress must not pile up work
-        self.tint = GridTint(grid)
+        self.grid = grid
 
-        self.color_box = QComboBox()
-        self.color_box.addItem("none", None)
-        for key, title, _tip in COLUMNS[3:]:
-            self.color_box.addItem(title, key)
-        self.color_box.setToolTip("Draw this statistic as a bar under each thumbnail of the head grid")
+        self.color_box = QComboBox()  # mirrors the grid's own "colour by" box
+        for i in range(grid.color_box.count()):
+            self.color_box.addItem(grid.color_box.itemText(i), grid.color_box.itemData(i))
+        self.color_box.setToolTip("Colour each head of the head grid by this statistic (or show its pattern)")
         self.message = QLabel()
         self.message.setObjectName("caption")
         self.message.setWordWrap(True)
@@ -148,27 +111,29 @@ class HeadStatsPanel(RefreshWhenShown):
         layout.addWidget(self.message)
 
         self.table.itemSelectionChanged.connect(self._on_row_selected)
-        self.color_box.currentIndexChanged.connect(lambda _i: (self.update_tint(), self._timer.start()))
-        grid.geometry_changed.connect(self.update_tint)
+        self.color_box.currentIndexChanged.connect(lambda _i: grid.set_color_by(self.color_box.currentData()))
+        grid.color_by_changed.connect(self._on_grid_color_by)
         state.model_changed.connect(self._on_model)
         state.trace_changed.connect(lambda _t: self._timer.start())
-        state.kind_changed.connect(lambda _k: self.update_tint())  # the grid shows another kind now
         client.result_ready.connect(self._on_result)
         client.busy_changed.connect(self._on_busy)
         self.message.setText("Open a model to see head statistics")
 
     @property
     def color_by(self) -> str | None:
-        return self.color_box.currentData()
+        """The statistic the head grid is coloured by (None: patterns): it needs the numbers even when this
+        dock is hidden."""
+        return self.grid.color_by
+
+    def _on_grid_color_by(self, key: str | None) -> None:
+        with QSignalBlocker(self.color_box):
+            self.color_box.setCurrentIndex(self.color_box.findData(key))
+        self._timer.start()
 
     def _on_model(self, _info: object) -> None:
         self.stats, self.stats_trace, self._wanted, self._latest = [], None, None, 0
         self.table.setRowCount(0)
-        self.tint.draw({})
         self.message.setText("Type a prompt")
-
-
-
 
     def refresh(self) -> None:
         trace = self.state.trace
@@ -215,7 +180,7 @@ class HeadStatsPanel(RefreshWhenShown):
         gated = f" · with {n_gated} head{'s' if n_gated != 1 else ''} ablated/scaled" if n_gated else ""
         self.message.setText(f"{len(stats)} heads on {len(trace)} tokens{gated}. Click a column to sort, "
                              "a row to show the head.")
-        self.update_tint()
+        self.grid.set_statistics(trace, statistic_arrays(stats, trace.n_layers, trace.n_heads))
 
     def _select_current_row(self) -> None:
         """Highlight the head on screen (not whatever row index was selected before the refill)."""
@@ -236,11 +201,3 @@ class HeadStatsPanel(RefreshWhenShown):
             st = self.row_stat(rows.pop())
             self.state.select(kind=st.kind)  # first the kind: the layer range depends on it
             self.state.select(layer=st.layer, head=st.head, mean_heads=False)
-
-    def update_tint(self) -> None:
-        key = self.color_by
-        if not key or not self.stats:
-            self.tint.draw({})
-            return
-        kind = self.state.kind
-        self.tint.draw({(st.layer, st.head): float(getattr(st, key)) for st in self.stats if st.kind == kind})

@@ -1,21 +1,25 @@
 """File → Open from cache…: the models in the local Hugging Face cache, their sizes and architectures, which
-ones the engine can open (the others greyed, with the reason), and Open.
+ones the engine can open (the others greyed, with the reason), and Open; and the File → Hugging Face cache
+submenu (repo ids only).
 
-The cache is listed in a thread of its own (gui/core/load_jobs.CacheScanner); until it answers the dialog
-says it is scanning. Opening a row goes through the main window's open_model, like any other source.
+Both list the cache in a thread of their own (gui/core/load_jobs.CacheScanner: a large cache takes a while to
+walk, and the GUI thread must not wait for it); until it answers the dialog says it is scanning, and the
+submenu shows what the last scan found (or "scanning …") and fills in when the new one arrives. Opening a row
+goes through the main window's open_model, like any other source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QHeaderView,
     QLabel,
+    QMenu,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -129,3 +133,45 @@ def show_cache_dialog(window, scan: Callable[[], list] | None = None) -> CacheDi
     window.cache_dialog = dialog
     dialog.show()
     return dialog
+
+
+class CachedModelsMenu(QObject):
+    """Fills a menu with the cached models' repo ids each time it opens, from a scan in another thread:
+    the last scan's list (or "scanning …") at once, the new one when it arrives."""
+
+    def __init__(self, menu: QMenu, open_model: Callable[[str], None],
+                 scan: Callable[[], list] | None = None) -> None:
+        super().__init__(menu)
+        self.menu, self.open_model = menu, open_model
+        self.names: list[str] | None = None  # what the last scan found (None: no scan has answered yet)
+        self.scanner = CacheScanner(scan=scan or _cached_repo_ids)
+        self.scanner.scanned.connect(self._scanned)
+        self.scanner.failed.connect(self._failed)
+        menu.aboutToShow.connect(self.refresh)
+
+    def refresh(self) -> None:
+        self._fill(self.names, scanning=True)
+        self.scanner.start()  # a no-op while one is under way
+
+    def _scanned(self, names: list) -> None:
+        self.names = [str(n) for n in names]
+        self._fill(self.names, scanning=False)
+
+    def _failed(self, message: str) -> None:
+        self.menu.clear()
+        self.menu.addAction(f"({message})").setEnabled(False)
+
+    def _fill(self, names: list[str] | None, scanning: bool) -> None:
+        self.menu.clear()
+        for name in names or []:
+            self.menu.addAction(name, lambda n=name: self.open_model(n))
+        if scanning:
+            self.menu.addAction("(scanning the Hugging Face cache …)").setEnabled(False)
+        elif not names:
+            self.menu.addAction("(no models in the local Hugging Face cache)").setEnabled(False)
+
+
+def _cached_repo_ids() -> list[str]:
+    from engine.checkpoints.resolve import cached_models  # the scanner's thread walks the cache
+
+    return cached_models()

@@ -40,7 +40,7 @@ from ..widgets.error_banner import ErrorBanner
 from . import style
 from .actions import ActionRegistry
 from .analysis import install as install_analysis
-from .cache_dialog import show_cache_dialog
+from .cache_dialog import CachedModelsMenu, show_cache_dialog
 from .loading import LoadingController
 from .remote_engine import install as install_remote_engine
 
@@ -224,7 +224,8 @@ class MainWindow(QMainWindow):
         """The window's own actions; the analysis features bind theirs in gui/shell/analysis.py."""
         r, s = self.registry, self.state
         self.hf_menu, self.bundled_menu, self.recent_menu = (r.menu(m) for m in ("file.hf", "file.bundled", "file.recent"))
-        self.hf_menu.aboutToShow.connect(self._fill_hf_menu)
+        self.hf_models = CachedModelsMenu(self.hf_menu, lambda n: self.open_model(n, device=self.prompt_panel.device()),
+                                          scan=lambda: self.client.engine.cached_models())  # wherever the engine runs
         self.bundled_menu.aboutToShow.connect(self._fill_bundled_menu)
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         for action_id, slot in (
@@ -278,14 +279,6 @@ class MainWindow(QMainWindow):
         if folder:
             self.settings.setValue("last_folder", folder)
             self.open_model(folder, device=self.prompt_panel.device())
-
-    def _fill_hf_menu(self) -> None:
-        self.hf_menu.clear()
-        names = self.client.engine.cached_models()
-        for name in names:
-            self.hf_menu.addAction(name, lambda n=name: self.open_model(n, device=self.prompt_panel.device()))
-        if not names:
-            self.hf_menu.addAction("(no models in the local Hugging Face cache)").setEnabled(False)
 
     def _fill_bundled_menu(self) -> None:
         self.bundled_menu.clear()

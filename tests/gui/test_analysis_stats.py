@@ -33,13 +33,21 @@ def test_head_statistics_table_sort_select_and_tint(qtbot, window, checkpoints):
     st = panel.row_stat(target_row)
     panel.table.selectRow(target_row)
     assert (win.state.kind, win.state.layer, win.state.head, win.state.mean_heads) == ("self", 1, st.head, False)
-    # colour the grid by induction: one bar per head, the widest for the largest score
-    assert panel.tint.item.path().isEmpty()
+    # colour the grid by induction (the panel's box and the grid's are one choice): one colour per head,
+    # on the weight scale 0..1
+    grid = win.head_grid
+    assert grid.color_by is None
     panel.color_box.setCurrentIndex(panel.color_box.findData("induction"))
-    assert not panel.tint.item.path().isEmpty()
-    assert len(panel.tint.values) == trace.n_layers["self"] * trace.n_heads
-    panel.color_box.setCurrentIndex(0)
-    assert panel.tint.item.path().isEmpty()
+    assert grid.color_by == "induction"
+    values = grid.statistic_values()
+    want = {(s.layer, s.head): s.induction for s in panel.stats if s.kind == "self"}
+    assert values.shape == (trace.n_layers["self"], trace.n_heads) and len(want) == values.size
+    assert all(math.isclose(values[k], v, rel_tol=1e-6) for k, v in want.items())
+    cell = grid.thumb + grid.gap
+    brightest = max(want, key=want.get)
+    assert grid.atlas[brightest[0] * cell, brightest[1] * cell] == round(min(max(want[brightest], 0), 1) * 254)
+    grid.set_color_by(None)
+    assert panel.color_box.currentData() is None and grid.statistic_values() is None
     # a new step: the table follows (one request per trace)
     requests = panel.requests
     win.client.step()

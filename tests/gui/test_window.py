@@ -88,7 +88,8 @@ def test_file_menus_list_models(qtbot, window, checkpoints):
     window._fill_recent_menu()
     assert [a.text() for a in window.recent_menu.actions()] == [str(checkpoints["decoder"])]
     window._fill_bundled_menu()
-    window._fill_hf_menu()
+    window.hf_models.refresh()
+    qtbot.waitUntil(lambda: window.hf_models.names is not None, timeout=30_000)  # scanned in another thread
     assert window.bundled_menu.actions() and window.hf_menu.actions()  # names, or a disabled "none" entry
     titles = [a.text() for a in window.view_menu.actions()]
     assert "All heads" in titles and "Next-token candidates" in titles
