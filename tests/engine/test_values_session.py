@@ -54,8 +54,8 @@ def test_every_setting_survives_save_and_open(folders, tmp_path, name):
     path = save_session(s, tmp_path / "s.json", view=VIEW)
     saved = json.loads(path.read_text())
     assert saved["settings"] == SETTINGS
-    before = s.trace
-    model.clear_gates()
+    before, want = s.trace, s.distribution()
+    model.clear_gates()  # `s` follows its model's gates: from here on it would recompute without them
 
     again, view = load_session(path, loader=lambda ref: load_model(ref, device="cpu"))
     assert view == VIEW
@@ -64,7 +64,7 @@ def test_every_setting_survives_save_and_open(folders, tmp_path, name):
     assert again.model.gates() == {capture_name(kind, 1): (0.5, 1.0, 0.0, 1.0)}
     assert again.trace.token_ids == before.token_ids and again.trace.steps == before.steps
     assert again.history == s.history
-    np.testing.assert_allclose(again.distribution(), s.distribution(), atol=1e-7)  # same settings in force
+    np.testing.assert_allclose(again.distribution(), want, atol=1e-7)  # same settings and gates in force
     if model.family != "encoder":
         # the next sampled tokens are the original's (same temperature, top-k, top-p and seed)
         model.set_head_gate(kind, 1, 2, 0.0)  # the original session's model, gated again as it was saved
