@@ -177,7 +177,7 @@ def test_colour_by_statistic_matches_the_engine(qtbot, window, grid_models, shap
     _click(qtbot, grid, n_layers - 1, 1)
     assert (win.state.layer, win.state.head) == (n_layers - 1, 1)
     grid.set_color_by(None)  # back to the patterns
-    assert grid.statistic_values() is None and grid.atlas.shape[0] == n_layers * (grid.thumb + 1) - 1
+    assert grid.statistic_values() is None and grid.atlas.shape[0] == n_layers * (grid.thumb + grid.gap) - grid.gap
 
 
 # -- the rules, without a window --------------------------------------------------------------------------
