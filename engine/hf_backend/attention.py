@@ -1,0 +1,134 @@
+"""Our attention function in transformers' AttentionInterface: eager attention in row chunks that records what
+rebuilds every pattern (q as used, the keys it added, each row's log-sum-exp) and applies the head gates.
+
+Every attention call of every transformers model passes through `inspector_attention(module, query, key, value,
+attention_mask, **kwargs)` once `model.set_attn_implementation(NAME)`: query (B, nh, T, hs) after QK-norm and
+RoPE, key/value (B, nkv, S, hs) with the cache included and key/value heads not repeated. What to record and
+which gates to apply comes from the forward in progress on this thread (`active`), never from globals.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import CaptureError
+from ..rebuild import ScoreRule
+from .masks import MaskRule, inspector_mask
+
+NAME = "attention_inspector"  # the name registered in AttentionInterface and AttentionMaskInterface
+SCORE_CHUNK_BYTES = 64 * 1024 * 1024  # float32 scores of one chunk of query rows: never T × S per layer at once
+
+_local = threading.local()
+
+
+@dataclass
+class ForwardState:
+    """What one forward on this thread records and applies. `names`: id(attention module) -> capture name;
+    `gates`: capture name -> per-head gate tensor (only where one differs from 1); `recorder`: the Recorder
+    (capture name -> (q, new keys, lse)) or None; `rules`: capture name -> the ScoreRule seen in this forward;
+    `routes`: MoE layer -> (experts, weights) tensors."""
+
+    names: dict[int, str]
+    gates: dict[str, Tensor]
+    recorder: dict | None = None
+    self_attention: bool = True  # decoder: the keys this call added are the last T (the cache holds the rest)
+    rules: dict[str, ScoreRule] = field(default_factory=dict)
+    routes: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+@contextmanager
+def active(state: ForwardState) -> Iterator[ForwardState]:
+    previous = getattr(_local, "state", None)
+    _local.state = state
+    try:
+        yield state
+    finally:
+        _local.state = previous
+
+
+def current() -> ForwardState | None:
+    return getattr(_local, "state", None)
+
+
+def register() -> None:
+    """Register the attention and mask functions under NAME (idempotent). A name with no mask function would get
+    no mask at all from transformers, so both are registered together."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, inspector_attention)
+    AttentionMaskInterface.register(NAME, inspector_mask)
+
+
+def _rows_mask(mask: object, a: int, n: int, device: torch.device) -> Tensor | None:
+    """Rows a..a+n of the mask as bool (B|1, 1, n, S) (True = may look), or None for no mask."""
+    if mask is None:
+        return None
+    if isinstance(mask, MaskRule):
+        return mask.allowed(a, n, device)
+    if isinstance(mask, Tensor):  # a 4-d mask the caller prepared itself: bool, or additive float
+        rows = mask[..., a : a + n, :]
+        return rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+    raise TypeError(f"unexpected attention mask {type(mask).__name__}")
+
+
+def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: object,
+                        scaling: float | None = None, dropout: float = 0.0, softcap: float | None = None,
+                        s_aux: Tensor | None = None, **_kwargs) -> tuple[Tensor, None]:
+    """softmax(soft-cap(q·kᵀ·scale) + mask [+ sink]) v, exactly as transformers' eager functions form it, one chunk
+    of query rows at a time. -> (output (B, T, nh, hs), None)."""
+    state = current()
+    B, nh, T, hs = query.shape
+    nkv, S = key.shape[1], key.shape[2]
+    g = nh // nkv
+    if scaling is None:
+        scaling = module.head_dim**-0.5
+    name = state.names.get(id(module)) if state is not None else None
+    recorder = state.recorder if state is not None else None
+    record = recorder is not None and name is not None and (recorder.only is None or name in recorder.only)
+    if record and attention_mask is not None and not isinstance(attention_mask, MaskRule):
+        raise CaptureError(f"{name} was handed a ready-made mask tensor, whose rule cannot be rebuilt; "
+                           "run with capture=False")
+    kf = key.float().transpose(-2, -1)  # (B, nkv, hs, S)
+    sink = s_aux.float().view(1, nh, 1, 1).expand(B, nh, 1, 1) if s_aux is not None else None
+    chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * max(1, S)))
+    ys, lses = [], []
+    for a in range(0, T, chunk):
+        n = min(chunk, T - a)
+        s = (query[:, :, a : a + n].float().reshape(B, nkv, g * n, hs) @ kf).view(B, nh, n, S) * scaling
+        if softcap is not None:
+            s = torch.tanh(s / softcap) * softcap
+        allowed = _rows_mask(attention_mask, a, n, query.device)
+        if allowed is not None:
+            if record and isinstance(attention_mask, MaskRule):
+                attention_mask.check_chunk(allowed, a, name)
+            s = s.masked_fill(~allowed, float("-inf"))
+        if sink is not None:  # gpt-oss: one more logit per head in the denominator, with no value
+            lse = torch.logsumexp(torch.cat([s, sink.expand(B, nh, n, 1)], dim=-1), dim=-1)
+        else:
+            lse = torch.logsumexp(s, dim=-1)
+        p = torch.exp(s - lse[..., None]).to(value.dtype)
+        ys.append((p.reshape(B, nkv, g * n, S) @ value).view(B, nh, n, hs))
+        lses.append(lse)
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    if state is not None and name in state.gates:  # ablation: each query head's output times its gate
+        y = y * state.gates[name].view(1, nh, 1, 1).to(y.dtype)
+    if record:
+        new_keys = key[:, :, S - T :] if state.self_attention else key
+        recorder[name] = (query, new_keys, lses[0] if len(lses) == 1 else torch.cat(lses, dim=2))
+        if name not in state.rules:
+            causal, window, ahead = attention_mask.describe() if isinstance(attention_mask, MaskRule) else (False, None, None)
+            sinks = None
+            if s_aux is not None:
+                sinks = s_aux.detach().float().cpu().numpy().copy()
+                sinks.flags.writeable = False
+            state.rules[name] = ScoreRule(scale=float(scaling), causal=causal, group=g,
+                                          softcap=float(softcap) if softcap is not None else None, window=window,
+                                          window_ahead=ahead, sinks=sinks)
+    return y.transpose(1, 2).contiguous(), None
