@@ -1,0 +1,216 @@
+"""Parity of the transformers backend (engine.hf_backend) with transformers eager, on tiny random checkpoints of
+architectures the native engine does not open: mixture of experts (gpt_oss, qwen3_moe, mixtral, qwen3_next),
+attention sinks (gpt_oss), hybrids with convolution / linear-attention layers (lfm2, qwen3_next), a multimodal
+class fed text (gemma3), an encoder (ModernBERT, alternating local/global bidirectional attention); and one native
+architecture (llama) opened both ways.
+
+Tolerances (float32): every pattern within 1e-5 of eager `output_attentions`, logits within 1e-4, 16 greedy tokens
+equal `generate`. Prompts (20 tokens) run past every sliding window (5) and, with the row chunk forced small,
+through several chunks of query rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine import Session, load_model
+from engine.hf_backend import HFModel, attention
+from engine.hf_backend import cache as hf_cache
+from tests import hf_factories, modern_factories
+
+transformers = pytest.importorskip("transformers")
+
+ATTN_TOL, LOGIT_TOL, N_GREEDY = 1e-5, 1e-4, 16
+PROMPT = list(range(5, 25))  # 20 tokens: four sliding windows
+DECODERS = [a for a in hf_factories.ARCHITECTURES if a != "modernbert"]
+MOE = ["gpt_oss", "qwen3_moe", "mixtral", "qwen3_next"]
+HYBRIDS = ["lfm2", "qwen3_next"]
+
+
+def _reference(folder, encoder: bool = False):
+    if encoder:
+        return transformers.AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager").eval()
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    except ValueError:  # gemma3: the multimodal class
+        return transformers.AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+_BUILT: dict = {}
+
+
+def _pair(name: str, tmp_path_factory):
+    """(ours, eager reference, folder), built once per architecture for the whole module."""
+    if name not in _BUILT:
+        folder = hf_factories.ARCHITECTURES[name](tmp_path_factory.mktemp(name) / "ckpt")
+        _BUILT[name] = (load_model(folder, device="cpu"), _reference(folder, name == "modernbert"), folder)
+    return _BUILT[name]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Two or three query rows per chunk, so every prompt crosses several chunks."""
+    monkeypatch.setattr(attention, "SCORE_CHUNK_BYTES", 4 * 4 * 24 * 3)
+
+
+def _err(ours: np.ndarray, theirs: torch.Tensor) -> float:
+    theirs = theirs.detach().float().numpy()
+    assert ours.shape == theirs.shape, f"shape {ours.shape} != reference {theirs.shape}"
+    return float(np.abs(ours - theirs).max())
+
+
+@pytest.mark.parametrize("name", list(hf_factories.ARCHITECTURES))
+def test_patterns_and_logits_equal_eager(name, tmp_path_factory, small_chunks):
+    model, ref, _ = _pair(name, tmp_path_factory)
+    assert isinstance(model, HFModel) and model.config.model_type == name
+    kind = "encoder" if name == "modernbert" else "self"
+    with torch.no_grad():
+        out = ref(torch.tensor([PROMPT]), output_attentions=True)
+    trace = model.run(PROMPT)
+    theirs = [a for a in out.attentions if a is not None]
+    assert len(theirs) == len(model.attention_layers) >= 1
+    for layer, a in zip(model.attention_layers, theirs):
+        pattern = trace.attention(kind, layer)
+        assert pattern.shape == (model.n_heads, len(PROMPT), len(PROMPT))
+        assert pattern.max(-1).mean() > 0.2, "patterns should have structure, not be near-uniform"
+        assert _err(pattern, a[0]) <= ATTN_TOL, f"{name} layer {layer}"
+    assert _err(trace.logits, out.logits[0]) <= LOGIT_TOL, f"{name} logits"
+    # memory linear in T: queries, keys and row statistics, not layers x heads x T^2 patterns
+    assert all(not hasattr(b, "rows") for n in trace.capture_names if n in trace.blocks for b in trace.blocks[n])
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_greedy_steps_equal_generate(name, tmp_path_factory):
+    model, ref, _ = _pair(name, tmp_path_factory)
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        expected = ref.generate(torch.tensor([PROMPT]), attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),
+                                max_new_tokens=N_GREEDY, do_sample=False, num_beams=1, pad_token_id=eos)[0, len(PROMPT):]
+    session = Session(model, PROMPT)
+    while len(session.ids) < len(PROMPT) + N_GREEDY and not session.finished:
+        session.step()
+    assert session.ids[len(PROMPT):] == expected.tolist()
+
+
+def _assert_same_trace(a, b, tol: float = ATTN_TOL) -> None:
+    assert a.token_ids == b.token_ids
+    for name in a.capture_names:
+        if name in a.blocks:
+            kind, layer = ("encoder" if name.startswith("encoder") else "self"), int(name.split(".")[1])
+            assert np.abs(a.attention(kind, layer) - b.attention(kind, layer)).max() <= tol, name
+    assert np.abs(a.logits - b.logits).max() <= LOGIT_TOL
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_back_and_branch_equal_a_fresh_session(name, tmp_path_factory):
+    model, _, _ = _pair(name, tmp_path_factory)
+    session = Session(model, PROMPT)
+    for _ in range(4):
+        session.step()
+    session.back()
+    session.back()
+    session.branch(7)
+    session.step()
+    fresh = model.run(session.ids)
+    _assert_same_trace(session.trace, fresh)
+    assert [s.token_id for s in session.steps][-2] == 7
+
+
+@pytest.mark.parametrize("name", HYBRIDS)
+def test_back_without_a_snapshot_recomputes_the_recurrent_state(name, tmp_path_factory, monkeypatch):
+    """Snapshots dropped (no budget): back() reaches the earlier state by recomputing the prefix, still exact."""
+    monkeypatch.setattr(hf_cache, "SNAPSHOT_BUDGET", 0)
+    model, _, _ = _pair(name, tmp_path_factory)
+    session = Session(model, PROMPT)
+    session.step()
+    session.step()
+    assert len(session._cache._snapshots) == 1
+    session.back()
+    session.branch(9)
+    session.step()
+    _assert_same_trace(session.trace, model.run(session.ids))
+
+
+def _router_choices(ref, ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (experts, weights) as the reference's routers returned them on `ids`."""
+    seen, hooks = {}, []
+    for qualname, module in ref.named_modules():
+        if type(module).__name__.endswith("Router"):
+            layer = int(qualname.split("layers.")[1].split(".")[0])
+
+            def hook(_m, _i, out, layer=layer):
+                seen[layer] = (out[2].numpy(), out[1].float().numpy())
+            hooks.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        ref(torch.tensor([ids]))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_routing_equals_the_routers_top_k(name, tmp_path_factory):
+    model, ref, _ = _pair(name, tmp_path_factory)
+    session = Session(model, PROMPT)
+    for _ in range(3):
+        session.step()
+    trace = session.trace
+    expected = _router_choices(ref, session.ids)
+    assert trace.moe_layers == sorted(expected) == model.moe_layers
+    for layer, (experts, weights) in expected.items():
+        r = trace.routing(layer)
+        assert r.experts.shape == (len(session.ids), 2) and r.weights.shape == r.experts.shape
+        np.testing.assert_array_equal(r.experts, experts)
+        np.testing.assert_allclose(r.weights, weights, atol=1e-5)
+        assert r.load().sum() == 2 * len(session.ids) and r.n_experts == 4
+    session.back()
+    assert session.trace.routing(model.moe_layers[0]).experts.shape[0] == len(session.ids)
+
+
+def test_sink_share_is_one_minus_each_row_sum(tmp_path_factory):
+    model, _, _ = _pair("gpt_oss", tmp_path_factory)
+    session = Session(model, PROMPT)
+    session.step()
+    trace = session.trace
+    for layer in model.attention_layers:
+        share = trace.sink_share("self", layer)
+        rows = trace.attention("self", layer).sum(-1)
+        assert share.shape == rows.shape == (model.n_heads, len(session.ids))
+        np.testing.assert_allclose(share, 1.0 - rows, atol=1e-5)
+        assert share.mean() > 0.01 and share.min() >= 0, "the sinks were set to take a visible share"
+    qwen, _, _ = _pair("qwen3_moe", tmp_path_factory)
+    assert qwen.run(PROMPT).sink_share("self", 0) is None
+
+
+def test_modernbert_fills_masks_as_eager_predicts(tmp_path_factory):
+    model, ref, _ = _pair("modernbert", tmp_path_factory)
+    mask = model.config.mask_token_id
+    assert model.family == "encoder" and mask is not None
+    ids = PROMPT[:8] + [mask] + PROMPT[9:]
+    session = Session(model, ids)
+    step = session.step()
+    with torch.no_grad():
+        logits = ref(torch.tensor([ids])).logits[0, 8].numpy()
+    assert step.position == 8 and step.token_id == int(np.argmax(logits))
+    assert np.abs(step.logits - logits).max() <= LOGIT_TOL
+
+
+def test_a_native_architecture_gives_the_same_trace_both_ways(tmp_path_factory):
+    folder = modern_factories.llama(tmp_path_factory.mktemp("llama") / "ckpt")
+    native, ours = load_model(folder, device="cpu"), load_model(folder, device="cpu", backend="transformers")
+    assert not isinstance(native, HFModel) and isinstance(ours, HFModel)
+    a, b = Session(native, PROMPT), Session(ours, PROMPT)
+    for _ in range(4):
+        a.step()
+        b.step()
+    assert a.ids == b.ids
+    _assert_same_trace(a.trace, b.trace)
+    # head gates (ablation) act the same way in both
+    for m in (native, ours):
+        m.set_head_gate("self", 1, 2, 0.0)
+    _assert_same_trace(native.run(a.ids), ours.run(a.ids))
+    assert ours.gates() == native.gates() == {"decoder.1.attn": (1.0, 1.0, 0.0, 1.0)}
+    ours.clear_gates()
+    native.clear_gates()
