@@ -32,10 +32,12 @@ class ForwardState:
     """What one forward on this thread records and applies. `names`: id(attention module) -> capture name;
     `gates`: capture name -> per-head gate tensor (only where one differs from 1); `recorder`: the Recorder
     (capture name -> (q, new keys, lse)) or None; `rules`: capture name -> the ScoreRule seen in this forward;
-    `routes`: MoE layer -> (experts, weights) tensors."""
+    `routes`: MoE layer -> (experts, weights) tensors; `shapes`: capture name -> the mask rule's (causal, window,
+    window_ahead), kept by the model across forwards (probing a rule costs more than checking it)."""
 
     names: dict[int, str]
     gates: dict[str, Tensor]
+    shapes: dict[str, tuple] = field(default_factory=dict)
     recorder: dict | None = None
     self_attention: bool = True  # decoder: the keys this call added are the last T (the cache holds the rest)
     rules: dict[str, ScoreRule] = field(default_factory=dict)
@@ -107,7 +109,10 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
         allowed = _rows_mask(attention_mask, a, n, query.device)
         if allowed is not None:
             if record and isinstance(attention_mask, MaskRule):
-                attention_mask.check_chunk(allowed, a, name)
+                shape = state.shapes.get(name)
+                if shape is None:
+                    shape = state.shapes[name] = attention_mask.describe()
+                attention_mask.check_chunk(allowed, a, name, shape)
             s = s.masked_fill(~allowed, float("-inf"))
         if sink is not None:  # gpt-oss: one more logit per head in the denominator, with no value
             lse = torch.logsumexp(torch.cat([s, sink.expand(B, nh, n, 1)], dim=-1), dim=-1)
@@ -123,7 +128,7 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
         new_keys = key[:, :, S - T :] if state.self_attention else key
         recorder[name] = (query, new_keys, lses[0] if len(lses) == 1 else torch.cat(lses, dim=2))
         if name not in state.rules:
-            causal, window, ahead = attention_mask.describe() if isinstance(attention_mask, MaskRule) else (False, None, None)
+            causal, window, ahead = state.shapes.get(name, (False, None, None))
             sinks = None
             if s_aux is not None:
                 sinks = s_aux.detach().float().cpu().numpy().copy()

@@ -72,9 +72,10 @@ class MaskRule:
             self._shape["v"] = (causal, window, window_ahead)
         return self._shape["v"]
 
-    def check_chunk(self, allowed: Tensor, a: int, name: str) -> None:
-        """Raise if the rule's description would rebuild other patterns than the rule gives for these rows."""
-        causal, window, ahead = self.describe()
+    def check_chunk(self, allowed: Tensor, a: int, name: str, shape: tuple[bool, int | None, int | None]) -> None:
+        """Raise if `shape` (describe()'s answer, kept per layer) would rebuild other patterns than the rule gives
+        for these rows."""
+        causal, window, ahead = shape
         n = allowed.shape[2]
         device = allowed.device
         qpos = (torch.arange(a, a + n, device=device) + self.q_offset)[:, None]

@@ -49,6 +49,7 @@ class HFModel(Model):
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
+        self._mask_shapes: dict[str, tuple] = {}  # capture name -> (causal, window, window_ahead) of its mask rule
         self.attention_names = attention_names
         self.attention_layers = sorted({int(n.split(".")[1]) for n in attention_names.values()})
         self.moe_layers = moe_layers
@@ -120,7 +121,7 @@ class HFModel(Model):
 
     # -- forwards -----------------------------------------------------------------------------
     def _state(self, recorder: dict | None) -> ForwardState:
-        return ForwardState(self.attention_names, dict(self._gate_tensors), recorder,
+        return ForwardState(self.attention_names, dict(self._gate_tensors), self._mask_shapes, recorder,
                             self_attention=self.family != "encoder")
 
     def _routing_blocks(self, state: ForwardState, q_start: int) -> dict[str, list[RoutingBlock]]:
