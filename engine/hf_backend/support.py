@@ -57,6 +57,8 @@ def quantization_refusal(hf: dict, device_type: str) -> str | None:
     package, why = NEEDS_KERNELS.get(method, (None, f"transformers has no way to run {method!r} weights here"))
     if device_type == "cuda" and method in NEEDS_KERNELS and (package is None or importlib.util.find_spec(package)):
         return None
+    if method == "bitsandbytes" and isinstance(q, dict):
+        method += " 4-bit" if q.get("load_in_4bit") else (" 8-bit" if q.get("load_in_8bit") else "")
     return (f"a quantization_config ({method}): quantised checkpoints are not supported on this machine ({why}); "
             "open the original float16/bfloat16/float32 checkpoint")
 
