@@ -115,6 +115,9 @@ class Trace:
     rules: dict[str, ScoreRule] = field(default_factory=dict)  # capture name -> score rule (rebuilt points)
     keys: dict[str, np.ndarray] = field(default_factory=dict)  # capture name -> keys (kv heads, S, hs), else from blocks
     n_experts: int | None = None  # experts per MoE layer (mixture-of-experts models); routing blocks under "*.router"
+    # capture name -> what the layer has instead of attention ("conv", "linear_attention", "mamba"): hybrids keep
+    # their true layer numbers, and these layers have no pattern
+    no_attention: dict[str, str] = field(default_factory=dict)
     _sources: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # name -> PatternSource, made once
 
     @property
@@ -145,6 +148,10 @@ class Trace:
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
             raise CaptureError(f"layer {layer} does not exist for {kind!r} attention; layers are 0..{n - 1}")
         name = capture_name(kind, int(layer))
+        if name in self.no_attention:
+            have = [i for i in range(n) if capture_name(kind, i) not in self.no_attention]
+            raise CaptureError(f"layer {layer} has no attention (a {self.no_attention[name]} layer); the layers with "
+                               f"attention are {', '.join(map(str, have))}")
         if name not in self.blocks:
             raise CaptureError(f"the {kind} attention of layer {layer} was not recorded for this trace (the session ran "
                                "with capture=False, or with capture= naming other layers)")

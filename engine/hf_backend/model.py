@@ -226,7 +226,14 @@ class HFModel(Model):
                  if b and name in self._rules}
         return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,
                      n_kv_heads=self.config.n_kv_heads, no_logits_reason=self.no_logits_reason, rules=rules,
-                     n_experts=self.n_experts if self.moe_layers else None, **kw)
+                     n_experts=self.n_experts if self.moe_layers else None, no_attention=self.no_attention, **kw)
+
+    @property
+    def no_attention(self) -> dict[str, str]:
+        """capture name -> the layer type of each layer without attention (hybrids)."""
+        kinds = self.layer_kinds
+        return {capture_name(self.kinds[0], i): (kinds[i] if i < len(kinds) else "non-attention")
+                for i in range(self.n_layers) if i not in self.attention_layers}
 
 
 def _last_hidden(out: object) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import Session, load_model
+from engine import CaptureError, Session, load_model
 from engine.hf_backend import HFModel, attention
 from engine.hf_backend import cache as hf_cache
 from tests import hf_factories, modern_factories
@@ -214,3 +214,17 @@ def test_a_native_architecture_gives_the_same_trace_both_ways(tmp_path_factory):
     assert ours.gates() == native.gates() == {"decoder.1.attn": (1.0, 1.0, 0.0, 1.0)}
     ours.clear_gates()
     native.clear_gates()
+
+
+@pytest.mark.parametrize("name", HYBRIDS)
+def test_hybrid_layers_keep_their_numbers_and_say_they_have_no_attention(name, tmp_path_factory):
+    model, _, _ = _pair(name, tmp_path_factory)
+    trace = model.run(PROMPT)
+    assert trace.n_layers["self"] == model.n_layers > len(model.attention_layers)
+    other = next(i for i in range(model.n_layers) if i not in model.attention_layers)
+    kind = {"lfm2": "conv", "qwen3_next": "linear_attention"}[name]
+    assert trace.no_attention[f"decoder.{other}.attn"] == kind
+    with pytest.raises(CaptureError, match=f"layer {other} has no attention \\(a {kind} layer\\)"):
+        trace.attention("self", other)
+    with pytest.raises(CaptureError, match="has no attention"):
+        model.set_head_gate("self", other, 0, 0.0)
