@@ -1,0 +1,37 @@
+"""A model only the transformers backend opens, in the window: gpt-oss's attention sinks in the attention view's
+caption (its rows sum to less than one), a hybrid's layers without attention left out without an error."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.gui.conftest import open_model
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from tests.hf_factories import ARCHITECTURES
+
+    root = tmp_path_factory.mktemp("hf")
+    return {name: ARCHITECTURES[name](root / name) for name in ("gpt_oss", "qwen3_moe")}
+
+
+def test_the_attention_view_says_what_share_went_to_the_sink(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    view = window.attention_view
+    title = view.plot.titleLabel.text
+    m = re.search(r"sink (\d+)% \(row (\d+)\), (\d+)% mean", title)
+    assert m, title
+    trace = window.state.trace
+    share = trace.sink_share("self", 0)[0]
+    assert int(m.group(2)) == len(trace) - 1
+    assert abs(int(m.group(1)) - 100 * share[-1]) <= 0.5 and abs(int(m.group(3)) - 100 * share.mean()) <= 0.5
+
+
+def test_a_model_without_sinks_shows_no_sink_share(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    assert "sink" not in window.attention_view.plot.titleLabel.text
