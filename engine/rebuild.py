@@ -35,6 +35,7 @@ class ScoreRule:
     bias_by_offset: np.ndarray | None = None  # (heads, 2L - 1): relative-position bias for k - q = -(L-1) .. L-1
     # keys `window_ahead` or more positions after the query are blocked (bidirectional local attention, ModernBERT)
     window_ahead: int | None = None
+    chunk: int | None = None  # chunked attention (Llama 4): a query sees only keys in its own chunk of this many positions
     # per-head sink logits (gpt-oss): an extra softmax term with no value, already inside each row's lse, so
     # rows sum to 1 - exp(sink - lse)
     sinks: np.ndarray | None = None
@@ -48,6 +49,8 @@ class ScoreRule:
             out |= kpos <= qpos - self.window
         if self.window_ahead is not None:
             out |= kpos >= qpos + self.window_ahead
+        if self.chunk is not None:
+            out |= kpos // self.chunk != qpos // self.chunk
         return out
 
     def scores(self, q: np.ndarray, k: np.ndarray, head: int, q0: int, k0: int, scaled: bool = False) -> np.ndarray:
@@ -72,6 +75,8 @@ class ScoreRule:
         if self.window_ahead is not None:  # keys `window_ahead` or more ahead: blocked for every row after a band
             w = self.window_ahead
             _block_band(s, q0, k0, lambda qp, kp: kp >= qp + w, q0 + w - k0, q0 + n - 1 + w - k0, "after")
+        if self.chunk is not None:  # rare (Llama 4): an elementwise test over the tile
+            s[np.broadcast_to(kpos // self.chunk != qpos // self.chunk, s.shape)] = -np.inf
         return s
 
 

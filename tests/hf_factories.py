@@ -65,6 +65,25 @@ def modernbert(folder: Path) -> Path:
     return _save(model, tok, folder)
 
 
+def mistral3_multimodal(folder: Path) -> Path:
+    """Mistral3ForConditionalGeneration (model_type mistral3: Mistral Small 3.x), fed text only."""
+    import transformers
+
+    tok = byte_level_tokenizer(300, ["<|endoftext|>"])
+    eos = tok.token_to_id("<|endoftext|>")
+    n = tok.get_vocab_size()
+    text = dict(vocab_size=n, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=16, intermediate_size=96, sliding_window=WINDOW, max_position_embeddings=256,
+                bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=8,
+                  image_size=28, patch_size=14)
+    cfg = transformers.Mistral3Config(text_config={"model_type": "mistral", **text},
+                                      vision_config={"model_type": "pixtral", **vision}, image_token_index=n - 1)
+    cfg.eos_token_id = eos
+    model = _init(transformers.Mistral3ForConditionalGeneration(cfg), 43)
+    return _save(model, tok, folder)
+
+
 ARCHITECTURES = {
     "gpt_oss": lambda f: _decoder(f, "GptOssConfig", "GptOssForCausalLM", 31, num_hidden_layers=2, head_dim=16,
                                   num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
@@ -82,6 +101,28 @@ ARCHITECTURES = {
                                      shared_expert_intermediate_size=32, linear_num_key_heads=2,
                                      linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
                                      layer_types=["linear_attention", "full_attention"]),
+    "olmoe": lambda f: _decoder(f, "OlmoeConfig", "OlmoeForCausalLM", 37, num_hidden_layers=2, num_experts=4,
+                                num_experts_per_tok=2),
+    "deepseek_v3": lambda f: _decoder(f, "DeepseekV3Config", "DeepseekV3ForCausalLM", 38, num_hidden_layers=2,
+                                      num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                                      n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+                                      first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+                                      qk_nope_head_dim=16, v_head_dim=12),
+    "granitemoehybrid": lambda f: _decoder(f, "GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", 39,
+                                           num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
+                                           shared_intermediate_size=32, layer_types=["mamba", "attention"],
+                                           mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=8, mamba_d_head=32,
+                                           mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8, logits_scaling=2.0,
+                                           embedding_multiplier=2.0, residual_multiplier=0.5,
+                                           attention_multiplier=0.3),
+    "falcon_h1": lambda f: _decoder(f, "FalconH1Config", "FalconH1ForCausalLM", 40, num_hidden_layers=2, head_dim=16,
+                                    mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+                                    mamba_d_state=8, mamba_d_conv=4, mamba_expand=1, mamba_chunk_size=8,
+                                    lm_head_multiplier=0.5),
+    "llama4_text": lambda f: _decoder(f, "Llama4TextConfig", "Llama4ForCausalLM", 44, num_hidden_layers=2, head_dim=16,
+                                      intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=1,
+                                      interleave_moe_layer_step=1, attention_chunk_size=8, no_rope_layers=[1, 0]),
+    "mistral3": mistral3_multimodal,
     "gemma3": gemma3_multimodal,
     "modernbert": modernbert,
 }

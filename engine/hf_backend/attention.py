@@ -119,7 +119,7 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
         else:
             lse = torch.logsumexp(s, dim=-1)
         p = torch.exp(s - lse[..., None]).to(value.dtype)
-        ys.append((p.reshape(B, nkv, g * n, S) @ value).view(B, nh, n, hs))
+        ys.append((p.reshape(B, nkv, g * n, S) @ value).view(B, nh, n, value.shape[-1]))  # MLA: v heads differ in size
         lses.append(lse)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
     if state is not None and name in state.gates:  # ablation: each query head's output times its gate
@@ -128,12 +128,12 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
         new_keys = key[:, :, S - T :] if state.self_attention else key
         recorder[name] = (query, new_keys, lses[0] if len(lses) == 1 else torch.cat(lses, dim=2))
         if name not in state.rules:
-            causal, window, ahead = state.shapes.get(name, (False, None, None))
+            causal, window, ahead, chunk = state.shapes.get(name, (False, None, None, None))
             sinks = None
             if s_aux is not None:
                 sinks = s_aux.detach().float().cpu().numpy().copy()
                 sinks.flags.writeable = False
             state.rules[name] = ScoreRule(scale=float(scaling), causal=causal, group=g,
                                           softcap=float(softcap) if softcap is not None else None, window=window,
-                                          window_ahead=ahead, sinks=sinks)
+                                          window_ahead=ahead, chunk=chunk, sinks=sinks)
     return y.transpose(1, 2).contiguous(), None

@@ -83,6 +83,7 @@ class HFCache:
         self.key_arenas: dict[str, KeyArena] = {}
         self._snapshots: dict[int, dict[int, dict]] = {}  # length -> layer -> recurrent state
         self._valid = 0  # tokens the transformers cache really holds (below len(ids) after a truncate without snapshot)
+        self._pending = False  # a forward is feeding tokens: the transformers cache may hold more than _valid
 
     @property
     def length(self) -> int:
@@ -98,10 +99,12 @@ class HFCache:
     def feeding(self, ids: list[int]) -> None:
         """Called before a forward over `ids`: they count from now on (truncate(start) undoes a failed forward)."""
         self.ids.extend(ids)
+        self._pending = True
 
     def fed(self) -> None:
         """Called after a forward succeeded: the cache holds every token; snapshot recurrent state."""
         self._valid = len(self.ids)
+        self._pending = False
         if not self.has_recurrent_layers:
             return
         snap = {i: {f: _clone(getattr(layer, f)) for f in _STATE_FIELDS if hasattr(layer, f)}
@@ -122,7 +125,12 @@ class HFCache:
             arena.truncate(length)
         for k in [k for k in self._snapshots if k > length]:
             del self._snapshots[k]
-        if length >= self._valid:
+        if length >= self._valid and not self._pending:
+            return
+        self._pending = False
+        if length == 0:  # nothing to keep: a fresh cache (there is no snapshot of the empty state)
+            self.hf = _new_hf_cache(self.config)
+            self._valid = 0
             return
         snap = self._snapshots.get(length) if self.has_recurrent_layers else {}
         if snap is None:

@@ -97,6 +97,26 @@ def _attention_names(hf_model: torch.nn.Module, stack: str) -> dict[int, str]:
     return names
 
 
+_MIXERS = (("mamba", "Mamba"), ("deltanet", "Gated DeltaNet"), ("shortconv", "short convolution"),
+           ("conv", "convolution"), ("linearattention", "linear attention"), ("lightning", "linear attention"))
+
+
+def _layer_kinds(hf_model: torch.nn.Module, n_layers: int, config_types: tuple) -> tuple[str, ...]:
+    """Per layer, what mixes its tokens: "attention", or what a hybrid has instead ("Mamba", "short convolution",
+    "Gated DeltaNet"), read from the class names of the layer's parts (configs call all of them linear_attention)."""
+    found: dict[int, str] = {}
+    for qualname, module in hf_model.named_modules():
+        layer = layer_of(qualname)
+        if layer is None or "vision" in qualname or layer in found:
+            continue
+        cls = type(module).__name__.lower()
+        for key, label in _MIXERS:
+            if key in cls:
+                found[layer] = label
+                break
+    return tuple(found.get(i) or (config_types[i] if i < len(config_types) else "attention") for i in range(n_layers))
+
+
 def _weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
@@ -192,7 +212,7 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     if not names:
         raise UnsupportedArchitectureError(f"{name}: found no attention modules in its {type(hf_model).__name__}")
     model = HFModel(hf_model, config, tokenizer, name, folder, names, moe, n_experts,
-                    tuple(getattr(text, "layer_types", None) or ()))
+                    _layer_kinds(hf_model, config.n_layers, tuple(getattr(text, "layer_types", None) or ())))
     model.dtype_reason = reason
     model.quantization = f"{quantised.get('quant_method')} dequantised to {torch_dtype}" if quantised else ""
     model.load_seconds = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import CaptureError
 
-PROBE_POSITION = 1 << 17  # the query position at which a rule is probed for its window (windows up to this size)
+PROBE_POSITION = (1 << 17) + 12345  # where a rule is probed for its window or chunk (sizes up to 2**17; off any power of 2)
 
 
 @dataclass(eq=False)
@@ -54,28 +54,41 @@ class MaskRule:
         out = self._fn()(b, h, q, kv)
         return torch.as_tensor(out, device=device).expand(self.batch_size, 1, n, self.kv_length)
 
-    def describe(self) -> tuple[bool, int | None, int | None]:
-        """(causal, window, window_ahead) in ScoreRule's terms: a key is blocked when it lies after the query
-        (causal), `window` or more positions before it, or `window_ahead` or more after it. Probed at one far
-        query position over every key around it."""
+    def _rule_at(self, q: Tensor, kv: Tensor) -> Tensor:
+        """The bare rule (no padding) at broadcast positions q and kv, as a bool tensor."""
+        zero = torch.zeros(1, dtype=torch.long)[:, None, None, None]
+        out = torch.as_tensor(self.mask_function(zero, zero, q, kv))
+        return out.expand(torch.broadcast_shapes(out.shape, q.shape, kv.shape))  # a rule may ignore kv (bidirectional)
+
+    def describe(self) -> tuple[bool, int | None, int | None, int | None]:
+        """(causal, window, window_ahead, chunk) in ScoreRule's terms: a key is blocked when it lies after the
+        query (causal), `window` or more positions before it, `window_ahead` or more after it, or in another
+        chunk of `chunk` positions (Llama 4). Probed at two neighbouring far query positions over every key."""
         if not self._shape:
             p = PROBE_POSITION
-            q = torch.tensor([p])[None, None, :, None]
-            kv = torch.arange(0, 2 * p + 1)[None, None, None, :]
-            zero = torch.zeros(1, dtype=torch.long)[:, None, None, None]
-            ok = torch.as_tensor(self.mask_function(zero, zero, q, kv)).reshape(-1).expand(2 * p + 1)
-            back = (~ok[:p]).nonzero()
-            ahead = (~ok[p + 1 :]).nonzero()
+            kv = torch.arange(0, 2 * p + 2)[None, None, None, :]
+            rows = self._rule_at(torch.tensor([p, p + 1])[None, None, :, None], kv).reshape(2, 2 * p + 2)
+            ok, ok_next = rows[0], rows[1]
             causal = not bool(ok[p + 1])
-            window = p - int(back[-1]) if len(back) else None
+            start = int(ok[: p + 1].int().argmax())  # the first key at or before p that p may see
+            start_next = int(ok_next[: p + 2].int().argmax())
+            window = chunk = None
+            if start > 0 and start_next == start + 1:
+                window = p - start + 1  # blocked: k <= q - window
+            elif start > 0 or start_next > 0:  # the first visible key stood still (or jumped): chunks
+                q = torch.arange(p + 1, 2 * p + 2)[None, None, :, None]
+                diagonal = self._rule_at(q, q - 1).reshape(p + 1)  # may q see q - 1?
+                boundary = p + 1 + int((~diagonal).int().argmax())
+                chunk = boundary - start
+            ahead = (~ok[p + 1 :]).nonzero()
             window_ahead = None if causal or not len(ahead) else int(ahead[0]) + 1
-            self._shape["v"] = (causal, window, window_ahead)
+            self._shape["v"] = (causal, window, window_ahead, chunk)
         return self._shape["v"]
 
-    def check_chunk(self, allowed: Tensor, a: int, name: str, shape: tuple[bool, int | None, int | None]) -> None:
+    def check_chunk(self, allowed: Tensor, a: int, name: str, shape: tuple) -> None:
         """Raise if `shape` (describe()'s answer, kept per layer) would rebuild other patterns than the rule gives
         for these rows."""
-        causal, window, ahead = shape
+        causal, window, ahead, chunk = shape
         n = allowed.shape[2]
         device = allowed.device
         qpos = (torch.arange(a, a + n, device=device) + self.q_offset)[:, None]
@@ -87,9 +100,11 @@ class MaskRule:
             blocked |= kpos <= qpos - window
         if ahead is not None:
             blocked |= kpos >= qpos + ahead
+        if chunk is not None:
+            blocked |= kpos // chunk != qpos // chunk
         if self.padding is not None or not torch.equal(allowed[0, 0], ~blocked):
-            raise CaptureError(f"the attention mask of {name} is not causal / sliding-window / bidirectional (e.g. "
-                               "chunked attention or padding), which this version cannot rebuild; run with capture=False")
+            raise CaptureError(f"the attention mask of {name} is not causal / sliding-window / chunked / bidirectional "
+                               "(e.g. padding or image blocks), which this version cannot rebuild; run with capture=False")
 
 
 def inspector_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

@@ -50,11 +50,15 @@ class HFModel(Model):
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
         self._mask_shapes: dict[str, tuple] = {}  # capture name -> (causal, window, window_ahead) of its mask rule
+        # whether LazyLogits (final hidden states × the output head, scale, soft-cap) reproduce this model's logits:
+        # None until checked on the first forward of two or more tokens; False: every fed position's logits are
+        # kept from transformers' own head instead
+        self.lazy_logits_ok: bool | None = None
         self.attention_names = attention_names
         self.attention_layers = sorted({int(n.split(".")[1]) for n in attention_names.values()})
         self.moe_layers = moe_layers
         self.n_experts = n_experts
-        self.layer_kinds = layer_kinds  # per layer, transformers' layer type ("full_attention", "conv", ...) if known
+        self.layer_kinds = layer_kinds  # per layer: "attention", or what a hybrid has instead ("Mamba", ...)
         self.quantization = ""  # e.g. "mxfp4, dequantised to bfloat16" (set by the loader)
 
     @property
@@ -137,8 +141,8 @@ class HFModel(Model):
             old = self._rules.get(name)
             if old is None:
                 self._rules[name] = rule
-            elif (old.scale, old.causal, old.window, old.window_ahead, old.softcap) != (
-                    rule.scale, rule.causal, rule.window, rule.window_ahead, rule.softcap):
+            elif (old.scale, old.causal, old.window, old.window_ahead, old.chunk, old.softcap) != (
+                    rule.scale, rule.causal, rule.window, rule.window_ahead, rule.chunk, rule.softcap):
                 raise CaptureError(f"{name} formed its scores differently in this forward ({rule}) than before ({old})")
 
     def encode(self, ids: list[int], capture: bool | Collection[str] = True) -> Forward:
@@ -169,19 +173,29 @@ class HFModel(Model):
                         logits_to_keep=1)
             cache.fed()
         hidden: list[torch.Tensor] = []
-        handle = self.hf.base_model.register_forward_hook(lambda _m, _i, out: hidden.append(_last_hidden(out)))
+        handle = _final_hidden_module(self.hf).register_forward_hook(lambda _m, _i, out: hidden.append(_last_hidden(out)))
         try:
             with self.guard(cache):
                 cache.feeding(list(ids))
                 state = self._state(rec)
+                keep = 1 if len(ids) == 1 or self.lazy_logits_ok else 2 if self.lazy_logits_ok is None else 0
                 with active(state):
                     out = self.hf(input_ids=torch.tensor([ids], device=self.device), cache=cache.hf, use_cache=True,
-                                  logits_to_keep=1)
+                                  logits_to_keep=keep)
                 self._keep_rules(state)
                 last = _frozen(out.logits[0, -1].float().cpu().numpy())
                 lazy = None
-                if len(ids) > 1 and hidden:
+                if len(ids) > 1 and keep != 0 and not (hidden and hidden[-1].shape[-1] == self.config.d_model):
+                    self.lazy_logits_ok = False  # no final hidden states to unembed later: keep the logits now
+                    cache.truncate(start)
+                    return self.decode(ids, cache, memory, capture)
+                if len(ids) > 1 and keep == 0:
+                    lazy = _frozen(out.logits[0, :-1].float().cpu().numpy())
+                elif len(ids) > 1 and hidden and hidden[-1].shape[-1] == self.config.d_model:
                     lazy = LazyLogits(hidden[-1][0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
+                    if keep == 2 and not self._lazy_logits_agree(lazy, out.logits[0, 0]):
+                        cache.truncate(start)
+                        return self.decode(ids, cache, memory, capture)
                 blocks = self._blocks(rec, start)
                 if rec is not None:
                     for name, b in blocks.items():  # self-attention keys live once, per layer, in the cache's arena
@@ -193,6 +207,18 @@ class HFModel(Model):
         finally:
             handle.remove()
         return Forward(blocks, last, lazy_logits=lazy)
+
+    def _lazy_logits_agree(self, lazy: LazyLogits, exact: torch.Tensor) -> bool:
+        """Check once, on the second-to-last fed position, that LazyLogits give transformers' own logits (an
+        architecture may post-process them in a way unembedding_arrays does not know)."""
+        exact = exact.float().cpu().numpy()
+        ours = lazy.rows(lazy.shape[0] - 1)[0]
+        err = float(np.abs(ours - exact).max())
+        self.lazy_logits_ok = err <= 1e-3 * max(1.0, float(np.abs(exact).max()))
+        if not self.lazy_logits_ok:
+            log.warning("%s: logits from the final hidden states differ from the model's own by %.3g; keeping every "
+                        "fed position's logits instead", self.name, err)
+        return self.lazy_logits_ok
 
     def unembedding_arrays(self) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
         """(Wᵀ [d, vocab], bias, scale, final soft-cap) of the output head, as LazyLogits computes logits."""
@@ -211,6 +237,8 @@ class HFModel(Model):
                 scale = 1.0 / float(text.logits_scaling)
             if getattr(text, "logit_scale", None):  # Cohere multiplies them
                 scale *= float(text.logit_scale)
+            if getattr(text, "lm_head_multiplier", None):  # Falcon-H1 too
+                scale *= float(text.lm_head_multiplier)
             if bias is not None and scale != 1.0:
                 bias = bias * scale
             cap = getattr(text, "final_logit_softcapping", None)
@@ -234,6 +262,14 @@ class HFModel(Model):
         kinds = self.layer_kinds
         return {capture_name(self.kinds[0], i): (kinds[i] if i < len(kinds) else "non-attention")
                 for i in range(self.n_layers) if i not in self.attention_layers}
+
+
+def _final_hidden_module(hf: torch.nn.Module) -> torch.nn.Module:
+    """The text decoder whose output's last_hidden_state feeds the output head (after the final norm)."""
+    dec = hf.get_decoder() if hasattr(hf, "get_decoder") else hf
+    if dec is hf:
+        dec = getattr(hf, "model", hf)
+    return dec
 
 
 def _last_hidden(out: object) -> torch.Tensor:

@@ -28,8 +28,16 @@ def _indices_and_weights(output: object, n_experts: int | None) -> tuple[torch.T
     parts = output if isinstance(output, tuple) else (output,)
     tensors = [t for t in parts if isinstance(t, torch.Tensor)]
     idx = next((t for t in tensors if not t.is_floating_point() and t.dim() == 2), None)
-    if idx is None:
-        return None
+    if idx is None:  # only dense scores (Llama 4): the chosen experts are the k nonzero ones of each row
+        dense = next((t for t in tensors if t.is_floating_point() and t.dim() == 2 and t.shape[1] == n_experts), None)
+        if dense is None:
+            return None
+        chosen = (dense != 0).sum(-1)
+        k = int(chosen[0]) if len(chosen) else 0
+        if not 0 < k < dense.shape[1] or bool((chosen != k).any()):
+            return None
+        weights, idx = torch.topk(dense, k, dim=-1)
+        return idx, weights
     weights = next((t for t in tensors if t.is_floating_point() and t.shape == idx.shape), None)
     if weights is None:  # dense scores over every expert: the chosen ones' weights
         dense = next((t for t in tensors if t.is_floating_point() and t.dim() == 2 and t.shape[0] == idx.shape[0]

@@ -25,8 +25,9 @@ transformers = pytest.importorskip("transformers")
 ATTN_TOL, LOGIT_TOL, N_GREEDY = 1e-5, 1e-4, 16
 PROMPT = list(range(5, 25))  # 20 tokens: four sliding windows
 DECODERS = [a for a in hf_factories.ARCHITECTURES if a != "modernbert"]
-MOE = ["gpt_oss", "qwen3_moe", "mixtral", "qwen3_next"]
-HYBRIDS = ["lfm2", "qwen3_next"]
+MOE = ["gpt_oss", "qwen3_moe", "mixtral", "qwen3_next", "olmoe", "deepseek_v3", "granitemoehybrid", "llama4_text"]
+RECURRENT = ["lfm2", "qwen3_next", "granitemoehybrid", "falcon_h1"]  # layers with state that cannot be cropped
+NO_ATTENTION = {"lfm2": "short convolution", "qwen3_next": "Gated DeltaNet", "granitemoehybrid": "Mamba"}  # falcon_h1: in parallel
 
 
 def _reference(folder, encoder: bool = False):
@@ -118,7 +119,7 @@ def test_back_and_branch_equal_a_fresh_session(name, tmp_path_factory):
     assert [s.token_id for s in session.steps][-2] == 7
 
 
-@pytest.mark.parametrize("name", HYBRIDS)
+@pytest.mark.parametrize("name", RECURRENT)
 def test_back_without_a_snapshot_recomputes_the_recurrent_state(name, tmp_path_factory, monkeypatch):
     """Snapshots dropped (no budget): back() reaches the earlier state by recomputing the prefix, still exact."""
     monkeypatch.setattr(hf_cache, "SNAPSHOT_BUDGET", 0)
@@ -141,7 +142,11 @@ def _router_choices(ref, ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarr
             layer = int(qualname.split("layers.")[1].split(".")[0])
 
             def hook(_m, _i, out, layer=layer):
-                seen[layer] = (out[2].numpy(), out[1].float().numpy())
+                if len(out) == 3:  # (logits, weights of the chosen, their indices)
+                    seen[layer] = (out[2].numpy(), out[1].float().numpy())
+                else:  # Llama 4: (dense scores, logits): the top-k of the logits, weighted by their scores
+                    idx = torch.topk(out[1], ref.config.num_experts_per_tok, dim=-1).indices
+                    seen[layer] = (idx.numpy(), out[0].gather(1, idx).float().numpy())
             hooks.append(module.register_forward_hook(hook))
     with torch.no_grad():
         ref(torch.tensor([ids]))
@@ -161,10 +166,11 @@ def test_routing_equals_the_routers_top_k(name, tmp_path_factory):
     assert trace.moe_layers == sorted(expected) == model.moe_layers
     for layer, (experts, weights) in expected.items():
         r = trace.routing(layer)
-        assert r.experts.shape == (len(session.ids), 2) and r.weights.shape == r.experts.shape
+        k = model.hf.config.num_experts_per_tok
+        assert r.experts.shape == (len(session.ids), k) and r.weights.shape == r.experts.shape
         np.testing.assert_array_equal(r.experts, experts)
         np.testing.assert_allclose(r.weights, weights, atol=1e-5)
-        assert r.load().sum() == 2 * len(session.ids) and r.n_experts == 4
+        assert r.load().sum() == k * len(session.ids) and r.n_experts == 4
     session.back()
     assert session.trace.routing(model.moe_layers[0]).experts.shape[0] == len(session.ids)
 
@@ -216,15 +222,43 @@ def test_a_native_architecture_gives_the_same_trace_both_ways(tmp_path_factory):
     native.clear_gates()
 
 
-@pytest.mark.parametrize("name", HYBRIDS)
+@pytest.mark.parametrize("name", list(NO_ATTENTION))
 def test_hybrid_layers_keep_their_numbers_and_say_they_have_no_attention(name, tmp_path_factory):
     model, _, _ = _pair(name, tmp_path_factory)
     trace = model.run(PROMPT)
     assert trace.n_layers["self"] == model.n_layers > len(model.attention_layers)
     other = next(i for i in range(model.n_layers) if i not in model.attention_layers)
-    kind = {"lfm2": "conv", "qwen3_next": "linear_attention"}[name]
+    kind = NO_ATTENTION[name]
     assert trace.no_attention[f"decoder.{other}.attn"] == kind
     with pytest.raises(CaptureError, match=f"layer {other} has no attention \\(a {kind} layer\\)"):
         trace.attention("self", other)
     with pytest.raises(CaptureError, match="has no attention"):
         model.set_head_gate("self", other, 0, 0.0)
+
+
+@pytest.mark.parametrize("name, layer, expected", [
+    ("gpt_oss", 0, dict(causal=True, window=5, window_ahead=None, chunk=None)),
+    ("gpt_oss", 1, dict(causal=True, window=None, window_ahead=None, chunk=None)),
+    ("llama4_text", 0, dict(causal=True, window=None, window_ahead=None, chunk=8)),
+    ("modernbert", 0, dict(causal=False, window=None, window_ahead=None, chunk=None)),  # global every 2nd layer
+    ("modernbert", 1, dict(causal=False, window=4, window_ahead=4, chunk=None)),  # |q - k| <= 3 (local_attention 6)
+])
+def test_each_mask_rule_is_described_for_rebuilding(name, layer, expected, tmp_path_factory):
+    model, _, _ = _pair(name, tmp_path_factory)
+    trace = model.run(PROMPT)
+    rule = trace.rules[f"{'encoder' if name == 'modernbert' else 'decoder'}.{layer}.attn"]
+    assert {k: getattr(rule, k) for k in expected} == expected
+
+
+def test_logits_the_output_head_post_processes_unknowingly_are_kept_whole(tmp_path_factory, monkeypatch):
+    """When unembedding the final hidden states does not give the model's own logits (a post-processing the
+    backend does not know), the first forward notices and keeps every position's logits from transformers."""
+    _, ref, folder = _pair("olmo3", tmp_path_factory)
+    model = load_model(folder, device="cpu")
+    w, bias, _scale, cap = model.unembedding_arrays()
+    model._unembedding = (w, bias, 3.0, cap)  # a scale the model does not apply
+    trace = model.run(PROMPT)
+    assert model.lazy_logits_ok is False
+    with torch.no_grad():
+        expected = ref(torch.tensor([PROMPT])).logits[0]
+    assert _err(trace.logits, expected) <= LOGIT_TOL
