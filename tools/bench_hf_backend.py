@@ -94,16 +94,16 @@ def against_sdpa(model, folder: Path, lengths: list[int], rounds: int) -> None: 
         ids = [i % 400 + 1 for i in range(T)]
         prefill, step = [], []
         for _ in range(rounds):
-            ours_p = _time(lambda: model.run(ids))
+            ours_p = _time(lambda ids=ids: model.run(ids))
             with torch.inference_mode():
-                theirs_p = _time(lambda: sdpa(torch.tensor([ids]), logits_to_keep=1))
+                theirs_p = _time(lambda ids=ids: sdpa(torch.tensor([ids]), logits_to_keep=1))
             prefill.append((ours_p, theirs_p))
             session = Session(model, ids)
             ours_s = _time(session.step)
             cache = transformers.DynamicCache(config=sdpa.config)
             with torch.inference_mode():
                 sdpa(torch.tensor([ids]), cache=cache, use_cache=True, logits_to_keep=1)
-                theirs_s = _time(lambda: sdpa(torch.tensor([[7]]), cache=cache, use_cache=True, logits_to_keep=1))
+                theirs_s = _time(lambda c=cache: sdpa(torch.tensor([[7]]), cache=c, use_cache=True, logits_to_keep=1))
             step.append((ours_s, theirs_s))
         print(f"  T {T:>6}: prefill {_median_ratio(prefill)}  decode step {_median_ratio(step)}  "
               f"(ours {statistics.median(p[0] for p in prefill):.3f} s / {statistics.median(s[0] for s in step) * 1e3:.1f} ms)")
@@ -118,8 +118,8 @@ def native_vs_backend(folder: Path, lengths: list[int], rounds: int) -> None:
         ids = [i % 400 + 1 for i in range(T)]
         prefill, step = [], []
         for _ in range(rounds):
-            a = _time(lambda: native.run(ids))
-            b = _time(lambda: ours.run(ids))
+            a = _time(lambda ids=ids: native.run(ids))
+            b = _time(lambda ids=ids: ours.run(ids))
             prefill.append((a, b))
             sa, sb = Session(native, ids), Session(ours, ids)
             step.append((_time(sa.step), _time(sb.step)))
