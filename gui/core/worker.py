@@ -139,11 +139,13 @@ class EngineWorker(QObject):
             raise EngineError("no session: open a model and type a prompt first")
         return self.session
 
-    @Slot(int, str, object, object, object)
-    def load(self, rid: int, source: str, device: str | None, dtype: str | None, cancel: Any = None) -> None:
+    @Slot(int, str, object, object, object, object)
+    def load(self, rid: int, source: str, device: str | None, dtype: str | None, cancel: Any = None,
+             options: dict | None = None) -> None:
         def work() -> ModelInfo:
             # progress comes from this thread; `cancel` (a threading.Event) is set by the GUI thread
-            model = load_with_progress(source, device, dtype, lambda p: self.load_progress.emit(rid, p), cancel)
+            model = load_with_progress(source, device, dtype, lambda p: self.load_progress.emit(rid, p), cancel,
+                                       options)
             # swap only after a successful load, so a broken folder leaves the old model usable
             self.adopt(model, None)
             info = model_info(model)
@@ -271,7 +273,7 @@ class EngineClient(QObject):
     load_progress = Signal(object)  # LoadProgress of the newest load
 
     # queued into the worker thread
-    _load = Signal(int, str, object, object, object)
+    _load = Signal(int, str, object, object, object, object)
     _new_session = Signal(int, object)
     _set_sampling = Signal(int, object)
     _step = Signal(int, object)
@@ -334,10 +336,11 @@ class EngineClient(QObject):
         """A model is being opened: stepping now would act on a session that is about to go."""
         return "load" in self._pending.values()
 
-    def load(self, source: str, device: str | None = None, dtype: str | None = None) -> int:
+    def load(self, source: str, device: str | None = None, dtype: str | None = None, options: dict | None = None) -> int:
+        """`options`: more keywords for engine.load_model (backend, trust_remote_code)."""
         rid = self._issue("load")
         self._load_cancel = threading.Event()
-        self._load.emit(rid, source, device, dtype, self._load_cancel)
+        self._load.emit(rid, source, device, dtype, self._load_cancel, dict(options or {}))
         return rid
 
     def cancel_load(self) -> bool:

@@ -210,8 +210,10 @@ class MainWindow(QMainWindow):
 
     # -- opening models ------------------------------------------------------------------------------------
     def open_model(self, source: str, device: str | None = None, dtype: str | None = None,
-                   prompt: str | None = None, source_text: str | None = None, steps: int = 0) -> None:
-        """Load a model; then start a session (with these texts, else the family's example) and take `steps`."""
+                   prompt: str | None = None, source_text: str | None = None, steps: int = 0,
+                   load_options: dict | None = None) -> None:
+        """Load a model; then start a session (with these texts, else the family's example) and take `steps`.
+        `load_options`: more keywords for engine.load_model (backend, trust_remote_code)."""
         source = str(source)
         self._loading_source = source
         self._chain = ["session"] + (["run"] if steps > 0 else [])
@@ -221,7 +223,7 @@ class MainWindow(QMainWindow):
         if device:
             self.prompt_panel.set_device(device)
         self.loading.begin(source)
-        self.client.load(source, device, dtype)
+        self.client.load(source, device, dtype, load_options)
 
     def open_from_cache(self) -> None:
         """File → Open from cache…: the cached models listed in a thread, the openable ones marked."""

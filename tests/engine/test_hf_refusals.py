@@ -74,3 +74,24 @@ def test_importing_the_engine_does_not_import_transformers():
     code = "import sys, engine, engine.checkpoints; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_command_line_opens_through_either_backend(olmo3, tmp_path):
+    """export --backend transformers on a native-looking folder, and an auto-routed MoE-free olmo3."""
+    import numpy as np
+
+    import main
+    from tests.modern_factories import llama
+
+    folder = llama(tmp_path / "llama")
+    outs = {}
+    for backend in ("native", "transformers"):
+        out = outs[backend] = tmp_path / f"{backend}.npz"
+        assert main.main(["export", "--model", str(folder), "--prompt", "In the beginning", "--steps", "3",
+                          "--backend", backend, "--out", str(out)]) == 0
+    with np.load(outs["native"]) as a, np.load(outs["transformers"]) as b:
+        assert np.abs(a["decoder.1.attn"] - b["decoder.1.attn"]).max() <= 1e-5
+    out = tmp_path / "olmo3.npz"
+    assert main.main(["export", "--model", str(olmo3), "--prompt", "In the", "--steps", "2", "--out", str(out)]) == 0
+    with np.load(out) as data:
+        assert "decoder.1.attn" in data.files

@@ -35,3 +35,14 @@ def test_the_attention_view_says_what_share_went_to_the_sink(qtbot, window, chec
 def test_a_model_without_sinks_shows_no_sink_share(qtbot, window, checkpoints):
     open_model(qtbot, window, checkpoints["qwen3_moe"])
     assert "sink" not in window.attention_view.plot.titleLabel.text
+
+
+def test_load_options_reach_the_engine(qtbot, window, tmp_path):
+    """--backend transformers (main.py) -> MainWindow.open_model(load_options=...) -> engine.load_model."""
+    from tests.modern_factories import llama
+
+    folder = llama(tmp_path / "llama")
+    open_model(qtbot, window, folder, load_options={"backend": "transformers"})
+    assert type(window.client.worker.model).__name__ == "HFModel"  # idle: reading it from here is safe
+    open_model(qtbot, window, folder)
+    assert type(window.client.worker.model).__name__ == "Model"
