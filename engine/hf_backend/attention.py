@@ -25,6 +25,8 @@ NAME = "attention_inspector"  # the name registered in AttentionInterface and At
 SCORE_CHUNK_BYTES = 64 * 1024 * 1024  # float32 scores of one chunk of query rows: never T × S per layer at once
 
 _local = threading.local()
+# the CPU's fused attention that also returns each row's log-sum-exp (a private op: absent -> explicit chunks)
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 @dataclass
@@ -80,15 +82,77 @@ def _rows_mask(mask: object, a: int, n: int, device: torch.device) -> Tensor | N
     raise TypeError(f"unexpected attention mask {type(mask).__name__}")
 
 
-def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: object,
-                        scaling: float | None = None, dropout: float = 0.0, softcap: float | None = None,
-                        s_aux: Tensor | None = None, **_kwargs) -> tuple[Tensor, None]:
-    """softmax(soft-cap(q·kᵀ·scale) + mask [+ sink]) v, exactly as transformers' eager functions form it, one chunk
-    of query rows at a time. -> (output (B, T, nh, hs), None)."""
-    state = current()
+def _mask_shape(state: ForwardState | None, name: str | None, mask: MaskRule) -> tuple:
+    """(causal, window, window_ahead, chunk) of a layer's mask rule, probed once per layer (per rule without a name)."""
+    if state is None or name is None:
+        return mask.describe()
+    shape = state.shapes.get(name)
+    if shape is None:
+        shape = state.shapes[name] = mask.describe()
+    return shape
+
+
+def _fused_alignment(mask: object, shape: tuple | None, T: int, S: int) -> bool | None:
+    """is_causal for the CPU's fused attention (which also returns each row's lse) when it forms exactly these
+    scores, else None: no soft-cap, and a mask that is plain causal over a fresh prefill, plain causal for one
+    query at the end, or no mask at all."""
+    if _FLASH_CPU is None or not isinstance(mask, MaskRule) or mask.padding is not None or shape is None:
+        return None
+    causal, window, ahead, chunk = shape
+    if window is not None or ahead is not None or chunk is not None:
+        return None
+    if not causal:
+        return False
+    if T == S and mask.q_offset == mask.kv_offset == 0:
+        return True
+    if T == 1 and mask.q_offset == mask.kv_offset + S - 1:
+        return False  # the last query sees every key
+    return None
+
+
+def _attend_fused(query: Tensor, key: Tensor, value: Tensor, scaling: float, is_causal: bool) -> tuple[Tensor, Tensor]:
+    g = query.shape[1] // key.shape[1]
+    k, v = (key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)) if g > 1 else (key, value)
+    y, lse = _FLASH_CPU(query, k, v, 0.0, is_causal, attn_mask=None, scale=scaling)
+    return y, lse.float()
+
+
+def _attend_chunked(query: Tensor, key: Tensor, value: Tensor, mask: object, scaling: float, softcap: float | None,
+                    check) -> tuple[Tensor, Tensor]:  # noqa: ANN001 - check(allowed rows, first row) or None
+    """Scores in float32 one chunk of query rows at a time: -> output (B, nh, T, hv), lse (B, nh, T) without sinks."""
     B, nh, T, hs = query.shape
     nkv, S = key.shape[1], key.shape[2]
     g = nh // nkv
+    kf = key.float().transpose(-2, -1)  # (B, nkv, hs, S)
+    chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * max(1, S)))
+    ys, lses = [], []
+    for a in range(0, T, chunk):
+        n = min(chunk, T - a)
+        s = (query[:, :, a : a + n].float().reshape(B, nkv, g * n, hs) @ kf).view(B, nh, n, S)
+        s.mul_(scaling)
+        if softcap is not None:
+            s = torch.tanh(s.div_(softcap)).mul_(softcap)
+        allowed = _rows_mask(mask, a, n, query.device)
+        if allowed is not None:
+            if check is not None:
+                check(allowed, a)
+            s.masked_fill_(~allowed, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1)
+        p = torch.exp(s.sub_(lse[..., None])).to(value.dtype)
+        ys.append((p.reshape(B, nkv, g * n, S) @ value).view(B, nh, n, value.shape[-1]))  # MLA: v heads differ in size
+        lses.append(lse)
+    return (ys[0], lses[0]) if len(ys) == 1 else (torch.cat(ys, dim=2), torch.cat(lses, dim=2))
+
+
+def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: object,
+                        scaling: float | None = None, dropout: float = 0.0, softcap: float | None = None,
+                        s_aux: Tensor | None = None, **_kwargs) -> tuple[Tensor, None]:
+    """softmax(soft-cap(q·kᵀ·scale) + mask [+ sink]) v, exactly as transformers' eager functions form it, never
+    a T × S tensor per layer: the CPU's fused kernel where it forms the same scores, else float32 chunks of query
+    rows. -> (output (B, T, nh, hs), None)."""
+    state = current()
+    B, nh, T, _hs = query.shape
+    nkv, S = key.shape[1], key.shape[2]
     if scaling is None:
         scaling = module.head_dim**-0.5
     name = state.names.get(id(module)) if state is not None else None
@@ -97,43 +161,35 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
     if record and attention_mask is not None and not isinstance(attention_mask, MaskRule):
         raise CaptureError(f"{name} was handed a ready-made mask tensor, whose rule cannot be rebuilt; "
                            "run with capture=False")
-    kf = key.float().transpose(-2, -1)  # (B, nkv, hs, S)
-    sink = s_aux.float().view(1, nh, 1, 1).expand(B, nh, 1, 1) if s_aux is not None else None
-    chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * max(1, S)))
-    ys, lses = [], []
-    for a in range(0, T, chunk):
-        n = min(chunk, T - a)
-        s = (query[:, :, a : a + n].float().reshape(B, nkv, g * n, hs) @ kf).view(B, nh, n, S) * scaling
-        if softcap is not None:
-            s = torch.tanh(s / softcap) * softcap
-        allowed = _rows_mask(attention_mask, a, n, query.device)
-        if allowed is not None:
-            if record and isinstance(attention_mask, MaskRule):
-                shape = state.shapes.get(name)
-                if shape is None:
-                    shape = state.shapes[name] = attention_mask.describe()
-                attention_mask.check_chunk(allowed, a, name, shape)
-            s = s.masked_fill(~allowed, float("-inf"))
-        if sink is not None:  # gpt-oss: one more logit per head in the denominator, with no value
-            lse = torch.logsumexp(torch.cat([s, sink.expand(B, nh, n, 1)], dim=-1), dim=-1)
-        else:
-            lse = torch.logsumexp(s, dim=-1)
-        p = torch.exp(s - lse[..., None]).to(value.dtype)
-        ys.append((p.reshape(B, nkv, g * n, S) @ value).view(B, nh, n, value.shape[-1]))  # MLA: v heads differ in size
-        lses.append(lse)
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    rule = attention_mask if isinstance(attention_mask, MaskRule) else None
+    shape = _mask_shape(state, name, rule) if rule is not None else None
+    fused = None
+    if softcap is None and query.device.type == "cpu" and value.shape[-1] == query.shape[-1]:  # MLA: v heads differ
+        fused = _fused_alignment(attention_mask, shape, T, S)
+    if fused is not None:
+        if record:  # the rule's first rows against its description (the fused kernel never evaluates the rule)
+            n = min(T, 64)
+            rule.check_chunk(rule.allowed(0, n, query.device), 0, name, shape)
+        y, lse = _attend_fused(query, key, value, float(scaling), fused)
+    else:
+        check = (lambda allowed, a: rule.check_chunk(allowed, a, name, shape)) if record and rule is not None else None
+        y, lse = _attend_chunked(query, key, value, attention_mask, float(scaling), softcap, check)
+    if s_aux is not None:  # gpt-oss: one more logit per head in the denominator, with no value
+        total = torch.logaddexp(lse, s_aux.float().view(1, nh, 1).expand_as(lse))
+        y = y * torch.exp(lse - total)[..., None].to(y.dtype)
+        lse = total
     if state is not None and name in state.gates:  # ablation: each query head's output times its gate
         y = y * state.gates[name].view(1, nh, 1, 1).to(y.dtype)
     if record:
         new_keys = key[:, :, S - T :] if state.self_attention else key
-        recorder[name] = (query, new_keys, lses[0] if len(lses) == 1 else torch.cat(lses, dim=2))
+        recorder[name] = (query, new_keys, lse)
         if name not in state.rules:
-            causal, window, ahead, chunk = state.shapes.get(name, (False, None, None, None))
+            causal, window, ahead, chunk = shape if shape is not None else (False, None, None, None)
             sinks = None
             if s_aux is not None:
                 sinks = s_aux.detach().float().cpu().numpy().copy()
                 sinks.flags.writeable = False
-            state.rules[name] = ScoreRule(scale=float(scaling), causal=causal, group=g,
+            state.rules[name] = ScoreRule(scale=float(scaling), causal=causal, group=nh // nkv,
                                           softcap=float(softcap) if softcap is not None else None, window=window,
                                           window_ahead=ahead, chunk=chunk, sinks=sinks)
     return y.transpose(1, 2).contiguous(), None
