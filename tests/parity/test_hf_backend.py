@@ -262,3 +262,16 @@ def test_logits_the_output_head_post_processes_unknowingly_are_kept_whole(tmp_pa
     with torch.no_grad():
         expected = ref(torch.tensor([PROMPT])).logits[0]
     assert _err(trace.logits, expected) <= LOGIT_TOL
+
+
+def test_head_statistics_and_rollout_skip_layers_without_attention(tmp_path_factory):
+    from engine.analysis import head_statistics, rollout
+
+    model, _, _ = _pair("lfm2", tmp_path_factory)
+    trace = model.run(PROMPT)
+    stats = head_statistics(model, trace)
+    assert {s.layer for s in stats} == set(model.attention_layers) and len(stats) == model.n_heads * len(model.attention_layers)
+    r = rollout(trace, "self")
+    np.testing.assert_allclose(r.sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(CaptureError, match="no attention to roll out"):
+        rollout(trace, "self", upto=0)
