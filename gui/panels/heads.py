@@ -25,6 +25,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QCursor, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem, QGraphicsRectItem, QGraphicsScene, QToolTip, QVBoxLayout, QWidget
 
+from engine import capture_name
+
 from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
 from ..rendering import colormaps, display
@@ -269,7 +271,7 @@ class HeadGrid(QWidget):
         groups = (f" · query heads share key/value heads in groups of {self.kv_group} (dashed lines)"
                   if self.kv_group > 1 else "")
         self.caption.setText(f"{kind_name(kind, s.model.family)}: {n_layers} layers (rows) × {n_heads} heads"
-                             + (f" · {n} tokens, max-pooled" if n > t else "") + groups)
+                             + (f" · {n} tokens, max-pooled" if n > t else "") + groups + _no_attention_note(trace))
         self._place_outline()
         if moved:
             self.geometry_changed.emit()
@@ -289,7 +291,11 @@ class HeadGrid(QWidget):
         if g > 1:
             kv = head // g
             text += f" · key/value head {kv} (shared by query heads {kv * g}–{kv * g + g - 1})"
-        if self.state.trace is not None and not ThumbnailPooler.captured(self.state.trace, self.state.kind, layer):
+        trace = self.state.trace
+        missing = getattr(trace, "no_attention", {}).get(capture_name(self.state.kind, layer)) if trace is not None else None
+        if missing:
+            text += f" · no attention (a {missing} layer)"
+        elif trace is not None and not ThumbnailPooler.captured(trace, self.state.kind, layer):
             text += " · not captured"
         return text + " (click to show it)"
 
@@ -345,3 +351,15 @@ class HeadGrid(QWidget):
         else:
             event.accept()  # a right-click on a cell is the listeners' (the ablation menu), not the plot's
         self.cell_clicked.emit(cell[0], cell[1], event.button(), event.modifiers())
+
+
+def _no_attention_note(trace) -> str:  # noqa: ANN001 - engine.Trace
+    """" · layers 0, 2: no attention (Mamba)" for hybrids, whose rows of those layers stay empty."""
+    missing = getattr(trace, "no_attention", None)
+    if not missing:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    for name, what in missing.items():
+        by_kind.setdefault(what, []).append(name.split(".")[1])
+    return "".join(f" · layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}: no attention ({what})"
+                   for what, ls in by_kind.items())

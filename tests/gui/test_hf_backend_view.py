@@ -46,3 +46,13 @@ def test_load_options_reach_the_engine(qtbot, window, tmp_path):
     assert type(window.client.worker.model).__name__ == "HFModel"  # idle: reading it from here is safe
     open_model(qtbot, window, folder)
     assert type(window.client.worker.model).__name__ == "Model"
+
+
+def test_the_head_grid_names_a_hybrids_layers_without_attention(qtbot, window, tmp_path):
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["lfm2"](tmp_path / "lfm2"))
+    grid = window.head_grid
+    assert "layers 0, 2: no attention (short convolution)" in grid.caption.text()
+    assert "no attention (a short convolution layer)" in grid.describe_cell(0, 1)
+    assert "no attention" not in grid.describe_cell(1, 1)
