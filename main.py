@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--screenshot", metavar="FILE.png", help="render the window after the steps, save it and exit")
     parser.add_argument("--size", default="1400x900", help="window size for --screenshot (default: %(default)s)")
     parser.add_argument("--dock", metavar="NAME", help="bring a dock to the front: inside, attribution, embeddings "
-                        "(the \"Inside this head\" tabs), lens, stats")
+                        "(the \"Inside this head\" tabs), lens, stats, experts")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="store_true", help="print the version (and torch's, the device's) and exit")
     parser.add_argument("--install-desktop-entry", action="store_true",

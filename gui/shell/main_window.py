@@ -30,6 +30,7 @@ from ..core.worker import EngineClient, ModelInfo
 from ..panels.attention import AttentionView
 from ..panels.candidates import LogitsPanel
 from ..panels.head_view import HeadView
+from ..panels.experts import ExpertsPanel
 from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
 from ..panels.tokens import TokenStrip
@@ -105,6 +106,9 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["heads"], self.docks["head_view"])
         # tabbed away it skips its redraws (a step at 1k tokens cost ~15 ms unseen); its tab coming back catches up
         self.docks["head_view"].visibilityChanged.connect(lambda on: on and self.head_view.catch_up())
+        self.experts_panel = ExpertsPanel(self.state)  # issue 26: the experts each token took (MoE models)
+        self.add_dock("experts", "Experts", self.experts_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.docks["head_view"], self.docks["experts"])
         self.docks["heads"].raise_()
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)

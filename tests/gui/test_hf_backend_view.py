@@ -56,3 +56,25 @@ def test_the_head_grid_names_a_hybrids_layers_without_attention(qtbot, window, t
     assert "layers 0, 2: no attention (short convolution)" in grid.caption.text()
     assert "no attention (a short convolution layer)" in grid.describe_cell(0, 1)
     assert "no attention" not in grid.describe_cell(1, 1)
+
+
+def test_the_experts_dock_colours_tokens_by_their_top_expert(qtbot, window, checkpoints):
+    from gui.panels.experts import PALETTE, describe_choice
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    panel, trace = window.experts_panel, window.state.trace
+    assert panel.layers == trace.moe_layers == [0, 1]
+    rgb = panel.image.image
+    assert rgb.shape == (2, len(trace), 3)
+    r = trace.routing(1)
+    assert (rgb[1] == PALETTE[r.top_expert % len(PALETTE)]).all()
+    assert "load" in panel.caption.text() and "4 experts" in panel.caption.text()
+    text = describe_choice(trace, 1, 0)
+    assert text.count("expert ") == r.k and f"expert {r.top_expert[0]} " in text
+
+
+def test_the_experts_dock_says_when_a_model_has_none(qtbot, window, tmp_path):
+    from tests.modern_factories import llama
+
+    open_model(qtbot, window, llama(tmp_path / "llama"))
+    assert window.experts_panel.layers == [] and "no mixture of experts" in window.experts_panel.caption.text()
