@@ -29,8 +29,8 @@ from ..core.state import InspectorState
 from ..core.worker import EngineClient, ModelInfo
 from ..panels.attention import AttentionView
 from ..panels.candidates import LogitsPanel
-from ..panels.head_view import HeadView
 from ..panels.experts import ExpertsPanel
+from ..panels.head_view import HeadView
 from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
 from ..panels.tokens import TokenStrip
