@@ -158,10 +158,14 @@ def _check_weights_and_memory(name: str, folder: Path, n_params: int, quantised:
                                   f"{n_params / 1e6:.1f}M parameters ({_gb(expected)}): a shard is missing or truncated, "
                                   "or config.json belongs to another model; re-download it")
     need = n_params * torch_dtype.itemsize
-    free = available_memory() if device.type == "cpu" else None
+    if device.type == "cuda":
+        free, where = torch.cuda.mem_get_info(device)[0], f"memory on {device}"
+    else:
+        free, where = available_memory(), "RAM"
     if free is not None and need > free:
         raise OutOfMemoryError(f"{name} needs {_gb(need)} in {str(torch_dtype).removeprefix('torch.')} but only "
-                               f"{_gb(free)} of RAM is free; close other programs or models, or load it in bfloat16")
+                               f"{_gb(free)} of {where} is free; close other programs or models, or load it in "
+                               "bfloat16")
 
 
 def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.device, dtype: str | torch.dtype | None,
@@ -185,8 +189,10 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     _check_weights_and_memory(name, folder, n_params, bool(quantised), checkpoint_dtype, torch_dtype, device)
     register()
     try:
+        # straight onto the device (a GPU load never holds the whole model in RAM first)
         hf_model = _auto_model(family, folder, dtype=torch_dtype, attn_implementation=NAME,
-                               trust_remote_code=trust_remote_code, local_files_only=True, device_map=None)
+                               trust_remote_code=trust_remote_code, local_files_only=True,
+                               device_map={"": str(device)} if device.type != "cpu" else None)
     except EngineError:
         raise
     except Exception as exc:

@@ -95,3 +95,12 @@ def test_the_command_line_opens_through_either_backend(olmo3, tmp_path):
     assert main.main(["export", "--model", str(olmo3), "--prompt", "In the", "--steps", "2", "--out", str(out)]) == 0
     with np.load(out) as data:
         assert "decoder.1.attn" in data.files
+
+
+def test_a_model_that_would_not_fit_says_so_before_loading(olmo3, monkeypatch):
+    from engine import OutOfMemoryError
+    from engine.hf_backend import load
+
+    monkeypatch.setattr(load, "available_memory", lambda: 1000)
+    with pytest.raises(OutOfMemoryError, match=r"needs .* but only 0.00 GB of RAM is free"):
+        load_model(olmo3, device="cpu", dtype="float32")
