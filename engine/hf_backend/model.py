@@ -214,7 +214,10 @@ class HFModel(Model):
         exact = exact.float().cpu().numpy()
         ours = lazy.rows(lazy.shape[0] - 1)[0]
         err = float(np.abs(ours - exact).max())
-        self.lazy_logits_ok = err <= 1e-3 * max(1.0, float(np.abs(exact).max()))
+        # float32: agreement to rounding; 16-bit heads round their own logits (~2^-8 relative), a missed scale or
+        # soft-cap is off by far more
+        rel = 1e-3 if self.dtype == torch.float32 else 3e-2
+        self.lazy_logits_ok = err <= rel * max(1.0, float(np.abs(exact).max()))
         if not self.lazy_logits_ok:
             log.warning("%s: logits from the final hidden states differ from the model's own by %.3g; keeping every "
                         "fed position's logits instead", self.name, err)

@@ -275,3 +275,22 @@ def test_head_statistics_and_rollout_skip_layers_without_attention(tmp_path_fact
     np.testing.assert_allclose(r.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(CaptureError, match="no attention to roll out"):
         rollout(trace, "self", upto=0)
+
+
+@pytest.mark.parametrize("name", ["gpt_oss", "qwen3_next"])
+def test_bfloat16_stays_within_its_rounding(name, tmp_path_factory):
+    """bfloat16 weights (what real checkpoints hold): patterns within 0.06 and logits within 0.25 of eager in
+    bfloat16, the final hidden states still unembedded lazily, back/step working on bfloat16 caches."""
+    _, _, folder = _pair(name, tmp_path_factory)
+    model = load_model(folder, device="cpu", dtype="bfloat16")
+    ref = _reference(folder).to(torch.bfloat16)
+    with torch.no_grad():
+        out = ref(torch.tensor([PROMPT]), output_attentions=True)
+    session = Session(model, PROMPT)
+    trace = session.trace
+    for layer, a in zip(model.attention_layers, [a for a in out.attentions if a is not None]):
+        assert _err(trace.attention("self", layer), a[0]) <= 0.06
+    assert _err(trace.logits, out.logits[0]) <= 0.25 and model.lazy_logits_ok
+    session.step()
+    session.back()
+    assert session.ids == PROMPT
