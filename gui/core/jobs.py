@@ -101,14 +101,16 @@ def open_session(path: str) -> Callable:
 
     def fn(w: EngineWorker) -> dict:
         from engine import load_model
-        from engine.session_file import model_reference, read_session_file, restore_session
+        from engine.session_file import load_options, model_reference, read_session_file, restore_session
 
         state = read_session_file(path)
         ref = model_reference(state)
+        options = load_options(state)
         model = w.model
-        same = model is not None and ref in (model.name, str(model.folder) if model.folder else None)
+        same = (model is not None and ref in (model.name, str(model.folder) if model.folder else None)
+                and options.get("backend", model.backend) == model.backend)
         if not same:
-            model = load_model(ref)
+            model = load_model(ref, **options)
         session = restore_session(state, model)
         w.adopt(model, session)
         return {"info": model_info(model), "trace": session.trace, "view": state.get("view", {}) or {},

@@ -294,3 +294,16 @@ def test_bfloat16_stays_within_its_rounding(name, tmp_path_factory):
     session.step()
     session.back()
     assert session.ids == PROMPT
+
+
+def test_a_session_file_reopens_on_the_same_backend(tmp_path_factory, tmp_path):
+    from engine.session_file import load_session, save_session
+
+    folder = modern_factories.llama(tmp_path_factory.mktemp("llama-file") / "ckpt")
+    for backend in ("transformers", "native"):
+        model = load_model(folder, device="cpu", backend=backend)
+        session = Session(model, PROMPT)
+        session.step()
+        path = save_session(session, tmp_path / f"{backend}.json")
+        again, _view = load_session(path)
+        assert again.model.backend == backend and again.ids == session.ids
