@@ -50,6 +50,7 @@ class ModelInfo:
     dtype_reason: str = ""  # why this dtype ("float32 on the CPU (4.9 GB of weights, 21.4 GB free)")
     has_chat_template: bool = False  # the prompt panel offers chat mode
     stop_ids: tuple[int, ...] = ()  # ids whose choice ends a generation (eos, the template's end of turn)
+    backend: str = "native"  # which engine runs it: "native" or "transformers" (engine.hf_backend)
 
     @property
     def n_layers(self) -> int:
@@ -90,7 +91,8 @@ def model_info(model: Any) -> ModelInfo:
         max_positions=model.max_positions, has_logits=bool(model.has_logits),
         dtype_reason=str(getattr(model, "dtype_reason", "") or ""),
         has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
-        stop_ids=tuple(stop_token_ids(model)) if model.family != "encoder" else ())
+        stop_ids=tuple(stop_token_ids(model)) if model.family != "encoder" else (),
+        backend=str(getattr(model, "backend", "native")))
 
 
 class EngineWorker(QObject):

@@ -123,7 +123,8 @@ class MainWindow(QMainWindow):
         self.client.trace_ready.connect(self._on_trace)
         self.client.error.connect(self._on_error)
         self.client.busy_changed.connect(self._on_busy)
-        self.prompt_panel.open_requested.connect(lambda src, dev: self.open_model(src, device=dev))
+        self.prompt_panel.open_requested.connect(
+            lambda src, dev: self.open_model(src, device=dev, load_options=self.prompt_panel.load_options()))
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
         self.state.model_changed.connect(self._on_model_changed)

@@ -78,3 +78,20 @@ def test_the_experts_dock_says_when_a_model_has_none(qtbot, window, tmp_path):
 
     open_model(qtbot, window, llama(tmp_path / "llama"))
     assert window.experts_panel.layers == [] and "no mixture of experts" in window.experts_panel.caption.text()
+
+
+def test_the_prompt_panels_engine_choice_opens_a_native_type_through_transformers(qtbot, window, tmp_path):
+    from tests.gui.conftest import wait_idle
+    from tests.modern_factories import llama
+
+    folder = llama(tmp_path / "llama")
+    panel = window.prompt_panel
+    panel.model_box.setEditText(str(folder))
+    panel.backend_box.setCurrentIndex(panel.backend_box.findData("transformers"))
+    panel.open_button.click()
+    wait_idle(qtbot, window)
+    assert window.state.model.backend == "transformers" and "through transformers" in panel.model_label.text()
+    panel.backend_box.setCurrentIndex(panel.backend_box.findData("auto"))
+    panel.open_button.click()
+    wait_idle(qtbot, window)
+    assert window.state.model.backend == "native" and "transformers" not in panel.model_label.text()
