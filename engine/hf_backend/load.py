@@ -18,7 +18,7 @@ from ..device import available_memory, choose_dtype, is_out_of_memory
 from ..errors import CheckpointError, EngineError, OutOfMemoryError, UnsupportedArchitectureError
 from ..tokenizer import Tokenizer
 from .attention import NAME, register
-from .model import HFModel
+from .model import HFModel, text_model
 from .routing import install_router_hooks, layer_of
 from .support import refusal
 
@@ -213,12 +213,13 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     n_experts = next((int(getattr(text, f)) for f in ("num_local_experts", "num_experts", "n_routed_experts")
                       if isinstance(getattr(text, f, None), int)), None)
     stack = "encoder" if family == "encoder" else "decoder"
-    moe = install_router_hooks(hf_model, n_experts)
-    names = _attention_names(hf_model, stack)
+    text_stack = text_model(hf_model)  # the text stack only: a vision or audio tower's layers are not the text's
+    moe = install_router_hooks(text_stack, n_experts)
+    names = _attention_names(text_stack, stack)
     if not names:
         raise UnsupportedArchitectureError(f"{name}: found no attention modules in its {type(hf_model).__name__}")
     model = HFModel(hf_model, config, tokenizer, name, folder, names, moe, n_experts,
-                    _layer_kinds(hf_model, config.n_layers, tuple(getattr(text, "layer_types", None) or ())))
+                    _layer_kinds(text_stack, config.n_layers, tuple(getattr(text, "layer_types", None) or ())))
     model.dtype_reason = reason
     model.quantization = f"{quantised.get('quant_method')} dequantised to {torch_dtype}" if quantised else ""
     model.load_seconds = time.perf_counter() - t0

@@ -173,7 +173,7 @@ class HFModel(Model):
                         logits_to_keep=1)
             cache.fed()
         hidden: list[torch.Tensor] = []
-        handle = _final_hidden_module(self.hf).register_forward_hook(lambda _m, _i, out: hidden.append(_last_hidden(out)))
+        handle = text_model(self.hf).register_forward_hook(lambda _m, _i, out: hidden.append(_last_hidden(out)))
         try:
             with self.guard(cache):
                 cache.feeding(list(ids))
@@ -267,12 +267,17 @@ class HFModel(Model):
                 for i in range(self.n_layers) if i not in self.attention_layers}
 
 
-def _final_hidden_module(hf: torch.nn.Module) -> torch.nn.Module:
-    """The text decoder whose output's last_hidden_state feeds the output head (after the final norm)."""
-    dec = hf.get_decoder() if hasattr(hf, "get_decoder") else hf
-    if dec is hf:
-        dec = getattr(hf, "model", hf)
-    return dec
+def text_model(hf: torch.nn.Module) -> torch.nn.Module:
+    """The text stack (decoder, or an encoder-only model's encoder) whose output's last_hidden_state feeds the
+    output head, after the final norm: the first of get_decoder(), base_model, .model that holds numbered layers
+    (ModernBertForMaskedLM's get_decoder() is its output head)."""
+    candidates = [hf.get_decoder() if hasattr(hf, "get_decoder") else None, getattr(hf, "base_model", None),
+                  getattr(hf, "model", None)]
+    for module in candidates:
+        if isinstance(module, torch.nn.Module) and module is not hf and any(
+                name.startswith("layers.") or ".layers." in name for name, _ in module.named_modules()):
+            return module
+    return hf
 
 
 def _last_hidden(out: object) -> torch.Tensor:
