@@ -53,7 +53,7 @@ def test_the_head_grid_names_a_hybrids_layers_without_attention(qtbot, window, t
 
     open_model(qtbot, window, ARCHITECTURES["lfm2"](tmp_path / "lfm2"))
     grid = window.head_grid
-    assert "layers 0, 2: no attention (short convolution)" in grid.caption.text()
+    qtbot.waitUntil(lambda: "layers 0, 2: no attention (short convolution)" in grid.caption.text(), timeout=10_000)
     assert "no attention (a short convolution layer)" in grid.describe_cell(0, 1)
     assert "no attention" not in grid.describe_cell(1, 1)
 
