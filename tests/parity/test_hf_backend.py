@@ -307,3 +307,14 @@ def test_a_session_file_reopens_on_the_same_backend(tmp_path_factory, tmp_path):
         path = save_session(session, tmp_path / f"{backend}.json")
         again, _view = load_session(path)
         assert again.model.backend == backend and again.ids == session.ids
+
+
+def test_capture_of_chosen_layers_only(tmp_path_factory):
+    model, _, _ = _pair("gpt_oss", tmp_path_factory)
+    session = Session(model, PROMPT, capture={"decoder.1.attn"})
+    session.step()
+    trace = session.trace
+    assert [n for n in trace.capture_names if n in trace.blocks] == ["decoder.1.attn"]
+    np.testing.assert_allclose(trace.attention("self", 1), model.run(session.ids).attention("self", 1), atol=ATTN_TOL)
+    with pytest.raises(CaptureError, match="not recorded"):
+        trace.attention("self", 0)
