@@ -84,6 +84,24 @@ def mistral3_multimodal(folder: Path) -> Path:
     return _save(model, tok, folder)
 
 
+def t5gemma(folder: Path) -> Path:
+    """T5Gemma: an encoder-decoder (bidirectional sliding / full encoder layers, causal decoder, cross-attention)."""
+    import transformers
+
+    tok = byte_level_tokenizer(300, ["<pad>", "<bos>", "<eos>"])
+    ids = {t: tok.token_to_id(t) for t in ("<pad>", "<bos>", "<eos>")}
+    module = dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=WINDOW,
+                  layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+                  max_position_embeddings=256, pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"],
+                  eos_token_id=ids["<eos>"])
+    cfg = transformers.T5GemmaConfig(encoder=module, decoder=module, vocab_size=tok.get_vocab_size(),
+                                     pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"],
+                                     decoder_start_token_id=ids["<bos>"])
+    model = _init(transformers.T5GemmaForConditionalGeneration(cfg), 45)
+    return _save(model, tok, folder)
+
+
 ARCHITECTURES = {
     "gpt_oss": lambda f: _decoder(f, "GptOssConfig", "GptOssForCausalLM", 31, num_hidden_layers=2, head_dim=16,
                                   num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
@@ -125,4 +143,5 @@ ARCHITECTURES = {
     "mistral3": mistral3_multimodal,
     "gemma3": gemma3_multimodal,
     "modernbert": modernbert,
+    "t5gemma": t5gemma,
 }

@@ -41,7 +41,7 @@ class ForwardState:
     gates: dict[str, Tensor]
     shapes: dict[str, tuple] = field(default_factory=dict)
     recorder: dict | None = None
-    self_attention: bool = True  # decoder: the keys this call added are the last T (the cache holds the rest)
+    cross_keys: bool = True  # cross-attention: record the encoder's keys (the first decode of a session only)
     rules: dict[str, ScoreRule] = field(default_factory=dict)
     routes: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
@@ -181,7 +181,12 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
     if state is not None and name in state.gates:  # ablation: each query head's output times its gate
         y = y * state.gates[name].view(1, nh, 1, 1).to(y.dtype)
     if record:
-        new_keys = key[:, :, S - T :] if state.self_attention else key
+        if name.endswith(".cross_attn"):  # the source's keys, once per session (later calls reuse the cached ones)
+            new_keys = key if state.cross_keys else None
+        elif name.startswith("encoder."):
+            new_keys = key
+        else:  # decoder self-attention: the cache holds the keys before these T
+            new_keys = key[:, :, S - T :]
         recorder[name] = (query, new_keys, lse)
         if name not in state.rules:
             causal, window, ahead, chunk = shape if shape is not None else (False, None, None, None)

@@ -31,6 +31,11 @@ def _new_hf_cache(config):  # noqa: ANN001, ANN202 - transformers config -> Dyna
         LinearAttentionAndSlidingWindowAttentionLayer,
     )
 
+    if getattr(config, "is_encoder_decoder", False):
+        from transformers.cache_utils import EncoderDecoderCache
+
+        inner = _new_hf_cache(config.get_text_config(decoder=True))
+        return EncoderDecoderCache(inner, DynamicCache())
     cache = DynamicCache(config=config)
     for i, layer in enumerate(cache.layers):
         if isinstance(layer, LinearAttentionAndSlidingWindowAttentionLayer):
@@ -84,14 +89,20 @@ class HFCache:
         self._snapshots: dict[int, dict[int, dict]] = {}  # length -> layer -> recurrent state
         self._valid = 0  # tokens the transformers cache really holds (below len(ids) after a truncate without snapshot)
         self._pending = False  # a forward is feeding tokens: the transformers cache may hold more than _valid
+        self.cross_recorded = False  # encoder-decoder: the source's keys are in a recorded block already
 
     @property
     def length(self) -> int:
         return len(self.ids)
 
     @property
+    def layers(self) -> list:
+        """The self-attention (and recurrent) layers of the transformers cache."""
+        return getattr(self.hf, "self_attention_cache", self.hf).layers
+
+    @property
     def has_recurrent_layers(self) -> bool:
-        return any(_recurrent(layer) for layer in self.hf.layers)
+        return any(_recurrent(layer) for layer in self.layers)
 
     def key_views(self) -> dict[str, np.ndarray]:
         return {name: arena.view() for name, arena in self.key_arenas.items()}
@@ -108,7 +119,7 @@ class HFCache:
         if not self.has_recurrent_layers:
             return
         snap = {i: {f: _clone(getattr(layer, f)) for f in _STATE_FIELDS if hasattr(layer, f)}
-                for i, layer in enumerate(self.hf.layers) if _recurrent(layer)}
+                for i, layer in enumerate(self.layers) if _recurrent(layer)}
         self._snapshots[self._valid] = snap
         total = sum(_nbytes(s) for s in self._snapshots.values())
         for length in sorted(self._snapshots):  # oldest first: back() mostly goes back one step
@@ -131,19 +142,20 @@ class HFCache:
         if length == 0:  # nothing to keep: a fresh cache (there is no snapshot of the empty state)
             self.hf = _new_hf_cache(self.config)
             self._valid = 0
+            self.cross_recorded = False
             return
         snap = self._snapshots.get(length) if self.has_recurrent_layers else {}
         if snap is None:
             log.debug("no recurrent-state snapshot at %d tokens: the prefix is recomputed on the next forward", length)
             self._valid = 0
             return
-        for layer in self.hf.layers:
+        for layer in self.layers:
             if getattr(layer, "is_initialized", False) and getattr(layer, "keys", None) is not None:
                 layer.keys = layer.keys[..., :length, :]
                 layer.values = layer.values[..., :length, :]
         for i, state in snap.items():
             for f, value in state.items():
-                setattr(self.hf.layers[i], f, _clone(value))
+                setattr(self.layers[i], f, _clone(value))
         self._valid = length
 
     def stale_prefix(self, start: int) -> list[int] | None:
@@ -152,4 +164,5 @@ class HFCache:
             return None
         self.hf = _new_hf_cache(self.config)
         self._valid = 0
+        self.cross_recorded = False
         return self.ids[:start]

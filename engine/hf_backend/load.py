@@ -46,6 +46,8 @@ def _auto_model(family: str, folder: Path, **kw):  # noqa: ANN003, ANN202
 
     if family == "encoder":
         return transformers.AutoModelForMaskedLM.from_pretrained(folder, **kw)
+    if family == "encoder-decoder":
+        return transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, **kw)
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(folder, **kw)
     except ValueError as exc:  # a multimodal type with no causal-LM class: its image-text-to-text class, fed text
@@ -62,7 +64,7 @@ def _ids(value: object) -> list[int]:
 
 def _model_config(hf_model: torch.nn.Module, family: str, tokenizer: Tokenizer) -> ModelConfig:
     top = hf_model.config
-    text = top.get_text_config()
+    text = top.get_text_config(decoder=True)
     heads = int(text.num_attention_heads)
     kv = int(getattr(text, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
@@ -74,6 +76,12 @@ def _model_config(hf_model: torch.nn.Module, family: str, tokenizer: Tokenizer) 
     spec = LayerSpec(AttentionSpec(n_heads=heads, n_kv_heads=kv, head_dim=head_dim, scale=head_dim**-0.5))
     layers = {"n_encoder_layers": n_layers} if family == "encoder" else {"n_decoder_layers": n_layers,
                                                                          "decoder_layers": (spec,) * n_layers}
+    start = None
+    if family == "encoder-decoder":
+        encoder = getattr(top, "encoder", None)
+        layers["n_encoder_layers"] = int(getattr(encoder, "num_hidden_layers", None) or getattr(top, "num_layers", n_layers))
+        start = getattr(top, "decoder_start_token_id", None)
+        start = start if start is not None else (bos[0] if bos else pad[0] if pad else None)
     return ModelConfig(
         family=family, vocab_size=int(text.vocab_size), d_model=int(text.hidden_size), n_heads=heads,
         d_ff=int(getattr(text, "intermediate_size", None) or 4 * text.hidden_size), d_head=head_dim,
@@ -81,11 +89,12 @@ def _model_config(hf_model: torch.nn.Module, family: str, tokenizer: Tokenizer) 
         bos_token_id=bos[0] if bos else None, eos_token_id=eos[0] if eos else None,
         extra_eos_token_ids=tuple(eos[1:]), pad_token_id=pad[0] if pad else None, mask_token_id=mask,
         final_logit_softcap=getattr(text, "final_logit_softcapping", None), model_type=str(top.model_type),
-        position_scheme="rotary", **layers)
+        position_scheme="rotary", decoder_start_token_id=start, **layers)
 
 
 def _attention_names(hf_model: torch.nn.Module, stack: str) -> dict[int, str]:
-    """id(attention module) -> capture name, for the modules transformers sends through the attention interface."""
+    """id(attention module) -> capture name, for the modules transformers sends through the attention interface
+    (a decoder's cross-attention: decoder.{i}.cross_attn)."""
     names = {}
     for qualname, module in hf_model.named_modules():
         cls = type(module).__name__
@@ -93,7 +102,8 @@ def _attention_names(hf_model: torch.nn.Module, stack: str) -> dict[int, str]:
             continue
         layer = layer_of(qualname)
         if layer is not None:
-            names[id(module)] = f"{stack}.{layer}.attn"
+            cross = stack == "decoder" and ("Cross" in cls or qualname.rsplit(".", 1)[-1] in ("cross_attn", "encoder_attn"))
+            names[id(module)] = f"{stack}.{layer}.{'cross_attn' if cross else 'attn'}"
     return names
 
 
@@ -133,7 +143,8 @@ def _planned_params(family: str, folder: Path, trust_remote_code: bool) -> int:
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:  # transformers raises ValueError, KeyError, OSError, TypeError for bad configs
         raise CheckpointError(f"transformers cannot read {folder / 'config.json'}: {type(exc).__name__}: {exc}") from exc
-    auto = (transformers.AutoModelForMaskedLM if family == "encoder" else transformers.AutoModelForCausalLM)
+    auto = {"encoder": transformers.AutoModelForMaskedLM, "encoder-decoder": transformers.AutoModelForSeq2SeqLM}.get(
+        family, transformers.AutoModelForCausalLM)
     try:
         with torch.device("meta"):
             try:
@@ -176,9 +187,6 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     if why:
         raise UnsupportedArchitectureError(f"{folder / 'config.json'} has {why}")
     family = _family(hf)
-    if family == "encoder-decoder":
-        raise UnsupportedArchitectureError(f"{folder / 'config.json'} is an encoder-decoder ({hf.get('model_type')}); "
-                                           "the transformers backend opens decoder-only and encoder-only models so far")
     tokenizer = Tokenizer.from_folder(folder)
     quantised = hf.get("quantization_config")
     n_params = _planned_params(family, folder, trust_remote_code)
@@ -216,6 +224,8 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     text_stack = text_model(hf_model)  # the text stack only: a vision or audio tower's layers are not the text's
     moe = install_router_hooks(text_stack, n_experts)
     names = _attention_names(text_stack, stack)
+    if family == "encoder-decoder":
+        names.update(_attention_names(hf_model.get_encoder(), "encoder"))
     if not names:
         raise UnsupportedArchitectureError(f"{name}: found no attention modules in its {type(hf_model).__name__}")
     model = HFModel(hf_model, config, tokenizer, name, folder, names, moe, n_experts,

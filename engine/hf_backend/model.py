@@ -124,9 +124,9 @@ class HFModel(Model):
         self._gate_tensors.clear()
 
     # -- forwards -----------------------------------------------------------------------------
-    def _state(self, recorder: dict | None) -> ForwardState:
+    def _state(self, recorder: dict | None, cross_keys: bool = True) -> ForwardState:
         return ForwardState(self.attention_names, dict(self._gate_tensors), self._mask_shapes, recorder,
-                            self_attention=self.family != "encoder")
+                            cross_keys=cross_keys)
 
     def _routing_blocks(self, state: ForwardState, q_start: int) -> dict[str, list[RoutingBlock]]:
         out = {}
@@ -146,10 +146,16 @@ class HFModel(Model):
                 raise CaptureError(f"{name} formed its scores differently in this forward ({rule}) than before ({old})")
 
     def encode(self, ids: list[int], capture: bool | Collection[str] = True) -> Forward:
-        """ModernBERT and other encoders: every position's masked-LM logits."""
+        """ModernBERT and other encoders: every position's masked-LM logits. Encoder-decoders: the encoder's
+        output (kept on the device for cross-attention), no logits."""
         rec = self._recorder(capture, True)
         with self.guard():
             state = self._state(rec)
+            if self.family == "encoder-decoder":
+                with active(state):
+                    out = self.hf.get_encoder()(input_ids=torch.tensor([ids], device=self.device))
+                self._keep_rules(state)
+                return Forward(self._blocks(rec, 0), None, hidden=_last_hidden(out))
             with active(state):
                 out = self.hf(input_ids=torch.tensor([ids], device=self.device))
             self._keep_rules(state)
@@ -162,26 +168,29 @@ class HFModel(Model):
                capture: bool | Collection[str] = True) -> Forward:
         """Feed `ids` after the cache's tokens through transformers' model and cache. The last position's logits
         now; the others kept as final hidden states and unembedded on demand."""
-        if memory is not None:
-            raise EngineError("encoder-decoder models are not supported by the transformers backend yet")
+        if (memory is None) != (self.family != "encoder-decoder"):
+            raise EngineError("an encoder-decoder model decodes with its encoder's output (Model.encode first)")
         rec = self._recorder(capture, True)
+        inputs = {}
+        if memory is not None:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=memory)}
         start = cache.length
         prefix = cache.stale_prefix(start)
         if prefix:  # recurrent state lost on a back() beyond the snapshots: recompute it, recording nothing
             with self.guard(), active(self._state(None)):
-                self.hf(input_ids=torch.tensor([prefix], device=self.device), cache=cache.hf, use_cache=True,
-                        logits_to_keep=1)
+                self.hf(**self._ids_input(prefix), cache=cache.hf, use_cache=True, logits_to_keep=1, **inputs)
             cache.fed()
         hidden: list[torch.Tensor] = []
         handle = text_model(self.hf).register_forward_hook(lambda _m, _i, out: hidden.append(_last_hidden(out)))
         try:
             with self.guard(cache):
                 cache.feeding(list(ids))
-                state = self._state(rec)
+                state = self._state(rec, cross_keys=not cache.cross_recorded)
                 keep = 1 if len(ids) == 1 or self.lazy_logits_ok else 2 if self.lazy_logits_ok is None else 0
                 with active(state):
-                    out = self.hf(input_ids=torch.tensor([ids], device=self.device), cache=cache.hf, use_cache=True,
-                                  logits_to_keep=keep)
+                    out = self.hf(**self._ids_input(ids), cache=cache.hf, use_cache=True, logits_to_keep=keep, **inputs)
                 self._keep_rules(state)
                 last = _frozen(out.logits[0, -1].float().cpu().numpy())
                 lazy = None
@@ -199,14 +208,19 @@ class HFModel(Model):
                 blocks = self._blocks(rec, start)
                 if rec is not None:
                     for name, b in blocks.items():  # self-attention keys live once, per layer, in the cache's arena
-                        if b[0].keys is not None:
+                        if b[0].keys is not None and name.startswith("decoder.") and name.endswith(".attn"):
                             cache.key_arenas.setdefault(name, KeyArena()).append(b[0].keys)
                             b[0] = replace(b[0], keys=None)
                     blocks.update(self._routing_blocks(state, start))
+                    cache.cross_recorded = cache.cross_recorded or any(n.endswith(".cross_attn") for n in blocks)
                 cache.fed()
         finally:
             handle.remove()
         return Forward(blocks, last, lazy_logits=lazy)
+
+    def _ids_input(self, ids: list[int]) -> dict:
+        key = "decoder_input_ids" if self.family == "encoder-decoder" else "input_ids"
+        return {key: torch.tensor([ids], device=self.device)}
 
     def _lazy_logits_agree(self, lazy: LazyLogits, exact: torch.Tensor) -> bool:
         """Check once, on the second-to-last fed position, that LazyLogits give transformers' own logits (an
@@ -263,7 +277,8 @@ class HFModel(Model):
     def no_attention(self) -> dict[str, str]:
         """capture name -> the layer type of each layer without attention (hybrids)."""
         kinds = self.layer_kinds
-        return {capture_name(self.kinds[0], i): (kinds[i] if i < len(kinds) else "non-attention")
+        main = "encoder" if self.family == "encoder" else "self"
+        return {capture_name(main, i): (kinds[i] if i < len(kinds) else "non-attention")
                 for i in range(self.n_layers) if i not in self.attention_layers}
 
 

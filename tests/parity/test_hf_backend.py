@@ -24,7 +24,8 @@ transformers = pytest.importorskip("transformers")
 
 ATTN_TOL, LOGIT_TOL, N_GREEDY = 1e-5, 1e-4, 16
 PROMPT = list(range(5, 25))  # 20 tokens: four sliding windows
-DECODERS = [a for a in hf_factories.ARCHITECTURES if a != "modernbert"]
+SINGLE_STACK = [a for a in hf_factories.ARCHITECTURES if a != "t5gemma"]  # t5gemma: its own tests at the end
+DECODERS = [a for a in SINGLE_STACK if a != "modernbert"]
 MOE = ["gpt_oss", "qwen3_moe", "mixtral", "qwen3_next", "olmoe", "deepseek_v3", "granitemoehybrid", "llama4_text"]
 RECURRENT = ["lfm2", "qwen3_next", "granitemoehybrid", "falcon_h1"]  # layers with state that cannot be cropped
 NO_ATTENTION = {"lfm2": "short convolution", "qwen3_next": "Gated DeltaNet", "granitemoehybrid": "Mamba"}  # falcon_h1: in parallel
@@ -62,7 +63,7 @@ def _err(ours: np.ndarray, theirs: torch.Tensor) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-@pytest.mark.parametrize("name", list(hf_factories.ARCHITECTURES))
+@pytest.mark.parametrize("name", SINGLE_STACK)
 def test_patterns_and_logits_equal_eager(name, tmp_path_factory, small_chunks):
     model, ref, _ = _pair(name, tmp_path_factory)
     assert isinstance(model, HFModel) and model.config.model_type == name
@@ -318,3 +319,52 @@ def test_capture_of_chosen_layers_only(tmp_path_factory):
     np.testing.assert_allclose(trace.attention("self", 1), model.run(session.ids).attention("self", 1), atol=ATTN_TOL)
     with pytest.raises(CaptureError, match="not recorded"):
         trace.attention("self", 0)
+
+
+# -- an encoder-decoder (T5Gemma): encoder, decoder self- and cross-attention ---------------------------------------
+T5_TOL, T5_LOGIT_TOL = 3e-5, 2e-4  # two soft-capped stacks deep: float32 rounding reaches 1.6e-5 / 8e-5 here
+
+
+def _t5(tmp_path_factory):
+    if "t5gemma" not in _BUILT:
+        folder = hf_factories.ARCHITECTURES["t5gemma"](tmp_path_factory.mktemp("t5gemma") / "ckpt")
+        ref = transformers.AutoModelForSeq2SeqLM.from_pretrained(folder, attn_implementation="eager").eval()
+        _BUILT["t5gemma"] = (load_model(folder, device="cpu"), ref, folder)
+    return _BUILT["t5gemma"]
+
+
+def test_encoder_decoder_patterns_and_logits_equal_eager(tmp_path_factory):
+    model, ref, _ = _t5(tmp_path_factory)
+    assert model.family == "encoder-decoder" and model.kinds == ("encoder", "self", "cross")
+    start = model.config.decoder_start_token_id
+    dec = [start, *range(30, 42)]
+    with torch.no_grad():
+        out = ref(input_ids=torch.tensor([PROMPT]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
+    trace = model.run(dec, source=PROMPT)
+    for kind, theirs in (("encoder", out.encoder_attentions), ("self", out.decoder_attentions),
+                         ("cross", out.cross_attentions)):
+        for layer, a in enumerate(theirs):
+            assert _err(trace.attention(kind, layer), a[0]) <= T5_TOL, f"{kind} {layer}"
+    assert trace.rules["encoder.0.attn"].window_ahead is not None  # the encoder's sliding window looks both ways
+    assert _err(trace.logits, out.logits[0]) <= T5_LOGIT_TOL
+
+
+def test_encoder_decoder_steps_equal_generate_and_branch_equals_a_fresh_run(tmp_path_factory):
+    model, ref, _ = _t5(tmp_path_factory)
+    prefix = [model.config.decoder_start_token_id, 40, 41]
+    with torch.no_grad():
+        expected = ref.generate(input_ids=torch.tensor([PROMPT]), decoder_input_ids=torch.tensor([prefix]),
+                                max_new_tokens=N_GREEDY, do_sample=False, num_beams=1)[0, len(prefix):]
+    session = Session(model, prefix, source=PROMPT)
+    while len(session.ids) < len(prefix) + N_GREEDY and not session.finished:
+        session.step()
+    assert session.ids[len(prefix):] == expected.tolist()
+    session.back()
+    session.back()
+    session.branch(7)
+    session.step()
+    fresh = model.run(session.ids, source=PROMPT)
+    for kind in model.kinds:
+        for layer in range(2):
+            assert np.abs(session.trace.attention(kind, layer) - fresh.attention(kind, layer)).max() <= ATTN_TOL
+    assert np.abs(session.trace.logits - fresh.logits).max() <= LOGIT_TOL
