@@ -1,5 +1,6 @@
-"""Our attention function in transformers' AttentionInterface: eager attention in row chunks that records what
-rebuilds every pattern (q as used, the keys it added, each row's log-sum-exp) and applies the head gates.
+"""Our attention function in transformers' AttentionInterface: eager attention's numbers, never a T × S tensor per
+layer (the CPU's fused kernel where it forms the same scores, else float32 row chunks), recording what rebuilds
+every pattern (q as used, the keys it added, each row's log-sum-exp) and applying the head gates.
 
 Every attention call of every transformers model passes through `inspector_attention(module, query, key, value,
 attention_mask, **kwargs)` once `model.set_attn_implementation(NAME)`: query (B, nh, T, hs) after QK-norm and
@@ -35,7 +36,7 @@ class ForwardState:
     `gates`: capture name -> per-head gate tensor (only where one differs from 1); `recorder`: the Recorder
     (capture name -> (q, new keys, lse)) or None; `rules`: capture name -> the ScoreRule seen in this forward;
     `routes`: MoE layer -> (experts, weights) tensors; `shapes`: capture name -> the mask rule's (causal, window,
-    window_ahead), kept by the model across forwards (probing a rule costs more than checking it)."""
+    window_ahead, chunk), kept by the model across forwards (probing a rule costs more than checking it)."""
 
     names: dict[int, str]
     gates: dict[str, Tensor]
