@@ -3,7 +3,8 @@
 transformers builds every mask from a composable rule `mask_function(batch, head, q_idx, kv_idx) -> bool` plus the
 offsets of the queries and keys in this forward. We keep that rule and evaluate it one chunk of query rows at a
 time, so a 32k-token prompt never holds a 32k² mask. For rebuilding patterns later (numpy, no model), the rule is
-also described as causal / window back / window ahead, and each evaluated chunk is checked against that description.
+also described as causal / window back / window ahead / chunk, and each evaluated chunk (when recording) is checked
+against that description.
 """
 
 from __future__ import annotations
