@@ -1,6 +1,7 @@
 """Experts dock (mixture-of-experts models): tokens (columns) × MoE layers (rows), each cell coloured by the expert
-the router weighted most for that token; hovering a cell lists the k experts it chose and their weights, and the
-caption gives the selected layer's expert load over the sequence. Reads `trace.routing(layer)` (engine), which
+the router weighted most for that token; hovering a cell lists the k experts it chose and their weights. Below, the
+selected layer's expert load over the sequence (each expert's share of the choices up to each token, one line per
+expert in its colour), and the caption gives the whole sequence's shares. Reads `trace.routing(layer)` (engine), which
 holds exactly what the forward weighted the experts with."""
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def describe_choice(trace, layer: int, token: int) -> str:  # noqa: ANN001 - eng
     return f"layer {layer} · token {token} {trace.tokens[token]!r}: {chosen}"
 
 
+def running_share(trace, layer: int) -> np.ndarray:  # noqa: ANN001 - engine.Trace
+    """[experts, tokens]: each expert's share of all choices made up to and including each token."""
+    r = trace.routing(layer)
+    n = r.n_experts if r.n_experts is not None else int(r.experts.max(initial=-1)) + 1
+    counts = np.zeros((n, len(r.experts)), dtype=np.float64)
+    np.add.at(counts, (r.experts.T, np.arange(len(r.experts))[None, :].repeat(r.k, 0)), 1.0)
+    return np.cumsum(counts, axis=1) / (r.k * np.arange(1, len(r.experts) + 1))[None, :]
+
+
 def describe_load(trace, layer: int, top: int = 5) -> str:  # noqa: ANN001 - engine.Trace
     r = trace.routing(layer)
     load = r.load()
@@ -52,6 +62,7 @@ class ExpertsPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.layers: list[int] = []
+        self.load_share: np.ndarray | None = None  # [experts, tokens] drawn in the load plot
         self.graphics = pg.GraphicsLayoutWidget()
         self.plot = self.graphics.addPlot()
         self.plot.setMenuEnabled(False)
@@ -61,6 +72,15 @@ class ExpertsPanel(QWidget):
         self.plot.setLabel("left", "MoE layer")
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
+        self.graphics.nextRow()
+        self.load_plot = self.graphics.addPlot()  # the selected layer's load over the sequence
+        self.load_plot.setMenuEnabled(False)
+        self.load_plot.hideButtons()
+        self.load_plot.setLabel("left", "share")
+        self.load_plot.getAxis("left").enableAutoSIPrefix(False)  # shares, not "x0.001"
+        self.load_plot.setXLink(self.plot)
+        self.load_plot.setMaximumHeight(140)
+        self.load_lines: list = []
         self.caption = SteadyLabel()
         self.caption.setContentsMargins(4, 0, 4, 0)
         layout = QVBoxLayout(self)
@@ -77,6 +97,7 @@ class ExpertsPanel(QWidget):
         self.layers, rgb = top_expert_image(trace) if trace is not None else ([], None)
         if not self.layers:
             self.image.clear()
+            self._draw_load(None)
             self.caption.setText(EMPTY)
             return
         self.image.setImage(rgb, autoLevels=False)
@@ -89,10 +110,26 @@ class ExpertsPanel(QWidget):
             return None
         return self.state.layer if self.state.layer in self.layers else self.layers[0]
 
+    def _draw_load(self, share: np.ndarray | None) -> None:
+        """One line per expert (updated in place; lines added or hidden as the expert count changes)."""
+        n = 0 if share is None else share.shape[0]
+        while len(self.load_lines) < n:
+            color = PALETTE[len(self.load_lines) % len(PALETTE)]
+            self.load_lines.append(self.load_plot.plot(pen=pg.mkPen(tuple(int(c) for c in color), width=1.5)))
+        x = np.arange(share.shape[1]) + 0.5 if share is not None else None
+        for i, line in enumerate(self.load_lines):
+            if i < n:
+                line.setData(x, share[i])
+                line.show()
+            else:
+                line.hide()
+
     def _show_caption(self) -> None:
         trace, layer = self.state.trace, self._selected_layer()
         if trace is None or layer is None:
             return
+        self.load_share = running_share(trace, layer)
+        self._draw_load(self.load_share)
         head = (f"{len(self.layers)} MoE layers × {len(trace)} tokens, coloured by each token's top expert "
                 f"({trace.n_experts} experts) · ")
         self.caption.setText(head + describe_load(trace, layer))

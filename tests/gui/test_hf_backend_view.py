@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from tests.gui.conftest import open_model
@@ -95,3 +96,19 @@ def test_the_prompt_panels_engine_choice_opens_a_native_type_through_transformer
     panel.open_button.click()
     wait_idle(qtbot, window)
     assert window.state.model.backend == "native" and "transformers" not in panel.model_label.text()
+
+
+def test_the_experts_dock_plots_the_selected_layers_load(qtbot, window, checkpoints):
+    from gui.panels.experts import running_share
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    panel, trace = window.experts_panel, window.state.trace
+    share = panel.load_share
+    assert share.shape == (4, len(trace)) and share is not None
+    np.testing.assert_allclose(share.sum(0), 1.0, atol=1e-9)  # every token's k choices are counted once
+    r = trace.routing(0)
+    np.testing.assert_allclose(share[:, -1], r.load() / (r.k * len(trace)))
+    window.state.select(layer=1)
+    np.testing.assert_allclose(panel.load_share, running_share(trace, 1))
+    x, y = panel.load_lines[2].getData()
+    np.testing.assert_allclose(y, panel.load_share[2])
