@@ -36,6 +36,11 @@ def _common(p: argparse.ArgumentParser, sub: bool = False) -> None:
     p.add_argument("--device", default=d(None), help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
     p.add_argument("--dtype", default=d(None), choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)")
     p.add_argument("--allow-pickle", action="store_true", default=d(False), help="allow pytorch_model.bin (weights_only) checkpoints")
+    p.add_argument("--backend", default=d("auto"), choices=["auto", "native", "transformers"],
+                   help="auto: the native engine for the architectures it converts, transformers' own model classes "
+                        "for every other one it knows; or force one (default: auto)")
+    p.add_argument("--trust-remote-code", action="store_true", default=d(False),
+                   help="allow a checkpoint's own code (auto_map in config.json): its .py files run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", metavar="WxH", help="window size, e.g. 1366x768 (default: the last one used; "
                         "1400x900 for --screenshot)")
     parser.add_argument("--dock", metavar="NAME", help="bring a dock to the front: inside, attribution, embeddings "
-                        "(the \"Inside this head\" tabs), lens, stats")
+                        "(the \"Inside this head\" tabs), lens, stats, experts")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="store_true",
                         help="print the version (and torch's, without importing it; with -v also the default device) and exit")
@@ -66,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _session(args: argparse.Namespace):
     from engine import Session, load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle,
+                       backend=args.backend, trust_remote_code=args.trust_remote_code)
     if model.family == "encoder-decoder":
         source = args.source if args.source is not None else (args.prompt or "")
         prompt = args.prompt if args.source is not None else None

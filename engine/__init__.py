@@ -37,9 +37,13 @@ __all__ = [
 ]
 
 
-def load_model(source, device=None, dtype=None, allow_pickle: bool = False, progress=None, cancel=None):  # noqa: ANN001 - re-exported
+def load_model(source, device=None, dtype=None, allow_pickle: bool = False, progress=None, cancel=None,  # noqa: ANN001
+               backend: str = "auto", trust_remote_code: bool = False):
     """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model. `progress(fraction,
-    message)` is called as the weights are read; `cancel` (threading.Event or callable) raises LoadCancelled."""
+    message)` is called as the weights are read; `cancel` (threading.Event or callable) raises LoadCancelled.
+    backend: "auto" (native engine for its 16 model_types, transformers for every other), "native" or
+    "transformers"; trust_remote_code: allow a checkpoint's own code (auto_map)."""
     from .checkpoints import load_model as _load
 
-    return _load(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel)
+    return _load(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel,
+                 backend=backend, trust_remote_code=trust_remote_code)

@@ -15,7 +15,7 @@ import torch
 from .chunked_analysis import pattern_statistics_chunked
 from .errors import CaptureError, SessionError
 from .model import Model
-from .trace import Trace
+from .trace import Trace, capture_name
 
 WHOLE_PATTERN_BYTES = 256 * 1024 * 1024  # float64 copy of a layer's pattern beyond which statistics go by chunks
 STATISTICS = ("entropy", "prev_token", "induction", "sink", "distance")
@@ -96,18 +96,22 @@ def induction_scores(model: Model, periods: Sequence[int] = (8, 13, 21), seed: i
         source = ids[offset:offset + period] if model.family == "encoder-decoder" else None
         trace = model.run(ids, source=source) if source else model.run(ids)
         scores.append([induction_pattern_score(trace.attention(kind, layer), period, offset)
+                       if capture_name(kind, layer) not in trace.no_attention else np.full(model.n_heads, np.nan)
                        for layer in range(model.layers_by_kind[kind])])
     return np.mean(np.array(scores), axis=0)
 
 
 def head_statistics(model: Model, trace: Trace, induction: np.ndarray | None = None) -> list[HeadStat]:
-    """Statistics of every head of every kind on `trace`, plus the induction score of the main stack."""
+    """Statistics of every head of every kind on `trace`, plus the induction score of the main stack. Layers
+    without attention (hybrids' Mamba, convolution, linear-attention layers) have no heads: they are skipped."""
     if induction is None:
         induction = induction_scores(model)
     main_kind = "encoder" if model.family == "encoder" else "self"
     out = []
     for kind in trace.kinds:
         for layer in range(trace.n_layers[kind]):
+            if capture_name(kind, layer) in trace.no_attention:
+                continue
             heads, n_q, n_k = trace.attention_shape(kind, layer)
             if heads * n_q * n_k * 8 <= WHOLE_PATTERN_BYTES:
                 stats = pattern_statistics(trace.attention(kind, layer), causal=kind == "self")
@@ -127,7 +131,8 @@ def mean_of_heads(trace: Trace, kind: str, layer: int) -> np.ndarray:
 
 def rollout(trace: Trace, kind: str, upto: int | None = None) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema 2020): per layer 0.5·mean-of-heads + 0.5·I (the residual),
-    rows renormalised, multiplied through the layers. [queries, queries]; every row is a distribution."""
+    rows renormalised, multiplied through the layers. [queries, queries]; every row is a distribution.
+    Layers without attention (hybrids) are skipped: what their Mamba / convolution mixes is not a pattern."""
     if kind == "cross":
         raise CaptureError("rollout follows one stack's self-attention; choose 'self' or 'encoder'")
     n = trace.n_layers.get(kind, 0)
@@ -136,10 +141,14 @@ def rollout(trace: Trace, kind: str, upto: int | None = None) -> np.ndarray:
     upto = n - 1 if upto is None else upto
     result = None
     for layer in range(upto + 1):
+        if capture_name(kind, layer) in trace.no_attention:
+            continue
         a = trace.attention(kind, layer).mean(0).astype(np.float64)
         a = 0.5 * a + 0.5 * np.eye(a.shape[0], a.shape[1])
         a /= a.sum(-1, keepdims=True)
         result = a if result is None else a @ result
+    if result is None:
+        raise CaptureError(f"layers 0..{upto} have no attention to roll out")
     return result.astype(np.float32)
 
 

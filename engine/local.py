@@ -56,10 +56,12 @@ class LocalEngine:
         return {"host": platform.node(), "address": self.address, "app_version": app_version(), **engine_versions()}
 
     def load_model(self, source: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
-                   progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> Any:
+                   progress: Callable[[float, str], None] | None = None, cancel: Any = None, backend: str = "auto",
+                   trust_remote_code: bool = False) -> Any:
         from . import load_model
 
-        return load_model(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel)
+        return load_model(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel,
+                          backend=backend, trust_remote_code=trust_remote_code)
 
     def describe_source(self, source: str) -> tuple[str, int]:
         """(display name, bytes of its weight files) of what `source` names, without loading it; EngineError

@@ -39,6 +39,8 @@ class Forward:
 
 
 class Model:
+    backend = "native"  # which engine runs it: "native" (engine.network) or "transformers" (engine.hf_backend)
+
     def __init__(
         self,
         net: Transformer,

@@ -33,6 +33,25 @@ class ScoreRule:
     softcap: float | None = None
     window: int | None = None
     bias_by_offset: np.ndarray | None = None  # (heads, 2L - 1): relative-position bias for k - q = -(L-1) .. L-1
+    # keys `window_ahead` or more positions after the query are blocked (bidirectional local attention, ModernBERT)
+    window_ahead: int | None = None
+    chunk: int | None = None  # chunked attention (Llama 4): a query sees only keys in its own chunk of this many positions
+    # per-head sink logits (gpt-oss): an extra softmax term with no value, already inside each row's lse, so
+    # rows sum to 1 - exp(sink - lse)
+    sinks: np.ndarray | None = None
+
+    def blocked(self, qpos: np.ndarray, kpos: np.ndarray) -> np.ndarray:
+        """Which (query, key) positions the mask blocks, broadcast over qpos (n, 1) and kpos (1, m)."""
+        out = np.zeros(np.broadcast_shapes(qpos.shape, kpos.shape), dtype=bool)
+        if self.causal:
+            out |= kpos > qpos
+        if self.window is not None:
+            out |= kpos <= qpos - self.window
+        if self.window_ahead is not None:
+            out |= kpos >= qpos + self.window_ahead
+        if self.chunk is not None:
+            out |= kpos // self.chunk != qpos // self.chunk
+        return out
 
     def scores(self, q: np.ndarray, k: np.ndarray, head: int, q0: int, k0: int, scaled: bool = False) -> np.ndarray:
         """Scores (n, m) of query rows q (n, hs) at positions q0.. and keys k (m, hs) at positions k0..
@@ -53,6 +72,11 @@ class ScoreRule:
         if self.window is not None:  # keys `window` or more back: blocked for every row before a band
             w = self.window
             _block_band(s, q0, k0, lambda qp, kp: kp <= qp - w, q0 - w + 1 - k0, q0 + n - w + 1 - k0, "before")
+        if self.window_ahead is not None:  # keys `window_ahead` or more ahead: blocked for every row after a band
+            w = self.window_ahead
+            _block_band(s, q0, k0, lambda qp, kp: kp >= qp + w, q0 + w - k0, q0 + n - 1 + w - k0, "after")
+        if self.chunk is not None:  # rare (Llama 4): an elementwise test over the tile
+            s[np.broadcast_to(kpos // self.chunk != qpos // self.chunk, s.shape)] = -np.inf
         return s
 
 
@@ -224,13 +248,7 @@ class Rebuilt(PatternSource):
             ka[:, -1] = 1.0
             # query head j reads key/value head j // g: heads of one group are rows of one product
             s = np.matmul(qa.reshape(h // g, g * n, hs + 1), ka).reshape(h, n, k.shape[1])
-        blocked = np.zeros((n, k.shape[1]), dtype=bool)
-        qpos = np.arange(q0, q1)[:, None]
-        kpos = np.arange(k0, k1)[None, :]
-        if rule.causal:
-            blocked |= kpos > qpos
-        if rule.window is not None:
-            blocked |= kpos <= qpos - rule.window
+        blocked = rule.blocked(np.arange(q0, q1)[:, None], np.arange(k0, k1)[None, :])
         if blocked.any():
             s[:, blocked] = -np.inf
         return np.exp(s, out=s)

@@ -29,7 +29,7 @@ def session_state(session: Session, view: dict | None = None) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "model": {"name": model.name, "folder": str(model.folder) if model.folder else None,
-                  "model_type": model.config.model_type},
+                  "model_type": model.config.model_type, "backend": model.backend},
         "prompt_ids": session.prompt_ids,
         "source_ids": session.source_ids,
         # optional (files without them still read): the chat the prompt ids were rendered from
@@ -73,6 +73,13 @@ def model_reference(state: dict) -> str:
     m = state["model"]
     folder = m.get("folder")
     return folder if folder and Path(folder).is_dir() else m["name"]
+
+
+def load_options(state: dict) -> dict:
+    """Keywords for load_model that reopen the session's model the way it was opened (files without a backend
+    were written by the native engine's era: the default routing)."""
+    backend = state["model"].get("backend")
+    return {"backend": backend} if backend in ("native", "transformers") else {}
 
 
 def _parse_gates(state: dict) -> list[tuple[str, int, int, float]]:
@@ -148,6 +155,9 @@ def load_session(path: str | os.PathLike, loader: Callable[[str], Model] | None 
     """Read `path`, load its model (through `loader`, default engine.load_model) and replay it."""
     state = read_session_file(path)
     if loader is None:
-        from . import load_model as loader
+        from . import load_model
+
+        def loader(ref: str) -> Model:
+            return load_model(ref, **load_options(state))
     model = loader(model_reference(state))
     return restore_session(state, model), state.get("view", {})

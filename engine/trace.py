@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import CaptureError
 from .rebuild import PatternSource, QueryBlock, Rebuilt, ScoreRule, Stored, as_float32, block_keys
+from .routing import Routing, RoutingBlock, is_router_name, join_routing, router_name
 
 KINDS = ("encoder", "self", "cross")
 UNEMBED_SLAB = 8192  # vocabulary columns widened from bfloat16 at a time for lazy logit rows
@@ -122,6 +123,10 @@ class Trace:
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads with grouped-query attention
     rules: dict[str, ScoreRule] = field(default_factory=dict)  # capture name -> score rule (rebuilt points)
     keys: dict[str, np.ndarray] = field(default_factory=dict)  # capture name -> keys (kv heads, S, hs), else from blocks
+    n_experts: int | None = None  # experts per MoE layer (mixture-of-experts models); routing blocks under "*.router"
+    # capture name -> what the layer has instead of attention ("conv", "linear_attention", "mamba"): hybrids keep
+    # their true layer numbers, and these layers have no pattern
+    no_attention: dict[str, str] = field(default_factory=dict)
     _sources: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # name -> PatternSource, made once
 
     @property
@@ -152,6 +157,10 @@ class Trace:
         if not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
             raise CaptureError(f"layer {layer} does not exist for {kind!r} attention; layers are 0..{n - 1}")
         name = capture_name(kind, int(layer))
+        if name in self.no_attention:
+            have = [i for i in range(n) if capture_name(kind, i) not in self.no_attention]
+            raise CaptureError(f"layer {layer} has no attention (a {self.no_attention[name]} layer); the layers with "
+                               f"attention are {', '.join(map(str, have))}")
         if name not in self.blocks:
             raise CaptureError(f"the {kind} attention of layer {layer} was not recorded for this trace (the session ran "
                                "with capture=False, or with capture= naming other layers)")
@@ -252,6 +261,31 @@ class Trace:
             return src.tiles(int(query), int(query) + 1, 0, src.n_keys)[:, 0]
         raise CaptureError(f"query position {query} is outside 0..{len(self) - 1}")
 
+    def sink_share(self, kind: str, layer: int) -> np.ndarray | None:
+        """Per head and query row, the share of attention that went to the sink (gpt-oss): 1 − the row's sum
+        over the keys, float32 [heads, queries]; None where the layer has no sink. Exact and O(T): each row's
+        lse already holds the sink term, so the share is exp(sink − lse)."""
+        src = self._source(kind, layer)
+        if not isinstance(src, Rebuilt) or src.rule.sinks is None:
+            return None
+        sinks = src.rule.sinks.astype(np.float32)[:, None]
+        return np.concatenate([np.exp(sinks - b.lse) for b in src.blocks], axis=1).astype(np.float32, copy=False)
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """Layers whose routing this trace recorded (mixture-of-experts models), in order."""
+        return sorted(int(n.split(".")[1]) for n in self.blocks if is_router_name(n))
+
+    def routing(self, layer: int) -> Routing:
+        """The experts each token took in MoE layer `layer` and their weights, as the forward used them."""
+        stack = "encoder" if self.family == "encoder" else "decoder"
+        blocks = self.blocks.get(router_name(stack, int(layer)))
+        if not blocks:
+            moe = self.moe_layers
+            raise CaptureError(f"layer {layer} has no recorded expert routing; "
+                               + (f"MoE layers: {', '.join(map(str, moe))}" if moe else "this model has no mixture of experts"))
+        return join_routing(int(layer), blocks, self.n_experts)
+
     def patterns(self) -> dict[str, np.ndarray]:
         """Every pattern under its capture name."""
         return {capture_name(k, i): self.attention(k, i) for k in self.kinds for i in range(self.n_layers[k])}
@@ -281,5 +315,6 @@ class Trace:
     def nbytes(self) -> int:
         """Bytes kept for attention: stored pattern rows, or the queries, keys and row statistics that
         rebuild them (blocks shared with earlier traces counted once per trace)."""
-        total = sum(b.nbytes if isinstance(b, QueryBlock) else b.rows.nbytes for bs in self.blocks.values() for b in bs)
+        total = sum(b.nbytes if isinstance(b, (QueryBlock, RoutingBlock)) else b.rows.nbytes
+                    for bs in self.blocks.values() for b in bs)
         return total + sum(k.nbytes for k in self.keys.values())

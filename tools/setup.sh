@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv for Attention Inspector.  Usage: bash tools/setup.sh [--test]
-#   --test  also installs the test tools (pytest, pytest-qt, transformers, ruff, import-linter)
+#   --test  also installs the test tools (pytest, pytest-qt, ruff, import-linter); transformers is a runtime dependency
 # torch: with an NVIDIA GPU, pip picks the build for it from pyproject's open range; without one, torch is
 # pinned to 2.13.0, which on this project's machines is a CPU wheel on local disk (an open range here would
 # fetch a multi-GB CUDA build). Set TORCH_SPEC to choose yourself, e.g. TORCH_SPEC="torch==2.5.1".

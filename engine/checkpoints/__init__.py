@@ -34,7 +34,7 @@ from ..tokenizer import Tokenizer
 from .mapping import plan
 from .registry import CONVERTERS, SUPPORTED
 from .resolve import CachedModel, bundled_models, cached_model_infos, cached_models, resolve
-from .support import unsupported_model_type, unsupported_quantization
+from .support import native_refusal, unsupported_model_type, unsupported_quantization
 from .weights import WeightFiles, fill_piece, fill_whole, pieces
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,13 @@ def _converter(hf: dict, folder: Path):  # noqa: ANN202 - a mapping.Converter
     if why:
         raise UnsupportedArchitectureError(f"{folder / 'config.json'} has {why}")
     return CONVERTERS[hf["model_type"]]
+
+
+def _transformers_may_open(hf: dict) -> bool:
+    """Whether a config the native engine refuses goes to the transformers backend (which gives its own refusal:
+    remote code, unknown model_type, quantisation it cannot run). Only a config with no model_type at all
+    keeps the native refusal."""
+    return bool(hf.get("model_type")) or bool(hf.get("auto_map"))
 
 
 def _special_ids(cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
@@ -158,8 +165,14 @@ def load_model(
     allow_pickle: bool = False,
     progress: Progress | None = None,
     cancel: Cancel = None,
+    backend: str = "auto",
+    trust_remote_code: bool = False,
 ) -> Model:
     """A bundled model name, a checkpoint folder, or a Hugging Face cache id -> Model on `device`.
+
+    backend "auto": the native engine for the model_types it converts (unquantised), transformers' own model
+    classes (engine.hf_backend) for every other type transformers knows; "native" / "transformers" force one.
+    trust_remote_code: allow a checkpoint's own code (auto_map), which is refused otherwise.
 
     dtype None: the checkpoint's own dtype on CUDA; on the CPU float32 where it fits in RAM, else bfloat16
     (`model.dtype_reason` says which and why). `progress(fraction, message)` is called as bytes are read;
@@ -173,6 +186,16 @@ def load_model(
     meter.report(0.0, f"opening {name}")
     meter.check()
     hf = read_config(folder)
+    if backend not in ("auto", "native", "transformers"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'transformers', not {backend!r}")
+    if backend == "transformers" or (backend == "auto" and native_refusal(hf) is not None and _transformers_may_open(hf)):
+        from ..hf_backend import load_transformers_model
+
+        meter.report(0.0, f"opening {name} through transformers")
+        model = load_transformers_model(folder, name, hf, dev, dtype, trust_remote_code, _config_dtype(hf))
+        model.load_seconds = time.perf_counter() - t0
+        meter.report(1.0, f"{name} ready")
+        return model
     conv = _converter(hf, folder)
     tokenizer = Tokenizer.from_folder(folder)
     with WeightFiles(folder, allow_pickle=allow_pickle) as weights:

@@ -159,7 +159,7 @@ def _describe(repo) -> CachedModel:  # noqa: ANN001 - huggingface_hub.CachedRepo
         return CachedModel(repo.repo_id, path, revision.size_on_disk, None, False, f"config.json is unreadable ({exc})")
     model_type = hf.get("model_type") if isinstance(hf.get("model_type"), str) else None
     files = {Path(f.file_path).relative_to(path).as_posix() for f in revision.files}
-    why = refusal(hf)
+    why = refusal(hf, path)
     why = f"it has {why}" if why else _weights_problem(files)
     return CachedModel(repo.repo_id, path, revision.size_on_disk, model_type, why is None, why or "")
 

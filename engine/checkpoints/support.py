@@ -5,6 +5,8 @@ Shared by load_model (which raises) and the cache listing (which shows the reaso
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .registry import SUPPORTED
 
 # model_types of mixture-of-experts models in transformers (a router picks experts per token; our FFN is dense)
@@ -57,6 +59,17 @@ def unsupported_quantization(hf: dict) -> str | None:
             "open the original float16/bfloat16/float32 checkpoint")
 
 
-def refusal(hf: dict) -> str | None:
-    """The first reason this config cannot be opened, or None."""
+def native_refusal(hf: dict) -> str | None:
+    """The first reason the native engine cannot open this config, or None."""
     return unsupported_model_type(hf) or unsupported_quantization(hf)
+
+
+def refusal(hf: dict, folder: Path | None = None) -> str | None:
+    """The first reason neither backend can open this config, or None. A config the native engine refuses is
+    asked of the transformers backend (which imports transformers: call it off the GUI thread)."""
+    why = native_refusal(hf)
+    if why is None or not (hf.get("model_type") or hf.get("auto_map")):
+        return why
+    from ..hf_backend.support import refusal as transformers_refusal
+
+    return transformers_refusal(hf, folder or Path("."))

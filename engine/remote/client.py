@@ -133,9 +133,9 @@ class RemoteEngine:
 
     def load_model(self, source: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
                    progress: Callable[[float, str], None] | None = None, cancel: Any = None,
-                   capture_mode: str | None = None) -> RemoteModel:
+                   capture_mode: str | None = None, backend: str = "auto", trust_remote_code: bool = False) -> RemoteModel:
         args = {"source": str(source), "device": device, "dtype": dtype, "allow_pickle": allow_pickle,
-                "capture_mode": capture_mode}
+                "capture_mode": capture_mode, "backend": str(backend), "trust_remote_code": bool(trust_remote_code)}
         model = RemoteModel(self, args)
         model._open(progress, cancel)
         self._models.add(model)
@@ -310,6 +310,7 @@ class RemoteModel:
         self.max_positions, self.has_logits = d["max_positions"], d["has_logits"]
         self.no_logits_reason, self.dtype_reason = d["no_logits_reason"], d["dtype_reason"]
         self.rebuilds_patterns = d["rebuilds_patterns"]
+        self.backend = d.get("backend", "native")  # "transformers" when the server runs it through transformers
         self.config = RemoteConfig(**d["config"])
         self.tokenizer = RemoteTokenizer(self, d["tokenizer"])
         self.stop_ids = tuple(d["stop_ids"])

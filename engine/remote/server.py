@@ -264,7 +264,8 @@ class EngineServer:
     def _do_load(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         source = self.allowed_source(body["source"])
         model = self.local.load_model(source, device=body.get("device"), dtype=body.get("dtype"),
-                                      allow_pickle=bool(body.get("allow_pickle")),
+                                      allow_pickle=bool(body.get("allow_pickle")), backend=str(body.get("backend") or "auto"),
+                                      trust_remote_code=bool(body.get("trust_remote_code")),
                                       progress=lambda f, m: progress({"fraction": float(f), "message": str(m)}),
                                       cancel=cancel)
         if body.get("capture_mode"):
@@ -424,6 +425,7 @@ def describe_model(model: Any) -> dict:
         "dtype": str(model.dtype).replace("torch.", ""), "load_seconds": float(model.load_seconds or 0.0),
         "max_positions": model.max_positions, "has_logits": bool(model.has_logits), "no_logits_reason": model.no_logits_reason,
         "dtype_reason": str(getattr(model, "dtype_reason", "") or ""), "rebuilds_patterns": bool(model.rebuilds_patterns),
+        "backend": str(getattr(model, "backend", "native")),
         "config": {"vocab_size": cfg.vocab_size, "mask_token_id": cfg.mask_token_id, "model_type": cfg.model_type,
                    "eos_token_ids": tuple(cfg.eos_token_ids), "n_kv_heads": cfg.n_kv_heads, "family": cfg.family},
         "tokenizer": {"vocab": [tok.display(i) for i in range(cfg.vocab_size)],

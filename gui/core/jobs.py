@@ -95,14 +95,16 @@ def open_session(path: str) -> Callable:
     replay it. Damaged or foreign files raise SessionFileError; the old model and session stay."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.session_file import model_reference, read_session_file
+        from engine.session_file import load_options, model_reference, read_session_file
 
         state = read_session_file(path)
         ref = model_reference(state)
+        options = load_options(state)
         model = w.model
-        same = model is not None and ref in (model.name, str(model.folder) if model.folder else None)
+        same = (model is not None and ref in (model.name, str(model.folder) if model.folder else None)
+                and options.get("backend", model.backend) == model.backend)
         if not same:
-            model = w.engine.load_model(ref)
+            model = w.engine.load_model(ref, **options)
         session = w.engine.restore_session(state, model)
         w.adopt(model, session)
         return {"info": model_info(model, w.engine), "trace": session.trace, "view": state.get("view", {}) or {},

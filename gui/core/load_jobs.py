@@ -50,7 +50,8 @@ def format_size(n: int) -> str:
 
 
 def load_with_progress(engine: Any, source: str, device: str | None, dtype: str | None,
-                       report: Callable[[LoadProgress], None], cancel: threading.Event | None) -> Any:
+                       report: Callable[[LoadProgress], None], cancel: threading.Event | None,
+                       options: dict | None = None) -> Any:
     """engine.load_model with its progress turned into LoadProgress reports; raises LoadCancelled when
     `cancel` is set (the engine frees what it had allocated; a remote engine is told to stop)."""
     name, size = describe_source(source, engine)
@@ -59,7 +60,7 @@ def load_with_progress(engine: Any, source: str, device: str | None, dtype: str 
     def progress(fraction: float, message: str) -> None:
         report(LoadProgress(source, name, size, float(fraction), str(message)))
 
-    return engine.load_model(source, device=device, dtype=dtype, progress=progress, cancel=cancel)
+    return engine.load_model(source, device=device, dtype=dtype, progress=progress, cancel=cancel, **(options or {}))
 
 
 class CacheScanner(QObject):

@@ -52,6 +52,7 @@ class ModelInfo:
     dtype_reason: str = ""  # why this dtype ("float32 on the CPU (4.9 GB of weights, 21.4 GB free)")
     has_chat_template: bool = False  # the prompt panel offers chat mode
     stop_ids: tuple[int, ...] = ()  # ids whose choice ends a generation (eos, the template's end of turn)
+    backend: str = "native"  # which engine runs it: "native" or "transformers" (engine.hf_backend)
 
     @property
     def n_layers(self) -> int:
@@ -92,7 +93,8 @@ def model_info(model: Any, engine: Any) -> ModelInfo:
         max_positions=model.max_positions, has_logits=bool(model.has_logits),
         dtype_reason=str(getattr(model, "dtype_reason", "") or ""),
         has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
-        stop_ids=tuple(engine.stop_token_ids(model)) if model.family != "encoder" else ())
+        stop_ids=tuple(engine.stop_token_ids(model)) if model.family != "encoder" else (),
+        backend=str(getattr(model, "backend", "native")))
 
 
 class EngineWorker(QObject):
@@ -172,12 +174,13 @@ class EngineWorker(QObject):
                                "(buttons under the prompt).")
         return self.session
 
-    @Slot(int, str, object, object, object)
-    def load(self, rid: int, source: str, device: str | None, dtype: str | None, cancel: Any = None) -> None:
+    @Slot(int, str, object, object, object, object)
+    def load(self, rid: int, source: str, device: str | None, dtype: str | None, cancel: Any = None,
+             options: dict | None = None) -> None:
         def work() -> ModelInfo:
             # progress comes from this thread; `cancel` (a threading.Event) is set by the GUI thread
             model = load_with_progress(self.engine, source, device, dtype, lambda p: self.load_progress.emit(rid, p),
-                                       cancel)
+                                       cancel, options)
             # swap only after a successful load, so a broken folder leaves the old model usable
             self.adopt(model, None)
             info = model_info(model, self.engine)
@@ -305,7 +308,7 @@ class EngineClient(QObject):
     load_progress = Signal(object)  # LoadProgress of the newest load
 
     # queued into the worker thread
-    _load = Signal(int, str, object, object, object)
+    _load = Signal(int, str, object, object, object, object)
     _new_session = Signal(int, object)
     _set_sampling = Signal(int, object)
     _step = Signal(int, object)
@@ -375,10 +378,11 @@ class EngineClient(QObject):
         """A model is being opened: stepping now would act on a session that is about to go."""
         return "load" in self._pending.values()
 
-    def load(self, source: str, device: str | None = None, dtype: str | None = None) -> int:
+    def load(self, source: str, device: str | None = None, dtype: str | None = None, options: dict | None = None) -> int:
+        """`options`: more keywords for engine.load_model (backend, trust_remote_code)."""
         rid = self._issue("load")
         self._load_cancel = threading.Event()
-        self._load.emit(rid, source, device, dtype, self._load_cancel)
+        self._load.emit(rid, source, device, dtype, self._load_cancel, dict(options or {}))
         return rid
 
     def cancel_load(self) -> bool:

@@ -379,7 +379,8 @@ class AttentionView(QWidget):
         else:
             self._release_paint()
         head = override[1] if override is not None else "mean of heads" if s.mean_heads else f"head {s.head}"
-        self._title = f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}" + self._gate_note(trace)
+        self._title = (f"{kind_name(s.kind, s.model.family)} · layer {s.layer} · {head}" + self._gate_note(trace)
+                       + self._sink_note(trace, q))
         self._show_title()
         if self.row_plot_box.isChecked():
             self._draw_row()
@@ -407,6 +408,18 @@ class AttentionView(QWidget):
         self.key_box.setPen(pen)
         self.key_box.setRect(QRectF(k - 0.5, -0.5, 1, n_q))
         self.key_box.show()
+
+    def _sink_note(self, trace: object, row: int) -> str:
+        """" · sink 23% (row q), 18% mean" for models with attention sinks (gpt-oss): the share of each row that went
+        to the sink, which is why its weights sum to less than one. Empty for every other model."""
+        s = self.state
+        share = trace.sink_share(s.kind, s.layer) if hasattr(trace, "sink_share") else None
+        if share is None:
+            return ""
+        rows = share.mean(axis=0) if s.mean_heads else share[s.head]
+        if not 0 <= row < len(rows):
+            return ""
+        return f" · sink {rows[row]:.0%} (row {row}), {rows.mean():.0%} mean"
 
     @staticmethod
     def _shown(weights: np.ndarray, log_scale: bool, causal: bool, future: np.ndarray | None = None) -> tuple:

@@ -45,6 +45,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine import capture_name
+
 from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
 from ..rendering import colormaps, display
@@ -414,7 +416,7 @@ class HeadGrid(QWidget):
         groups = (f" · query heads share key/value heads in groups of {trace.kv_group} (dashed lines)"
                   if trace.kv_group > 1 else "")
         text = (f"{kind_name(kind, s.model.family)}: {n_layers} layers (rows) × {n_heads} heads"
-                + (f" · {n} tokens, max-pooled" if n > t else "") + groups)
+                + (f" · {n} tokens, max-pooled" if n > t else "") + groups + _no_attention_note(trace))
         self._show_atlas(kind, atlas, t, gap, n_layers, n_heads, trace.kv_group, text)
 
     # -- on screen ---------------------------------------------------------------------------------------
@@ -474,7 +476,11 @@ class HeadGrid(QWidget):
         if g > 1:
             kv = head // g
             text += f" · key/value head {kv} (shared by query heads {kv * g}–{kv * g + g - 1})"
-        if self.state.trace is not None and not ThumbnailPooler.captured(self.state.trace, self.state.kind, layer):
+        trace = self.state.trace
+        missing = getattr(trace, "no_attention", {}).get(capture_name(self.state.kind, layer)) if trace is not None else None
+        if missing:
+            text += f" · no attention (a {missing} layer)"
+        elif trace is not None and not ThumbnailPooler.captured(trace, self.state.kind, layer):
             text += " · not captured"
         values = self.statistic_values()
         if values is not None and layer < values.shape[0] and head < values.shape[1]:
@@ -538,3 +544,27 @@ class HeadGrid(QWidget):
         else:
             event.accept()  # a right-click on a cell is the listeners' (the ablation menu), not the plot's
         self.cell_clicked.emit(cell[0], cell[1], event.button(), event.modifiers())
+
+
+def _no_attention_note(trace) -> str:  # noqa: ANN001 - engine.Trace
+    """" · layers 0, 2: no attention (Mamba)" for hybrids, whose rows of those layers stay empty."""
+    missing = getattr(trace, "no_attention", None)
+    if not missing:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    for name, what in missing.items():
+        by_kind.setdefault(what, []).append(name.split(".")[1])
+    return "".join(f" · layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}: no attention ({what})"
+                   for what, ls in by_kind.items())
+
+
+def _no_attention_note(trace) -> str:  # noqa: ANN001 - engine.Trace
+    """" · layers 0, 2: no attention (Mamba)" for hybrids, whose rows of those layers stay empty."""
+    missing = getattr(trace, "no_attention", None)
+    if not missing:
+        return ""
+    by_kind: dict[str, list[str]] = {}
+    for name, what in missing.items():
+        by_kind.setdefault(what, []).append(name.split(".")[1])
+    return "".join(f" · layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}: no attention ({what})"
+                   for what, ls in by_kind.items())

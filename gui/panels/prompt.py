@@ -144,6 +144,12 @@ class PromptPanel(QWidget):
         for d in devices:
             self.device_box.addItem(d, d)
         self.device_box.setToolTip("Where the model runs; auto = CUDA when present, else CPU")
+        self.backend_box = QComboBox()
+        for text in ("auto", "native", "transformers"):
+            self.backend_box.addItem(text, text)
+        self.backend_box.setToolTip("Which engine opens the model: auto = our own (native) modules for the "
+                                    "architectures they cover, transformers' model classes for every other one; "
+                                    "or force one (takes effect on Open)")
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_box, 1)
         model_row.addWidget(self.browse_button)
@@ -151,10 +157,14 @@ class PromptPanel(QWidget):
         device_row.addWidget(QLabel("device"))
         device_row.addWidget(self.device_box, 1)
         device_row.addWidget(self.open_button)
+        engine_row = QHBoxLayout()  # its own row: beside the device it widened the dock (and the window's minimum)
+        engine_row.addWidget(QLabel("engine"))
+        engine_row.addWidget(self.backend_box, 1)
         model_group = QGroupBox("Model")
         mg = QVBoxLayout(model_group)
         mg.addLayout(model_row)
         mg.addLayout(device_row)
+        mg.addLayout(engine_row)
         self.model_label = QLabel("—")
         self.model_label.setWordWrap(True)
         self.model_label.setObjectName("caption")
@@ -574,6 +584,11 @@ class PromptPanel(QWidget):
     def device(self) -> str | None:
         return self.device_box.currentData()
 
+    def load_options(self) -> dict:
+        """More keywords for engine.load_model from the panel (the engine choice, where not auto)."""
+        backend = self.backend_box.currentData()
+        return {"backend": backend} if backend != "auto" else {}
+
     def set_device(self, device: str | None) -> None:
         i = self.device_box.findData(device)
         if i < 0 and device:
@@ -636,7 +651,8 @@ class PromptPanel(QWidget):
         params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
         layers = ", ".join(f"{k}: {n}" for k, n in info.layers_by_kind.items() if n)
         self.model_label.setText(f"{info.name} · {info.family} · {params} parameters · layers ({layers}) · "
-                                 f"{info.n_heads} heads · {info.device} {info.dtype}")
+                                 f"{info.n_heads} heads · {info.device} {info.dtype}"
+                                 + (" · through transformers" if info.backend == "transformers" else ""))
 
     def _sampling_changed(self) -> None:
         changes = dict(greedy=self.mode_box.currentText() == "greedy",

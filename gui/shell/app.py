@@ -98,8 +98,10 @@ def run_app(args: argparse.Namespace) -> int:
         window.apply_default_sizes()
     window.show()
     show_dock(window, getattr(args, "dock", None))
+    options = {"backend": getattr(args, "backend", "auto"), "trust_remote_code": getattr(args, "trust_remote_code", False)}
     window.open_model(args.model, device=args.device, dtype=getattr(args, "dtype", None),
-                      prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0))
+                      prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0),
+                      load_options={k: v for k, v in options.items() if v not in ("auto", False)})
     if not screenshot:
         # Ctrl+C in the terminal closes the window (saving its layout); the timer lets Python see the signal
         signal.signal(signal.SIGINT, lambda *_: window.close())

@@ -30,6 +30,7 @@ from ..core.state import InspectorState
 from ..core.worker import EngineClient, ModelInfo
 from ..panels.attention import AttentionView
 from ..panels.candidates import LogitsPanel
+from ..panels.experts import ExpertsPanel
 from ..panels.head_view import HeadView
 from ..panels.heads import HeadGrid
 from ..panels.prompt import PromptPanel
@@ -147,6 +148,9 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["heads"], self.docks["head_view"])
         # tabbed away it skips its redraws (a step at 1k tokens cost ~15 ms unseen); its tab coming back catches up
         self.docks["head_view"].visibilityChanged.connect(lambda on: on and self.head_view.catch_up())
+        self.experts_panel = ExpertsPanel(self.state)  # issue 26: the experts each token took (MoE models)
+        self.add_dock("experts", "Experts", self.experts_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.docks["head_view"], self.docks["experts"])
         self.docks["heads"].raise_()
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -161,7 +165,8 @@ class MainWindow(QMainWindow):
         self.client.trace_ready.connect(self._on_trace)
         self.client.error.connect(self._on_error)
         self.client.busy_changed.connect(self._on_busy)
-        self.prompt_panel.open_requested.connect(lambda src, dev: self.open_model(src, device=dev))
+        self.prompt_panel.open_requested.connect(
+            lambda src, dev: self.open_model(src, device=dev, load_options=self.prompt_panel.load_options()))
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
         self.token_strip.before_step = self.prompt_panel.flush_edits  # Step right after typing steps the new text
@@ -256,8 +261,10 @@ class MainWindow(QMainWindow):
 
     # -- opening models ------------------------------------------------------------------------------------
     def open_model(self, source: str, device: str | None = None, dtype: str | None = None,
-                   prompt: str | None = None, source_text: str | None = None, steps: int = 0) -> None:
-        """Load a model; then start a session (with these texts, else the family's example) and take `steps`."""
+                   prompt: str | None = None, source_text: str | None = None, steps: int = 0,
+                   load_options: dict | None = None) -> None:
+        """Load a model; then start a session (with these texts, else the family's example) and take `steps`.
+        `load_options`: more keywords for engine.load_model (backend, trust_remote_code)."""
         source = str(source)
         self._loading_source = source
         self._chain = ["session"] + (["run"] if steps > 0 else [])
@@ -267,7 +274,7 @@ class MainWindow(QMainWindow):
         if device:
             self.prompt_panel.set_device(device)
         self.loading.begin(source)
-        self.client.load(source, device, dtype)
+        self.client.load(source, device, dtype, load_options)
 
     def open_from_cache(self) -> None:
         """File → Open from cache…: the cached models listed in a thread, the openable ones marked."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine import Session, load_model
-from engine.errors import UnsupportedArchitectureError
+from engine.errors import CheckpointError, UnsupportedArchitectureError
 from tests import modern_factories
 
 transformers = pytest.importorskip("transformers")
@@ -115,7 +115,11 @@ def test_unsupported_rope_scaling_is_refused_by_name(tmp_path, rope):
         load_model(folder, device="cpu")
 
 
-def test_mixture_of_experts_is_refused(tmp_path):
+def test_mixture_of_experts_is_refused_natively_and_checked_by_transformers(tmp_path):
+    """The native engine refuses a MoE type by name; by default it goes to the transformers backend, which refuses
+    Llama weights under a Qwen3-MoE config before loading them (issue 26)."""
     folder = _edited(tmp_path, model_type="qwen3_moe", num_experts=8)
     with pytest.raises(UnsupportedArchitectureError, match="qwen3_moe"):
+        load_model(folder, device="cpu", backend="native")
+    with pytest.raises(CheckpointError, match="missing or truncated, or config.json belongs to another model"):
         load_model(folder, device="cpu")

@@ -1,0 +1,114 @@
+"""A model only the transformers backend opens, in the window: gpt-oss's attention sinks in the attention view's
+caption (its rows sum to less than one), a hybrid's layers without attention left out without an error."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tests.gui.conftest import open_model
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from tests.hf_factories import ARCHITECTURES
+
+    root = tmp_path_factory.mktemp("hf")
+    return {name: ARCHITECTURES[name](root / name) for name in ("gpt_oss", "qwen3_moe")}
+
+
+def test_the_attention_view_says_what_share_went_to_the_sink(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    view = window.attention_view
+    title = view.plot.titleLabel.text
+    m = re.search(r"sink (\d+)% \(row (\d+)\), (\d+)% mean", title)
+    assert m, title
+    trace = window.state.trace
+    share = trace.sink_share("self", 0)[0]
+    assert int(m.group(2)) == len(trace) - 1
+    assert abs(int(m.group(1)) - 100 * share[-1]) <= 0.5 and abs(int(m.group(3)) - 100 * share.mean()) <= 0.5
+
+
+def test_a_model_without_sinks_shows_no_sink_share(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    assert "sink" not in window.attention_view.plot.titleLabel.text
+
+
+def test_load_options_reach_the_engine(qtbot, window, tmp_path):
+    """--backend transformers (main.py) -> MainWindow.open_model(load_options=...) -> engine.load_model."""
+    from tests.modern_factories import llama
+
+    folder = llama(tmp_path / "llama")
+    open_model(qtbot, window, folder, load_options={"backend": "transformers"})
+    assert type(window.client.worker.model).__name__ == "HFModel"  # idle: reading it from here is safe
+    open_model(qtbot, window, folder)
+    assert type(window.client.worker.model).__name__ == "Model"
+
+
+def test_the_head_grid_names_a_hybrids_layers_without_attention(qtbot, window, tmp_path):
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["lfm2"](tmp_path / "lfm2"))
+    grid = window.head_grid
+    qtbot.waitUntil(lambda: "layers 0, 2: no attention (short convolution)" in grid.caption.text(), timeout=10_000)
+    assert "no attention (a short convolution layer)" in grid.describe_cell(0, 1)
+    assert "no attention" not in grid.describe_cell(1, 1)
+
+
+def test_the_experts_dock_colours_tokens_by_their_top_expert(qtbot, window, checkpoints):
+    from gui.panels.experts import PALETTE, describe_choice
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    panel, trace = window.experts_panel, window.state.trace
+    assert panel.layers == trace.moe_layers == [0, 1]
+    rgb = panel.image.image
+    assert rgb.shape == (2, len(trace), 3)
+    r = trace.routing(1)
+    assert (rgb[1] == PALETTE[r.top_expert % len(PALETTE)]).all()
+    assert "load" in panel.caption.text() and "4 experts" in panel.caption.text()
+    text = describe_choice(trace, 1, 0)
+    assert text.count("expert ") == r.k and f"expert {r.top_expert[0]} " in text
+
+
+def test_the_experts_dock_says_when_a_model_has_none(qtbot, window, tmp_path):
+    from tests.modern_factories import llama
+
+    open_model(qtbot, window, llama(tmp_path / "llama"))
+    assert window.experts_panel.layers == [] and "no mixture of experts" in window.experts_panel.caption.text()
+
+
+def test_the_prompt_panels_engine_choice_opens_a_native_type_through_transformers(qtbot, window, tmp_path):
+    from tests.gui.conftest import wait_idle
+    from tests.modern_factories import llama
+
+    folder = llama(tmp_path / "llama")
+    panel = window.prompt_panel
+    panel.model_box.setEditText(str(folder))
+    panel.backend_box.setCurrentIndex(panel.backend_box.findData("transformers"))
+    panel.open_button.click()
+    wait_idle(qtbot, window)
+    assert window.state.model.backend == "transformers" and "through transformers" in panel.model_label.text()
+    panel.backend_box.setCurrentIndex(panel.backend_box.findData("auto"))
+    panel.open_button.click()
+    wait_idle(qtbot, window)
+    assert window.state.model.backend == "native" and "transformers" not in panel.model_label.text()
+
+
+def test_the_experts_dock_plots_the_selected_layers_load(qtbot, window, checkpoints):
+    from gui.panels.experts import running_share
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    panel, trace = window.experts_panel, window.state.trace
+    share = panel.load_share
+    assert share.shape == (4, len(trace)) and share is not None
+    np.testing.assert_allclose(share.sum(0), 1.0, atol=1e-9)  # every token's k choices are counted once
+    r = trace.routing(0)
+    np.testing.assert_allclose(share[:, -1], r.load() / (r.k * len(trace)))
+    window.state.select(layer=1)
+    np.testing.assert_allclose(panel.load_share, running_share(trace, 1))
+    x, y = panel.load_lines[2].getData()
+    np.testing.assert_allclose(y, panel.load_share[2])
