@@ -123,6 +123,17 @@ class HFModel(Model):
         self._gate_values.clear()
         self._gate_tensors.clear()
 
+    # -- neuron gates: the MLP ablation of the native engine's modules, which transformers' experts and MLPs lack
+    def neuron_gates(self) -> dict[str, dict[int, float]]:
+        return {}
+
+    def clear_neuron_gates(self) -> None:
+        """Nothing to clear: no neuron is ever gated on this backend."""
+
+    def set_neuron_gate(self, layer: int, neuron: int, value: float, stack: str | None = None) -> None:
+        raise CaptureError(f"{self.name} runs on the transformers backend, where MLP neurons cannot be ablated yet; "
+                           "open a natively supported checkpoint for Inside the MLP")
+
     # -- forwards -----------------------------------------------------------------------------
     def _state(self, recorder: dict | None, cross_keys: bool = True) -> ForwardState:
         return ForwardState(self.attention_names, dict(self._gate_tensors), self._mask_shapes, recorder,

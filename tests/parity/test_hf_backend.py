@@ -191,6 +191,23 @@ def test_sink_share_is_one_minus_each_row_sum(tmp_path_factory):
     assert qwen.run(PROMPT).sink_share("self", 0) is None
 
 
+def test_neuron_ablation_is_refused_by_name_and_heads_still_step(tmp_path_factory):
+    """Neuron gates belong to the native engine's MLP modules: here they are empty, and asking for one says why
+    (a Session reads them on every step, so their absence must not break stepping)."""
+    model, _, _ = _pair("qwen3_moe", tmp_path_factory)
+    assert model.neuron_gates() == {}
+    with pytest.raises(CaptureError, match="transformers backend"):
+        model.set_neuron_gate(1, 0, 0.0)
+    model.clear_gates()
+    session = Session(model, PROMPT)
+    session.step()
+    model.set_head_gate("self", 1, 2, 0.0)
+    try:
+        assert session.trace.gates == {"decoder.1.attn": (1.0, 1.0, 0.0) + (1.0,) * (model.n_heads - 3)}
+    finally:
+        model.clear_gates()
+
+
 def test_modernbert_fills_masks_as_eager_predicts(tmp_path_factory):
     model, ref, _ = _pair("modernbert", tmp_path_factory)
     mask = model.config.mask_token_id
