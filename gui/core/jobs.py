@@ -70,7 +70,8 @@ def head_statistics(trace: Any) -> Callable:
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
-        key = (id(model), tuple(sorted(model.gates().items())))
+        neurons = tuple(sorted((name, tuple(sorted(g.items()))) for name, g in model.neuron_gates().items()))
+        key = (id(model), tuple(sorted(model.gates().items())), neurons)
         cached = w.cache.get("induction")
         if cached is None or cached[0] != key:  # one entry: the cache never keeps other gates' numbers
             cached = w.cache["induction"] = (key, w.engine.induction_scores(model))
