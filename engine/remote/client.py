@@ -268,15 +268,32 @@ class RemoteEngine:
                       "seed": s["seed"]}
         except (TypeError, ValueError, KeyError) as exc:
             raise SessionFileError(f"the session file is inconsistent or damaged: {exc!r}") from exc
-        model.clear_gates()
-        for kind, layer, head, value in gates:
-            model.set_head_gate(kind, layer, head, value)
-        for stack, layer, neuron, value in neuron_gates:
-            model.set_neuron_gate(layer, neuron, value, stack)
-        session = RemoteSession(model, state["prompt_ids"], source=state.get("source_ids"), **kwargs,
-                                _restore=(state.get("messages"), state.get("chat_options"), history))
+        previous, previous_neurons = model.gates(), model.neuron_gates()
+        try:
+            _set_gates(model, gates, neuron_gates)
+            session = RemoteSession(model, state["prompt_ids"], source=state.get("source_ids"), **kwargs,
+                                    _restore=(state.get("messages"), state.get("chat_options"), history))
+        except EngineGone:
+            raise  # nothing to put back on a server that is gone: a reconnect restores what the client holds
+        except Exception:
+            # as in-process: the model's gates as they were (the old session on screen goes on with them)
+            from ..trace import parse_capture_name
+
+            _set_gates(model, [(*parse_capture_name(n), h, v) for n, vs in previous.items() for h, v in enumerate(vs)],
+                       [(n.split(".")[0], int(n.split(".")[1]), j, v) for n, g in previous_neurons.items() for j, v in g.items()])
+            raise
         self._sessions.add(session)
         return session
+
+
+def _set_gates(model: RemoteModel, gates: Sequence[tuple], neuron_gates: Sequence[tuple]) -> None:
+    """All gates back to 1, then these: [(kind, layer, head, value)], [(stack, layer, neuron, value)]."""
+    model.clear_gates()
+    for kind, layer, head, value in gates:
+        if value != 1.0:
+            model.set_head_gate(kind, layer, head, value)
+    for stack, layer, neuron, value in neuron_gates:
+        model.set_neuron_gate(layer, neuron, value, stack)
 
 
 @dataclass(frozen=True)

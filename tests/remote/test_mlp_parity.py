@@ -179,3 +179,24 @@ def test_neuron_gates_go_into_session_files_and_through_a_reconnect(server, tmp_
         assert_same_trace(restored.trace, ls.trace)
     finally:
         eng.close()
+
+
+def test_a_session_file_that_does_not_fit_leaves_the_gates_as_they_were(eng, pair, tmp_path):
+    from engine.session_file import read_session_file, save_session
+
+    rm, _ = pair
+    try:
+        rm.set_head_gate("self", 0, 3, 0.0)
+        rm.set_neuron_gate(0, 9, 0.0)
+        path = save_session(eng.Session(rm, PROMPT), tmp_path / "s.aisession")
+        state = read_session_file(path)
+        state["neuron_gates"] = {"decoder.1.mlp": {"99999": 0.0}}
+        rm.clear_gates()
+        rm.set_head_gate("self", 1, 1, 0.5)
+        before = (rm.gates(), rm.neuron_gates())
+        with pytest.raises(CaptureError, match="neuron 99999 does not exist"):
+            eng.restore_session(state, rm)
+        assert (rm.gates(), rm.neuron_gates()) == before
+        assert rm.run(PROMPT).gates == before[0]  # and so are the server's
+    finally:
+        rm.clear_gates()
