@@ -38,6 +38,18 @@ def test_inside_mlp_and_patching_run_on_the_server(qtbot, window, tmp_path):  # 
         lt = lm.run(list(trace.token_ids))
         pos = len(trace) - 1
 
+        # nothing below may wait on the network in the GUI thread
+        conn = win.client.engine.conn
+        in_gui_thread: list[str] = []
+        real_call = conn.call
+
+        def call(op, *args, **kw):  # noqa: ANN001, ANN202
+            if threading.current_thread() is threading.main_thread():
+                in_gui_thread.append(op)
+            return real_call(op, *args, **kw)
+
+        conn.call = call
+
         # the dock: the server's neurons
         win.state.select(layer=1, query=pos)
         win.registry.actions["analysis.inside_mlp"].trigger()
@@ -95,6 +107,7 @@ def test_inside_mlp_and_patching_run_on_the_server(qtbot, window, tmp_path):  # 
         idle(qtbot, win)
         assert np.isnan(p.sweep.patched).all() and "Cancelled" in p.sweep_caption.text()
         assert win.errors[n_errors:] == []
+        assert in_gui_thread == []
         dlg.close()
     finally:
         win.client.call("engine", use_this_computer())
