@@ -130,6 +130,33 @@ class LocalEngine:
 
         return positions_view(model)
 
+    def mlp_neurons(self, model: Any, trace: Any, layer: int, position: int, token_id: int | None = None, k: int = 20,
+                    rank_by: str = "write", stack: str | None = None, include: Any = ()) -> Any:
+        from .explain import mlp_neurons
+
+        return mlp_neurons(model, trace, layer, position, token_id, k, rank_by, stack=stack, include=tuple(include))
+
+    def residual_stream(self, model: Any, trace: Any, position: int, token_id: int | None = None) -> Any:
+        from .explain import residual_stream
+
+        return residual_stream(model, trace, position, token_id)
+
+    def patch(self, model: Any, clean: Any, corrupt: Any, component: Any, positions: Any = None, align: str = "end",
+              position: int | None = None, capture: bool = True, split: int | None = None) -> Any:
+        from .patching import patch
+
+        return patch(model, clean, corrupt, component, positions=positions, align=align, position=position,
+                     capture=capture, split=split)
+
+    def patch_sweep(self, model: Any, clean: Any, corrupt: Any, token_a: int, token_b: int | None = None,
+                    kind: str = "self", align: str = "end", position: int | None = None, positions: Any = None,
+                    progress: Callable[[int, int], None] | None = None, cancel: Any = None,
+                    batch: int | None = None) -> Any:
+        from .patching import patch_sweep
+
+        return patch_sweep(model, clean, corrupt, token_a, token_b, kind=kind, align=align, position=position,
+                           positions=positions, progress=progress, cancel=cancel, batch=batch)
+
     def restore_session(self, state: dict, model: Any) -> Any:
         from .session_file import restore_session
 

@@ -201,25 +201,99 @@ class RemoteEngine:
     def positions_view(self, model: RemoteModel) -> dict:
         return self._analysis("positions_view", model, None)
 
+    def mlp_neurons(self, model: RemoteModel, trace: Any, layer: int, position: int, token_id: int | None = None,
+                    k: int = 20, rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> Any:
+        return self._analysis("mlp_neurons", model, trace, int(layer), int(position),
+                              None if token_id is None else int(token_id), int(k), rank_by, stack,
+                              include=[int(j) for j in include])
+
+    def residual_stream(self, model: RemoteModel, trace: Any, position: int, token_id: int | None = None) -> Any:
+        return self._analysis("residual_stream", model, trace, int(position), None if token_id is None else int(token_id))
+
+    def _prompt_ref(self, x: Any, what: str) -> Any:
+        """A patching prompt for the wire: a trace by its id on the server; text or ids as they are."""
+        if isinstance(x, RemoteTrace):
+            remote = getattr(x, "remote", None)
+            if remote is None or remote[0] is not self:
+                raise EngineError(f"the {what} trace was not made by this remote engine; step or run again")
+            return {"trace": remote[1]}
+        if hasattr(x, "token_ids"):  # a Trace of this process: its ids mean the same on the server
+            raise EngineError(f"the {what} trace was made in this process, not by the remote engine; run it there")
+        return _plain(x)
+
+    def patch(self, model: RemoteModel, clean: Any, corrupt: Any, component: Any, positions: Sequence[int] | None = None,
+              align: str = "end", position: int | None = None, capture: bool = True, split: int | None = None) -> Any:
+        """As engine.patching.patch, run on the server; the patched run's Trace (capture) comes mirrored."""
+        import dataclasses
+
+        body = {"model": model.handle, "clean": self._prompt_ref(clean, "clean"), "corrupt": self._prompt_ref(corrupt, "corrupt"),
+                "component": list(component) if isinstance(component, (list, tuple)) else component,
+                "kwargs": {"positions": None if positions is None else [int(p) for p in positions], "align": align,
+                           "position": None if position is None else int(position), "capture": bool(capture),
+                           "split": None if split is None else int(split)}}
+        answer = self.call("patch", body)
+        result = answer["result"]
+        if "delta" in answer:
+            result = dataclasses.replace(result, trace=TraceMirror(self.fetch_logits, self).apply(answer))
+        return result
+
+    def patch_sweep(self, model: RemoteModel, clean: Any, corrupt: Any, token_a: int, token_b: int | None = None,
+                    kind: str = "self", align: str = "end", position: int | None = None,
+                    positions: Sequence[int] | None = None, progress: Callable[[int, int], None] | None = None,
+                    cancel: Any = None, batch: int | None = None) -> Any:
+        """As engine.patching.patch_sweep, run on the server: `progress(done, total)` is called (from the link's
+        thread) as the server's reports arrive; `cancel` (an Event or a callable) stops it between forwards there,
+        and the partial result comes back with cancelled=True."""
+        # cancelled before it is sent: the server returns at once what a cancelled sweep returns (nothing computed)
+        early = cancel is not None and bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+        body = {"model": model.handle, "clean": self._prompt_ref(clean, "clean"), "corrupt": self._prompt_ref(corrupt, "corrupt"),
+                "args": [int(token_a), None if token_b is None else int(token_b)],
+                "kwargs": {"kind": kind, "align": align, "position": None if position is None else int(position),
+                           "positions": None if positions is None else [int(p) for p in positions],
+                           "batch": None if batch is None else int(batch)}, "cancelled": early}
+        report = (lambda p: progress(int(p[0]), int(p[1]))) if progress is not None else None
+        return self.call("patch_sweep", body, progress=report, cancel=cancel)
+
     def restore_session(self, state: dict, model: RemoteModel) -> RemoteSession:
-        """A saved session (engine.session_file's state) put back on the server: gates, prompt ids, history."""
-        from ..session_file import SessionFileError, _parse_gates
+        """A saved session (engine.session_file's state) put back on the server: gates, neuron gates, prompt
+        ids, history."""
+        from ..session_file import SessionFileError, _parse_gates, _parse_neuron_gates
 
         try:
             gates = _parse_gates(state)
+            neuron_gates = _parse_neuron_gates(state)
             history = [tuple(e) for e in state["history"]]
             s = state["settings"]
             kwargs = {"temperature": s["temperature"], "top_k": s["top_k"], "top_p": s["top_p"], "greedy": s["greedy"],
                       "seed": s["seed"]}
         except (TypeError, ValueError, KeyError) as exc:
             raise SessionFileError(f"the session file is inconsistent or damaged: {exc!r}") from exc
-        model.clear_gates()
-        for kind, layer, head, value in gates:
-            model.set_head_gate(kind, layer, head, value)
-        session = RemoteSession(model, state["prompt_ids"], source=state.get("source_ids"), **kwargs,
-                                _restore=(state.get("messages"), state.get("chat_options"), history))
+        previous, previous_neurons = model.gates(), model.neuron_gates()
+        try:
+            _set_gates(model, gates, neuron_gates)
+            session = RemoteSession(model, state["prompt_ids"], source=state.get("source_ids"), **kwargs,
+                                    _restore=(state.get("messages"), state.get("chat_options"), history))
+        except EngineGone:
+            raise  # nothing to put back on a server that is gone: a reconnect restores what the client holds
+        except Exception:
+            # as in-process: the model's gates as they were (the old session on screen goes on with them)
+            from ..trace import parse_capture_name
+
+            _set_gates(model, [(*parse_capture_name(n), h, v) for n, vs in previous.items() for h, v in enumerate(vs)],
+                       [(n.split(".")[0], int(n.split(".")[1]), j, v) for n, g in previous_neurons.items() for j, v in g.items()])
+            raise
         self._sessions.add(session)
         return session
+
+
+def _set_gates(model: RemoteModel, gates: Sequence[tuple], neuron_gates: Sequence[tuple]) -> None:
+    """All gates back to 1, then these: [(kind, layer, head, value)], [(stack, layer, neuron, value)]."""
+    model.clear_gates()
+    for kind, layer, head, value in gates:
+        if value != 1.0:
+            model.set_head_gate(kind, layer, head, value)
+    for stack, layer, neuron, value in neuron_gates:
+        model.set_neuron_gate(layer, neuron, value, stack)
 
 
 @dataclass(frozen=True)
@@ -283,6 +357,7 @@ class RemoteModel:
         self._load_args = load_args
         self.handle = 0
         self._gates: dict[str, tuple[float, ...]] = {}
+        self._neuron_gates: dict[str, dict[int, float]] = {}  # "decoder.3.mlp" -> {neuron: gate != 1}
         self.gate_version = 0  # bumped when gates change: sessions fetch their recomputed trace then
 
     def _open(self, progress: Callable[[float, str], None] | None, cancel: Any) -> None:
@@ -292,15 +367,19 @@ class RemoteModel:
         self._describe(answer["desc"])
 
     def _reopen(self) -> None:
-        gates = dict(self._gates)
+        from ..trace import parse_capture_name
+
+        gates, neuron_gates = dict(self._gates), self.neuron_gates()
         self._open(None, None)
         for name, values in gates.items():
-            from ..trace import parse_capture_name
-
             kind, layer = parse_capture_name(name)
             for head, value in enumerate(values):
                 if value != 1.0:
                     self._gate("set_head_gate", kind, layer, head, value)
+        for name, values in neuron_gates.items():
+            stack, layer, _ = name.split(".")
+            for neuron, value in values.items():
+                self._gate("set_neuron_gate", int(layer), int(neuron), float(value), stack)
 
     def _describe(self, d: dict) -> None:
         self.name, self.folder, self.family = d["name"], d["folder"], d["family"]
@@ -315,23 +394,42 @@ class RemoteModel:
         self.tokenizer = RemoteTokenizer(self, d["tokenizer"])
         self.stop_ids = tuple(d["stop_ids"])
         self._gates = dict(d["gates"])
+        self._neuron_gates = {k: dict(v) for k, v in d["neuron_gates"].items()}
 
     def __repr__(self) -> str:
         return f"RemoteModel({self.name!r}, {self.family}, on {self.device} at {self.engine.address})"
 
-    # -- head gates ----------------------------------------------------------------------------
+    # -- head and neuron gates -----------------------------------------------------------------
     def _gate(self, method: str, *args: Any) -> None:
-        self._gates = dict(self.engine.call("model", {"model": self.handle, "method": method, "args": list(args)}))
+        """Change gates on the server; its answer is every gate now (kept here: gates() asks nothing)."""
+        answer = self.engine.call("model", {"model": self.handle, "method": method, "args": list(args)})
+        self._gates = dict(answer["gates"])
+        self._neuron_gates = {k: dict(v) for k, v in answer["neuron_gates"].items()}
         self.gate_version += 1
 
     def set_head_gate(self, kind: str, layer: int, head: int, value: float) -> None:
         self._gate("set_head_gate", kind, int(layer), int(head), float(value))
 
     def clear_gates(self) -> None:
+        """Every head gate and every neuron gate back to 1 (as engine.Model.clear_gates)."""
         self._gate("clear_gates")
 
     def gates(self) -> dict[str, tuple[float, ...]]:
         return dict(self._gates)
+
+    @property
+    def main_stack(self) -> str:
+        """"decoder", or "encoder" for an encoder-only model (as engine.Model.main_stack)."""
+        return "encoder" if self.family == "encoder" else "decoder"
+
+    def set_neuron_gate(self, layer: int, neuron: int, value: float, stack: str | None = None) -> None:
+        self._gate("set_neuron_gate", int(layer), int(neuron), float(value), stack or self.main_stack)
+
+    def neuron_gates(self) -> dict[str, dict[int, float]]:
+        return {name: dict(v) for name, v in self._neuron_gates.items()}
+
+    def clear_neuron_gates(self) -> None:
+        self._gate("clear_neuron_gates")
 
     # -- one full forward ------------------------------------------------------------------------
     def run(self, text_or_ids: str | Sequence[int] | None, source: str | Sequence[int] | None = None) -> RemoteTrace:

@@ -71,6 +71,7 @@ class TraceSender:
         out["steps"] = (keep, list(trace.steps[keep:]))
         self.steps = list(trace.steps)
         out["gates"] = {k: tuple(v) for k, v in trace.gates.items()}
+        out["neuron_gates"] = {k: dict(v) for k, v in trace.neuron_gates.items()}
         blocks = {}
         for name, bs in trace.blocks.items():
             old = self.blocks.get(name, [])

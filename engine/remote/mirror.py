@@ -63,6 +63,7 @@ class TraceMirror:
     steps: list = field(default_factory=list)
     n_prompt: int = 0
     gates: dict = field(default_factory=dict)
+    neuron_gates: dict = field(default_factory=dict)
     blocks: dict = field(default_factory=dict)
     rules: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)  # name -> KeyArena
@@ -84,6 +85,7 @@ class TraceMirror:
         del self.steps[keep:]
         self.steps += steps
         self.gates = d["gates"]
+        self.neuron_gates = d["neuron_gates"]
         for name in d["dropped"]:
             self.blocks.pop(name, None)
         for name, (keep, new) in d["blocks"].items():
@@ -107,6 +109,7 @@ class TraceMirror:
             logit_rows=tuple(self.logits) if s["has_logits"] else None,
             source_ids=s["source_ids"], source_tokens=s["source_tokens"], source_special=s["source_special"],
             steps=tuple(self.steps), gates=dict(self.gates),
+            neuron_gates={k: dict(v) for k, v in self.neuron_gates.items()},
             rules={k: r for k, r in self.rules.items() if k in self.blocks},
             keys={k: a.view() for k, a in self.keys.items() if a.length},
             remote=(self.engine, answer["tid"], sender))

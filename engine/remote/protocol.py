@@ -25,8 +25,9 @@ from ..errors import EngineError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1  # bump whenever a message's meaning changes; the handshake refuses any other
-CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates")
+PROTOCOL_VERSION = 2  # bump whenever a message's meaning changes; the handshake refuses any other
+CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates",
+                "neuron-gates", "mlp", "patching")
 ALLOWED_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split())
 
 
@@ -54,13 +55,15 @@ class BadMessage(RemoteEngineError):
 def _dataclasses() -> dict[str, type]:
     from ..analysis import HeadStat
     from ..checkpoints.resolve import CachedModel
-    from ..explain import Attribution, InsideHead
+    from ..explain import Attribution, InsideHead, LayerWrites, MlpNeurons, Neuron
+    from ..patching import Component, PatchResult, SweepResult
     from ..rebuild import QueryBlock, ScoreRule
     from ..sampling import SamplingSettings
     from ..trace import PatternBlock, StepInfo
 
     return {c.__name__: c for c in (StepInfo, PatternBlock, QueryBlock, ScoreRule, HeadStat, InsideHead, Attribution,
-                                    CachedModel, SamplingSettings)}
+                                    CachedModel, SamplingSettings, Neuron, LayerWrites, MlpNeurons, Component,
+                                    PatchResult, SweepResult)}
 
 
 _REGISTRY: dict[str, type] | None = None

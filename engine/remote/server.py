@@ -9,6 +9,7 @@ ever used by one thread, as ZeroMQ requires.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import platform
@@ -32,8 +33,11 @@ SESSION_METHODS = frozenset({"step", "back", "branch", "mask", "set_sampling", "
                              "reply"})
 TOKENIZER_METHODS = frozenset({"encode", "decode", "token_strings", "render_chat", "apply_chat_template", "display"})
 ANALYSES = frozenset({"logit_lens", "head_statistics", "induction_scores", "inside_head", "attribute", "nearest_tokens",
-                      "positions_view"})
+                      "positions_view", "mlp_neurons", "residual_stream"})
+MODEL_METHODS = frozenset({"set_head_gate", "clear_gates", "gates", "set_neuron_gate", "clear_neuron_gates", "neuron_gates",
+                           "stop_token_ids", "end_of_turn_ids"})
 FAST_OPS = frozenset({"hello", "ping", "cancel", "logits"})
+PARTIAL_WHEN_CANCELLED = frozenset({"patch_sweep"})  # a cancelled one answers what it computed (nothing yet), as in-process
 
 
 def base_version(version: str) -> str:
@@ -185,7 +189,7 @@ class EngineServer:
                     continue
                 cancel = self._cancels.get(rid)
                 try:
-                    if cancel is not None and cancel.is_set():
+                    if cancel is not None and cancel.is_set() and op not in PARTIAL_WHEN_CANCELLED:
                         raise (LoadCancelled if op == "load" else EngineError)("cancelled before it started")
                     handler = getattr(self, f"_do_{op}", None)
                     if handler is None:
@@ -306,12 +310,12 @@ class EngineServer:
 
     def _do_model(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
         model, method = self._model(body["model"]), body["method"]
-        if method not in ("set_head_gate", "clear_gates", "gates", "stop_token_ids", "end_of_turn_ids"):
+        if method not in MODEL_METHODS:
             raise EngineError(f"no model method {method!r} over the wire")
         if method == "stop_token_ids":
             return tuple(self.local.stop_token_ids(model))
         getattr(model, method)(*body.get("args", ()))
-        return model.gates()
+        return {"gates": model.gates(), "neuron_gates": model.neuron_gates()}
 
     def _do_tokenizer(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
         method = body["method"]
@@ -322,12 +326,17 @@ class EngineServer:
     def _do_run(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         model = self._model(body["model"])
         trace = model.run(body.get("prompt"), source=body.get("source"))
-        sid = -self._next()  # a one-off trace's sender, kept as long as analyses may name it
-        sender = self.senders[sid] = TraceSender()
+        sid = self._one_off_sender()
+        return self._trace_answer(trace, self.senders[sid], sid)
+
+    def _one_off_sender(self) -> int:
+        """A one-off trace's sender (a run's, a patched run's), kept as long as analyses may name it."""
+        sid = -self._next()
+        self.senders[sid] = TraceSender()
         runs = [k for k in self.senders if k < 0]
         for k in runs[:-TRACES_KEPT]:
             del self.senders[k]
-        return self._trace_answer(trace, sender, sid)
+        return sid
 
     def _do_session_new(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         model = self._model(body["model"])
@@ -368,6 +377,19 @@ class EngineServer:
             return answer
         return {**answer, **self._trace_answer(session.trace, sender, handle), **frontier_row(session, body)}
 
+    def _trace(self, tid: int) -> Any:
+        trace = self.traces.get(tid)
+        if trace is None:
+            raise SessionError(f"that trace is no longer held by the server (it keeps the latest {TRACES_KEPT}); "
+                               "step or run again")
+        return trace
+
+    def _prompt_arg(self, value: Any) -> Any:
+        """A patching prompt as the client sent it: {"trace": id} names a trace held here, else text or ids."""
+        if isinstance(value, dict):
+            return self._trace(value["trace"])
+        return value
+
     def _do_analysis(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
         fn = body["fn"]
         if fn not in ANALYSES:
@@ -375,12 +397,31 @@ class EngineServer:
         model = self._model(body["model"])
         args = list(body.get("args", ()))
         if "trace" in body:
-            trace = self.traces.get(body["trace"])
-            if trace is None:
-                raise SessionError("that trace is no longer held by the server (it keeps the latest "
-                                   f"{TRACES_KEPT}); step or run again")
-            args.insert(0, trace)
+            args.insert(0, self._trace(body["trace"]))
         return getattr(self.local, fn)(model, *args, **body.get("kwargs", {}))
+
+    def _do_patch(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
+        """One patched run; with capture, its Trace comes as a one-off trace's delta (as a run's) and the
+        PatchResult without it (a Trace is no record type: it crosses as blocks)."""
+        model = self._model(body["model"])
+        kw = dict(body.get("kwargs", {}))
+        result = self.local.patch(model, self._prompt_arg(body["clean"]), self._prompt_arg(body["corrupt"]),
+                                  body["component"], **kw)
+        answer: dict[str, Any] = {"result": dataclasses.replace(result, trace=None)}
+        if result.trace is not None:
+            sid = self._one_off_sender()
+            answer.update(self._trace_answer(result.trace, self.senders[sid], sid))
+        return answer
+
+    def _do_patch_sweep(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
+        """The layer x head sweep; progress reports (done, total) after each forward; a cancel stops it
+        between forwards (the partial result comes back, cancelled=True), as in-process."""
+        model = self._model(body["model"])
+        if body.get("cancelled") and cancel is not None:
+            cancel.set()
+        return self.local.patch_sweep(model, self._prompt_arg(body["clean"]), self._prompt_arg(body["corrupt"]),
+                                      *body.get("args", ()), progress=lambda done, total: progress([done, total]),
+                                      cancel=cancel, **body.get("kwargs", {}))
 
 
 def frontier_row(session: Any, body: dict) -> dict:
@@ -432,6 +473,7 @@ def describe_model(model: Any) -> dict:
                       "special_ids": sorted(int(i) for i in tok.special_ids),
                       "has_chat_template": bool(tok.has_chat_template), "end_of_turn_ids": tuple(tok.end_of_turn_ids())},
         "gates": model.gates(),
+        "neuron_gates": model.neuron_gates(),
         "stop_ids": tuple(stop_token_ids(model)) if model.family != "encoder" else (),
     }
 

@@ -70,7 +70,8 @@ def head_statistics(trace: Any) -> Callable:
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
-        key = (id(model), tuple(sorted(model.gates().items())))
+        neurons = tuple(sorted((name, tuple(sorted(g.items()))) for name, g in model.neuron_gates().items()))
+        key = (id(model), tuple(sorted(model.gates().items())), neurons)
         cached = w.cache.get("induction")
         if cached is None or cached[0] != key:  # one entry: the cache never keeps other gates' numbers
             cached = w.cache["induction"] = (key, w.engine.induction_scores(model))
@@ -205,21 +206,20 @@ def ungated_logits(trace: Any, position: int) -> Callable:
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
-        saved = model.gates()
-        for name, values in saved.items():  # head gates only: clear_gates() would drop the neuron ablations too
-            kind, layer = parse_capture_name(name)
-            for head in range(len(values)):
-                model.set_head_gate(kind, layer, head, 1.0)
+        # head gates only (clear_gates() would drop the neuron ablations too), and only those not at 1: with a
+        # remote engine each change is a round trip
+        closed = [(*parse_capture_name(name), head, value) for name, values in model.gates().items()
+                  for head, value in enumerate(values) if value != 1.0]
+        for kind, layer, head, _ in closed:
+            model.set_head_gate(kind, layer, head, 1.0)
         try:
             if trace.family == "encoder-decoder":
                 base = model.run(list(trace.token_ids), source=list(trace.source_ids))
             else:
                 base = model.run(list(trace.token_ids))
         finally:
-            for name, values in saved.items():
-                kind, layer = parse_capture_name(name)
-                for head, value in enumerate(values):
-                    model.set_head_gate(kind, layer, head, value)
+            for kind, layer, head, value in closed:
+                model.set_head_gate(kind, layer, head, value)
         return {"trace": trace, "position": position, "logits": base.logits_at(position)}
 
     return fn

@@ -1,5 +1,6 @@
 """Jobs behind the "Inside the MLP" dock and the Patch tab of the compare dialog (engine.explain.mlp_neurons,
 engine.patching): one MLP's neurons at one position, neuron gates, one patch, and the layer x head patching sweep.
+Everything goes through the worker's engine (`w.engine.*`, in this process or remote) and the model it opened.
 
 Each function returns `fn(worker)` for EngineClient.call(op, fn) and runs in the worker thread; answers carry
 the trace they were asked about, so a panel drops answers for a trace no longer on screen. An explanation the
@@ -26,14 +27,12 @@ def mlp_neurons(trace: Any, layer: int, position: int, token_id: int | None, ran
     (and the neurons in `include`, e.g. the ablated ones, whatever their rank)."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.explain import mlp_neurons as explain
-
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
         key = (layer, position, token_id, rank_by, k)
         try:
-            result = explain(model, trace, layer, position, token_id, k, rank_by, include=tuple(include))
+            result = w.engine.mlp_neurons(model, trace, layer, position, token_id, k, rank_by, include=tuple(include))
             return {"trace": trace, "key": key, "neurons": result}
         except CaptureError as exc:
             return {"trace": trace, "key": key, "error": str(exc)}
@@ -81,12 +80,10 @@ def patch(trace: Any, prompt: str, source: str | None, component: str, align: st
     """Run the trace on screen with `component` taken from the second prompt; -> {"trace", "patch", "other"}."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.patching import patch as run_patch
-
         model = _clean(w, trace)
         other = _corrupt(model, prompt, source)
         try:
-            result = run_patch(model, trace, other, component, align=align, capture=False)
+            result = w.engine.patch(model, trace, other, component, align=align, capture=False)
         except CaptureError as exc:
             return {"trace": trace, "error": str(exc), "other": other}
         return {"trace": trace, "patch": result, "other": other}
@@ -100,12 +97,11 @@ def patch_sweep(trace: Any, prompt: str, source: str | None, kind: str, token_a:
     called from the worker thread (a queued signal's emit); `cancel` is set by the GUI thread."""
 
     def fn(w: EngineWorker) -> dict:
-        from engine.patching import patch_sweep as sweep
-
         model = _clean(w, trace)
         other = _corrupt(model, prompt, source)
         try:
-            result = sweep(model, trace, other, token_a, token_b, kind=kind, align=align, progress=progress, cancel=cancel)
+            result = w.engine.patch_sweep(model, trace, other, token_a, token_b, kind=kind, align=align, progress=progress,
+                                          cancel=cancel)
         except CaptureError as exc:
             return {"trace": trace, "error": str(exc), "other": other}
         return {"trace": trace, "sweep": result, "other": other}

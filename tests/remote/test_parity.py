@@ -54,6 +54,7 @@ def assert_same_trace(remote, local) -> None:
     assert remote.steps == local.steps
     assert remote.source_tokens == local.source_tokens
     assert remote.gates == local.gates
+    assert remote.neuron_gates == local.neuron_gates
     assert remote.capture_names == local.capture_names
     for kind in local.kinds:
         for layer in range(local.n_layers[kind]):
