@@ -47,6 +47,10 @@ class PreparedImageItem(pg.ImageItem):
                   and (self.lut is prepared.lut or np.array_equal(self.lut, prepared.lut)))
         # the image as the item keeps it (setImage may store a converted copy): render() checks it is still that
         self._prepared, self._prepared_for = (prepared, self.image) if usable else (None, None)
+        if usable:
+            # the colours are made: take them now. Left to the next paint, `qimage` stayed the previous image's
+            # (another size after a step) until the view painted, while `image` was already the new one
+            self.render()
 
     def setImage(self, image=None, autoLevels=None, **kargs) -> None:  # noqa: ANN001, N802, N803 - pyqtgraph API
         self._prepared = None  # any other image is mapped by pyqtgraph as usual

@@ -49,3 +49,26 @@ def test_another_lookup_table_is_mapped_again(qtbot):
     plain.setLookupTable(colormaps.lookup_table("viridis"))
     plain.setImage(img, autoLevels=False, levels=(0.0, 1.0))
     assert _pixels(ours) == _pixels(plain)
+
+
+def test_shown_colours_are_the_items_at_once_not_at_the_next_paint(qtbot):
+    """After a step the tile is one key wider: the item's QImage must be the new tile's as soon as it is shown
+    (it stayed the old, narrower one until the view painted, so a reader saw the previous step's pixels)."""
+    lut = colormaps.lookup_table("viridis")
+    ours = PreparedImageItem()
+    ours.setLookupTable(lut)
+    old = np.linspace(0, 1, 30, dtype=np.float32).reshape(5, 6)
+    ours.show(prepare(old, (0.0, 1.0), lut))
+    ours.render()  # the old tile painted
+    new = np.linspace(1, 0, 35, dtype=np.float32).reshape(5, 7)
+    new[display.future_mask(*new.shape)] = np.nan
+    prepared = prepare(new, (0.0, 1.0), lut)
+    ours.show(prepared)  # no paint in between
+    assert ours._prepared is not None and not ours._renderRequired
+    assert (ours.qimage.width(), ours.qimage.height()) == (7, 5)
+    assert ours.qimage is prepared.qimage
+    plain = pg.ImageItem(axisOrder="row-major")
+    plain.setLookupTable(lut)
+    plain.setImage(new, autoLevels=False, levels=(0.0, 1.0))
+    plain.render()
+    assert bytes(ours.qimage.constBits()) == bytes(plain.qimage.constBits())
