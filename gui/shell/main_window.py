@@ -151,6 +151,8 @@ class MainWindow(QMainWindow):
         self.experts_panel = ExpertsPanel(self.state)  # issue 26: the experts each token took (MoE models)
         self.add_dock("experts", "Experts", self.experts_panel, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.docks["head_view"], self.docks["experts"])
+        self.docks["experts"].hide()  # shown (beside the head view) when a model with experts opens
+        self._experts_for_model = False  # whether the Experts dock was matched to the open model yet
         self.docks["heads"].raise_()
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
         self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -349,6 +351,7 @@ class MainWindow(QMainWindow):
 
     def _on_model_changed(self, info: ModelInfo) -> None:
         self.setWindowTitle(f"{info.name} — {APP_NAME}")
+        self._experts_for_model = False
         self.docks["logits"].setWindowTitle("Masked-token predictions" if info.family == "encoder" else "Next-token candidates")
         params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
         texts = {"model": info.name, "family": info.family, "params": f"{params} parameters",
@@ -363,6 +366,9 @@ class MainWindow(QMainWindow):
             self.banner.hide()  # the last request worked: an older error no longer applies
             self.statusBar().setToolTip("")
         self.state.set_trace(trace)
+        if not self._experts_for_model and trace is not None:
+            self._experts_for_model = True  # the model's first trace says whether it has experts (View still shows it)
+            self.docks["experts"].setVisible(bool(getattr(trace, "moe_layers", ())))
         if op == "run":
             self._report_run(trace)
         if op == "session" and self._chain == ["run"]:

@@ -38,6 +38,18 @@ def test_a_model_without_sinks_shows_no_sink_share(qtbot, window, checkpoints):
     assert "sink" not in window.attention_view.plot.titleLabel.text
 
 
+def test_the_experts_dock_appears_for_a_model_with_experts_only(qtbot, window, checkpoints, tmp_path):
+    from tests import factories
+
+    dock = window.docks["experts"]
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    assert not dock.isHidden()
+    open_model(qtbot, window, factories.gpt2(tmp_path / "gpt2"))  # no experts, no tab for them
+    assert dock.isHidden()
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    assert not dock.isHidden()
+
+
 def test_load_options_reach_the_engine(qtbot, window, tmp_path):
     """--backend transformers (main.py) -> MainWindow.open_model(load_options=...) -> engine.load_model."""
     from tests.modern_factories import llama
