@@ -49,6 +49,7 @@ class HFModel(Model):
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
+        self._neuron_gate_values: dict[str, dict[int, float]] = {}  # none ever set: neuron gates need the native MLPs
         self._mask_shapes: dict[str, tuple] = {}  # capture name -> (causal, window, window_ahead) of its mask rule
         # whether LazyLogits (final hidden states × the output head, scale, soft-cap) reproduce this model's logits:
         # None until checked on the first forward of two or more tokens; False: every fed position's logits are

@@ -60,7 +60,9 @@ class TraceSender:
                 "family": trace.family, "model_name": trace.model_name, "n_layers": dict(trace.n_layers),
                 "n_heads": trace.n_heads, "n_kv_heads": trace.n_kv_heads, "no_logits_reason": trace.no_logits_reason,
                 "source_ids": trace.source_ids, "source_tokens": trace.source_tokens, "source_special": trace.source_special,
-                "has_logits": trace.logit_rows is not None}
+                "has_logits": trace.logit_rows is not None,
+                # the transformers backend's: experts per MoE layer, and hybrids' layers without attention
+                "n_experts": trace.n_experts, "no_attention": dict(trace.no_attention)}
             self.static_sent = True
         toks = list(zip(trace.token_ids, trace.tokens, trace.special))
         keep = _common_prefix(self.tokens, toks, _eq)

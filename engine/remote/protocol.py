@@ -56,11 +56,12 @@ def _dataclasses() -> dict[str, type]:
     from ..checkpoints.resolve import CachedModel
     from ..explain import Attribution, InsideHead
     from ..rebuild import QueryBlock, ScoreRule
+    from ..routing import RoutingBlock
     from ..sampling import SamplingSettings
     from ..trace import PatternBlock, StepInfo
 
-    return {c.__name__: c for c in (StepInfo, PatternBlock, QueryBlock, ScoreRule, HeadStat, InsideHead, Attribution,
-                                    CachedModel, SamplingSettings)}
+    return {c.__name__: c for c in (StepInfo, PatternBlock, QueryBlock, ScoreRule, RoutingBlock, HeadStat, InsideHead,
+                                    Attribution, CachedModel, SamplingSettings)}
 
 
 _REGISTRY: dict[str, type] | None = None

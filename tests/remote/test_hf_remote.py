@@ -1,0 +1,154 @@
+"""A transformers-backend model over the remote engine answers every Trace question exactly as in-process:
+gpt-oss (attention sinks, experts, sliding windows), a hybrid with convolution layers (LFM2) and Qwen3-MoE, from
+tiny random checkpoints (tests/hf_factories.py) under the server's --models-dir. The server runs the same engine
+code on the same weights and CPU, so patterns (rebuilt from q, k, lse on the client), sink shares, routing and
+logits are compared exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import Session, load_model
+from engine.local import LocalEngine
+from engine.remote import connect
+
+from .conftest import Server
+from .test_parity import assert_same_trace
+
+pytest.importorskip("transformers")
+
+ARCHS = ("gpt_oss", "lfm2", "qwen3_moe")
+PROMPT = list(range(5, 25))  # 20 tokens: past every sliding window (5)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from tests import hf_factories
+
+    root = tmp_path_factory.mktemp("hf-models")
+    for name in ARCHS:
+        hf_factories.ARCHITECTURES[name](root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hf_eng(tmp_path_factory, hf_dir):
+    s = Server(tmp_path_factory.mktemp("hf-server"), models_dirs=(hf_dir,))
+    e = connect(s.address, token=s.token)
+    yield e
+    e.close()
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def same_threads(hf_eng):
+    """CPU float results depend on torch's thread count: compare like with like (see test_parity.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(hf_eng.info["torch_threads"])
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(eng, hf_dir, name: str, **load):
+    """(remote model, in-process model) of one checkpoint, both freshly loaded: a transformers-backend model's
+    first forward also checks its lazy logits (two rows through the output head, not one), which rounds the
+    last row differently in the 7th digit, so like is compared with like."""
+    folder = str(hf_dir / name)
+    return eng.load_model(folder, device="cpu", **load), load_model(folder, device="cpu", **load)
+
+
+def _drive(session) -> None:
+    """Steps past the window, back, a branch, a sampled step: the same both ways."""
+    for _ in range(3):
+        session.step()
+    session.back()
+    session.branch(7)
+    session.set_sampling(temperature=0.7, greedy=False, seed=3)
+    session.step()
+
+
+def assert_same_hf_trace(remote, local) -> None:
+    """Everything the transformers backend adds to a Trace, and everything a Trace answers."""
+    assert remote.n_experts == local.n_experts
+    assert remote.no_attention == local.no_attention
+    assert remote.moe_layers == local.moe_layers
+    assert remote.rules.keys() == local.rules.keys()
+    for name, rule in local.rules.items():
+        other = remote.rules[name]
+        assert (other.scale, other.causal, other.group, other.softcap, other.window, other.window_ahead, other.chunk) == \
+            (rule.scale, rule.causal, rule.group, rule.softcap, rule.window, rule.window_ahead, rule.chunk)
+        if rule.sinks is None:
+            assert other.sinks is None
+        else:
+            np.testing.assert_array_equal(other.sinks, rule.sinks)
+    for layer in range(local.n_layers["self"]):
+        if f"decoder.{layer}.attn" in local.no_attention:
+            continue
+        a, b = remote.sink_share("self", layer), local.sink_share("self", layer)
+        assert (a is None) == (b is None)
+        if b is not None:
+            np.testing.assert_array_equal(a, b)
+    for layer in local.moe_layers:
+        r, loc = remote.routing(layer), local.routing(layer)
+        assert (r.layer, r.n_experts, r.k) == (loc.layer, loc.n_experts, loc.k)
+        np.testing.assert_array_equal(r.experts, loc.experts)
+        np.testing.assert_array_equal(r.weights, loc.weights)
+        np.testing.assert_array_equal(r.top_expert, loc.top_expert)
+        np.testing.assert_array_equal(r.load(), loc.load())
+    assert_same_trace(remote, local)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_session_over_the_wire_equals_in_process(hf_eng, hf_dir, name):
+    rm, lm = _pair(hf_eng, hf_dir, name)
+    assert rm.backend == lm.backend == "transformers"
+    assert (rm.n_heads, rm.layers_by_kind, rm.n_params, rm.config.n_kv_heads, rm.config.model_type) == \
+        (lm.n_heads, lm.layers_by_kind, lm.n_params, lm.config.n_kv_heads, lm.config.model_type)
+    rs, ls = hf_eng.Session(rm, PROMPT), Session(lm, PROMPT)
+    assert_same_hf_trace(rs.trace, ls.trace)
+    _drive(rs), _drive(ls)
+    assert rs.history == ls.history and rs.ids == ls.ids and rs.finished == ls.finished
+    assert_same_hf_trace(rs.trace, ls.trace)
+    np.testing.assert_array_equal(rs.distribution(), ls.distribution())
+
+
+def test_what_the_new_fields_hold(hf_eng, hf_dir):
+    """Not vacuous: gpt-oss has sinks and experts in every layer, LFM2 has layers without attention."""
+    rm, _ = _pair(hf_eng, hf_dir, "gpt_oss")
+    trace = rm.run(PROMPT)
+    assert trace.n_experts == 4 and trace.moe_layers == [0, 1]
+    share = trace.sink_share("self", 0)
+    assert share is not None and share.shape == (rm.n_heads, len(PROMPT)) and share.max() > 0.05
+    assert trace.routing(1).experts.shape == (len(PROMPT), 2)
+    hybrid, _ = _pair(hf_eng, hf_dir, "lfm2")
+    t = hybrid.run(PROMPT)
+    assert set(t.no_attention) == {"decoder.0.attn", "decoder.2.attn"} and t.moe_layers == [] and t.n_experts is None
+    with pytest.raises(Exception, match="no attention"):
+        t.attention("self", 0)
+
+
+@pytest.mark.parametrize("name", ["gpt_oss", "lfm2"])
+def test_one_off_run_and_head_statistics_match(hf_eng, hf_dir, name):
+    rm, lm = _pair(hf_eng, hf_dir, name)
+    rt, lt = rm.run(PROMPT), lm.run(PROMPT)
+    assert_same_hf_trace(rt, lt)
+    local = LocalEngine()
+    ind_r, ind_l = hf_eng.induction_scores(rm), local.induction_scores(lm)
+    np.testing.assert_array_equal(ind_r, ind_l)  # NaN rows (layers without attention) compare equal
+    assert hf_eng.head_statistics(rm, rt, ind_r) == local.head_statistics(lm, lt, ind_l)
+
+
+def test_the_engine_choice_reaches_the_server(hf_eng, hf_dir):
+    """backend= picks the server's engine as in-process; a refusal comes back as the same engine error."""
+    from engine import load_model as local_load
+
+    with pytest.raises(Exception) as remote_err:
+        hf_eng.load_model(str(hf_dir / "gpt_oss"), backend="native")
+    with pytest.raises(Exception) as local_err:
+        local_load(str(hf_dir / "gpt_oss"), backend="native")
+    assert type(remote_err.value) is type(local_err.value) and str(remote_err.value) == str(local_err.value)
+    assert hf_eng.load_model("tiny-llama", backend="transformers").backend == "transformers"
+    assert hf_eng.load_model("tiny-llama").backend == "native"
