@@ -33,12 +33,17 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hf_eng(tmp_path_factory, hf_dir):
+def hf_server(tmp_path_factory, hf_dir):
     s = Server(tmp_path_factory.mktemp("hf-server"), models_dirs=(hf_dir,))
-    e = connect(s.address, token=s.token)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def hf_eng(hf_server):
+    e = connect(hf_server.address, token=hf_server.token)
     yield e
     e.close()
-    s.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -152,3 +157,82 @@ def test_the_engine_choice_reaches_the_server(hf_eng, hf_dir):
     assert type(remote_err.value) is type(local_err.value) and str(remote_err.value) == str(local_err.value)
     assert hf_eng.load_model("tiny-llama", backend="transformers").backend == "transformers"
     assert hf_eng.load_model("tiny-llama").backend == "native"
+
+
+def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, hf_dir, tmp_path):
+    """The window against the server: the prompt panel's engine choice and --trust-remote-code reach the server's
+    load, gpt-oss's sink share is in the attention caption and its routing in the Experts dock, as in-process."""
+    import re
+
+    from PySide6.QtCore import QSettings
+
+    from engine.remote import RemoteTrace
+    from gui.core.engine_jobs import use_this_computer
+    from gui.panels.experts import PALETTE
+    from gui.shell.app import make_app
+    from gui.shell.main_window import MainWindow
+
+    make_app()
+    win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat), devices=["cpu"])
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+
+    def idle() -> None:
+        qtbot.waitUntil(lambda: not win.client.busy and not win._chain, timeout=60_000)
+
+    try:
+        win.remote_engine.connect_to({"address": hf_server.address, "token": hf_server.token})
+        qtbot.waitUntil(lambda: win.client.engine.remote, timeout=60_000)
+        idle()
+        loads: list[dict] = []
+        conn = win.client.engine.conn
+        real_call = conn.call
+
+        def call(op, body=None, **kw):  # noqa: ANN001, ANN202 - records what each load asks the server for
+            if op == "load":
+                loads.append(dict(body))
+            return real_call(op, body, **kw)
+
+        conn.call = call
+        n_errors = len(win.errors)
+        panel = win.prompt_panel
+        panel.set_backend("transformers")  # a natively supported model, forced through transformers on the server
+        panel.model_box.setEditText("tiny-llama")
+        panel.open_button.click()  # the panel sends its request from the event loop
+        qtbot.waitUntil(lambda: bool(loads), timeout=10_000)
+        idle()
+        assert win.errors[n_errors:] == []
+        assert loads[-1]["backend"] == "transformers" and loads[-1]["trust_remote_code"] is False
+        assert win.state.model.backend == "transformers" and "through transformers" in panel.model_label.text()
+
+        win.trust_remote_code = True  # as main.py --trust-remote-code sets it: every later open carries it
+        win.open_model(str(hf_dir / "gpt_oss"), prompt="In the beginning")  # as the menus open (no options of their own)
+        idle()
+        assert win.errors[n_errors:] == []
+        assert loads[-1]["backend"] == "transformers" and loads[-1]["trust_remote_code"] is True
+        n = len(win.state.trace)
+        win.client.step()
+        qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=60_000)
+        idle()
+        trace = win.state.trace
+        assert isinstance(trace, RemoteTrace) and trace.n_experts == 4
+
+        title = win.attention_view.plot.titleLabel.text
+        m = re.search(r"sink (\d+)% \(row (\d+)\), (\d+)% mean", title)
+        assert m, title
+        share = trace.sink_share("self", 0)[0]
+        assert int(m.group(2)) == len(trace) - 1
+        assert abs(int(m.group(1)) - 100 * share[-1]) <= 0.5 and abs(int(m.group(3)) - 100 * share.mean()) <= 0.5
+
+        experts = win.experts_panel
+        qtbot.waitUntil(lambda: experts.image.image is not None and experts.image.image.shape[1] == len(trace),
+                        timeout=10_000)
+        assert experts.layers == trace.moe_layers == [0, 1] and "4 experts" in experts.caption.text()
+        r = trace.routing(1)
+        assert (experts.image.image[1] == PALETTE[r.top_expert % len(PALETTE)]).all()
+        np.testing.assert_allclose(experts.load_share[:, -1], trace.routing(0).load() / (r.k * len(trace)))
+    finally:
+        win.client.call("engine", use_this_computer())
+        idle()
+        win.close()
