@@ -34,6 +34,12 @@ def _eq(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _end(block: Any) -> int:
+    """The query position after a pattern block (stored rows, or queries to rebuild them from)."""
+    n = block.n if hasattr(block, "n") else block.rows.shape[1] if hasattr(block, "rows") else len(block.experts)
+    return block.q_start + n
+
+
 class TraceSender:
     """Per session (or per one-off run): the state of the client's mirror, and deltas against it."""
 
@@ -74,11 +80,13 @@ class TraceSender:
         self.steps = list(trace.steps)
         out["gates"] = {k: tuple(v) for k, v in trace.gates.items()}
         blocks = {}
+        kept_to: dict[str, int] = {}  # capture name -> query position up to which the client's blocks stay
         for name, bs in trace.blocks.items():
             old = self.blocks.get(name, [])
             keep = _common_prefix(old, bs)
             blocks[name] = (keep, list(bs[keep:]))
             self.blocks[name] = list(bs)
+            kept_to[name] = _end(bs[keep - 1]) if keep else 0
         out["blocks"] = blocks
         out["dropped"] = [n for n in self.blocks if n not in trace.blocks]
         for n in out["dropped"]:
@@ -89,8 +97,13 @@ class TraceSender:
         keys = {}
         n_tok_keep = out["tokens"][0]
         for name, k in trace.keys.items():
-            # self-attention keys sit at token positions: rows before the first changed token are the client's
-            keep = min(self.key_rows.get(name, 0), n_tok_keep, k.shape[1])
+            # self-attention keys sit at token positions: rows before the first changed token are the client's,
+            # unless the forward that made them is gone too (a recompute after head gates changes every key after
+            # the gated layer while the tokens stay): keys are kept only as far as the blocks made with them
+            made = kept_to.get(name, 0)
+            if name.endswith("cross_attn"):  # keys of the source, made once: kept while any block is
+                made = k.shape[1] if made else 0
+            keep = min(self.key_rows.get(name, 0), n_tok_keep, k.shape[1], made)
             keys[name] = (keep, np.ascontiguousarray(k[:, keep:]))
             self.key_rows[name] = k.shape[1]
         out["keys"] = keys

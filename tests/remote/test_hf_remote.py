@@ -159,6 +159,35 @@ def test_the_engine_choice_reaches_the_server(hf_eng, hf_dir):
     assert hf_eng.load_model("tiny-llama").backend == "native"
 
 
+def test_head_gates_recompute_keys_and_all(hf_eng, hf_dir):
+    """An ablation recomputes the session on the server: every key after the gated layer changes while the tokens
+    stay, so the client's keys (patterns here are always rebuilt from q, k, lse) must be replaced, not kept."""
+    rm, lm = _pair(hf_eng, hf_dir, "gpt_oss")
+    rs, ls = hf_eng.Session(rm, PROMPT), Session(lm, PROMPT)
+    rs.step(), ls.step()
+    before = rs.trace
+    rm.set_head_gate("self", 0, 1, 0.0)
+    lm.set_head_gate("self", 0, 1, 0.0)
+    assert rs.trace.token_ids == before.token_ids and rs.trace.gates == ls.trace.gates != before.gates
+    assert not np.array_equal(ls.trace.attention("self", 1), before.attention("self", 1))
+    assert_same_hf_trace(rs.trace, ls.trace)
+    rs.step(), ls.step()
+    rm.clear_gates(), lm.clear_gates()
+    assert_same_hf_trace(rs.trace, ls.trace)
+
+
+def test_head_gates_in_native_rebuild_mode_replace_the_keys_too(hf_eng):
+    """The same over the native engine when it rebuilds patterns (a long context's mode)."""
+    rm = hf_eng.load_model("tiny-llama", capture_mode="rebuild")
+    lm = load_model("tiny-llama", device="cpu")
+    lm.capture_mode = "rebuild"
+    rs, ls = hf_eng.Session(rm, "In the beginning God created"), Session(lm, "In the beginning God created")
+    rs.step(), ls.step()
+    rm.set_head_gate("self", 0, 1, 0.0)
+    lm.set_head_gate("self", 0, 1, 0.0)
+    assert_same_trace(rs.trace, ls.trace)
+
+
 def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, hf_dir, tmp_path):
     """The window against the server: the prompt panel's engine choice and --trust-remote-code reach the server's
     load, gpt-oss's sink share is in the attention caption and its routing in the Experts dock, as in-process."""
