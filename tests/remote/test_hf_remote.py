@@ -1,5 +1,6 @@
 """A transformers-backend model over the remote engine answers every Trace question exactly as in-process:
-gpt-oss (attention sinks, experts, sliding windows), a hybrid with convolution layers (LFM2) and Qwen3-MoE, from
+gpt-oss (attention sinks, experts, sliding windows), hybrids (LFM2: convolution layers; Qwen3-Next: Gated DeltaNet
+layers and experts) and Qwen3-MoE, from
 tiny random checkpoints (tests/hf_factories.py) under the server's --models-dir. The server runs the same engine
 code on the same weights and CPU, so patterns (rebuilt from q, k, lse on the client), sink shares, routing and
 logits are compared exactly."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import Session, load_model
+from engine import EngineError, Session, load_model
 from engine.local import LocalEngine
 from engine.remote import connect
 
@@ -18,7 +19,7 @@ from .test_parity import assert_same_trace
 
 pytest.importorskip("transformers")
 
-ARCHS = ("gpt_oss", "lfm2", "qwen3_moe")
+ARCHS = ("gpt_oss", "lfm2", "qwen3_moe", "qwen3_next")
 PROMPT = list(range(5, 25))  # 20 tokens: past every sliding window (5)
 
 
@@ -144,6 +145,13 @@ def test_one_off_run_and_head_statistics_match(hf_eng, hf_dir, name):
     ind_r, ind_l = hf_eng.induction_scores(rm), local.induction_scores(lm)
     np.testing.assert_array_equal(ind_r, ind_l)  # NaN rows (layers without attention) compare equal
     assert hf_eng.head_statistics(rm, rt, ind_r) == local.head_statistics(lm, lt, ind_l)
+    # the analyses that need the native engine refuse alike: the same engine error, the same advice
+    for fn, args in (("logit_lens", (3,)), ("inside_head", ("self", 1, 2, 4)), ("attribute", (3,))):
+        with pytest.raises(EngineError) as remote_err:
+            getattr(hf_eng, fn)(rm, rt, *args)
+        with pytest.raises(EngineError) as local_err:
+            getattr(local, fn)(lm, lt, *args)
+        assert type(remote_err.value) is type(local_err.value) and str(remote_err.value) == str(local_err.value)
 
 
 def test_the_engine_choice_reaches_the_server(hf_eng, hf_dir):
