@@ -196,6 +196,24 @@ def test_head_gates_in_native_rebuild_mode_replace_the_keys_too(hf_eng):
     assert_same_trace(rs.trace, ls.trace)
 
 
+def test_bytes_per_step_do_not_grow_with_the_context(hf_eng, hf_dir):
+    """Routing and sink-rule records are sent once per block, like patterns: a step after 200 tokens costs what one
+    after 20 does (the new token's q, k, lse and expert choices; give or take the digits of larger positions)."""
+    model = hf_eng.load_model(str(hf_dir / "gpt_oss"))
+    hf_eng.prefetch_logits = False
+    try:
+        costs = []
+        for n in (20, 200):
+            session = hf_eng.Session(model, list(range(10, 10 + n)))
+            session.step()
+            before = hf_eng.conn.bytes_sent + hf_eng.conn.bytes_received
+            session.step()
+            costs.append(hf_eng.conn.bytes_sent + hf_eng.conn.bytes_received - before)
+        assert abs(costs[1] - costs[0]) < 300, costs
+    finally:
+        hf_eng.prefetch_logits = True
+
+
 def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, hf_dir, tmp_path):
     """The window against the server: the prompt panel's engine choice and --trust-remote-code reach the server's
     load, gpt-oss's sink share is in the attention caption and its routing in the Experts dock, as in-process."""
