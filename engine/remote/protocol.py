@@ -25,7 +25,9 @@ from ..errors import EngineError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1  # bump whenever a message's meaning changes; the handshake refuses any other
+# bump whenever a message's meaning changes; the handshake refuses any other. 2: the transformers backend's trace
+# (expert routing records, experts per layer, layers without attention)
+PROTOCOL_VERSION = 2
 CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates")
 ALLOWED_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split())
 
