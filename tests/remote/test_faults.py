@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine import CheckpointError, LoadCancelled, Session, load_model
-from engine.remote import AuthenticationError, EngineGone, ProtocolMismatch, client, connect
+from engine.remote import PROTOCOL_VERSION, AuthenticationError, EngineGone, ProtocolMismatch, client, connect
 from engine.remote.launch import parse_connect_line, ssh_serve_command, ssh_tunnel_command
 
 from .conftest import Server
@@ -32,7 +32,7 @@ def test_protocol_mismatch_names_both_versions(server, monkeypatch):
     with pytest.raises(ProtocolMismatch) as info:
         connect(server.address, token=server.token)
     text = str(info.value)
-    assert "protocol 1" in text and "protocol 99" in text and "upgrade the server" in text
+    assert f"protocol {PROTOCOL_VERSION}" in text and "protocol 99" in text and "upgrade the server" in text
 
 
 def test_app_version_mismatch_is_refused(server, monkeypatch):
