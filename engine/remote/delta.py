@@ -34,6 +34,12 @@ def _eq(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _end(block: Any) -> int:
+    """The query position after a pattern block (stored rows, or queries to rebuild them from)."""
+    n = block.n if hasattr(block, "n") else block.rows.shape[1] if hasattr(block, "rows") else len(block.experts)
+    return block.q_start + n
+
+
 class TraceSender:
     """Per session (or per one-off run): the state of the client's mirror, and deltas against it."""
 
@@ -60,7 +66,9 @@ class TraceSender:
                 "family": trace.family, "model_name": trace.model_name, "n_layers": dict(trace.n_layers),
                 "n_heads": trace.n_heads, "n_kv_heads": trace.n_kv_heads, "no_logits_reason": trace.no_logits_reason,
                 "source_ids": trace.source_ids, "source_tokens": trace.source_tokens, "source_special": trace.source_special,
-                "has_logits": trace.logit_rows is not None}
+                "has_logits": trace.logit_rows is not None,
+                # the transformers backend's: experts per MoE layer, and hybrids' layers without attention
+                "n_experts": trace.n_experts, "no_attention": dict(trace.no_attention)}
             self.static_sent = True
         toks = list(zip(trace.token_ids, trace.tokens, trace.special))
         keep = _common_prefix(self.tokens, toks, _eq)
@@ -73,11 +81,13 @@ class TraceSender:
         out["gates"] = {k: tuple(v) for k, v in trace.gates.items()}
         out["neuron_gates"] = {k: dict(v) for k, v in trace.neuron_gates.items()}
         blocks = {}
+        kept_to: dict[str, int] = {}  # capture name -> query position up to which the client's blocks stay
         for name, bs in trace.blocks.items():
             old = self.blocks.get(name, [])
             keep = _common_prefix(old, bs)
             blocks[name] = (keep, list(bs[keep:]))
             self.blocks[name] = list(bs)
+            kept_to[name] = _end(bs[keep - 1]) if keep else 0
         out["blocks"] = blocks
         out["dropped"] = [n for n in self.blocks if n not in trace.blocks]
         for n in out["dropped"]:
@@ -88,8 +98,13 @@ class TraceSender:
         keys = {}
         n_tok_keep = out["tokens"][0]
         for name, k in trace.keys.items():
-            # self-attention keys sit at token positions: rows before the first changed token are the client's
-            keep = min(self.key_rows.get(name, 0), n_tok_keep, k.shape[1])
+            # self-attention keys sit at token positions: rows before the first changed token are the client's,
+            # unless the forward that made them is gone too (a recompute after head gates changes every key after
+            # the gated layer while the tokens stay): keys are kept only as far as the blocks made with them
+            made = kept_to.get(name, 0)
+            if name.endswith("cross_attn"):  # keys of the source, made once: kept while any block is
+                made = k.shape[1] if made else 0
+            keep = min(self.key_rows.get(name, 0), n_tok_keep, k.shape[1], made)
             keys[name] = (keep, np.ascontiguousarray(k[:, keep:]))
             self.key_rows[name] = k.shape[1]
         out["keys"] = keys

@@ -112,6 +112,7 @@ class TraceMirror:
             neuron_gates={k: dict(v) for k, v in self.neuron_gates.items()},
             rules={k: r for k, r in self.rules.items() if k in self.blocks},
             keys={k: a.view() for k, a in self.keys.items() if a.length},
+            n_experts=s.get("n_experts"), no_attention=dict(s.get("no_attention") or {}),
             remote=(self.engine, answer["tid"], sender))
         return self.trace
 

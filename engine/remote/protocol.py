@@ -25,9 +25,12 @@ from ..errors import EngineError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2  # bump whenever a message's meaning changes; the handshake refuses any other
+# bump whenever a message's meaning changes; the handshake refuses any other. 2: neuron gates, MLP neurons and
+# patching; a gate change answers with every gate; the transformers backend's trace (expert routing records,
+# experts per layer, layers without attention)
+PROTOCOL_VERSION = 2
 CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates",
-                "neuron-gates", "mlp", "patching")
+                "neuron-gates", "mlp", "patching", "transformers-backend")
 ALLOWED_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split())
 
 
@@ -58,12 +61,13 @@ def _dataclasses() -> dict[str, type]:
     from ..explain import Attribution, InsideHead, LayerWrites, MlpNeurons, Neuron
     from ..patching import Component, PatchResult, SweepResult
     from ..rebuild import QueryBlock, ScoreRule
+    from ..routing import RoutingBlock
     from ..sampling import SamplingSettings
     from ..trace import PatternBlock, StepInfo
 
-    return {c.__name__: c for c in (StepInfo, PatternBlock, QueryBlock, ScoreRule, HeadStat, InsideHead, Attribution,
-                                    CachedModel, SamplingSettings, Neuron, LayerWrites, MlpNeurons, Component,
-                                    PatchResult, SweepResult)}
+    return {c.__name__: c for c in (StepInfo, PatternBlock, QueryBlock, ScoreRule, RoutingBlock, HeadStat, InsideHead,
+                                    Attribution, CachedModel, SamplingSettings, Neuron, LayerWrites, MlpNeurons,
+                                    Component, PatchResult, SweepResult)}
 
 
 _REGISTRY: dict[str, type] | None = None

@@ -589,6 +589,12 @@ class PromptPanel(QWidget):
         backend = self.backend_box.currentData()
         return {"backend": backend} if backend != "auto" else {}
 
+    def set_backend(self, backend: str) -> None:
+        """Show an engine choice made elsewhere (main.py --backend); an unknown one leaves the box as it is."""
+        i = self.backend_box.findData(backend)
+        if i >= 0:
+            self.backend_box.setCurrentIndex(i)
+
     def set_device(self, device: str | None) -> None:
         i = self.device_box.findData(device)
         if i < 0 and device:

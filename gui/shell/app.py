@@ -99,6 +99,8 @@ def run_app(args: argparse.Namespace) -> int:
     window.show()
     show_dock(window, getattr(args, "dock", None))
     options = {"backend": getattr(args, "backend", "auto"), "trust_remote_code": getattr(args, "trust_remote_code", False)}
+    window.trust_remote_code = bool(options["trust_remote_code"])  # and the later opens, from the panel or menus
+    window.prompt_panel.set_backend(options["backend"])
     window.open_model(args.model, device=args.device, dtype=getattr(args, "dtype", None),
                       prompt=args.prompt, source_text=args.source, steps=max(0, args.steps or 0),
                       load_options={k: v for k, v in options.items() if v not in ("auto", False)})

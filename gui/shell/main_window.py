@@ -111,6 +111,8 @@ class MainWindow(QMainWindow):
         self.client = EngineClient(self)
         self.last_error = ""
         self.errors: list[str] = []
+        # --trust-remote-code: the person's consent, given once at startup, holds for every model opened after
+        self.trust_remote_code = False
         self._chain: list[str] = []  # what the startup still has to do: "session", "run"
         self._chain_steps = 0
         self._chain_texts: tuple[str | None, str | None] = (None, None)
@@ -168,7 +170,7 @@ class MainWindow(QMainWindow):
         self.client.error.connect(self._on_error)
         self.client.busy_changed.connect(self._on_busy)
         self.prompt_panel.open_requested.connect(
-            lambda src, dev: self.open_model(src, device=dev, load_options=self.prompt_panel.load_options()))
+            lambda src, dev: self.open_model(src, device=dev))
         self.prompt_panel.browse_requested.connect(self.browse_folder)
         self.token_strip.reset_button.clicked.connect(self.prompt_panel.request_session)
         self.token_strip.before_step = self.prompt_panel.flush_edits  # Step right after typing steps the new text
@@ -266,8 +268,9 @@ class MainWindow(QMainWindow):
                    prompt: str | None = None, source_text: str | None = None, steps: int = 0,
                    load_options: dict | None = None) -> None:
         """Load a model; then start a session (with these texts, else the family's example) and take `steps`.
-        `load_options`: more keywords for engine.load_model (backend, trust_remote_code)."""
+        `load_options`: more keywords for engine.load_model (backend, trust_remote_code); None: load_options()."""
         source = str(source)
+        load_options = self.load_options() if load_options is None else dict(load_options)
         self._loading_source = source
         self._chain = ["session"] + (["run"] if steps > 0 else [])
         self._chain_steps = steps
@@ -277,6 +280,14 @@ class MainWindow(QMainWindow):
             self.prompt_panel.set_device(device)
         self.loading.begin(source)
         self.client.load(source, device, dtype, load_options)
+
+    def load_options(self) -> dict:
+        """How every open without options of its own loads (menus, the prompt panel, a device change, the reopen
+        after switching engines, local or remote): the panel's engine choice, and --trust-remote-code."""
+        options = self.prompt_panel.load_options()
+        if self.trust_remote_code:
+            options["trust_remote_code"] = True
+        return options
 
     def open_from_cache(self) -> None:
         """File → Open from cache…: the cached models listed in a thread, the openable ones marked."""

@@ -101,8 +101,9 @@ def test_the_prompt_panels_engine_choice_opens_a_native_type_through_transformer
     panel = window.prompt_panel
     panel.model_box.setEditText(str(folder))
     panel.backend_box.setCurrentIndex(panel.backend_box.findData("transformers"))
-    panel.open_button.click()  # the request leaves on the next turn of the event loop (one per key press)
-    qtbot.waitUntil(lambda: window.state.model is not None and window.state.model.backend == "transformers", timeout=60_000)
+    panel.open_button.click()  # the panel sends its request from the event loop: wait for the model, then idle
+    qtbot.waitUntil(lambda: window.state.model is not None and window.state.model.backend == "transformers",
+                    timeout=60_000)
     wait_idle(qtbot, window)
     assert "through transformers" in panel.model_label.text()
     panel.backend_box.setCurrentIndex(panel.backend_box.findData("auto"))

@@ -10,6 +10,7 @@ import pytest
 
 from engine import Session, load_model
 from engine.local import LocalEngine
+from engine.trace import capture_name
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +59,8 @@ def assert_same_trace(remote, local) -> None:
     assert remote.capture_names == local.capture_names
     for kind in local.kinds:
         for layer in range(local.n_layers[kind]):
+            if capture_name(kind, layer) in local.no_attention:  # a hybrid's convolution / Mamba layer
+                continue
             np.testing.assert_array_equal(remote.attention(kind, layer), local.attention(kind, layer))
             shape = local.attention_shape(kind, layer)
             assert remote.attention_shape(kind, layer) == shape

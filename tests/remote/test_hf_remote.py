@@ -1,0 +1,293 @@
+"""A transformers-backend model over the remote engine answers every Trace question exactly as in-process:
+gpt-oss (attention sinks, experts, sliding windows), hybrids (LFM2: convolution layers; Qwen3-Next: Gated DeltaNet
+layers and experts) and Qwen3-MoE, from
+tiny random checkpoints (tests/hf_factories.py) under the server's --models-dir. The server runs the same engine
+code on the same weights and CPU, so patterns (rebuilt from q, k, lse on the client), sink shares, routing and
+logits are compared exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import EngineError, Session, load_model
+from engine.local import LocalEngine
+from engine.remote import connect
+
+from .conftest import Server
+from .test_parity import assert_same_trace
+
+pytest.importorskip("transformers")
+
+ARCHS = ("gpt_oss", "lfm2", "qwen3_moe", "qwen3_next")
+PROMPT = list(range(5, 25))  # 20 tokens: past every sliding window (5)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from tests import hf_factories
+
+    root = tmp_path_factory.mktemp("hf-models")
+    for name in ARCHS:
+        hf_factories.ARCHITECTURES[name](root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hf_server(tmp_path_factory, hf_dir):
+    s = Server(tmp_path_factory.mktemp("hf-server"), models_dirs=(hf_dir,))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def hf_eng(hf_server):
+    e = connect(hf_server.address, token=hf_server.token)
+    yield e
+    e.close()
+
+
+@pytest.fixture(autouse=True)
+def same_threads(hf_eng):
+    """CPU float results depend on torch's thread count: compare like with like (see test_parity.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(hf_eng.info["torch_threads"])
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(eng, hf_dir, name: str, **load):
+    """(remote model, in-process model) of one checkpoint, both freshly loaded: a transformers-backend model's
+    first forward also checks its lazy logits (two rows through the output head, not one), which rounds the
+    last row differently in the 7th digit, so like is compared with like."""
+    folder = str(hf_dir / name)
+    return eng.load_model(folder, device="cpu", **load), load_model(folder, device="cpu", **load)
+
+
+def _drive(session) -> None:
+    """Steps past the window, back, a branch, a sampled step: the same both ways."""
+    for _ in range(3):
+        session.step()
+    session.back()
+    session.branch(7)
+    session.set_sampling(temperature=0.7, greedy=False, seed=3)
+    session.step()
+
+
+def assert_same_hf_trace(remote, local) -> None:
+    """Everything the transformers backend adds to a Trace, and everything a Trace answers."""
+    assert remote.n_experts == local.n_experts
+    assert remote.no_attention == local.no_attention
+    assert remote.moe_layers == local.moe_layers
+    assert remote.rules.keys() == local.rules.keys()
+    for name, rule in local.rules.items():
+        other = remote.rules[name]
+        assert (other.scale, other.causal, other.group, other.softcap, other.window, other.window_ahead, other.chunk) == \
+            (rule.scale, rule.causal, rule.group, rule.softcap, rule.window, rule.window_ahead, rule.chunk)
+        if rule.sinks is None:
+            assert other.sinks is None
+        else:
+            np.testing.assert_array_equal(other.sinks, rule.sinks)
+    for layer in range(local.n_layers["self"]):
+        if f"decoder.{layer}.attn" in local.no_attention:
+            continue
+        a, b = remote.sink_share("self", layer), local.sink_share("self", layer)
+        assert (a is None) == (b is None)
+        if b is not None:
+            np.testing.assert_array_equal(a, b)
+    for layer in local.moe_layers:
+        r, loc = remote.routing(layer), local.routing(layer)
+        assert (r.layer, r.n_experts, r.k) == (loc.layer, loc.n_experts, loc.k)
+        np.testing.assert_array_equal(r.experts, loc.experts)
+        np.testing.assert_array_equal(r.weights, loc.weights)
+        np.testing.assert_array_equal(r.top_expert, loc.top_expert)
+        np.testing.assert_array_equal(r.load(), loc.load())
+    assert_same_trace(remote, local)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_session_over_the_wire_equals_in_process(hf_eng, hf_dir, name):
+    rm, lm = _pair(hf_eng, hf_dir, name)
+    assert rm.backend == lm.backend == "transformers"
+    assert (rm.n_heads, rm.layers_by_kind, rm.n_params, rm.config.n_kv_heads, rm.config.model_type) == \
+        (lm.n_heads, lm.layers_by_kind, lm.n_params, lm.config.n_kv_heads, lm.config.model_type)
+    rs, ls = hf_eng.Session(rm, PROMPT), Session(lm, PROMPT)
+    assert_same_hf_trace(rs.trace, ls.trace)
+    _drive(rs), _drive(ls)
+    assert rs.history == ls.history and rs.ids == ls.ids and rs.finished == ls.finished
+    assert_same_hf_trace(rs.trace, ls.trace)
+    np.testing.assert_array_equal(rs.distribution(), ls.distribution())
+
+
+def test_what_the_new_fields_hold(hf_eng, hf_dir):
+    """Not vacuous: gpt-oss has sinks and experts in every layer, LFM2 has layers without attention."""
+    rm, _ = _pair(hf_eng, hf_dir, "gpt_oss")
+    trace = rm.run(PROMPT)
+    assert trace.n_experts == 4 and trace.moe_layers == [0, 1]
+    share = trace.sink_share("self", 0)
+    assert share is not None and share.shape == (rm.n_heads, len(PROMPT)) and share.max() > 0.05
+    assert trace.routing(1).experts.shape == (len(PROMPT), 2)
+    hybrid, _ = _pair(hf_eng, hf_dir, "lfm2")
+    t = hybrid.run(PROMPT)
+    assert set(t.no_attention) == {"decoder.0.attn", "decoder.2.attn"} and t.moe_layers == [] and t.n_experts is None
+    with pytest.raises(Exception, match="no attention"):
+        t.attention("self", 0)
+
+
+@pytest.mark.parametrize("name", ["gpt_oss", "lfm2"])
+def test_one_off_run_and_head_statistics_match(hf_eng, hf_dir, name):
+    rm, lm = _pair(hf_eng, hf_dir, name)
+    rt, lt = rm.run(PROMPT), lm.run(PROMPT)
+    assert_same_hf_trace(rt, lt)
+    local = LocalEngine()
+    ind_r, ind_l = hf_eng.induction_scores(rm), local.induction_scores(lm)
+    np.testing.assert_array_equal(ind_r, ind_l)  # NaN rows (layers without attention) compare equal
+    assert hf_eng.head_statistics(rm, rt, ind_r) == local.head_statistics(lm, lt, ind_l)
+    # the analyses that need the native engine refuse alike: the same engine error, the same advice
+    for fn, args in (("logit_lens", (3,)), ("inside_head", ("self", 1, 2, 4)), ("attribute", (3,))):
+        with pytest.raises(EngineError) as remote_err:
+            getattr(hf_eng, fn)(rm, rt, *args)
+        with pytest.raises(EngineError) as local_err:
+            getattr(local, fn)(lm, lt, *args)
+        assert type(remote_err.value) is type(local_err.value) and str(remote_err.value) == str(local_err.value)
+
+
+def test_the_engine_choice_reaches_the_server(hf_eng, hf_dir):
+    """backend= picks the server's engine as in-process; a refusal comes back as the same engine error."""
+    from engine import load_model as local_load
+
+    with pytest.raises(Exception) as remote_err:
+        hf_eng.load_model(str(hf_dir / "gpt_oss"), backend="native")
+    with pytest.raises(Exception) as local_err:
+        local_load(str(hf_dir / "gpt_oss"), backend="native")
+    assert type(remote_err.value) is type(local_err.value) and str(remote_err.value) == str(local_err.value)
+    assert hf_eng.load_model("tiny-llama", backend="transformers").backend == "transformers"
+    assert hf_eng.load_model("tiny-llama").backend == "native"
+
+
+def test_head_gates_recompute_keys_and_all(hf_eng, hf_dir):
+    """An ablation recomputes the session on the server: every key after the gated layer changes while the tokens
+    stay, so the client's keys (patterns here are always rebuilt from q, k, lse) must be replaced, not kept."""
+    rm, lm = _pair(hf_eng, hf_dir, "gpt_oss")
+    rs, ls = hf_eng.Session(rm, PROMPT), Session(lm, PROMPT)
+    rs.step(), ls.step()
+    before = rs.trace
+    rm.set_head_gate("self", 0, 1, 0.0)
+    lm.set_head_gate("self", 0, 1, 0.0)
+    assert rs.trace.token_ids == before.token_ids and rs.trace.gates == ls.trace.gates != before.gates
+    assert not np.array_equal(ls.trace.attention("self", 1), before.attention("self", 1))
+    assert_same_hf_trace(rs.trace, ls.trace)
+    rs.step(), ls.step()
+    rm.clear_gates(), lm.clear_gates()
+    assert_same_hf_trace(rs.trace, ls.trace)
+
+
+def test_head_gates_in_native_rebuild_mode_replace_the_keys_too(hf_eng):
+    """The same over the native engine when it rebuilds patterns (a long context's mode)."""
+    rm = hf_eng.load_model("tiny-llama", capture_mode="rebuild")
+    lm = load_model("tiny-llama", device="cpu")
+    lm.capture_mode = "rebuild"
+    rs, ls = hf_eng.Session(rm, "In the beginning God created"), Session(lm, "In the beginning God created")
+    rs.step(), ls.step()
+    rm.set_head_gate("self", 0, 1, 0.0)
+    lm.set_head_gate("self", 0, 1, 0.0)
+    assert_same_trace(rs.trace, ls.trace)
+
+
+def test_bytes_per_step_do_not_grow_with_the_context(hf_eng, hf_dir):
+    """Routing and sink-rule records are sent once per block, like patterns: a step after 200 tokens costs what one
+    after 20 does (the new token's q, k, lse and expert choices; give or take the digits of larger positions)."""
+    model = hf_eng.load_model(str(hf_dir / "gpt_oss"))
+    hf_eng.prefetch_logits = False
+    try:
+        costs = []
+        for n in (20, 200):
+            session = hf_eng.Session(model, list(range(10, 10 + n)))
+            session.step()
+            before = hf_eng.conn.bytes_sent + hf_eng.conn.bytes_received
+            session.step()
+            costs.append(hf_eng.conn.bytes_sent + hf_eng.conn.bytes_received - before)
+        assert abs(costs[1] - costs[0]) < 300, costs
+    finally:
+        hf_eng.prefetch_logits = True
+
+
+def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, hf_dir, tmp_path):
+    """The window against the server: the prompt panel's engine choice and --trust-remote-code reach the server's
+    load, gpt-oss's sink share is in the attention caption and its routing in the Experts dock, as in-process."""
+    import re
+
+    from PySide6.QtCore import QSettings
+
+    from engine.remote import RemoteTrace
+    from gui.core.engine_jobs import use_this_computer
+    from gui.panels.experts import PALETTE
+    from gui.shell.app import make_app
+    from gui.shell.main_window import MainWindow
+
+    make_app()
+    win = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat), devices=["cpu"])
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+
+    def idle() -> None:
+        qtbot.waitUntil(lambda: not win.client.busy and not win._chain, timeout=60_000)
+
+    try:
+        win.remote_engine.connect_to({"address": hf_server.address, "token": hf_server.token})
+        qtbot.waitUntil(lambda: win.client.engine.remote, timeout=60_000)
+        idle()
+        loads: list[dict] = []
+        conn = win.client.engine.conn
+        real_call = conn.call
+
+        def call(op, body=None, **kw):  # noqa: ANN001, ANN202 - records what each load asks the server for
+            if op == "load":
+                loads.append(dict(body))
+            return real_call(op, body, **kw)
+
+        conn.call = call
+        n_errors = len(win.errors)
+        panel = win.prompt_panel
+        panel.set_backend("transformers")  # a natively supported model, forced through transformers on the server
+        panel.model_box.setEditText("tiny-llama")
+        panel.open_button.click()  # the panel sends its request from the event loop
+        qtbot.waitUntil(lambda: bool(loads), timeout=10_000)
+        idle()
+        assert win.errors[n_errors:] == []
+        assert loads[-1]["backend"] == "transformers" and loads[-1]["trust_remote_code"] is False
+        assert win.state.model.backend == "transformers" and "through transformers" in panel.model_label.text()
+
+        win.trust_remote_code = True  # as main.py --trust-remote-code sets it: every later open carries it
+        win.open_model(str(hf_dir / "gpt_oss"), prompt="In the beginning")  # as the menus open (no options of their own)
+        idle()
+        assert win.errors[n_errors:] == []
+        assert loads[-1]["backend"] == "transformers" and loads[-1]["trust_remote_code"] is True
+        n = len(win.state.trace)
+        win.client.step()
+        qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=60_000)
+        idle()
+        trace = win.state.trace
+        assert isinstance(trace, RemoteTrace) and trace.n_experts == 4
+
+        title = win.attention_view.plot.titleLabel.text
+        m = re.search(r"sink (\d+)% \(row (\d+)\), (\d+)% mean", title)
+        assert m, title
+        share = trace.sink_share("self", 0)[0]
+        assert int(m.group(2)) == len(trace) - 1
+        assert abs(int(m.group(1)) - 100 * share[-1]) <= 0.5 and abs(int(m.group(3)) - 100 * share.mean()) <= 0.5
+
+        experts = win.experts_panel
+        qtbot.waitUntil(lambda: experts.image.image is not None and experts.image.image.shape[1] == len(trace),
+                        timeout=10_000)
+        assert experts.layers == trace.moe_layers == [0, 1] and "4 experts" in experts.caption.text()
+        r = trace.routing(1)
+        assert (experts.image.image[1] == PALETTE[r.top_expert % len(PALETTE)]).all()
+        np.testing.assert_allclose(experts.load_share[:, -1], trace.routing(0).load() / (r.k * len(trace)))
+    finally:
+        win.client.call("engine", use_this_computer())
+        idle()
+        win.close()
