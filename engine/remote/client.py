@@ -481,7 +481,7 @@ class RemoteSession:
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  greedy: bool = True, capture: bool | Collection[str] = True,
                  messages: Sequence[Mapping[str, Any]] | None = None, chat_options: Mapping[str, Any] | None = None,
-                 _restore: tuple | None = None) -> None:
+                 cancel: Any = None, _restore: tuple | None = None) -> None:
         self.model = model
         self.engine = model.engine
         self.settings = SamplingSettings(temperature, top_k, top_p, greedy, seed)  # checked here, as in-process
@@ -500,10 +500,11 @@ class RemoteSession:
             body["restore"] = (messages_, options)
             body["history"] = [list(e) for e in history]
             self.history = [tuple(e) for e in history]
-        self._open(body)
+        self._open(body, cancel)
 
-    def _open(self, body: dict) -> None:
-        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits})
+    def _open(self, body: dict, cancel: Any = None) -> None:
+        # `cancel` set while the server prefills: the cancel message stops it between layers there (Cancelled)
+        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits}, cancel=cancel)
         self.handle = answer["handle"]
         self._mirror = TraceMirror(self.engine.fetch_logits, self.engine)
         self._gate_version = self.model.gate_version

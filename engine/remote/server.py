@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import CheckpointError, EngineError, LoadCancelled, SessionError
+from ..errors import Cancelled, CheckpointError, EngineError, LoadCancelled, SessionError
 from ..local import LocalEngine
 from ..session import live_events, stop_token_ids
 from .delta import TraceSender
@@ -190,7 +190,7 @@ class EngineServer:
                 cancel = self._cancels.get(rid)
                 try:
                     if cancel is not None and cancel.is_set() and op not in PARTIAL_WHEN_CANCELLED:
-                        raise (LoadCancelled if op == "load" else EngineError)("cancelled before it started")
+                        raise (LoadCancelled if op == "load" else Cancelled)("cancelled before it started")
                     handler = getattr(self, f"_do_{op}", None)
                     if handler is None:
                         raise EngineError(f"the server has no operation {op!r} (a newer client?)")
@@ -342,7 +342,7 @@ class EngineServer:
         model = self._model(body["model"])
         kw = dict(body.get("kwargs", {}))
         history = body.get("history")
-        session = self.local.Session(model, **kw)
+        session = self.local.Session(model, **kw, cancel=cancel)  # a cancel message stops its prefill between layers
         if "restore" in body:  # a session the client held across a server restart: the same ids, history replayed
             messages, chat_options = body["restore"]
             session.messages = tuple(messages) if messages is not None else None
