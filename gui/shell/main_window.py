@@ -381,6 +381,12 @@ class MainWindow(QMainWindow):
             self._chain = []
             self._maybe_settled()
             return
+        if op == "session" and self.client.session_cancelled:  # Stop/Esc during a long prefill: no banner
+            self.statusBar().showMessage("Stopped: the new prompt was not read to the end; the panels show the "
+                                         "session before it, unchanged", 10000)
+            self._chain = []
+            self._maybe_settled()
+            return
         self.show_error(message, op)
         if op in ("load", "session", "run"):
             self._chain = []
