@@ -168,6 +168,11 @@ class RemoteEngine:
         """Checkpoint folders under the server's --models-dir folders (what Open folder may name)."""
         return self._listing("folders")
 
+    def list_folders(self, path: str | None = None) -> list[dict]:
+        """What Open model folder browses: the server's --models-dir folders (path None) or the sub-folders of one
+        path under them, each {"path", "name", "checkpoint"}; CheckpointError for a path outside them."""
+        return list(self.call("browse", {"path": path}))
+
     def stop_token_ids(self, model: RemoteModel) -> tuple[int, ...]:
         return tuple(model.stop_ids)
 

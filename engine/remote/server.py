@@ -243,6 +243,11 @@ class EngineServer:
             raise EngineError(f"no listing called {what!r}")
         return getattr(self.local, what)()
 
+    def _do_browse(self, body: dict, progress, cancel) -> list:  # noqa: ANN001
+        from .folders import list_folders
+
+        return list_folders(self.models_dirs, body.get("path"))
+
     def allowed_source(self, source: str) -> str:
         """Only the server's bundled models, its HF cache and folders under --models-dir are opened."""
         from ..checkpoints.resolve import bundled_models, hf_cache_snapshot

@@ -44,6 +44,7 @@ from .analysis import install as install_analysis
 from .cache_dialog import CachedModelsMenu, show_cache_dialog
 from .loading import LoadingController
 from .remote_engine import install as install_remote_engine
+from .server_folders import ServerFoldersDialog
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,12 @@ class MainWindow(QMainWindow):
         show_cache_dialog(self, scan=self.client.engine.cached_model_infos)  # the engine's cache, wherever it runs
 
     def browse_folder(self) -> None:
+        # the engine lists what it may open (a server's --models-dir), or answers None: any folder here opens
+        if self.client.engine.list_folders() is not None:
+            self.folder_browser = ServerFoldersDialog(self.client.engine.list_folders, self.client.engine.address, self)
+            self.folder_browser.open_requested.connect(lambda f: self.open_model(f, device=self.prompt_panel.device()))
+            self.folder_browser.open()
+            return
         folder = QFileDialog.getExistingDirectory(self, "Open a checkpoint folder (config.json, weights, tokenizer)",
                                                   str(self.settings.value("last_folder", str(Path.home()))))
         if folder:
