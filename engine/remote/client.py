@@ -395,6 +395,7 @@ class RemoteModel:
         self.no_logits_reason, self.dtype_reason = d["no_logits_reason"], d["dtype_reason"]
         self.rebuilds_patterns = d["rebuilds_patterns"]
         self.backend = d.get("backend", "native")  # "transformers" when the server runs it through transformers
+        self.placement = d.get("placement", str(self.device))  # which layers on which of the server's devices
         self.config = RemoteConfig(**d["config"])
         self.tokenizer = RemoteTokenizer(self, d["tokenizer"])
         self.stop_ids = tuple(d["stop_ids"])

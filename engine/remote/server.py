@@ -471,7 +471,7 @@ def describe_model(model: Any) -> dict:
         "dtype": str(model.dtype).replace("torch.", ""), "load_seconds": float(model.load_seconds or 0.0),
         "max_positions": model.max_positions, "has_logits": bool(model.has_logits), "no_logits_reason": model.no_logits_reason,
         "dtype_reason": str(getattr(model, "dtype_reason", "") or ""), "rebuilds_patterns": bool(model.rebuilds_patterns),
-        "backend": str(getattr(model, "backend", "native")),
+        "backend": str(getattr(model, "backend", "native")), "placement": str(model.placement),
         "config": {"vocab_size": cfg.vocab_size, "mask_token_id": cfg.mask_token_id, "model_type": cfg.model_type,
                    "eos_token_ids": tuple(cfg.eos_token_ids), "n_kv_heads": cfg.n_kv_heads, "family": cfg.family},
         "tokenizer": {"vocab": [tok.display(i) for i in range(cfg.vocab_size)],

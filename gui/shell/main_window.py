@@ -364,7 +364,8 @@ class MainWindow(QMainWindow):
         texts = {"model": info.name, "family": info.family, "params": f"{params} parameters",
                  "device": device_text(info),
                  "load": f"loaded in {info.load_seconds:.2f} s"}
-        self.status_labels["device"].setToolTip(f"{info.device} · {info.dtype}")
+        where = f" · {info.placement}" if info.placement else ""
+        self.status_labels["device"].setToolTip(f"{info.device} · {info.dtype}{where}")
         for key, text in texts.items():
             self.status_labels[key].setText(text)
 

@@ -54,3 +54,7 @@ def test_too_big_for_every_device_is_refused():
 def test_single_device_describes_itself():
     assert single_device(12, "cuda:0").describe() == "cuda:0 layers 0–11"
     assert single_device(1, "cpu").describe() == "cpu layer 0"
+
+
+def test_an_open_model_says_its_placement(gpt):
+    assert gpt.placement == "cpu layers 0–1"

@@ -114,5 +114,17 @@ def test_window_open_folder_browses_the_server(qtbot, server, modern_dir, tmp_pa
         dialog._activated(dialog.entries.item(1))  # gemma2: opened on the server
         qtbot.waitUntil(lambda: not win.client.busy and win.state.model is not None, timeout=60_000)
         assert win.state.model.folder == str(modern_dir.resolve() / "google" / "gemma2") and not win.errors
+        # where the server placed it, in the status bar's device tooltip (one device today)
+        assert f"cpu layers 0–{win.state.model.n_layers - 1}" in win.status_labels["device"].toolTip()
     finally:
         win.close()
+
+
+def test_remote_model_says_its_placement(eng):
+    assert eng.load_model("tiny-gpt").placement == load_local_placement("tiny-gpt")
+
+
+def load_local_placement(name: str) -> str:
+    from engine import load_model
+
+    return load_model(name, device="cpu").placement
