@@ -11,6 +11,7 @@
 from .config import ModelConfig
 from .device import share_cpu_with_ui
 from .errors import (
+    Cancelled,
     CaptureError,
     ChatTemplateError,
     CheckpointError,
@@ -30,7 +31,8 @@ from .session import Session, Step
 from .trace import KINDS, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
 
 __all__ = [
-    "KINDS", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError", "LoadCancelled", "Model", "ModelConfig",
+    "KINDS", "Cancelled", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError",
+    "LoadCancelled", "Model", "ModelConfig",
     "OutOfMemoryError", "PatternBlock", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError",
     "Step", "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",
     "load_model", "parse_capture_name", "share_cpu_with_ui",

@@ -50,3 +50,7 @@ class ChatTemplateError(PromptError):
 
 class LoadCancelled(EngineError):
     """load_model was cancelled (its `cancel` event was set); what it had allocated is freed."""
+
+
+class Cancelled(EngineError):
+    """A forward (a long prefill) was cancelled through its `cancel` flag; the session is as it was before."""

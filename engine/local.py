@@ -166,6 +166,11 @@ class LocalEngine:
         """Folders the engine offers besides bundled and cached models: none in-process (any folder opens)."""
         return []
 
+    def list_folders(self, path: str | None = None) -> list[dict] | None:
+        """None: in-process any folder opens, so the window uses this computer's own folder dialog (a remote
+        engine lists the folders it may open instead)."""
+        return None
+
     def reconnect(self, **_: Any) -> None:
         """Nothing to reconnect to in-process."""
 

@@ -18,6 +18,7 @@ from .device import is_out_of_memory
 from .errors import CaptureError, OutOfMemoryError, PromptError
 from .modules import Recorder
 from .network import Transformer
+from .placement import single_device
 from .rebuild import KeyArena, QueryBlock, ScoreRule
 from .tokenizer import Tokenizer
 from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name, mlp_name, parse_capture_name
@@ -140,6 +141,12 @@ class Model:
     @property
     def device(self) -> torch.device:
         return self.net.embed.weight.device
+
+    @property
+    def placement(self) -> str:
+        """Which layers run on which device, for the status bar: one device today ("cpu layers 0–11");
+        engine.placement.plan says how a model bigger than one GPU would be spread."""
+        return single_device(self.n_layers, str(self.device)).describe()
 
     @property
     def dtype(self) -> torch.dtype:

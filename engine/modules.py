@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import LayerCache
+from .cancel import checkpoint
 from .config import AttentionSpec, ModelConfig, RopeSpec
 from .rotary import apply_rotary
 
@@ -244,6 +245,8 @@ class Attention(nn.Module):
         chunk = max(1, SCORE_CHUNK_BYTES // (4 * nh * S))
         ys, lses = [], []
         for a in range(0, T, chunk):  # rows in chunks: never T x S per head at once
+            if a:
+                checkpoint()  # a very long prefill can also stop between row chunks of one layer
             n = min(chunk, T - a)
             s = self._grouped(q[:, :, a : a + n].float()) @ kf  # (B, nkv, g·n, S)
             s = s.view(B, nh, n, S)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .cache import KVCache
+from .cancel import checkpoint
 from .config import ModelConfig
 from .modules import (
     CAUSAL,
@@ -97,6 +98,7 @@ class Stack(nn.Module):
             x = self.embed_norm(x)
         ctx = self.layer_inputs(start, x.shape[1], x.dtype, x.device, key_mask, memory, memory_mask)
         for i, layer in enumerate(self.layers):
+            checkpoint()  # a long prefill can be stopped between layers (Model.guard rolls the cache back)
             x = layer(x, ctx, cache.layers[i] if cache is not None else None, capture)
             if residuals is not None:
                 residuals.append(x)

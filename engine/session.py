@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .cancel import cancellable
 from .chat import generation_eos_ids, normalise_messages
 from .errors import PromptError, SessionError
 from .model import Forward, Model
@@ -78,6 +79,7 @@ class Session:
         capture: bool | Collection[str] = True,  # False, True (every layer) or the capture names to record
         messages: Sequence[Mapping[str, Any]] | None = None,
         chat_options: Mapping[str, Any] | None = None,
+        cancel: Any = None,  # a threading.Event or callable: set from another thread, it stops the prefill (Cancelled)
     ) -> None:
         self.model = model
         self.settings = SamplingSettings(temperature, top_k, top_p, greedy, seed)
@@ -106,7 +108,8 @@ class Session:
         if family == "encoder":
             self._ids = model.encoder_ids(prompt if prompt is not None else "", "prompt")
             self.prompt_ids = list(self._ids)
-            self._refresh_encoder()
+            with cancellable(cancel):
+                self._refresh_encoder()
             return
         self._ids = model.decoder_ids(prompt)
         self.prompt_ids = list(self._ids)
@@ -114,13 +117,15 @@ class Session:
         self._memory = None
         self._encoder_blocks: dict[str, tuple[PatternBlock, ...]] = {}
         if self.source_ids is not None:
-            enc = model.encode(self.source_ids, capture)
+            with cancellable(cancel):
+                enc = model.encode(self.source_ids, capture)
             self._memory = enc.hidden
             self._encoder_blocks = {k: tuple(v) for k, v in enc.blocks.items()}
         self._cache = model.new_cache()
         self._blocks: dict[str, list[PatternBlock]] = {}
         self._logit_rows: list[np.ndarray | LazyLogits] = []
-        self._add(model.decode(self._ids, self._cache, self._memory, capture))
+        with cancellable(cancel):  # a cancelled prefill raises before this new session exists anywhere
+            self._add(model.decode(self._ids, self._cache, self._memory, capture))
         self._tokens = model.tokenizer.token_strings(self._ids)
 
     def _render_chat(self, messages: Sequence[Mapping[str, Any]], prompt: object, source: object) -> list[int]:

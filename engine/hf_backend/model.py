@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cancel import checkpoint
 from ..config import ModelConfig
 from ..errors import CaptureError, EngineError
 from ..model import Forward, Model, _frozen
@@ -60,6 +61,7 @@ class HFModel(Model):
         self.n_experts = n_experts
         self.layer_kinds = layer_kinds  # per layer: "attention", or what a hybrid has instead ("Mamba", ...)
         self.quantization = ""  # e.g. "mxfp4, dequantised to bfloat16" (set by the loader)
+        add_cancel_points(self.hf)
 
     @property
     def net(self):  # noqa: ANN201 - the native engine's network: absent here
@@ -291,6 +293,19 @@ class HFModel(Model):
         main = "encoder" if self.family == "encoder" else "self"
         return {capture_name(main, i): (kinds[i] if i < len(kinds) else "non-attention")
                 for i in range(self.n_layers) if i not in self.attention_layers}
+
+
+def add_cancel_points(hf: torch.nn.Module) -> int:
+    """A forward pre-hook on every numbered layer (…layers.N, h.N, layer.N, block.N) that raises Cancelled when
+    the enclosing engine.cancel.cancellable() flag is set, so a long prefill stops between layers (guard()
+    rolls the cache back). Returns how many layers got one."""
+    n = 0
+    for name, module in hf.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "layer", "h", "block"):
+            for layer in module:
+                layer.register_forward_pre_hook(lambda _m, _a: checkpoint())
+                n += 1
+    return n
 
 
 def text_model(hf: torch.nn.Module) -> torch.nn.Module:

@@ -168,6 +168,11 @@ class RemoteEngine:
         """Checkpoint folders under the server's --models-dir folders (what Open folder may name)."""
         return self._listing("folders")
 
+    def list_folders(self, path: str | None = None) -> list[dict]:
+        """What Open model folder browses: the server's --models-dir folders (path None) or the sub-folders of one
+        path under them, each {"path", "name", "checkpoint"}; CheckpointError for a path outside them."""
+        return list(self.call("browse", {"path": path}))
+
     def stop_token_ids(self, model: RemoteModel) -> tuple[int, ...]:
         return tuple(model.stop_ids)
 
@@ -390,6 +395,7 @@ class RemoteModel:
         self.no_logits_reason, self.dtype_reason = d["no_logits_reason"], d["dtype_reason"]
         self.rebuilds_patterns = d["rebuilds_patterns"]
         self.backend = d.get("backend", "native")  # "transformers" when the server runs it through transformers
+        self.placement = d.get("placement", str(self.device))  # which layers on which of the server's devices
         self.config = RemoteConfig(**d["config"])
         self.tokenizer = RemoteTokenizer(self, d["tokenizer"])
         self.stop_ids = tuple(d["stop_ids"])
@@ -481,7 +487,7 @@ class RemoteSession:
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  greedy: bool = True, capture: bool | Collection[str] = True,
                  messages: Sequence[Mapping[str, Any]] | None = None, chat_options: Mapping[str, Any] | None = None,
-                 _restore: tuple | None = None) -> None:
+                 cancel: Any = None, _restore: tuple | None = None) -> None:
         self.model = model
         self.engine = model.engine
         self.settings = SamplingSettings(temperature, top_k, top_p, greedy, seed)  # checked here, as in-process
@@ -500,10 +506,11 @@ class RemoteSession:
             body["restore"] = (messages_, options)
             body["history"] = [list(e) for e in history]
             self.history = [tuple(e) for e in history]
-        self._open(body)
+        self._open(body, cancel)
 
-    def _open(self, body: dict) -> None:
-        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits})
+    def _open(self, body: dict, cancel: Any = None) -> None:
+        # `cancel` set while the server prefills: the cancel message stops it between layers there (Cancelled)
+        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits}, cancel=cancel)
         self.handle = answer["handle"]
         self._mirror = TraceMirror(self.engine.fetch_logits, self.engine)
         self._gate_version = self.model.gate_version

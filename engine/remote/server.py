@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import CheckpointError, EngineError, LoadCancelled, SessionError
+from ..errors import Cancelled, CheckpointError, EngineError, LoadCancelled, SessionError
 from ..local import LocalEngine
 from ..session import live_events, stop_token_ids
 from .delta import TraceSender
@@ -190,7 +190,7 @@ class EngineServer:
                 cancel = self._cancels.get(rid)
                 try:
                     if cancel is not None and cancel.is_set() and op not in PARTIAL_WHEN_CANCELLED:
-                        raise (LoadCancelled if op == "load" else EngineError)("cancelled before it started")
+                        raise (LoadCancelled if op == "load" else Cancelled)("cancelled before it started")
                     handler = getattr(self, f"_do_{op}", None)
                     if handler is None:
                         raise EngineError(f"the server has no operation {op!r} (a newer client?)")
@@ -242,6 +242,11 @@ class EngineServer:
         if what not in ("bundled_models", "cached_models", "cached_model_infos", "available_devices"):
             raise EngineError(f"no listing called {what!r}")
         return getattr(self.local, what)()
+
+    def _do_browse(self, body: dict, progress, cancel) -> list:  # noqa: ANN001
+        from .folders import list_folders
+
+        return list_folders(self.models_dirs, body.get("path"))
 
     def allowed_source(self, source: str) -> str:
         """Only the server's bundled models, its HF cache and folders under --models-dir are opened."""
@@ -342,7 +347,7 @@ class EngineServer:
         model = self._model(body["model"])
         kw = dict(body.get("kwargs", {}))
         history = body.get("history")
-        session = self.local.Session(model, **kw)
+        session = self.local.Session(model, **kw, cancel=cancel)  # a cancel message stops its prefill between layers
         if "restore" in body:  # a session the client held across a server restart: the same ids, history replayed
             messages, chat_options = body["restore"]
             session.messages = tuple(messages) if messages is not None else None
@@ -466,7 +471,7 @@ def describe_model(model: Any) -> dict:
         "dtype": str(model.dtype).replace("torch.", ""), "load_seconds": float(model.load_seconds or 0.0),
         "max_positions": model.max_positions, "has_logits": bool(model.has_logits), "no_logits_reason": model.no_logits_reason,
         "dtype_reason": str(getattr(model, "dtype_reason", "") or ""), "rebuilds_patterns": bool(model.rebuilds_patterns),
-        "backend": str(getattr(model, "backend", "native")),
+        "backend": str(getattr(model, "backend", "native")), "placement": str(model.placement),
         "config": {"vocab_size": cfg.vocab_size, "mask_token_id": cfg.mask_token_id, "model_type": cfg.model_type,
                    "eos_token_ids": tuple(cfg.eos_token_ids), "n_kv_heads": cfg.n_kv_heads, "family": cfg.family},
         "tokenizer": {"vocab": [tok.display(i) for i in range(cfg.vocab_size)],

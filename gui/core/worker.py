@@ -53,6 +53,7 @@ class ModelInfo:
     has_chat_template: bool = False  # the prompt panel offers chat mode
     stop_ids: tuple[int, ...] = ()  # ids whose choice ends a generation (eos, the template's end of turn)
     backend: str = "native"  # which engine runs it: "native" or "transformers" (engine.hf_backend)
+    placement: str = ""  # which layers on which device ("cuda:0 layers 0–31"), where the engine runs
 
     @property
     def n_layers(self) -> int:
@@ -94,7 +95,7 @@ def model_info(model: Any, engine: Any) -> ModelInfo:
         dtype_reason=str(getattr(model, "dtype_reason", "") or ""),
         has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
         stop_ids=tuple(engine.stop_token_ids(model)) if model.family != "encoder" else (),
-        backend=str(getattr(model, "backend", "native")))
+        backend=str(getattr(model, "backend", "native")), placement=str(getattr(model, "placement", "") or ""))
 
 
 class EngineWorker(QObject):
@@ -139,7 +140,8 @@ class EngineWorker(QObject):
             old.close()
 
     def cancel(self, upto: int) -> None:
-        """Called from the GUI thread: runs with request id <= `upto` stop after the step in progress."""
+        """Called from the GUI thread: runs with request id <= `upto` stop after the step in progress, a new
+        session's prefill at its next layer."""
         self._cancel_upto = max(self._cancel_upto, upto)
 
     # one wrapper so every error, expected or not, becomes a message and the worker lives on
@@ -201,8 +203,11 @@ class EngineWorker(QObject):
                 raise EngineError("type a source text for the encoder")
             if family == "encoder-decoder" and not prompt.strip():
                 prompt = None  # the decoder starts from its start token
+            # Stop/Esc (cancel ids up to this one) stops the prefill between layers, here or on a server: Cancelled,
+            # and the old session stays exactly as it was
             self.session = self.engine.Session(self.model, prompt, source=source, temperature=req.temperature,
-                                               top_k=req.top_k, top_p=req.top_p, seed=req.seed, greedy=req.greedy)
+                                               top_k=req.top_k, top_p=req.top_p, seed=req.seed, greedy=req.greedy,
+                                               cancel=lambda: rid <= self._cancel_upto)
             self._request = req
             return self.session.trace
 
@@ -330,6 +335,8 @@ class EngineClient(QObject):
         self.stop_asked = False  # Stop (Esc) was pressed during the newest run
         self._progress: tuple[int, Trace] | None = None
         self._load_cancel: threading.Event | None = None  # the newest load's; cancel_load() sets it
+        self._latest_session_id = 0
+        self._stopped_upto = 0  # requests up to this id were issued before the last Stop
         threads = share_cpu_with_ui(reserve=1)  # a core stays free for the event loop while a run computes
         log.debug("engine: %d torch threads", threads)
         self._thread = QThread()
@@ -399,7 +406,7 @@ class EngineClient(QObject):
         return self._load_cancel is not None and self._load_cancel.is_set()
 
     def new_session(self, req: SessionRequest) -> int:
-        rid = self._issue("session")
+        rid = self._latest_session_id = self._issue("session")
         self._new_session.emit(rid, req)
         return rid
 
@@ -446,7 +453,13 @@ class EngineClient(QObject):
         """Cooperative: the worker checks between steps, so this takes effect at once (also for a run
         still waiting in the queue)."""
         self.stop_asked = self.stop_asked or self.running
+        self._stopped_upto = self._next_id
         self.worker.cancel(self._next_id)
+
+    @property
+    def session_cancelled(self) -> bool:
+        """The newest new-session request was stopped (Stop/Esc) while it waited or prefilled."""
+        return 0 < self._latest_session_id <= self._stopped_upto and "session" not in self._pending.values()
 
     def shutdown(self) -> None:
         self.worker.cancel(self._next_id)

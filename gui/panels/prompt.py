@@ -382,7 +382,8 @@ class PromptPanel(QWidget):
         if op != "session" or self.state.model is None:
             return
         self._show_stale(message)
-        if not self.chat_mode:  # a chat's user message is rendered through its template: shortening is the person's
+        # a chat's user message is rendered through its template: shortening is the person's; a Stop needs no trim
+        if not self.chat_mode and not self.client.session_cancelled:
             prompt, source = self.texts()
             self._fit_rid = self.client.call("fit_prompt", jobs.fit_prompt(prompt, source if self.source_edit.isVisibleTo(self) else None))
 

@@ -44,6 +44,7 @@ from .analysis import install as install_analysis
 from .cache_dialog import CachedModelsMenu, show_cache_dialog
 from .loading import LoadingController
 from .remote_engine import install as install_remote_engine
+from .server_folders import ServerFoldersDialog
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,12 @@ class MainWindow(QMainWindow):
         show_cache_dialog(self, scan=self.client.engine.cached_model_infos)  # the engine's cache, wherever it runs
 
     def browse_folder(self) -> None:
+        # the engine lists what it may open (a server's --models-dir), or answers None: any folder here opens
+        if self.client.engine.list_folders() is not None:
+            self.folder_browser = ServerFoldersDialog(self.client.engine.list_folders, self.client.engine.address, self)
+            self.folder_browser.open_requested.connect(lambda f: self.open_model(f, device=self.prompt_panel.device()))
+            self.folder_browser.open()
+            return
         folder = QFileDialog.getExistingDirectory(self, "Open a checkpoint folder (config.json, weights, tokenizer)",
                                                   str(self.settings.value("last_folder", str(Path.home()))))
         if folder:
@@ -368,7 +375,8 @@ class MainWindow(QMainWindow):
         texts = {"model": info.name, "family": info.family, "params": f"{params} parameters",
                  "device": device_text(info),
                  "load": f"loaded in {info.load_seconds:.2f} s"}
-        self.status_labels["device"].setToolTip(f"{info.device} · {info.dtype}")
+        where = f" · {info.placement}" if info.placement else ""
+        self.status_labels["device"].setToolTip(f"{info.device} · {info.dtype}{where}")
         for key, text in texts.items():
             self.status_labels[key].setText(text)
 
@@ -389,6 +397,12 @@ class MainWindow(QMainWindow):
 
     def _on_error(self, op: str, message: str) -> None:
         if op == "load" and self.loading.load_failed(message):  # cancelled: said in the status bar, no banner
+            self._chain = []
+            self._maybe_settled()
+            return
+        if op == "session" and self.client.session_cancelled:  # Stop/Esc during a long prefill: no banner
+            self.statusBar().showMessage("Stopped: the new prompt was not read to the end; the panels show the "
+                                         "session before it, unchanged", 10000)
             self._chain = []
             self._maybe_settled()
             return

@@ -178,3 +178,40 @@ def test_loading_a_model_freezes_the_survivors_out_of_the_cyclic_collector(qtbot
     open_model(qtbot, window, checkpoints["decoder"], prompt="In the beginning")
     assert gc.get_freeze_count() > 10_000
     assert len(gc.get_objects()) < gc.get_freeze_count() / 5
+
+
+def test_stop_during_a_long_prefill_cancels_it_and_keeps_the_session(qtbot, window, checkpoints):
+    """Esc (generate.stop) while a new prompt's prefill runs: the worker's forward stops at its next layer, the
+    status bar says so, no error banner, and the session before it is unchanged and steps again after Restore."""
+    import threading
+
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"])
+    before = win.state.trace
+    ids_before = list(win.client.worker.session.ids)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_m, _a):  # the prefill is inside the stack: hold it until Stop has been pressed
+        started.set()
+        release.wait(30)
+
+    handle = win.client.worker.model.net.decoder.layers[0].register_forward_pre_hook(hold)
+    try:
+        win.prompt_panel.prompt_edit.setPlainText("a much longer prompt " * 20)
+        win.prompt_panel.request_session()
+        assert started.wait(30)
+        win.registry.action("generate.stop").trigger()  # Esc
+        release.set()
+        wait_idle(qtbot, win)
+    finally:
+        release.set()
+        handle.remove()
+    assert win.client.session_cancelled
+    assert "Stopped" in win.statusBar().currentMessage()
+    assert not win.errors  # no banner: a cancel is not an error
+    assert win.state.trace is before and win.client.worker.session.ids == ids_before
+    win.prompt_panel.restore_button.click()  # back to the session's prompt: Step works again
+    wait_idle(qtbot, win)
+    n = len(win.state.trace)
+    qtbot.mouseClick(win.token_strip.step_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine import CheckpointError, LoadCancelled, Session, load_model
+from engine import Cancelled, CheckpointError, LoadCancelled, Session, load_model
 from engine.remote import PROTOCOL_VERSION, AuthenticationError, EngineGone, ProtocolMismatch, client, connect
 from engine.remote.launch import parse_connect_line, ssh_serve_command, ssh_tunnel_command
 
@@ -63,6 +63,29 @@ def test_cancelled_load_raises_load_cancelled(eng):
     with pytest.raises(LoadCancelled):
         eng.load_model("tiny-llama", cancel=cancel)
     assert eng.load_model("tiny-gpt").name == "tiny-gpt"  # the server lives on
+
+
+def test_cancel_reaches_a_running_prefill(eng):
+    """A 1023-token prefill of tiny-llama takes seconds on this CPU (4 layers); the cancel, set once the request
+    is well under way, stops it between layers on the server, and the earlier session is untouched."""
+    import time
+
+    import torch
+
+    model = eng.load_model("tiny-llama")
+    old = eng.Session(model, "In the beginning")
+    old.step()
+    ids = [5 + i % 4000 for i in range(model.max_positions - 1)]
+    sent = time.monotonic()
+    with pytest.raises(Cancelled, match="stopped before it finished"):  # not "before it started": it was running
+        eng.Session(model, ids, cancel=lambda: time.monotonic() - sent > 0.3)
+    old.step()
+    torch.set_num_threads(eng.info["torch_threads"])  # the same float reductions as the server
+    local = Session(load_model("tiny-llama", device="cpu"), "In the beginning")
+    local.step(), local.step()
+    assert old.ids == local.ids
+    np.testing.assert_allclose(old.trace.logits_at(len(old.ids) - 1), local.trace.logits_at(len(local.ids) - 1),
+                               rtol=0, atol=1e-5)
 
 
 def test_ssh_commands_are_argument_lists():
