@@ -32,6 +32,8 @@ class HeadStat:
     induction: float  # mean weight on the token after the previous occurrence, on a repeated random sequence
     sink: float  # mean weight on the first key
     distance: float  # mean |query - key| weighted by attention
+    # mean share of a row that went to the attention sink (gpt-oss: a softmax term with no value); NaN without one
+    sink_share: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,11 +119,13 @@ def head_statistics(model: Model, trace: Trace, induction: np.ndarray | None = N
                 stats = pattern_statistics(trace.attention(kind, layer), causal=kind == "self")
             else:  # a long context: the same statistics a chunk of rows at a time
                 stats = pattern_statistics_chunked(trace, kind, layer)
+            share = trace.sink_share(kind, layer)  # [heads, queries], O(T) from each row's lse; None without sinks
+            sink_share = share.mean(axis=1, dtype=np.float64) if share is not None else np.full(trace.n_heads, np.nan)
             for head in range(trace.n_heads):
                 ind = float(induction[layer, head]) if kind == main_kind else float("nan")
                 out.append(HeadStat(kind, layer, head, float(stats["entropy"][head]), float(stats["entropy_norm"][head]),
                                     float(stats["prev_token"][head]), ind, float(stats["sink"][head]),
-                                    float(stats["distance"][head])))
+                                    float(stats["distance"][head]), float(sink_share[head])))
     return out
 
 

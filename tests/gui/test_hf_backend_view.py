@@ -126,3 +126,37 @@ def test_the_experts_dock_plots_the_selected_layers_load(qtbot, window, checkpoi
     np.testing.assert_allclose(panel.load_share, running_share(trace, 1))
     x, y = panel.load_lines[2].getData()
     np.testing.assert_allclose(y, panel.load_share[2])
+
+
+def test_the_attention_view_shows_the_sinks_share_as_a_column_beside_the_keys(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    view, state = window.attention_view, window.state
+    trace = state.trace
+    n_q, n_k = view.shape
+    np.testing.assert_allclose(view.sink_row, trace.sink_share("self", state.layer)[state.head], rtol=0, atol=0)
+    assert view.sink_image.isVisible() and view.sink_label.isVisible()
+    assert view.sink_image.image.shape == (n_q, 1)
+    # the column's centre is right of the keys: the hover there reads the sink's share of that row
+    vb = view.plot.getViewBox()
+    view.fit()
+    scene = vb.mapViewToScene(pg_point(n_k + 0.5, n_q - 1))
+    assert view.cell_at(scene) == (n_q - 1, n_k)
+    text = view.describe(n_q - 1, n_k)
+    assert "→ sink: " in text and abs(view.hover_weight - trace.sink_share("self", state.layer)[state.head, -1]) < 1e-7
+    state.select(mean_heads=True, layer=1)
+    np.testing.assert_allclose(view.sink_row, trace.sink_share("self", 1).mean(axis=0), rtol=1e-6)
+
+
+def test_a_model_without_sinks_has_no_sink_column(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    view = window.attention_view
+    assert view.sink_row is None and not view.sink_image.isVisible()
+    n_q, n_k = view.shape
+    scene = view.plot.getViewBox().mapViewToScene(pg_point(n_k + 0.5, n_q - 1))
+    assert view.cell_at(scene) is None
+
+
+def pg_point(x: float, y: float):
+    from PySide6.QtCore import QPointF
+
+    return QPointF(x, y)
