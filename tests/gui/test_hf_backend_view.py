@@ -160,3 +160,20 @@ def pg_point(x: float, y: float):
     from PySide6.QtCore import QPointF
 
     return QPointF(x, y)
+
+
+def test_inside_this_head_gives_the_rows_sink_share_on_the_transformers_backend(qtbot, window, checkpoints):
+    """The chain needs the native engine's network; the softmax's sink share comes from the trace and is shown."""
+    from tests.gui.test_inside_head import _shown
+
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    state = window.state
+    state.select(layer=1, head=2)
+    _panel, tab = _shown(qtbot, window, "inside")
+    share = float(state.trace.sink_share("self", 1)[2, state.row_query])
+    assert f"sink took {share:.1%}" in tab.chain.text(), tab.chain.text()
+    assert "native engine" in tab.heading.text()
+    assert not window.errors  # said in the tab, not as an error dialog
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    _shown(qtbot, window, "inside")
+    assert "sink" not in tab.chain.text()
