@@ -240,8 +240,8 @@ class AttentionView(QWidget):
         n_q, n_k = self.shape
         if n_q and n_k:
             self._fitted = True
-            right = n_k - 0.5 + (SINK_GAP + 1 if self.sink_row is not None else 0)
-            self.plot.setRange(xRange=(-0.5, right), yRange=(-0.5, n_q - 0.5), padding=0)
+            right = n_k - 0.5 + (SINK_GAP + 1.4 if self.sink_row is not None else 0)  # room for the label
+            self.plot.setRange(xRange=(-0.5, right), yRange=(-0.5 - self._label_room(), n_q - 0.5), padding=0)
 
     def zoom(self, factor: float, center: QPointF | None = None) -> None:
         """Zoom in (factor > 1) or out around `center` (data coordinates; default: the middle of the view)."""
@@ -360,9 +360,10 @@ class AttentionView(QWidget):
         self._draw_sink(None if override is not None else self._sink_rows(trace))
         if (self.sink_row is not None) != had_sink:
             old_shape = (0, 0)  # re-fit: the sink column came or went
-        sink_width = SINK_GAP + 1 if self.sink_row is not None else 0
+        sink_width = SINK_GAP + 1.4 if self.sink_row is not None else 0
         vb = self.plot.getViewBox()
-        vb.setLimits(xMin=-0.5 - 0.02 * n_k, xMax=n_k - 0.5 + sink_width + 0.02 * n_k, yMin=-0.5 - 0.02 * n_q,
+        vb.setLimits(xMin=-0.5 - 0.02 * n_k, xMax=n_k - 0.5 + sink_width + 0.02 * n_k,
+                     yMin=-0.5 - max(0.02 * n_q, self._label_room()),
                      yMax=n_q - 0.5 + 0.02 * n_q, minXRange=min(4, n_k), minYRange=min(4, n_q))
         if whole:
             self.tile = None
@@ -433,6 +434,10 @@ class AttentionView(QWidget):
         if share is None:
             return None
         return share.mean(axis=0) if s.mean_heads else share[s.head]
+
+    def _label_room(self) -> float:
+        """Rows of room above the pattern for the sink column's label (none without one)."""
+        return 0.0 if self.sink_row is None else 0.8 + 0.04 * self.shape[0]
 
     def _draw_sink(self, rows: np.ndarray | None) -> None:
         """The sink column right of the keys (a gap between), on the keys' colour scale; hidden without one."""
