@@ -177,3 +177,31 @@ def test_inside_this_head_gives_the_rows_sink_share_on_the_transformers_backend(
     open_model(qtbot, window, checkpoints["qwen3_moe"])
     _shown(qtbot, window, "inside")
     assert "sink" not in tab.chain.text()
+
+
+def test_the_experts_dock_ablates_and_restores_an_expert(qtbot, window, checkpoints):
+    from tests.gui.conftest import wait_idle
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    panel, state = window.experts_panel, window.state
+    before = state.trace
+    layer, token = 1, len(before) - 1
+    expert = int(before.routing(layer).top_expert[token])
+    menu = panel.menu_for(layer, token)
+    texts = [a.text() for a in menu.actions()]
+    assert f"Ablate expert {expert} of layer {layer}" in texts and not menu.actions()[-1].isEnabled()
+    menu.actions()[texts.index(f"Ablate expert {expert} of layer {layer}")].trigger()
+    qtbot.waitUntil(lambda: state.trace.expert_gates == {layer: {expert: 0.0}}, timeout=60_000)
+    wait_idle(qtbot, window)
+    after = state.trace
+    assert after.token_ids == before.token_ids
+    assert np.abs(after.logits_at(token) - before.logits_at(token)).max() > 1e-3  # the candidates moved
+    r = after.routing(layer)
+    assert np.all(r.weights[r.experts == expert] == 0)
+    assert f"ablated: layer {layer} expert {expert}" in panel.caption.text()
+    assert panel.menu_for(layer, token).actions()[-1].isEnabled()
+    panel.menu_for(layer, token).actions()[-1].trigger()  # restore every expert
+    qtbot.waitUntil(lambda: not state.trace.expert_gates, timeout=60_000)
+    wait_idle(qtbot, window)
+    np.testing.assert_allclose(state.trace.logits_at(token), before.logits_at(token), atol=1e-5)
+    assert "ablated" not in panel.caption.text()
