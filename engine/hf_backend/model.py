@@ -302,6 +302,7 @@ class HFModel(Model):
         return HFCache(self.hf.config)
 
     def make_trace(self, **kw) -> Trace:
+        kw.setdefault("expert_gates", self.expert_gates())  # Model.run's traces too (a Session passes its own)
         rules = {name: self.score_rule(name) for name, b in kw.get("blocks", {}).items()
                  if b and name in self._rules}
         return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,
