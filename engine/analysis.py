@@ -36,7 +36,10 @@ class HeadStat:
     sink_share: float = float("nan")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["sink_share"] != d["sink_share"]:  # NaN: a model without attention sinks (the JSON stays as it was)
+            del d["sink_share"]
+        return d
 
 
 def pattern_statistics(pattern: np.ndarray, causal: bool = True) -> dict[str, np.ndarray]:
