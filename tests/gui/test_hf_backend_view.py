@@ -205,3 +205,24 @@ def test_the_experts_dock_ablates_and_restores_an_expert(qtbot, window, checkpoi
     wait_idle(qtbot, window)
     np.testing.assert_allclose(state.trace.logits_at(token), before.logits_at(token), atol=1e-5)
     assert "ablated" not in panel.caption.text()
+
+
+def test_head_statistics_have_a_sink_share_column_for_sink_models_only(qtbot, window, checkpoints):
+    from engine.analysis import head_statistics
+    from gui.panels.head_stats import SINK_COLUMN
+
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    panel, trace = window.analysis.head_stats, window.state.trace
+    model = window.client.worker.model  # idle: reading it from here is safe
+    stats = head_statistics(model, trace, induction=np.zeros((trace.n_layers["self"], trace.n_heads)))
+    panel.show_stats(trace, stats)
+    assert not panel.table.isColumnHidden(SINK_COLUMN)
+    assert panel.table.horizontalHeaderItem(SINK_COLUMN).text() == "sink (gpt-oss)"
+    for r in range(panel.table.rowCount()):
+        st = panel.row_stat(r)
+        share = float(trace.sink_share(st.kind, st.layer)[st.head].mean())
+        assert panel.table.item(r, SINK_COLUMN).text() == f"{share:.3f}"
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    trace, model = window.state.trace, window.client.worker.model
+    panel.show_stats(trace, head_statistics(model, trace, induction=np.zeros((trace.n_layers["self"], trace.n_heads))))
+    assert panel.table.isColumnHidden(SINK_COLUMN)
