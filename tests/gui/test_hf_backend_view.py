@@ -226,3 +226,17 @@ def test_head_statistics_have_a_sink_share_column_for_sink_models_only(qtbot, wi
     trace, model = window.state.trace, window.client.worker.model
     panel.show_stats(trace, head_statistics(model, trace, induction=np.zeros((trace.n_layers["self"], trace.n_heads))))
     assert panel.table.isColumnHidden(SINK_COLUMN)
+
+
+def test_the_sink_column_stays_beside_tiles(qtbot, window, checkpoints, monkeypatch):
+    """A pattern drawn by tiles (long contexts): the sink column is its own image, the tiles are unchanged."""
+    from gui.panels import attention
+
+    monkeypatch.setattr(attention, "WHOLE_CELLS", 0)  # every pattern goes by tiles
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    view, state = window.attention_view, window.state
+    qtbot.waitUntil(lambda: view.tiled and view.tile is not None and not view.pending, timeout=30_000)
+    np.testing.assert_array_equal(view.sink_row, state.trace.sink_share("self", state.layer)[state.head])
+    n_q, n_k = view.shape
+    assert (view.tile.q1, view.tile.k1) == (n_q, n_k)  # the whole pattern, the sink column beside it
+    assert view.sink_image.isVisible()
