@@ -32,9 +32,15 @@ class HeadStat:
     induction: float  # mean weight on the token after the previous occurrence, on a repeated random sequence
     sink: float  # mean weight on the first key
     distance: float  # mean |query - key| weighted by attention
+    # mean share of a row that went to the attention sink (gpt-oss: a softmax term with no value); None without one
+    # (not NaN: records must compare equal, e.g. across the remote engine)
+    sink_share: float | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["sink_share"] is None:  # a model without attention sinks (the JSON stays as it was)
+            del d["sink_share"]
+        return d
 
 
 def pattern_statistics(pattern: np.ndarray, causal: bool = True) -> dict[str, np.ndarray]:
@@ -117,11 +123,14 @@ def head_statistics(model: Model, trace: Trace, induction: np.ndarray | None = N
                 stats = pattern_statistics(trace.attention(kind, layer), causal=kind == "self")
             else:  # a long context: the same statistics a chunk of rows at a time
                 stats = pattern_statistics_chunked(trace, kind, layer)
+            share = trace.sink_share(kind, layer)  # [heads, queries], O(T) from each row's lse; None without sinks
+            sink_share = share.mean(axis=1, dtype=np.float64) if share is not None else None
             for head in range(trace.n_heads):
                 ind = float(induction[layer, head]) if kind == main_kind else float("nan")
                 out.append(HeadStat(kind, layer, head, float(stats["entropy"][head]), float(stats["entropy_norm"][head]),
                                     float(stats["prev_token"][head]), ind, float(stats["sink"][head]),
-                                    float(stats["distance"][head])))
+                                    float(stats["distance"][head]),
+                                    float(sink_share[head]) if sink_share is not None else None))
     return out
 
 

@@ -57,6 +57,12 @@ class Step:
         return float(self.probs[self.token_id])
 
 
+
+def expert_gates(model: object) -> dict[int, dict[int, float]]:
+    """The model's expert gates ({} for models without experts to gate: the native engine, a remote one)."""
+    get = getattr(model, "expert_gates", None)
+    return get() if get is not None else {}
+
 class Session:
     """Decoder and encoder-decoder models: generate token by token with a KV cache.
     Encoder-only models: each step fills the first [MASK] with a masked-LM prediction.
@@ -90,6 +96,7 @@ class Session:
         self.history: list[tuple] = []
         self._gates = model.gates()  # head gates in force for every recorded forward
         self._neuron_gates = model.neuron_gates()  # and neuron gates
+        self._expert_gates = expert_gates(model)  # and expert gates (transformers-backend MoE models)
         self.stop_ids = stop_token_ids(model) if model.family != "encoder" else ()
         # the chat this session's prompt was rendered from (None for a plain prompt), kept for saving / display
         self.messages: tuple[dict[str, Any], ...] | None = None
@@ -236,7 +243,8 @@ class Session:
     def _sync_gates(self) -> None:
         """Head gates changed on the model since the last forward: recompute, so patterns, logits and
         the recorded gates agree."""
-        if self.model.gates() != self._gates or self.model.neuron_gates() != self._neuron_gates:
+        if (self.model.gates() != self._gates or self.model.neuron_gates() != self._neuron_gates
+                or expert_gates(self.model) != self._expert_gates):
             self.recompute()
 
     def _add(self, fwd: Forward) -> None:
@@ -397,13 +405,14 @@ class Session:
             return m.make_trace(token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special,
                                 n_prompt=len(self._ids), blocks=dict(self._enc_blocks),
                                 logit_rows=(self._enc_logits,) if self._enc_logits is not None else None,
-                                steps=tuple(self._steps), gates=self._gates, neuron_gates=self._neuron_gates)
+                                steps=tuple(self._steps), gates=self._gates, neuron_gates=self._neuron_gates,
+                                expert_gates=self._expert_gates)
         blocks = {**self._encoder_blocks, **{k: tuple(v) for k, v in self._blocks.items()}}
         src = self.source_ids
         return m.make_trace(
             token_ids=tuple(self._ids), tokens=tuple(self._tokens), special=special, n_prompt=self.n_prompt,
             blocks=blocks, logit_rows=tuple(self._logit_rows), steps=tuple(self._steps), gates=self._gates,
-            neuron_gates=self._neuron_gates,
+            neuron_gates=self._neuron_gates, expert_gates=self._expert_gates,
             keys=self._cache.key_views(), source_ids=tuple(src) if src is not None else None,
             source_tokens=tuple(tok.token_strings(src)) if src is not None else None,
             source_special=tuple(tok.is_special(i) for i in src) if src is not None else None,

@@ -39,6 +39,8 @@ def session_state(session: Session, view: dict | None = None) -> dict:
         "gates": {name: list(g) for name, g in model.gates().items()},
         # optional (older files have none): "decoder.3.mlp" -> {"224": 0.0}
         "neuron_gates": {name: {str(j): v for j, v in g.items()} for name, g in model.neuron_gates().items()},
+        # optional (older files and models without experts have none): MoE layer -> {expert: gate}
+        "expert_gates": {str(layer): {str(e): v for e, v in g.items()} for layer, g in _expert_gates(model).items()},
         "history": [list(e) for e in session.history],
         "view": view or {},
     }
@@ -108,6 +110,30 @@ def _parse_neuron_gates(state: dict) -> list[tuple[str, int, int, float]]:
     return out
 
 
+def _expert_gates(model: Model) -> dict[int, dict[int, float]]:
+    get = getattr(model, "expert_gates", None)  # the transformers backend's MoE models
+    return get() if get is not None else {}
+
+
+def _parse_expert_gates(state: dict) -> list[tuple[int, int, float]]:
+    """[(layer, expert, value)] from the file's expert gates."""
+    gates = state.get("expert_gates") or {}
+    if not isinstance(gates, dict) or not all(isinstance(v, dict) for v in gates.values()):
+        raise TypeError("expert_gates must map a layer to {expert: gate}")
+    return [(int(layer), int(e), float(v)) for layer, values in gates.items() for e, v in values.items()]
+
+
+def _set_expert_gates(model: Model, gates: list[tuple[int, int, float]] | dict) -> None:
+    items = [(layer, e, v) for layer, g in gates.items() for e, v in g.items()] if isinstance(gates, dict) else gates
+    if not items and not hasattr(model, "set_expert_gate"):
+        return
+    if not hasattr(model, "set_expert_gate"):
+        raise ValueError(f"{model.name} has no experts to gate (the file ablates experts)")
+    model.clear_expert_gates()
+    for layer, e, v in items:
+        model.set_expert_gate(layer, e, v)
+
+
 def _put_back(model: Model, heads: dict, neurons: dict) -> None:
     model.clear_gates()
     for name, values in heads.items():
@@ -123,10 +149,11 @@ def _put_back(model: Model, heads: dict, neurons: dict) -> None:
 def restore_session(state: dict, model: Model) -> Session:
     """Rebuild the saved session on `model` (gates applied, history replayed). On failure the model's
     gates are put back as they were."""
-    previous, previous_neurons = model.gates(), model.neuron_gates()
+    previous, previous_neurons, previous_experts = model.gates(), model.neuron_gates(), _expert_gates(model)
     try:
         gates = _parse_gates(state)
         neuron_gates = _parse_neuron_gates(state)
+        expert_gates = _parse_expert_gates(state)
         history = [tuple(e) for e in state["history"]]
         if not all(e and isinstance(e[0], str) for e in history):
             raise ValueError("history entries must start with an event name")
@@ -135,6 +162,7 @@ def restore_session(state: dict, model: Model) -> Session:
             model.set_head_gate(kind, layer, head, value)
         for stack, layer, neuron, value in neuron_gates:
             model.set_neuron_gate(layer, neuron, value, stack)
+        _set_expert_gates(model, expert_gates)
         s = state["settings"]
         session = Session(model, state["prompt_ids"], source=state.get("source_ids"), temperature=s["temperature"],
                           top_k=s["top_k"], top_p=s["top_p"], greedy=s["greedy"], seed=s["seed"])
@@ -146,6 +174,7 @@ def restore_session(state: dict, model: Model) -> Session:
         return session
     except BaseException as exc:
         _put_back(model, previous, previous_neurons)
+        _set_expert_gates(model, previous_experts)
         if isinstance(exc, EngineError) or not isinstance(exc, Exception):
             raise
         raise SessionFileError(f"the session file is inconsistent with this model or damaged: {exc!r}") from exc

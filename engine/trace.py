@@ -119,6 +119,7 @@ class Trace:
     steps: tuple[StepInfo, ...] = ()
     gates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # capture name -> head gates != 1
     neuron_gates: dict[str, dict[int, float]] = field(default_factory=dict)  # "decoder.3.mlp" -> {neuron: gate != 1}
+    expert_gates: dict[int, dict[int, float]] = field(default_factory=dict)  # MoE layer -> {expert: gate != 1}
     no_logits_reason: str | None = None
     n_kv_heads: int | None = None  # key/value heads; fewer than n_heads with grouped-query attention
     rules: dict[str, ScoreRule] = field(default_factory=dict)  # capture name -> score rule (rebuilt points)

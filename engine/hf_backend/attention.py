@@ -45,6 +45,8 @@ class ForwardState:
     cross_keys: bool = True  # cross-attention: record the encoder's keys (the first decode of a session only)
     rules: dict[str, ScoreRule] = field(default_factory=dict)
     routes: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # MoE layer -> {expert: factor != 1}: the router's weight for that expert is multiplied by it (expert ablation)
+    expert_gates: dict[int, dict[int, float]] = field(default_factory=dict)
 
 
 @contextmanager

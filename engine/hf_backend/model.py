@@ -50,6 +50,7 @@ class HFModel(Model):
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
+        self._expert_gates: dict[int, dict[int, float]] = {}  # MoE layer -> {expert: factor != 1}
         self._mask_shapes: dict[str, tuple] = {}  # capture name -> (causal, window, window_ahead) of its mask rule
         # whether LazyLogits (final hidden states × the output head, scale, soft-cap) reproduce this model's logits:
         # None until checked on the first forward of two or more tokens; False: every fed position's logits are
@@ -125,6 +126,29 @@ class HFModel(Model):
         self._gate_values.clear()
         self._gate_tensors.clear()
 
+    # -- expert gates: an expert's contribution scaled as if the router had weighted it so (0: ablated)
+    def expert_gates(self) -> dict[int, dict[int, float]]:
+        return {layer: dict(g) for layer, g in self._expert_gates.items()}
+
+    def set_expert_gate(self, layer: int, expert: int, value: float) -> None:
+        """Multiply the router's weight for `expert` in MoE layer `layer` by `value` wherever it is chosen (0
+        ablates it; 1 restores it). The router still chooses as before: only the chosen expert's share changes."""
+        if layer not in self.moe_layers:
+            raise CaptureError(f"layer {layer} has no experts; the mixture-of-experts layers are "
+                               f"{', '.join(map(str, self.moe_layers)) or 'none'}")
+        if self.n_experts is None or not 0 <= expert < self.n_experts:
+            raise CaptureError(f"expert {expert} does not exist; experts are 0..{(self.n_experts or 1) - 1}")
+        gates = self._expert_gates.setdefault(layer, {})
+        if float(value) == 1.0:
+            gates.pop(expert, None)
+        else:
+            gates[expert] = float(value)
+        if not gates:
+            del self._expert_gates[layer]
+
+    def clear_expert_gates(self) -> None:
+        self._expert_gates.clear()
+
     # -- neuron gates: the MLP ablation of the native engine's modules, which transformers' experts and MLPs lack
     def neuron_gates(self) -> dict[str, dict[int, float]]:
         return {}
@@ -139,7 +163,7 @@ class HFModel(Model):
     # -- forwards -----------------------------------------------------------------------------
     def _state(self, recorder: dict | None, cross_keys: bool = True) -> ForwardState:
         return ForwardState(self.attention_names, dict(self._gate_tensors), self._mask_shapes, recorder,
-                            cross_keys=cross_keys)
+                            cross_keys=cross_keys, expert_gates=self.expert_gates())
 
     def _routing_blocks(self, state: ForwardState, q_start: int) -> dict[str, list[RoutingBlock]]:
         out = {}
@@ -280,6 +304,7 @@ class HFModel(Model):
         return HFCache(self.hf.config)
 
     def make_trace(self, **kw) -> Trace:
+        kw.setdefault("expert_gates", self.expert_gates())  # Model.run's traces too (a Session passes its own)
         rules = {name: self.score_rule(name) for name, b in kw.get("blocks", {}).items()
                  if b and name in self._rules}
         return Trace(family=self.family, model_name=self.name, n_layers=self.layers_by_kind, n_heads=self.n_heads,

@@ -12,6 +12,7 @@ import re
 
 import torch
 
+from ..errors import CaptureError
 from .attention import current
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,28 @@ def _indices_and_weights(output: object, n_experts: int | None) -> tuple[torch.T
     return idx, weights
 
 
+def gate_router_output(output: object, gates: dict[int, float]) -> object:
+    """The router's output with the weight of each gated expert multiplied by its factor, wherever the router chose
+    it: the experts are then weighted exactly as if the router had given it that weight. Routers that return
+    (…, weights, indices) of the chosen experts (the transformers 5 TopKRouter form) only."""
+    parts = output if isinstance(output, tuple) else (output,)
+    idx_at = next((i for i, t in enumerate(parts) if isinstance(t, torch.Tensor) and not t.is_floating_point()
+                   and t.dim() == 2), None)
+    w_at = None if idx_at is None else next(
+        (i for i, t in enumerate(parts) if isinstance(t, torch.Tensor) and t.is_floating_point()
+         and t.shape == parts[idx_at].shape), None)
+    if w_at is None:
+        raise CaptureError("this model's router does not return the chosen experts' weights beside their indices; "
+                           "expert ablation works for routers that do (gpt-oss, Qwen3-MoE, Mixtral, OLMoE)")
+    idx, weights = parts[idx_at], parts[w_at]
+    factor = torch.ones_like(weights)
+    for expert, value in gates.items():
+        factor = torch.where(idx == expert, torch.as_tensor(value, dtype=weights.dtype, device=weights.device), factor)
+    out = list(parts)
+    out[w_at] = weights * factor
+    return tuple(out) if isinstance(output, tuple) else out[0]
+
+
 def install_router_hooks(model: torch.nn.Module, n_experts: int | None) -> list[int]:
     """Hook every router; -> the layers that have one."""
     layers = []
@@ -58,15 +81,21 @@ def install_router_hooks(model: torch.nn.Module, n_experts: int | None) -> list[
         if layer is None:
             continue
 
-        def hook(_module: torch.nn.Module, _inputs: tuple, output: object, layer: int = layer) -> None:
+        def hook(_module: torch.nn.Module, _inputs: tuple, output: object, layer: int = layer) -> object:
             state = current()
-            if state is None or state.recorder is None:
-                return
+            if state is None:
+                return None
+            gates = state.expert_gates.get(layer)
+            if gates:
+                output = gate_router_output(output, gates)  # recorded as used: the gated expert's weight scaled
+            if state.recorder is None:
+                return output if gates else None
             found = _indices_and_weights(output, n_experts)
             if found is None:
                 log.debug("router of layer %d returned no (indices, weights)", layer)
                 return
             state.routes[layer] = found
+            return output if gates else None
 
         module.register_forward_hook(hook)
         layers.append(layer)

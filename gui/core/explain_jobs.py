@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import CaptureError
+from engine.errors import CaptureError, EngineError
 
 from .jobs import open_model, same_model
 from .worker import EngineWorker
@@ -28,7 +28,7 @@ def inside_head(trace: Any, kind: str, layer: int, head: int, query: int) -> Cal
         key = (kind, layer, head, query)
         try:
             return {"trace": trace, "key": key, "inside": w.engine.inside_head(model, trace, kind, layer, head, query)}
-        except CaptureError as exc:
+        except EngineError as exc:  # a capture the trace lacks, or a model (transformers backend) without the network
             return {"trace": trace, "key": key, "error": str(exc)}
 
     return fn

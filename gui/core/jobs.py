@@ -50,6 +50,26 @@ def set_gates(changes: Sequence[Gate], clear: bool = False) -> Callable:
     return fn
 
 
+def set_expert_gates(changes: Sequence[tuple[int, int, float]], clear: bool = False) -> Callable:
+    """Change expert gates (op "gates": the session recomputes and its Trace replaces the one on screen), or
+    {"gates": ..., "expert_gates": ...} when there is no session yet."""
+
+    def fn(w: EngineWorker) -> Any:
+        model = open_model(w)
+        if not hasattr(model, "set_expert_gate"):
+            raise EngineError(f"{model.name} has no experts to ablate here (expert ablation needs the transformers "
+                              "backend on this computer)")
+        if clear:
+            model.clear_expert_gates()
+        for layer, expert, value in changes:
+            model.set_expert_gate(int(layer), int(expert), float(value))
+        if w.session is not None:
+            return w.session.trace  # notices the changed gates and recomputes
+        return {"gates": model.gates(), "expert_gates": model.expert_gates()}
+
+    return fn
+
+
 def logit_lens(trace: Any, position: int, top: int = LENS_TOP) -> Callable:
     """Top tokens read off the residual stream after each layer at `position` (main stack)."""
 

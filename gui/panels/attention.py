@@ -56,6 +56,7 @@ HOLD_MS = 60  # after a step, the view waits this long at least for its new tile
 HOVER_HINT = "Hover a cell for its weight; click one to select its query row and mark its key column"
 MAX_HOLD_MS = 250  # ... and at most: tiles that take longer (8k contexts) are waited for up to this
 ROW_TOP = 8  # strongest keys listed under the row plot
+SINK_GAP = 0.5  # cells between the last key and the sink column
 
 class AttentionView(QWidget):
     def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
@@ -141,6 +142,14 @@ class AttentionView(QWidget):
         self.bottom_axis.set_title("key")
         self.image = PreparedImageItem()  # row-major; a tile comes coloured from the display thread
         self.plot.addItem(self.image)
+        # models with attention sinks (gpt-oss): each row's share that went to the sink, as one more column right
+        # of the keys (its own small image: the tiled path of the keys is untouched; O(T), never tiled)
+        self.sink_row: np.ndarray | None = None  # [queries] share of the head (or mean of heads) on screen
+        self.sink_image = PreparedImageItem()
+        self.plot.addItem(self.sink_image)
+        self.sink_label = pg.TextItem("sink", anchor=(0.5, 1.0))
+        self.plot.addItem(self.sink_label)
+        self.sink_label.hide()
         self.row_box = QGraphicsRectItem()
         self.row_box.setBrush(Qt.BrushStyle.NoBrush)
         self.row_box.setZValue(10)
@@ -231,7 +240,8 @@ class AttentionView(QWidget):
         n_q, n_k = self.shape
         if n_q and n_k:
             self._fitted = True
-            self.plot.setRange(xRange=(-0.5, n_k - 0.5), yRange=(-0.5, n_q - 0.5), padding=0)
+            right = n_k - 0.5 + (SINK_GAP + 1.4 if self.sink_row is not None else 0)  # room for the label
+            self.plot.setRange(xRange=(-0.5, right), yRange=(-0.5 - self._label_room(), n_q - 0.5), padding=0)
 
     def zoom(self, factor: float, center: QPointF | None = None) -> None:
         """Zoom in (factor > 1) or out around `center` (data coordinates; default: the middle of the view)."""
@@ -290,6 +300,7 @@ class AttentionView(QWidget):
     def _on_display(self) -> None:
         s = self.state
         self.image.setLookupTable(colormaps.lookup_table(s.colormap))
+        self.sink_image.setLookupTable(colormaps.lookup_table(s.colormap))
         self.colorbar.setColorMap(colormaps.colormap(s.colormap))
         self.colorbar.setLevels(display.LOG_LEVELS if s.log_scale else display.LINEAR_LEVELS)
         self.colorbar.axis.setLabel("log₁₀ weight" if s.log_scale else "weight")
@@ -303,6 +314,7 @@ class AttentionView(QWidget):
         self.row_curve.setData([], [])
         self.row_top.clear()
         self.image.clear()
+        self._draw_sink(None)
         self.row_box.hide()
         self.key_box.hide()
         self.empty_text.setText(text)
@@ -344,8 +356,14 @@ class AttentionView(QWidget):
             pattern = trace.attention_head(s.kind, s.layer, s.head)  # only the head on screen is assembled
         self.pattern, self.tiled = pattern, not whole
         n_q, n_k = self.shape
+        had_sink = self.sink_row is not None
+        self._draw_sink(None if override is not None else self._sink_rows(trace))
+        if (self.sink_row is not None) != had_sink:
+            old_shape = (0, 0)  # re-fit: the sink column came or went
+        sink_width = SINK_GAP + 1.4 if self.sink_row is not None else 0
         vb = self.plot.getViewBox()
-        vb.setLimits(xMin=-0.5 - 0.02 * n_k, xMax=n_k - 0.5 + 0.02 * n_k, yMin=-0.5 - 0.02 * n_q,
+        vb.setLimits(xMin=-0.5 - 0.02 * n_k, xMax=n_k - 0.5 + sink_width + 0.02 * n_k,
+                     yMin=-0.5 - max(0.02 * n_q, self._label_room()),
                      yMax=n_q - 0.5 + 0.02 * n_q, minXRange=min(4, n_k), minYRange=min(4, n_q))
         if whole:
             self.tile = None
@@ -408,6 +426,35 @@ class AttentionView(QWidget):
         self.key_box.setPen(pen)
         self.key_box.setRect(QRectF(k - 0.5, -0.5, 1, n_q))
         self.key_box.show()
+
+    def _sink_rows(self, trace: object) -> np.ndarray | None:
+        """The sink's share of every query row for the head (or mean of heads) on screen; None without sinks."""
+        s = self.state
+        share = trace.sink_share(s.kind, s.layer) if hasattr(trace, "sink_share") else None
+        if share is None:
+            return None
+        return share.mean(axis=0) if s.mean_heads else share[s.head]
+
+    def _label_room(self) -> float:
+        """Rows of room above the pattern for the sink column's label (none without one)."""
+        return 0.0 if self.sink_row is None else 0.8 + 0.04 * self.shape[0]
+
+    def _draw_sink(self, rows: np.ndarray | None) -> None:
+        """The sink column right of the keys (a gap between), on the keys' colour scale; hidden without one."""
+        self.sink_row = None if rows is None else np.asarray(rows, dtype=np.float32)
+        if self.sink_row is None:
+            self.sink_image.clear()
+            self.sink_image.setVisible(False)
+            self.sink_label.hide()
+            return
+        n_q, n_k = len(self.sink_row), self.shape[1]
+        img, levels = display.scaled(self.sink_row[:, None], self.state.log_scale)
+        self.sink_image.setImage(img, autoLevels=False, levels=levels)
+        self.sink_image.setRect(QRectF(n_k - 0.5 + SINK_GAP, -0.5, 1, n_q))
+        self.sink_image.setVisible(True)
+        self.sink_label.setColor(self.palette().windowText().color())
+        self.sink_label.setPos(n_k + SINK_GAP, -0.5)
+        self.sink_label.show()
 
     def _sink_note(self, trace: object, row: int) -> str:
         """" · sink 23% (row q), 18% mean" for models with attention sinks (gpt-oss): the share of each row that went
@@ -580,11 +627,16 @@ class AttentionView(QWidget):
         n_q, n_k = self.shape
         if 0 <= q < n_q and 0 <= k < n_k:
             return q, k
+        if self.sink_row is not None and 0 <= q < n_q and n_k - 0.5 + SINK_GAP <= p.x() < n_k + 0.5 + SINK_GAP:
+            return q, n_k  # the sink column: key index n_k
         return None
 
     def describe(self, q: int, k: int) -> str:
         qt, kt = self.state.query_tokens(), self.state.key_tokens()
         self.hover_weight = None
+        if self.sink_row is not None and k == self.shape[1]:  # the sink column
+            w = self.hover_weight = float(self.sink_row[q])
+            return f"{q} {qt[q]!r} → sink: {w:.4f} (the share no key got)"
         if self.state.kind == "self" and k > q:
             return f"{q} {qt[q]!r} → {k} {kt[k]!r}: masked (a query never sees later keys)"
         if self.pattern is not None:

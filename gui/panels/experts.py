@@ -2,17 +2,23 @@
 the router weighted most for that token; hovering a cell lists the k experts it chose and their weights. Below, the
 selected layer's expert load over the sequence (each expert's share of the choices up to each token, one line per
 expert in its colour), and the caption gives the whole sequence's shares. Reads `trace.routing(layer)` (engine), which
-holds exactly what the forward weighted the experts with."""
+holds exactly what the forward weighted the experts with.
+
+Right-click a cell to ablate (or restore) one of the experts that token chose in that layer, or to restore every
+expert: the engine multiplies the router's weight for it by 0 (HFModel.set_expert_gate) and the session recomputes,
+so the candidates move; ablated experts are named in the caption."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF
+from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QCursor
-from PySide6.QtWidgets import QToolTip, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QMenu, QToolTip, QVBoxLayout, QWidget
 
+from ..core import jobs
 from ..core.state import InspectorState
+from ..core.worker import EngineClient
 from ..widgets.steady_label import SteadyLabel
 
 # 20 distinguishable colours (matplotlib's tab20 order); experts beyond 20 reuse them (the tooltip says which)
@@ -49,6 +55,14 @@ def running_share(trace, layer: int) -> np.ndarray:  # noqa: ANN001 - engine.Tra
     return np.cumsum(counts, axis=1) / (r.k * np.arange(1, len(r.experts) + 1))[None, :]
 
 
+def gated_note(trace) -> str:  # noqa: ANN001 - engine.Trace
+    """" · ablated: layer 1 expert 3, …" (scaled gates with their factor); empty when every expert is on."""
+    gates = getattr(trace, "expert_gates", None) or {}
+    parts = [f"layer {layer} expert {e}" + ("" if v == 0 else f" ×{v:g}")
+             for layer, g in sorted(gates.items()) for e, v in sorted(g.items())]
+    return " · ablated: " + ", ".join(parts) if parts else ""
+
+
 def describe_load(trace, layer: int, top: int = 5) -> str:  # noqa: ANN001 - engine.Trace
     r = trace.routing(layer)
     load = r.load()
@@ -58,9 +72,9 @@ def describe_load(trace, layer: int, top: int = 5) -> str:  # noqa: ANN001 - eng
 
 
 class ExpertsPanel(QWidget):
-    def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
+    def __init__(self, state: InspectorState, client: EngineClient | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.state = state
+        self.state, self.client = state, client
         self.layers: list[int] = []
         self.load_share: np.ndarray | None = None  # [experts, tokens] drawn in the load plot
         self.graphics = pg.GraphicsLayoutWidget()
@@ -88,6 +102,7 @@ class ExpertsPanel(QWidget):
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.caption)
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.graphics.scene().sigMouseClicked.connect(self._on_clicked)
         state.trace_changed.connect(lambda _t: self.redraw())
         state.layer_changed.connect(lambda _v: self._show_caption())
         self.caption.setText(EMPTY)
@@ -132,7 +147,7 @@ class ExpertsPanel(QWidget):
         self._draw_load(self.load_share)
         head = (f"{len(self.layers)} MoE layers × {len(trace)} tokens, coloured by each token's top expert "
                 f"({trace.n_experts} experts) · ")
-        self.caption.setText(head + describe_load(trace, layer))
+        self.caption.setText(head + describe_load(trace, layer) + gated_note(trace))
 
     def cell_at(self, scene_pos: QPointF) -> tuple[int, int] | None:
         if not self.layers or self.state.trace is None:
@@ -142,6 +157,42 @@ class ExpertsPanel(QWidget):
         if 0 <= row < len(self.layers) and 0 <= token < len(self.state.trace):
             return self.layers[row], token
         return None
+
+    # -- expert ablation -------------------------------------------------------------------------------
+    def expert_gate(self, layer: int, expert: int) -> float:
+        trace = self.state.trace
+        return float(((getattr(trace, "expert_gates", None) or {}).get(layer) or {}).get(expert, 1.0))
+
+    def set_expert_gates(self, changes: list[tuple[int, int, float]], clear: bool = False) -> int | None:
+        """Ask the engine to gate experts; the recomputed trace comes back through the "gates" operation."""
+        if self.client is None or self.state.model is None:
+            return None
+        return self.client.call("gates", jobs.set_expert_gates(changes, clear))
+
+    def toggle_expert(self, layer: int, expert: int) -> int | None:
+        return self.set_expert_gates([(layer, expert, 1.0 if self.expert_gate(layer, expert) != 1 else 0.0)])
+
+    def menu_for(self, layer: int, token: int) -> QMenu:
+        """Ablate / restore each expert this token chose in `layer`, and restore every expert."""
+        menu = QMenu(self)
+        r = self.state.trace.routing(layer)
+        for e in sorted(int(x) for x in r.experts[token]):
+            off = self.expert_gate(layer, e) != 1
+            action = menu.addAction(f"{'Restore' if off else 'Ablate'} expert {e} of layer {layer}")
+            action.triggered.connect(lambda _c=False, e=e: self.toggle_expert(layer, e))
+        gated = getattr(self.state.trace, "expert_gates", None) or {}
+        restore = menu.addAction("Restore every expert")
+        restore.setEnabled(bool(gated))
+        restore.triggered.connect(lambda _c=False: self.set_expert_gates([], clear=True))
+        return menu
+
+    def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
+        if event.button() != Qt.MouseButton.RightButton:
+            return
+        cell = self.cell_at(event.scenePos())
+        if cell is not None and self.client is not None:
+            event.accept()
+            self.menu_for(*cell).exec(QCursor.pos())
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         cell = self.cell_at(scene_pos)

@@ -41,15 +41,20 @@ COLUMNS = (
                                "sequence (main stack only)"),
     ("sink", "sink", "mean weight on the first key"),
     ("distance", "mean distance", "mean |query − key| weighted by attention"),
+    ("sink_share", "sink (gpt-oss)", "mean share of a row that went to the attention sink (a softmax term with no "
+                                     "value: why the row's weights sum to less than one); shown for models with sinks"),
 )
-STATISTICS = tuple(c[0] for c in COLUMNS[3:])
+STATISTICS = tuple(c[0] for c in COLUMNS[3:-1])  # the grid's colour-by choices (the sink share is not one)
+SINK_COLUMN = len(COLUMNS) - 1
 
 
 class _Item(QTableWidgetItem):
     """Sorts by number (NaN last), shows a rounded value."""
 
     def __init__(self, value: object) -> None:
-        if isinstance(value, float):
+        if value is None:
+            text, value = "—", float("nan")  # sorts last, as NaN does
+        elif isinstance(value, float):
             text = "—" if math.isnan(value) else f"{value:.3f}"
         else:
             text = str(value)
@@ -176,6 +181,7 @@ class HeadStatsPanel(RefreshWhenShown):
             if 0 <= column < len(COLUMNS):
                 self.table.sortItems(column, order)
             self._select_current_row()
+        self.table.setColumnHidden(SINK_COLUMN, all(st.sink_share is None for st in stats))
         n_gated = sum(1 for g in trace.gates.values() for v in g if v != 1)
         gated = f" · with {n_gated} head{'s' if n_gated != 1 else ''} ablated/scaled" if n_gated else ""
         self.message.setText(f"{len(stats)} heads on {len(trace)} tokens{gated}. Click a column to sort, "

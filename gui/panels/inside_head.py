@@ -261,12 +261,28 @@ class InsideTab(QWidget):
     def show_message(self, text: str) -> None:
         self.inside = None
         self.heading.setText(text)
-        self.chain.setText("")
+        self.chain.setText(self.sink_text())  # the softmax's sink share comes from the trace: shown even so
         self.caption.setText("")
         self.table.setRowCount(0)
         self.pattern_bars.setOpts(x=[], height=[])
         self.write_bars.setOpts(x=[], height=[])
         self.what_if_curve.setData([], [])
+
+    def sink_text(self) -> str:
+        """Models with attention sinks (gpt-oss): the softmax's denominator has one more term with no value, so the
+        selected row's weights sum to less than one; what the sink took of it. Empty for every other model."""
+        s, trace = self.state, self.state.trace
+        if trace is None or not hasattr(trace, "sink_share") or s.kind not in getattr(trace, "kinds", ()):
+            return ""
+        try:
+            share = trace.sink_share(s.kind, s.layer)
+        except Exception:  # noqa: BLE001 - engine.CaptureError: a layer without attention or not captured
+            return ""
+        if share is None or not 0 <= s.head < share.shape[0] or not 0 <= s.row_query < share.shape[1]:
+            return ""
+        w = float(share[s.head, s.row_query])
+        return (f" Softmax with a sink: the sink took {w:.1%} of query {s.row_query}'s attention (a key with a zero "
+                f"value: it writes nothing), the keys share the other {1 - w:.1%}.")
 
     # what came back
     def show_result(self, payload: dict) -> None:
@@ -334,7 +350,7 @@ class InsideTab(QWidget):
             steps.append("+ relative position bias")
         steps += [f"mask: {ih.blocked_why} → −∞", "softmax = the pattern α", "values: α·‖v W_O‖"]
         rope = f" q and k are rotated (RoPE, {ih.rotary_dims} of {hs} dims) before q·k." if ih.rotary_dims else ""
-        self.chain.setText(" → ".join(steps) + "." + rope)
+        self.chain.setText(" → ".join(steps) + "." + rope + self.sink_text())
 
         # columns: every stage the model has, then the what-ifs, then the values
         cols: list[tuple[str, np.ndarray, str, bool, bool]] = [  # title, values, tooltip, signed, what-if

@@ -151,7 +151,7 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["heads"], self.docks["head_view"])
         # tabbed away it skips its redraws (a step at 1k tokens cost ~15 ms unseen); its tab coming back catches up
         self.docks["head_view"].visibilityChanged.connect(lambda on: on and self.head_view.catch_up())
-        self.experts_panel = ExpertsPanel(self.state)  # issue 26: the experts each token took (MoE models)
+        self.experts_panel = ExpertsPanel(self.state, self.client)  # issue 26: the experts each token took (MoE models)
         self.add_dock("experts", "Experts", self.experts_panel, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.docks["head_view"], self.docks["experts"])
         self.docks["experts"].hide()  # shown (beside the head view) when a model with experts opens

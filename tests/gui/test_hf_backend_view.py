@@ -127,3 +127,117 @@ def test_the_experts_dock_plots_the_selected_layers_load(qtbot, window, checkpoi
     np.testing.assert_allclose(panel.load_share, running_share(trace, 1))
     x, y = panel.load_lines[2].getData()
     np.testing.assert_allclose(y, panel.load_share[2])
+
+
+def test_the_attention_view_shows_the_sinks_share_as_a_column_beside_the_keys(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    view, state = window.attention_view, window.state
+    trace = state.trace
+    n_q, n_k = view.shape
+    np.testing.assert_allclose(view.sink_row, trace.sink_share("self", state.layer)[state.head], rtol=0, atol=0)
+    assert view.sink_image.isVisible() and view.sink_label.isVisible()
+    assert view.sink_image.image.shape == (n_q, 1)
+    # the column's centre is right of the keys: the hover there reads the sink's share of that row
+    vb = view.plot.getViewBox()
+    view.fit()
+    scene = vb.mapViewToScene(pg_point(n_k + 0.5, n_q - 1))
+    assert view.cell_at(scene) == (n_q - 1, n_k)
+    text = view.describe(n_q - 1, n_k)
+    assert "→ sink: " in text and abs(view.hover_weight - trace.sink_share("self", state.layer)[state.head, -1]) < 1e-7
+    state.select(mean_heads=True, layer=1)
+    np.testing.assert_allclose(view.sink_row, trace.sink_share("self", 1).mean(axis=0), rtol=1e-6)
+
+
+def test_a_model_without_sinks_has_no_sink_column(qtbot, window, checkpoints):
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    view = window.attention_view
+    assert view.sink_row is None and not view.sink_image.isVisible()
+    n_q, n_k = view.shape
+    scene = view.plot.getViewBox().mapViewToScene(pg_point(n_k + 0.5, n_q - 1))
+    assert view.cell_at(scene) is None
+
+
+def pg_point(x: float, y: float):
+    from PySide6.QtCore import QPointF
+
+    return QPointF(x, y)
+
+
+def test_inside_this_head_gives_the_rows_sink_share_on_the_transformers_backend(qtbot, window, checkpoints):
+    """The chain needs the native engine's network; the softmax's sink share comes from the trace and is shown."""
+    from tests.gui.test_inside_head import _shown
+
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    state = window.state
+    state.select(layer=1, head=2)
+    _panel, tab = _shown(qtbot, window, "inside")
+    share = float(state.trace.sink_share("self", 1)[2, state.row_query])
+    assert f"sink took {share:.1%}" in tab.chain.text(), tab.chain.text()
+    assert "native engine" in tab.heading.text()
+    assert not window.errors  # said in the tab, not as an error dialog
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    _shown(qtbot, window, "inside")
+    assert "sink" not in tab.chain.text()
+
+
+def test_the_experts_dock_ablates_and_restores_an_expert(qtbot, window, checkpoints):
+    from tests.gui.conftest import wait_idle
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    panel, state = window.experts_panel, window.state
+    before = state.trace
+    layer, token = 1, len(before) - 1
+    expert = int(before.routing(layer).top_expert[token])
+    menu = panel.menu_for(layer, token)
+    texts = [a.text() for a in menu.actions()]
+    assert f"Ablate expert {expert} of layer {layer}" in texts and not menu.actions()[-1].isEnabled()
+    menu.actions()[texts.index(f"Ablate expert {expert} of layer {layer}")].trigger()
+    qtbot.waitUntil(lambda: state.trace.expert_gates == {layer: {expert: 0.0}}, timeout=60_000)
+    wait_idle(qtbot, window)
+    after = state.trace
+    assert after.token_ids == before.token_ids
+    assert np.abs(after.logits_at(token) - before.logits_at(token)).max() > 1e-3  # the candidates moved
+    r = after.routing(layer)
+    assert np.all(r.weights[r.experts == expert] == 0)
+    assert f"ablated: layer {layer} expert {expert}" in panel.caption.text()
+    assert panel.menu_for(layer, token).actions()[-1].isEnabled()
+    panel.menu_for(layer, token).actions()[-1].trigger()  # restore every expert
+    qtbot.waitUntil(lambda: not state.trace.expert_gates, timeout=60_000)
+    wait_idle(qtbot, window)
+    np.testing.assert_allclose(state.trace.logits_at(token), before.logits_at(token), atol=1e-5)
+    assert "ablated" not in panel.caption.text()
+
+
+def test_head_statistics_have_a_sink_share_column_for_sink_models_only(qtbot, window, checkpoints):
+    from engine.analysis import head_statistics
+    from gui.panels.head_stats import SINK_COLUMN
+
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    panel, trace = window.analysis.head_stats, window.state.trace
+    model = window.client.worker.model  # idle: reading it from here is safe
+    stats = head_statistics(model, trace, induction=np.zeros((trace.n_layers["self"], trace.n_heads)))
+    panel.show_stats(trace, stats)
+    assert not panel.table.isColumnHidden(SINK_COLUMN)
+    assert panel.table.horizontalHeaderItem(SINK_COLUMN).text() == "sink (gpt-oss)"
+    for r in range(panel.table.rowCount()):
+        st = panel.row_stat(r)
+        share = float(trace.sink_share(st.kind, st.layer)[st.head].mean())
+        assert panel.table.item(r, SINK_COLUMN).text() == f"{share:.3f}"
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    trace, model = window.state.trace, window.client.worker.model
+    panel.show_stats(trace, head_statistics(model, trace, induction=np.zeros((trace.n_layers["self"], trace.n_heads))))
+    assert panel.table.isColumnHidden(SINK_COLUMN)
+
+
+def test_the_sink_column_stays_beside_tiles(qtbot, window, checkpoints, monkeypatch):
+    """A pattern drawn by tiles (long contexts): the sink column is its own image, the tiles are unchanged."""
+    from gui.panels import attention
+
+    monkeypatch.setattr(attention, "WHOLE_CELLS", 0)  # every pattern goes by tiles
+    open_model(qtbot, window, checkpoints["gpt_oss"])
+    view, state = window.attention_view, window.state
+    qtbot.waitUntil(lambda: view.tiled and view.tile is not None and not view.pending, timeout=30_000)
+    np.testing.assert_array_equal(view.sink_row, state.trace.sink_share("self", state.layer)[state.head])
+    n_q, n_k = view.shape
+    assert (view.tile.q1, view.tile.k1) == (n_q, n_k)  # the whole pattern, the sink column beside it
+    assert view.sink_image.isVisible()
