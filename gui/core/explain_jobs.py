@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import CaptureError, EngineError
+from engine.errors import EngineError
 
 from .jobs import open_model, same_model
 from .worker import EngineWorker
@@ -44,7 +44,7 @@ def attribution(trace: Any, position: int, token_id: int | None) -> Callable:
         key = (position, token_id)
         try:
             return {"trace": trace, "key": key, "attribution": w.engine.attribute(model, trace, position, token_id)}
-        except CaptureError as exc:
+        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
             return {"trace": trace, "key": key, "error": str(exc)}
 
     return fn
@@ -63,7 +63,7 @@ def embeddings(trace: Any, token_id: int, k: int, metric: str) -> Callable:
             positions = w.cache["positions_view"] = w.engine.positions_view(model)
         try:
             near = w.engine.nearest_tokens(model, token_id, k, metric)
-        except CaptureError as exc:
+        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
             return {"trace": trace, "key": key, "error": str(exc), "positions": positions}
         return {"trace": trace, "key": key, "nearest": near, "positions": positions}
 
