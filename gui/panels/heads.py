@@ -556,15 +556,3 @@ def _no_attention_note(trace) -> str:  # noqa: ANN001 - engine.Trace
         by_kind.setdefault(what, []).append(name.split(".")[1])
     return "".join(f" · layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}: no attention ({what})"
                    for what, ls in by_kind.items())
-
-
-def _no_attention_note(trace) -> str:  # noqa: ANN001 - engine.Trace
-    """" · layers 0, 2: no attention (Mamba)" for hybrids, whose rows of those layers stay empty."""
-    missing = getattr(trace, "no_attention", None)
-    if not missing:
-        return ""
-    by_kind: dict[str, list[str]] = {}
-    for name, what in missing.items():
-        by_kind.setdefault(what, []).append(name.split(".")[1])
-    return "".join(f" · layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}: no attention ({what})"
-                   for what, ls in by_kind.items())
