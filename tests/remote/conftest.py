@@ -8,6 +8,7 @@ import pytest
 
 from engine.remote import connect
 from engine.remote.launch import spawn_server
+from tests.gui.conftest import window  # noqa: F401 - the GUI tests' window fixture, for the GUI-over-loopback tests
 
 
 class Server:
@@ -61,3 +62,20 @@ def eng(server):
     e = connect(server.address, token=server.token)
     yield e
     e.close()
+
+
+def record_gui_thread_calls(conn) -> list[str]:  # noqa: ANN001 - engine.remote.connection.Connection
+    """Wrap `conn.call` so every request made from the GUI (main) thread is listed: the window must never wait on
+    the network in its own thread. Returns the list it fills."""
+    import threading
+
+    in_gui_thread: list[str] = []
+    real_call = conn.call
+
+    def call(op, *args, **kw):  # noqa: ANN001, ANN202
+        if threading.current_thread() is threading.main_thread():
+            in_gui_thread.append(op)
+        return real_call(op, *args, **kw)
+
+    conn.call = call
+    return in_gui_thread

@@ -6,33 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-
-import pytest
-from PySide6.QtCore import QSettings
 
 from engine.remote import RemoteTrace
 from gui.core.engine_jobs import use_this_computer
 from gui.core.jobs import save_session, set_gates
 
-from .conftest import Server
+from .conftest import Server, record_gui_thread_calls
 
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    from gui.shell.app import make_app
-    from gui.shell.main_window import MainWindow
-
-    make_app()
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings, devices=["cpu"])
-    qtbot.addWidget(win)
-    win.resize(1280, 800)
-    win.show()
-    yield win
-    win.close()
 
 
 def idle(qtbot, win) -> None:
@@ -57,15 +40,7 @@ def test_connect_open_step_run_stop_ablate_save_and_reconnect(qtbot, window, tmp
         n = len(trace)
         # from here on, nothing the window does while stepping may wait on the network in the GUI thread
         conn = win.client.engine.conn
-        in_gui_thread: list[str] = []
-        real_call = conn.call
-
-        def call(op, *args, **kw):  # noqa: ANN001, ANN202
-            if threading.current_thread() is threading.main_thread():
-                in_gui_thread.append(op)
-            return real_call(op, *args, **kw)
-
-        conn.call = call
+        in_gui_thread = record_gui_thread_calls(conn)
         win.client.step()
         qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=TIMEOUT_MS)
         win.client.run(500)

@@ -14,8 +14,8 @@ from engine.local import LocalEngine
 from engine.remote import RemoteTrace
 from gui.core.engine_jobs import use_this_computer
 
-from .conftest import Server
-from .test_gui_remote import TIMEOUT_MS, idle, window  # noqa: F401 - a fixture
+from .conftest import Server, record_gui_thread_calls
+from .test_gui_remote import TIMEOUT_MS, idle
 
 PROMPT = "In the beginning God created"
 OTHER = "And the earth was without form"
@@ -40,15 +40,7 @@ def test_inside_mlp_and_patching_run_on_the_server(qtbot, window, tmp_path):  # 
 
         # nothing below may wait on the network in the GUI thread
         conn = win.client.engine.conn
-        in_gui_thread: list[str] = []
-        real_call = conn.call
-
-        def call(op, *args, **kw):  # noqa: ANN001, ANN202
-            if threading.current_thread() is threading.main_thread():
-                in_gui_thread.append(op)
-            return real_call(op, *args, **kw)
-
-        conn.call = call
+        in_gui_thread = record_gui_thread_calls(conn)
 
         # the dock: the server's neurons
         win.state.select(layer=1, query=pos)
