@@ -143,7 +143,11 @@ class PromptPanel(QWidget):
         self.device_box.addItem("auto", None)
         for d in devices:
             self.device_box.addItem(d, d)
-        self.device_box.setToolTip("Where the model runs; auto = CUDA when present, else CPU")
+        if any(d.startswith("cuda") for d in devices):  # a model too big for one GPU: the next GPUs, then the CPU
+            self.device_box.addItem("spread: GPUs, then CPU", "auto")
+        self.device_box.setToolTip("Where the model runs; auto = CUDA when present, else CPU; spread = a model too "
+                                   "big for one GPU goes over the GPUs in order, then the CPU (the status bar says "
+                                   "which layers went where)")
         self.backend_box = QComboBox()
         for text in ("auto", "native", "transformers"):
             self.backend_box.addItem(text, text)
