@@ -662,7 +662,8 @@ class PromptPanel(QWidget):
         params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
         layers = ", ".join(f"{k}: {n}" for k, n in info.layers_by_kind.items() if n)
         self.model_label.setText(f"{info.name} · {info.family} · {params} parameters · layers ({layers}) · "
-                                 f"{info.n_heads} heads · {info.device} {info.dtype}"
+                                 f"{info.n_heads} heads · {' + '.join(info.devices) if len(info.devices) > 1 else info.device} "
+                                 f"{info.dtype}"
                                  + (" · through transformers" if info.backend == "transformers" else ""))
 
     def _sampling_changed(self) -> None:

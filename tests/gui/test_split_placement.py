@@ -22,3 +22,4 @@ def test_status_bar_names_a_split_placement(qtbot, window, monkeypatch):
     assert label.text().startswith("cpu + cpu:1 · ")
     assert "cpu layers 0–1 · cpu:1 layers 2–3 · head cpu" in label.toolTip()
     assert window.state.model.devices == ("cpu", "cpu:1")
+    assert "cpu + cpu:1 float32" in window.prompt_panel.model_label.text()
