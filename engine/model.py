@@ -348,10 +348,12 @@ class Model:
             if cache is not None and cache.length != start:
                 cache.truncate(start)  # the key/value buffers and the CPU key arenas alike
             if is_out_of_memory(exc):
-                if self.device.type == "cuda":
+                devices = self.devices
+                if any(d.startswith("cuda") for d in devices):
                     torch.cuda.empty_cache()
+                where = f"the {devices[0]} device" if len(devices) == 1 else f"one of its devices ({' + '.join(devices)})"
                 raise OutOfMemoryError(
-                    f"the {self.device} device ran out of memory; use a shorter prompt, fewer steps, float16, or the CPU"
+                    f"{where} ran out of memory; use a shorter prompt, fewer steps, float16, or the CPU"
                 ) from exc
             raise
 
