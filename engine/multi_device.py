@@ -19,6 +19,7 @@ from torch import nn
 
 from .device import available_memory, resolve_device
 from .errors import DeviceError
+from .network import Stack
 from .placement import Placement, plan
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def place(net: nn.Module, placement: Placement) -> Placement:
                     store[key] = nn.Parameter(moved, requires_grad=False) if isinstance(t, nn.Parameter) else moved
             if getattr(module, "neuron_gate", None) is not None:
                 module.neuron_gate = module.neuron_gate.to(dev)
-            if hasattr(module, "inv_freqs") and hasattr(module, "init_buffers") and hasattr(module, "ropes"):
+            if isinstance(module, Stack):  # its rotary frequencies are a plain list, not buffers
                 module.inv_freqs = [f.to(dev) for f in module.inv_freqs]
     register_unembedding(net)
     route(net, placement)
