@@ -33,7 +33,8 @@ def _common(p: argparse.ArgumentParser, sub: bool = False) -> None:
                    help="read the prompt from a UTF-8 text file (a long document), instead of --prompt")
     p.add_argument("--source", default=d(None), help="source text for the encoder of an encoder-decoder model")
     p.add_argument("--steps", type=int, default=d(0), help="generation steps to take after the prompt (default: 0)")
-    p.add_argument("--device", default=d(None), help="cpu, cuda, cuda:1 … (default: CUDA when present, else CPU)")
+    p.add_argument("--device", default=d(None), help="cpu, cuda, cuda:1 …, or auto: a model too big for one GPU "
+                   "spread over the GPUs, then the CPU (default: CUDA when present, else CPU)")
     p.add_argument("--dtype", default=d(None), choices=["float32", "float16", "bfloat16"], help="weights dtype (default float32)")
     p.add_argument("--allow-pickle", action="store_true", default=d(False), help="allow pytorch_model.bin (weights_only) checkpoints")
     p.add_argument("--backend", default=d("auto"), choices=["auto", "native", "transformers"],

@@ -185,7 +185,8 @@ def logit_lens(model: Model, trace: Trace, position: int, top: int = 10) -> dict
                 memory = net.encode(torch.tensor([list(trace.source_ids)], device=model.device))
             net.decode(ids, memory=memory, residuals=residuals)
             stack = net.decoder
-        rows = torch.stack([r[0, position] for r in residuals])  # (layers, d)
+        last = residuals[-1].device  # over several devices: every layer's row where the final norm is
+        rows = torch.stack([r[0, position].to(last) for r in residuals])  # (layers, d)
         if stack.final_norm is not None:
             rows = stack.final_norm(rows)
         logits = net.mlm_logits(rows) if model.family == "encoder" else net.logits(rows)

@@ -259,22 +259,32 @@ def _walk(model, trace: Trace, i: int, token_id: int, neuron_layer: int | None =
     net, ids, memory = _forward_inputs(model, trace)
     stack, cfg = net.decoder, model.config
     T = ids.shape[1]
-    x = stack.add_positions(net.embed_tokens(ids), 0)
+    x = net.embed_tokens(ids)
+    if stack.entry is not None:  # over several devices: the stack's inputs are where its first layer is
+        x = x.to(stack.entry)
+    x = stack.add_positions(x, 0)
     parts: dict[str, Tensor] = {"embeddings": x[0, i].float()}
     added = {"embeddings": float(x[0, i].float().norm())}
     if stack.embed_norm is not None:
         parts = _linearised(stack.embed_norm, x[0, i], parts, "norm biases")
         x = stack.embed_norm(x)
     ctx = stack.layer_inputs(0, T, x.dtype, x.device, memory=memory)
+    if stack.entry is not None:
+        ctx = ctx.to(stack.entry)
     walk = _Walk(parts, torch.empty(0), added, [], {})
     for n, block in enumerate(stack.layers):
+        if n in stack.moves:  # a device boundary: the stream, the shared inputs and the parts so far move once
+            dev = stack.moves[n]
+            x, ctx = x.to(dev), ctx.to(dev)
+            for key in parts:
+                parts[key] = parts[key].to(dev)
         sandwich = block.placement == "sandwich"
         x, added[f"L{n}.attn"] = _sublayer(
-            block, x, lambda h, b=block, n=n: _attention_parts(b.attn, h, ctx, i, f"L{n}.H", walk.write_norms),
+            block, x, lambda h, b=block, n=n, c=ctx: _attention_parts(b.attn, h, c, i, f"L{n}.H", walk.write_norms),
             block.attn_norm, block.attn_post_norm if sandwich else None, i, parts)
         if block.cross_attn is not None:
             x, added[f"L{n}.cross"] = _sublayer(
-                block, x, lambda h, b=block, n=n: _attention_parts(b.cross_attn, h, ctx, i, f"L{n}.X"),
+                block, x, lambda h, b=block, n=n, c=ctx: _attention_parts(b.cross_attn, h, c, i, f"L{n}.X"),
                 block.cross_norm, None, i, parts)
 
         def mlp(h, b=block, n=n):  # noqa: ANN001, ANN202
@@ -294,7 +304,7 @@ def _walk(model, trace: Trace, i: int, token_id: int, neuron_layer: int | None =
     if stack.final_norm is not None:
         parts = _linearised(stack.final_norm, x[0, i], parts, "norm biases")
     w_t = getattr(net, "unembedding_t", None)
-    walk.column = (w_t[:, token_id] if w_t is not None else net.unembedding[token_id]).float() * cfg.lm_head_scale
+    walk.column = (w_t[:, token_id] if w_t is not None else net.unembedding[token_id]).float().to(x.device) * cfg.lm_head_scale
     walk.parts = parts
     return walk
 
@@ -457,7 +467,7 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
             h, acts_t = walk.mlp_input, walk.mlp_acts
             rows_t = walk.parts[PROBE + "rows"]  # (d_ff, d) through every later norm
             unit = rows_t @ walk.column  # (d_ff,) logit change per unit of activation
-            writes = (acts_t[position].float() * unit).cpu().numpy()
+            writes = (acts_t[position].float().to(unit.device) * unit).cpu().numpy()
             values = _values(model, walk, token_id)
         bias_effect = values.get(f"L{layer}.MLP bias", 0.0)
         neurons_effect = float(writes.astype(np.float64).sum())
@@ -493,9 +503,10 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
         if rows_t is not None:
             w_t = getattr(model.net, "unembedding_t", None)
             w_t = w_t if w_t is not None else model.net.unembedding.t()
-            a_sel = torch.as_tensor(acts[order], device=h.device)
+            a_sel = torch.as_tensor(acts[order], device=rows_t.device)
             scale = torch.where(a_sel != 0, a_sel, torch.ones_like(a_sel))  # a silent neuron: per unit of activation
-            pushed = (rows_t.index_select(0, sel) * scale[:, None]) @ w_t.float() * model.config.lm_head_scale  # (k, vocab)
+            rows_sel = (rows_t.index_select(0, sel.to(rows_t.device)) * scale[:, None]).to(w_t.device)  # (k, d)
+            pushed = rows_sel @ w_t.float() * model.config.lm_head_scale  # (k, vocab)
             top = torch.topk(pushed, PUSHED, dim=1)
             bottom = torch.topk(-pushed, PUSHED, dim=1)
     display = model.tokenizer.display

@@ -16,6 +16,8 @@ unembedding is its lm_head's weight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -59,11 +61,12 @@ def to_inference_layout(net: Transformer, transposed: bool = True) -> Transforme
     if net.lm_head is None and transposed:
         w_t = net.embed.weight.detach().t().contiguous()  # the one copy, in the decode-friendly layout
         net.embed.weight = nn.Parameter(w_t.t(), requires_grad=False)  # the embedding reads its columns
-    _register_unembedding(net)
+    register_unembedding(net)
     return net
 
 
-def _register_unembedding(net: Transformer) -> None:
+def register_unembedding(net: Transformer) -> None:
+    """`unembedding_t` (d, vocab): the lm_head's weight, or the tied embedding's, never a copy."""
     if net.lm_head is not None:
         w_t = net.lm_head.weight_t if isinstance(net.lm_head, TransposedLinear) else net.lm_head.weight.t()
     else:
@@ -76,24 +79,28 @@ def _allocate(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Te
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def materialize(net: Transformer, device: torch.device, dtype: torch.dtype) -> Transformer:
+def materialize(net: Transformer, device: torch.device | Callable[[str], torch.device], dtype: torch.dtype) -> Transformer:
     """Give every meta parameter and persistent buffer real, uninitialised storage of `dtype` (floats;
-    other dtypes kept) on `device`, keeping the layout's sharing (tied embedding = view of the unembedding)."""
+    other dtypes kept) on `device` (or on `device(module name)`, for a model over several devices), keeping
+    the layout's sharing (tied embedding = view of the unembedding)."""
     tied_view = net.lm_head is None and getattr(net, "inference_transposed", False)
-    for module in net.modules():
+    one = device
+    where = device if callable(device) else lambda _name: one
+    for module_name, module in net.named_modules():
+        dev = where(module_name)
         for name, p in list(module._parameters.items()):
             if p is None or not p.is_meta or (tied_view and module is net.embed and name == "weight"):
                 continue
             module._parameters[name] = nn.Parameter(
-                _allocate(p.shape, dtype if p.is_floating_point() else p.dtype, device), requires_grad=False)
+                _allocate(p.shape, dtype if p.is_floating_point() else p.dtype, dev), requires_grad=False)
         for name, b in list(module._buffers.items()):
             if b is None or not b.is_meta or name in module._non_persistent_buffers_set:
                 continue
-            module._buffers[name] = _allocate(b.shape, dtype if b.is_floating_point() else b.dtype, device)
+            module._buffers[name] = _allocate(b.shape, dtype if b.is_floating_point() else b.dtype, dev)
     if tied_view:
         vocab, d = net.embed.weight.shape
-        net.embed.weight = nn.Parameter(_allocate(torch.Size((d, vocab)), dtype, device).t(), requires_grad=False)
-    _register_unembedding(net)
+        net.embed.weight = nn.Parameter(_allocate(torch.Size((d, vocab)), dtype, where("embed")).t(), requires_grad=False)
+    register_unembedding(net)
     return net
 
 

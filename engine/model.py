@@ -14,11 +14,11 @@ import torch
 
 from .cache import KVCache
 from .config import ModelConfig
-from .device import is_out_of_memory
+from .device import is_out_of_memory, resolve_device
 from .errors import CaptureError, OutOfMemoryError, PromptError
 from .modules import Recorder
 from .network import Transformer
-from .placement import single_device
+from .placement import Placement, single_device
 from .rebuild import KeyArena, QueryBlock, ScoreRule
 from .tokenizer import Tokenizer
 from .trace import KINDS, LazyLogits, PatternBlock, Trace, capture_name, mlp_name, parse_capture_name
@@ -106,7 +106,7 @@ class Model:
             bias = None
             if stack.rel_bias is not None and kind != "cross":
                 n = self.max_positions
-                offsets = torch.arange(-(n - 1), n, device=self.device)
+                offsets = torch.arange(-(n - 1), n, device=stack.rel_bias.table.weight.device)
                 with torch.inference_mode():
                     bias = stack.rel_bias.at_offsets(offsets).to(self.dtype).float().cpu().numpy()  # (heads, 2n-1)
                 bias = _frozen(bias)
@@ -144,9 +144,40 @@ class Model:
 
     @property
     def placement(self) -> str:
-        """Which layers run on which device, for the status bar: one device today ("cpu layers 0–11");
-        engine.placement.plan says how a model bigger than one GPU would be spread."""
-        return single_device(self.n_layers, str(self.device)).describe()
+        """Which layers run on which device, for the status bar: "cpu layers 0–11" on one device, or
+        "cuda:0 layers 0–15 · cuda:1 layers 16–31 · cpu layers 32–39" over several (encoder-decoder models name
+        both stacks)."""
+        spread = getattr(self.net, "placement", None)
+        if spread is None:
+            return single_device(self.n_layers, str(self.device)).describe()
+        n_enc = self.config.n_encoder_layers if self.config.has_encoder else 0
+        if self.family != "encoder-decoder":
+            text = spread.describe()
+        else:
+            enc = Placement(spread.layers[:n_enc], spread.embed, spread.embed, {}).describe()
+            dec = Placement(spread.layers[n_enc:], spread.embed, spread.head, {}).describe()
+            text = f"encoder: {enc} · decoder: {dec}"
+        return text + (f" · head {spread.head}" if spread.head != spread.layers[-1] else "")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices this model's weights are on, in the order the forward meets them."""
+        spread = getattr(self.net, "placement", None)
+        return spread.devices if spread is not None else (str(self.device),)
+
+    def place(self, placement: Placement | str) -> None:
+        """Spread the model over the devices `placement` names (one per layer, encoder layers then decoder
+        layers; see engine.placement.plan), or put all of it on one device ("cpu", "cuda:1"). Gates, the KV cache
+        of later forwards and recorded traces follow; a session's existing cache stays where it was made."""
+        from .multi_device import blocks, place, route
+
+        if isinstance(placement, str):  # one device: everything there, and the forward without moves
+            place(self.net, single_device(len(blocks(self.net)), str(resolve_device(placement))))
+            route(self.net, None)
+        else:
+            place(self.net, placement)
+        self._unembedding = None
+        self._rules.clear()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -246,7 +277,7 @@ class Model:
             ffn.neuron_gate = None  # the plain forward again
             return
         if ffn.neuron_gate is None:
-            ffn.neuron_gate = torch.ones(d_ff, device=self.device)
+            ffn.neuron_gate = torch.ones(d_ff, device=ffn.down.weight.device)  # with its layer (several devices)
         ffn.neuron_gate[neuron] = float(value)
 
     def neuron_gates(self) -> dict[str, dict[int, float]]:
@@ -317,10 +348,12 @@ class Model:
             if cache is not None and cache.length != start:
                 cache.truncate(start)  # the key/value buffers and the CPU key arenas alike
             if is_out_of_memory(exc):
-                if self.device.type == "cuda":
+                devices = self.devices
+                if any(d.startswith("cuda") for d in devices):
                     torch.cuda.empty_cache()
+                where = f"the {devices[0]} device" if len(devices) == 1 else f"one of its devices ({' + '.join(devices)})"
                 raise OutOfMemoryError(
-                    f"the {self.device} device ran out of memory; use a shorter prompt, fewer steps, float16, or the CPU"
+                    f"{where} ran out of memory; use a shorter prompt, fewer steps, float16, or the CPU"
                 ) from exc
             raise
 
@@ -469,6 +502,16 @@ def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     bfloat16 is kept as its raw 16 bits (numpy has no bfloat16; rebuild.as_float32 widens them exactly)."""
     if not tensors:
         return []
+    device = tensors[0].device
+    if any(t.device != device for t in tensors):  # a model over several devices: one transfer per device
+        groups: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault(t.device, []).append(i)
+        out: list = [None] * len(tensors)
+        for members in groups.values():
+            for i, a in zip(members, _to_host([tensors[i] for i in members])):
+                out[i] = a
+        return out
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
     if flat.dtype == torch.bfloat16:
         host = flat.view(torch.int16).cpu().numpy().view(np.uint16)

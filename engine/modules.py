@@ -154,6 +154,15 @@ class LayerInputs:
     memory: Tensor | None = None
     memory_bias: Tensor | None = None
 
+    def to(self, device: torch.device) -> LayerInputs:
+        """The same inputs on `device` (a forward over several devices crossing a boundary)."""
+        def move(t):  # noqa: ANN001, ANN202
+            return t.to(device) if isinstance(t, Tensor) else t
+
+        return LayerInputs({w: move(m) for w, m in self.masks.items()},
+                           {r: (move(c), move(s)) for r, (c, s) in self.rotary.items()},
+                           move(self.memory), move(self.memory_bias))
+
 
 class Attention(nn.Module):
     """Multi-head attention: softmax(soft-cap(Q Kᵀ · scale) + mask) V, with the pattern captured by name.

@@ -45,6 +45,9 @@ class Stack(nn.Module):
         self.windows = sorted({a.window for a in specs}, key=lambda w: -1 if w is None else w)
         self.ropes = list(dict.fromkeys(a.rope for a in specs if a.rope is not None))  # distinct, in layer order
         self.inv_freqs = [inv_frequencies(r) for r in self.ropes]
+        # set by engine.multi_device.route when the layers span devices (None / {}: one device, no moves):
+        self.entry: torch.device | None = None  # where this stack's inputs, positions and first layer are
+        self.moves: dict[int, torch.device] = {}  # layer index -> the device the residual stream moves to first
 
     def init_buffers(self, device: torch.device) -> None:
         if self.cfg.position_scheme == "sinusoidal":
@@ -92,13 +95,21 @@ class Stack(nn.Module):
         capture: Capture = None,
         residuals: list | None = None,
     ) -> Tensor:
-        """x: token embeddings (B, T, d) of positions start..start+T-1 -> hidden states (B, T, d)."""
+        """x: token embeddings (B, T, d) of positions start..start+T-1 -> hidden states (B, T, d) (on the device of
+        the last layer when the layers span devices)."""
+        if self.entry is not None:  # over several devices: the inputs go where the first layer is
+            x, key_mask, memory_mask = (t.to(self.entry) if t is not None else None for t in (x, key_mask, memory_mask))
         x = self.add_positions(x, start)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         ctx = self.layer_inputs(start, x.shape[1], x.dtype, x.device, key_mask, memory, memory_mask)
+        if self.entry is not None:
+            ctx = ctx.to(self.entry)  # the encoder's memory, from wherever the encoder ended
+        moves = self.moves
         for i, layer in enumerate(self.layers):
             checkpoint()  # a long prefill can be stopped between layers (Model.guard rolls the cache back)
+            if moves and i in moves:  # a device boundary: the residual stream and what every layer shares move once
+                x, ctx = x.to(moves[i]), ctx.to(moves[i])
             x = layer(x, ctx, cache.layers[i] if cache is not None else None, capture)
             if residuals is not None:
                 residuals.append(x)
@@ -131,6 +142,8 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_embeddings or not cfg.has_decoder else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.final_logits_bias = nn.Parameter(torch.zeros(1, cfg.vocab_size)) if cfg.final_logits_bias else None
         self.mlm = MaskedLMHead(cfg) if cfg.mlm_head else None
+        self.head_device: torch.device | None = None  # over several devices: where the output head is (multi_device)
+        self.placement = None  # engine.placement.Placement over several devices, else None (one device)
 
     def init_buffers(self, device: torch.device) -> None:
         for module in self.modules():
@@ -169,6 +182,8 @@ class Transformer(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """Next-token logits (decoder) from final hidden states (B, T, d) -> (B, T, vocab), float32."""
+        if self.head_device is not None:
+            h = h.to(self.head_device)
         if self.cfg.lm_head_scale != 1.0:
             h = h * self.cfg.lm_head_scale
         out = self._unembed(h)
@@ -180,4 +195,6 @@ class Transformer(nn.Module):
         """Masked-LM logits (encoder) or None when the checkpoint has no prediction head."""
         if self.mlm is None:
             return None
+        if self.head_device is not None:
+            h = h.to(self.head_device)
         return (self._unembed(self.mlm(h)) + self.mlm.bias).float()

@@ -1,7 +1,8 @@
 """Where the layers of a model too big for one GPU would go: a plan, in order, GPUs first (each filled with
 consecutive layers, as accelerate's sequential device map and the native engine's blocks-per-device do), then
-the CPU for what is left. Pure Python on byte counts: it is tested with given memory limits here; running a
-forward over several devices is not implemented (the engine places a model on one device today)."""
+the CPU for what is left. Pure Python on byte counts, tested with given memory limits; engine.multi_device
+applies a plan to the native engine's network (and engine.hf_backend.device_map turns it into accelerate's
+device map)."""
 
 from __future__ import annotations
 
@@ -82,5 +83,5 @@ def plan(layer_bytes: Sequence[int], device_free_bytes: Mapping[str, int], embed
 
 
 def single_device(n_layers: int, device: str) -> Placement:
-    """The placement of a model on one device (what the engine does today)."""
+    """The placement of a model on one device."""
     return Placement(tuple([device] * n_layers), device, device, {})

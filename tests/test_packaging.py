@@ -197,7 +197,12 @@ def test_about_shows_the_version_and_the_engine(qapp, monkeypatch):
 
     from engine.local import LocalEngine
 
-    main_window.MainWindow.show_about(SimpleNamespace(client=SimpleNamespace(engine=LocalEngine())))
+    window = SimpleNamespace(client=SimpleNamespace(engine=LocalEngine()), state=SimpleNamespace(model=None))
+    main_window.MainWindow.show_about(window)
     versions = engine_versions()
     assert app_version() in shown[0] and f"torch {versions['torch']}" in shown[0] and versions["device"] in shown[0]
     assert "Models run on: this computer" in shown[0]  # a remote engine says its host instead (issue 27)
+    # an open model: where its layers are (over several devices: which on each)
+    window.state.model = SimpleNamespace(name="big", placement="cuda:0 layers 0–1 · cpu layers 2–3")
+    main_window.MainWindow.show_about(window)
+    assert "big: cuda:0 layers 0–1 · cpu layers 2–3" in shown[1]

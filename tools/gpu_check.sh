@@ -3,6 +3,7 @@
 #   OUTDIR/gpu_check.log   everything printed
 #   OUTDIR/results.json    each step's status and time, the CUDA tests' counts, every benchmark figure
 #   OUTDIR/gui_cuda.png    the window after a step on a random 1B Llama on CUDA (only where PySide6 is there)
+#   OUTDIR/multi_device.json  placement and step times of a model over cuda:0 + CPU (and two GPUs, where present)
 #
 #   bash tools/gpu_check.sh OUTDIR                  # on the GPU machine
 #   bash tools/gpu_check.sh OUTDIR --device cpu     # dry run: the same steps on the CPU, tiny shapes
@@ -76,8 +77,9 @@ git -C "$ROOT" rev-parse HEAD 2>/dev/null >"$WORK/commit" || echo unknown >"$WOR
 WHEELS="${GPU_CHECK_WHEELS:-}"
 for d in .whl wheels; do [ -z "$WHEELS" ] && ls "$ROOT/$d"/*.whl >/dev/null 2>&1 && WHEELS="$ROOT/$d"; done
 if [ -n "$WHEELS" ]; then
-    # only the GUI's own packages: the machine's numpy / torch stay as they are
-    mapfile -t GUI_WHEELS < <(ls "$WHEELS"/*.whl | grep -iE '/(pyside6_essentials|pyside6-essentials|shiboken6|pyqtgraph|pyzmq)-')
+    # only the GUI's own packages (and accelerate, for the transformers backend over several devices): the machine's
+    # numpy / torch stay as they are
+    mapfile -t GUI_WHEELS < <(ls "$WHEELS"/*.whl | grep -iE '/(pyside6_essentials|pyside6-essentials|shiboken6|pyqtgraph|pyzmq|accelerate|psutil)-')
     if [ ${#GUI_WHEELS[@]} -gt 0 ]; then
         step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${GUI_WHEELS[@]}"
         export PYTHONPATH="$PYTHONPATH:$WORK/site"
@@ -111,6 +113,10 @@ step pytest 200 "$PY" -m pytest -m cuda tests/cuda -q -p no:cacheprovider -o add
 # 4. the benchmarks, in two processes (the 8B shape alone first: it needs the whole device)
 step bench_8b 240 "$PY" tools/bench_cuda.py --device "$DEVICE" --items bandwidth,llama8b --json "$WORK/bench_8b.json"
 step bench_1b_gpt2 150 "$PY" tools/bench_cuda.py --device "$DEVICE" --items llama1b,gpt2 --json "$WORK/bench_1b_gpt2.json"
+
+# 4b. a model over several devices (issue 27): its placement and step time on cuda:0, half offloaded to the CPU,
+# over two GPUs where there are two, and as device="auto" places it (the CUDA tests above check the numbers)
+step multi_device 150 "$PY" tools/bench_multi_device.py --device "$DEVICE" --tokens 128 --steps 8 --json "$OUT/multi_device.json"
 
 # 5. the GUI on CUDA: a random 1B Llama folder, one step, a screenshot (only where PySide6 imports)
 if "$PY" -c "import PySide6.QtWidgets, pyqtgraph" >/dev/null 2>&1; then

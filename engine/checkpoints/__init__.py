@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import multi_device
 from ..config import ModelConfig
 from ..device import available_memory, choose_dtype, is_out_of_memory, resolve_device
 from ..errors import (
@@ -30,6 +31,7 @@ from ..errors import (
 from ..inference_layout import materialize, prefers_transposed, release, to_inference_layout
 from ..model import Model
 from ..network import Transformer
+from ..placement import Placement
 from ..tokenizer import Tokenizer
 from .mapping import plan
 from .registry import CONVERTERS, SUPPORTED
@@ -160,7 +162,7 @@ def _fill(net: torch.nn.Module, resolved: dict, weights: WeightFiles, meter: _Me
 
 def load_model(
     source: str | Path,
-    device: str | torch.device | None = None,
+    device: str | torch.device | Placement | None = None,
     dtype: str | torch.dtype | None = None,
     allow_pickle: bool = False,
     progress: Progress | None = None,
@@ -174,13 +176,19 @@ def load_model(
     classes (engine.hf_backend) for every other type transformers knows; "native" / "transformers" force one.
     trust_remote_code: allow a checkpoint's own code (auto_map), which is refused otherwise.
 
+    device: a device name ("cpu", "cuda:1"; None: CUDA when present); "auto": over this machine's GPUs in order,
+    then the CPU, by their free memory (engine.multi_device; one device when it fits there); or an
+    engine.placement.Placement naming the device of each layer (encoder layers, then decoder layers).
+
     dtype None: the checkpoint's own dtype on CUDA; on the CPU float32 where it fits in RAM, else bfloat16
     (`model.dtype_reason` says which and why). `progress(fraction, message)` is called as bytes are read;
     `cancel` (a threading.Event, or a callable returning True) stops the load with LoadCancelled, having
     freed what it allocated."""
     t0 = time.perf_counter()
     cancelled = _cancel_check(cancel)
-    dev = resolve_device(device)
+    spread = device if isinstance(device, Placement) else None  # a model over several devices, as planned
+    auto = isinstance(device, str) and device == "auto"  # plan over the GPUs (then the CPU) by their free memory
+    dev = resolve_device(spread.embed if spread is not None else device)
     folder, name = resolve(source)
     meter = _Meter(1, progress, cancelled, name)
     meter.report(0.0, f"opening {name}")
@@ -192,7 +200,8 @@ def load_model(
         from ..hf_backend import load_transformers_model
 
         meter.report(0.0, f"opening {name} through transformers")
-        model = load_transformers_model(folder, name, hf, dev, dtype, trust_remote_code, _config_dtype(hf))
+        model = load_transformers_model(folder, name, hf, dev, dtype, trust_remote_code, _config_dtype(hf),
+                                        placement=spread if spread is not None else "auto" if auto else None)
         model.load_seconds = time.perf_counter() - t0
         meter.report(1.0, f"{name} ready")
         return model
@@ -222,13 +231,32 @@ def load_model(
         torch_dtype, reason = choose_dtype(dtype, dev, _config_dtype(hf) or weights.dominant_float_dtype(used), n_params)
         meter.check()
         weight_bytes, dtype_name = n_params * torch_dtype.itemsize, str(torch_dtype).removeprefix("torch.")
-        _check_fits(name, weight_bytes, dev, dtype_name)
-        net = to_inference_layout(net, transposed=prefers_transposed(dev, torch_dtype))  # meta: structure only
+        if auto and dev.type == "cuda":
+            spread = multi_device.auto_placement(net, torch_dtype)
+        if spread is not None:
+            spread = multi_device.check(net, spread)
+            if len(spread.devices) == 1:  # it all fits on one device: the plain single-device model
+                dev, spread = torch.device(spread.devices[0]), None
+        if spread is None:
+            _check_fits(name, weight_bytes, dev, dtype_name)
+            transposed = prefers_transposed(dev, torch_dtype)
+        else:
+            _check_fits(name, multi_device.bytes_on(net, spread, torch_dtype.itemsize, "cpu"), torch.device("cpu"), dtype_name)
+            transposed = all(prefers_transposed(torch.device(d), torch_dtype) for d in spread.devices)
+            log.info("%s over %s", name, spread.describe())
+        net = to_inference_layout(net, transposed=transposed)  # meta: structure only
+        where = multi_device.device_for(multi_device.module_devices(net, spread)) if spread is not None else None
         try:
-            materialize(net, dev, torch_dtype)
+            materialize(net, where or dev, torch_dtype)
             meter.report(0.0, f"reading {name} ({_gb(sum(weights.nbytes(k) for k in used))}) as {dtype_name}")
             _fill(net, resolved, weights, meter)
-            net.init_buffers(dev)
+            if where is None:
+                net.init_buffers(dev)
+            else:
+                for module_name, module in net.named_modules():
+                    if module is not net and hasattr(module, "init_buffers"):
+                        module.init_buffers(where(module_name))
+                multi_device.route(net, spread)
             _cast_buffers(net, torch_dtype)
         except BaseException as exc:
             release(net)  # the traceback keeps this frame (and `net`) alive: leave it nothing to pin
@@ -241,8 +269,8 @@ def load_model(
     model.dtype_reason = reason
     model.load_seconds = time.perf_counter() - t0
     meter.report(1.0, f"{name} ready")
-    log.info("loaded %s (%s, %.1fM parameters) on %s as %s in %.2fs", name, cfg.model_type, model.n_params / 1e6, dev,
-             reason, model.load_seconds)
+    log.info("loaded %s (%s, %.1fM parameters) on %s as %s in %.2fs", name, cfg.model_type, model.n_params / 1e6,
+             model.placement, reason, model.load_seconds)
     return model
 
 

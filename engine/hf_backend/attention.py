@@ -182,7 +182,7 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
         y = y * torch.exp(lse - total)[..., None].to(y.dtype)
         lse = total
     if state is not None and name in state.gates:  # ablation: each query head's output times its gate
-        y = y * state.gates[name].view(1, nh, 1, 1).to(y.dtype)
+        y = y * state.gates[name].view(1, nh, 1, 1).to(y.device, y.dtype)  # a no-op on one device
     if record:
         if name.endswith(".cross_attn"):  # the source's keys, once per session (later calls reuse the cached ones)
             new_keys = key if state.cross_keys else None

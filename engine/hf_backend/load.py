@@ -6,6 +6,7 @@ Multimodal checkpoints (gemma3, mistral3, ...) open their whole model but are fe
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import time
@@ -15,9 +16,12 @@ import torch
 
 from ..config import AttentionSpec, LayerSpec, ModelConfig
 from ..device import available_memory, choose_dtype, is_out_of_memory
-from ..errors import CheckpointError, EngineError, OutOfMemoryError, UnsupportedArchitectureError
+from ..errors import CheckpointError, DeviceError, EngineError, OutOfMemoryError, UnsupportedArchitectureError
+from ..multi_device import free_memory
+from ..placement import Placement
 from ..tokenizer import Tokenizer
 from .attention import NAME, register
+from .device_map import describe_map, device_map, placement_for
 from .model import HFModel, text_model
 from .routing import install_router_hooks, layer_of
 from .support import refusal
@@ -137,6 +141,11 @@ def _gb(n: float) -> str:
 
 def _planned_params(family: str, folder: Path, trust_remote_code: bool) -> int:
     """Parameters the config describes, counted on a model built on the meta device (no memory, no weights)."""
+    return sum(p.numel() for p in _meta_model(family, folder, trust_remote_code).parameters())
+
+
+def _meta_model(family: str, folder: Path, trust_remote_code: bool) -> torch.nn.Module:
+    """The model the config describes, built on the meta device (no memory, no weights)."""
     import transformers
 
     try:
@@ -154,11 +163,11 @@ def _planned_params(family: str, folder: Path, trust_remote_code: bool) -> int:
     except Exception as exc:
         raise CheckpointError(f"transformers cannot build the model {folder / 'config.json'} describes: "
                               f"{type(exc).__name__}: {exc}") from exc
-    return sum(p.numel() for p in meta.parameters())
+    return meta
 
 
 def _check_weights_and_memory(name: str, folder: Path, n_params: int, quantised: bool, checkpoint_dtype: torch.dtype | None,
-                              torch_dtype: torch.dtype, device: torch.device) -> None:
+                              torch_dtype: torch.dtype, device: torch.device | None) -> None:
     """Before anything is allocated: refuse weights that cannot hold what the config describes (a missing or
     truncated shard, a config that belongs to another model) and a model that would not fit in free RAM."""
     on_disk = _weights_bytes(folder)
@@ -168,6 +177,8 @@ def _check_weights_and_memory(name: str, folder: Path, n_params: int, quantised:
             raise CheckpointError(f"{folder} holds {_gb(on_disk)} of safetensors weights but its config.json describes "
                                   f"{n_params / 1e6:.1f}M parameters ({_gb(expected)}): a shard is missing or truncated, "
                                   "or config.json belongs to another model; re-download it")
+    if device is None:  # over several devices: the plan was made from their free memory
+        return
     need = n_params * torch_dtype.itemsize
     if device.type == "cuda":
         free, where = torch.cuda.mem_get_info(device)[0], f"memory on {device}"
@@ -179,9 +190,32 @@ def _check_weights_and_memory(name: str, folder: Path, n_params: int, quantised:
                                "bfloat16")
 
 
+def _has_accelerate() -> bool:
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _spread(meta: torch.nn.Module, placement: Placement | str | None, device: torch.device, itemsize: int,
+            name: str) -> tuple[Placement | None, dict | None]:
+    """(placement, accelerate device map) for a model over several devices; (None, None) on one device."""
+    if placement == "auto":
+        if device.type != "cuda":
+            return None, None
+        placement = placement_for(meta, itemsize, free_memory())
+    if not isinstance(placement, Placement) or len(placement.devices) < 2:
+        return None, None
+    if not _has_accelerate():
+        raise DeviceError(f"{name} would go over {', '.join(placement.devices)} ({placement.describe()}); transformers "
+                          "needs accelerate for that: pip install accelerate (or load it on one device)")
+    return placement, device_map(meta, placement)
+
+
 def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.device, dtype: str | torch.dtype | None,
-                            trust_remote_code: bool = False, checkpoint_dtype: torch.dtype | None = None) -> HFModel:
-    """config.json `hf` of `folder` -> HFModel on `device`. Refusals raise UnsupportedArchitectureError."""
+                            trust_remote_code: bool = False, checkpoint_dtype: torch.dtype | None = None,
+                            placement: Placement | str | None = None) -> HFModel:
+    """config.json `hf` of `folder` -> HFModel on `device`, or over several devices: `placement` "auto" (the GPUs
+    in order, then the CPU, by free memory; needs CUDA) or an engine.placement.Placement naming each layer's device
+    (the model's blocks in order), given to transformers as accelerate's device map. Refusals raise
+    UnsupportedArchitectureError."""
     t0 = time.perf_counter()
     why = refusal(hf, folder, trust_remote_code, device.type)
     if why:
@@ -189,18 +223,28 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     family = _family(hf)
     tokenizer = Tokenizer.from_folder(folder)
     quantised = hf.get("quantization_config")
-    n_params = _planned_params(family, folder, trust_remote_code)
+    meta = _meta_model(family, folder, trust_remote_code)
+    n_params = sum(p.numel() for p in meta.parameters())
     torch_dtype, reason = choose_dtype(dtype, device, checkpoint_dtype, n_params)
     if quantised and dtype is None:
         torch_dtype = torch.bfloat16
         reason = f"{quantised.get('quant_method')} weights dequantised to bfloat16 by transformers"
-    _check_weights_and_memory(name, folder, n_params, bool(quantised), checkpoint_dtype, torch_dtype, device)
+    spread, mapping = _spread(meta, placement, device, torch_dtype.itemsize, name)
+    if spread is not None:
+        _check_weights_and_memory(name, folder, n_params, bool(quantised), checkpoint_dtype, torch_dtype, None)
+        spread = describe_map(meta, mapping, spread)
+        log.info("%s over %s (device map of %d entries)", name, spread.describe(), len(mapping))
+    else:
+        _check_weights_and_memory(name, folder, n_params, bool(quantised), checkpoint_dtype, torch_dtype, device)
+    del meta
+    if mapping is None and device.type != "cpu":
+        # straight onto the device (a GPU load never holds the whole model in RAM first); transformers needs
+        # accelerate for a device map, without it the model is read into RAM and moved
+        mapping = {"": str(device)} if _has_accelerate() else None
     register()
     try:
-        # straight onto the device (a GPU load never holds the whole model in RAM first)
         hf_model = _auto_model(family, folder, dtype=torch_dtype, attn_implementation=NAME,
-                               trust_remote_code=trust_remote_code, local_files_only=True,
-                               device_map={"": str(device)} if device.type != "cpu" else None)
+                               trust_remote_code=trust_remote_code, local_files_only=True, device_map=mapping)
     except EngineError:
         raise
     except Exception as exc:
@@ -208,7 +252,7 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
             raise OutOfMemoryError(f"{device} ran out of memory loading {name}; close other programs or models, or "
                                    "load it in bfloat16") from None
         raise CheckpointError(f"transformers could not open {folder}: {type(exc).__name__}: {exc}") from exc
-    hf_model = hf_model.to(device).eval()
+    hf_model = (hf_model if spread is not None else hf_model.to(device)).eval()  # accelerate's hooks forbid .to()
     try:  # every sub-model (a multimodal model's text model too) through our attention and mask functions
         hf_model.set_attn_implementation(NAME)
     except (ValueError, AttributeError) as exc:
@@ -230,9 +274,10 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
         raise UnsupportedArchitectureError(f"{name}: found no attention modules in its {type(hf_model).__name__}")
     model = HFModel(hf_model, config, tokenizer, name, folder, names, moe, n_experts,
                     _layer_kinds(text_stack, config.n_layers, tuple(getattr(text, "layer_types", None) or ())))
+    model.spread = spread
     model.dtype_reason = reason
     model.quantization = f"{quantised.get('quant_method')} dequantised to {torch_dtype}" if quantised else ""
     model.load_seconds = time.perf_counter() - t0
-    log.info("loaded %s (%s) through transformers on %s as %s in %.2fs", name, hf.get("model_type"), device, reason,
-             model.load_seconds)
+    log.info("loaded %s (%s) through transformers on %s as %s in %.2fs", name, hf.get("model_type"), model.placement,
+             reason, model.load_seconds)
     return model

@@ -17,6 +17,7 @@ from ..cancel import checkpoint
 from ..config import ModelConfig
 from ..errors import CaptureError, EngineError
 from ..model import Forward, Model, _frozen
+from ..placement import Placement, single_device
 from ..rebuild import KeyArena, ScoreRule
 from ..routing import RoutingBlock, router_name
 from ..tokenizer import Tokenizer
@@ -73,6 +74,23 @@ class HFModel(Model):
     @property
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
+
+    spread: Placement | None = None  # over several devices: the plan behind accelerate's device map (set by the loader)
+
+    @property
+    def placement(self) -> str:
+        """Which layers run on which device, for the status bar (as Model.placement)."""
+        if self.spread is None:
+            return single_device(self.n_layers, str(self.device)).describe()
+        return self.spread.describe() + (f" · head {self.spread.head}" if self.spread.head != self.spread.layers[-1] else "")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.spread.devices if self.spread is not None else (str(self.device),)
+
+    def place(self, placement: Placement | str) -> None:
+        raise EngineError("a model on the transformers backend is placed when it is loaded: "
+                          "load_model(..., device=placement or 'auto')")
 
     @property
     def dtype(self) -> torch.dtype:

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", metavar="FOLDER", type=Path, action="append", default=[],
                    help="a folder whose checkpoint folders clients may open (repeatable); besides these, only the "
                         "bundled models and this machine's Hugging Face cache")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="where a model goes when the client names no device: cpu, cuda, cuda:1, or auto (a model too "
+                        "big for one GPU is spread over the GPUs in order, then the CPU, by their free memory; "
+                        "default: CUDA when present, else the CPU)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                     "NOT encrypted; prefer the default 127.0.0.1 with an SSH tunnel", args.bind)
     from .server import EngineServer
 
-    server = EngineServer(token, bind=args.bind, port=args.port, models_dirs=tuple(args.models_dir))
+    server = EngineServer(token, bind=args.bind, port=args.port, models_dirs=tuple(args.models_dir), device=args.device)
     secret = f"token-file={args.token_file}" if args.token_file else f"token={token}"
     sys.stdout.write(f"connect: {args.bind}:{server.port} {secret}\n")
     sys.stdout.flush()

@@ -126,7 +126,8 @@ class RemoteEngine:
     def where(self) -> str:
         i = self.info
         gpu = f"; {i['gpu_memory']}" if i.get("gpu_memory") else ""
-        return f"{i.get('host', '?')} via {self.address} ({i.get('device', '?')}{gpu})"
+        spread = "; models spread over its GPUs, then the CPU" if i.get("load_device") == "auto" else ""
+        return f"{i.get('host', '?')} via {self.address} ({i.get('device', '?')}{gpu}{spread})"
 
     def describe(self) -> dict:
         return {"address": self.address, **self.info}
@@ -396,6 +397,7 @@ class RemoteModel:
         self.rebuilds_patterns = d["rebuilds_patterns"]
         self.backend = d.get("backend", "native")  # "transformers" when the server runs it through transformers
         self.placement = d.get("placement", str(self.device))  # which layers on which of the server's devices
+        self.devices = tuple(d.get("devices") or (self.device,))  # several: spread over them (serve --device auto)
         self.config = RemoteConfig(**d["config"])
         self.tokenizer = RemoteTokenizer(self, d["tokenizer"])
         self.stop_ids = tuple(d["stop_ids"])

@@ -47,9 +47,12 @@ def free_port() -> int:
 
 def spawn_server(port: int = 0, token_file: Path | None = None, models_dirs: Sequence[Path] = (),
                  python: str = sys.executable, stderr: object = None, env: dict | None = None,
-                 timeout: float = SERVER_START_S) -> tuple[subprocess.Popen, str, str]:
-    """Start `python -m engine.remote.cli` here and wait for its connect line -> (process, address, token)."""
+                 timeout: float = SERVER_START_S, device: str | None = None) -> tuple[subprocess.Popen, str, str]:
+    """Start `python -m engine.remote.cli` here and wait for its connect line -> (process, address, token).
+    `device`: its --device (where a load that names none goes; "auto": spread over the GPUs, then the CPU)."""
     cmd = [python, "-m", "engine.remote.cli", "--port", str(port)]
+    if device is not None:
+        cmd += ["--device", device]
     if token_file is not None:
         cmd += ["--token-file", str(token_file)]
     for d in models_dirs:

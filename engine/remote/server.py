@@ -46,9 +46,11 @@ def base_version(version: str) -> str:
 
 
 class EngineServer:
-    def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = ()) -> None:
+    def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = (),
+                 device: str | None = None) -> None:
         from ..about import app_version
 
+        self.device = device  # where a load that names no device goes ("auto": over the GPUs, then the CPU)
         self.key = token.encode("utf-8")
         self.models_dirs = tuple(Path(d).expanduser().resolve() for d in models_dirs)
         self.app_version = app_version()
@@ -147,7 +149,7 @@ class EngineServer:
         from .protocol import CAPABILITIES
 
         info = {"host": platform.node(), "capabilities": list(CAPABILITIES), **engine_versions(),
-                "models_dirs": [str(d) for d in self.models_dirs]}
+                "models_dirs": [str(d) for d in self.models_dirs], "load_device": self.device or "default"}
         try:
             import torch
 
@@ -155,6 +157,8 @@ class EngineServer:
             if torch.cuda.is_available():
                 free, total = torch.cuda.mem_get_info()
                 info["gpu_memory"] = f"{free / 1e9:.1f} of {total / 1e9:.1f} GB free"
+                if torch.cuda.device_count() > 1:
+                    info["gpu_memory"] += f" on cuda:0, {torch.cuda.device_count()} GPUs"
         except Exception as exc:  # noqa: BLE001 - the memory figure is a nicety
             log.debug("no GPU memory figure: %s", exc)
         return info
@@ -272,7 +276,7 @@ class EngineServer:
 
     def _do_load(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         source = self.allowed_source(body["source"])
-        model = self.local.load_model(source, device=body.get("device"), dtype=body.get("dtype"),
+        model = self.local.load_model(source, device=body.get("device") or self.device, dtype=body.get("dtype"),
                                       allow_pickle=bool(body.get("allow_pickle")), backend=str(body.get("backend") or "auto"),
                                       trust_remote_code=bool(body.get("trust_remote_code")),
                                       progress=lambda f, m: progress({"fraction": float(f), "message": str(m)}),
@@ -472,6 +476,7 @@ def describe_model(model: Any) -> dict:
         "max_positions": model.max_positions, "has_logits": bool(model.has_logits), "no_logits_reason": model.no_logits_reason,
         "dtype_reason": str(getattr(model, "dtype_reason", "") or ""), "rebuilds_patterns": bool(model.rebuilds_patterns),
         "backend": str(getattr(model, "backend", "native")), "placement": str(model.placement),
+        "devices": [str(d) for d in getattr(model, "devices", (model.device,))],
         "config": {"vocab_size": cfg.vocab_size, "mask_token_id": cfg.mask_token_id, "model_type": cfg.model_type,
                    "eos_token_ids": tuple(cfg.eos_token_ids), "n_kv_heads": cfg.n_kv_heads, "family": cfg.family},
         "tokenizer": {"vocab": [tok.display(i) for i in range(cfg.vocab_size)],

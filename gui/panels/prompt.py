@@ -143,7 +143,11 @@ class PromptPanel(QWidget):
         self.device_box.addItem("auto", None)
         for d in devices:
             self.device_box.addItem(d, d)
-        self.device_box.setToolTip("Where the model runs; auto = CUDA when present, else CPU")
+        if any(d.startswith("cuda") for d in devices):  # a model too big for one GPU: the next GPUs, then the CPU
+            self.device_box.addItem("spread: GPUs, then CPU", "auto")
+        self.device_box.setToolTip("Where the model runs; auto = CUDA when present, else CPU; spread = a model too "
+                                   "big for one GPU goes over the GPUs in order, then the CPU (the status bar says "
+                                   "which layers went where)")
         self.backend_box = QComboBox()
         for text in ("auto", "native", "transformers"):
             self.backend_box.addItem(text, text)
@@ -658,7 +662,8 @@ class PromptPanel(QWidget):
         params = f"{info.n_params / 1e6:.2f} M" if info.n_params >= 1e5 else f"{info.n_params:,}"
         layers = ", ".join(f"{k}: {n}" for k, n in info.layers_by_kind.items() if n)
         self.model_label.setText(f"{info.name} · {info.family} · {params} parameters · layers ({layers}) · "
-                                 f"{info.n_heads} heads · {info.device} {info.dtype}"
+                                 f"{info.n_heads} heads · {' + '.join(info.devices) if len(info.devices) > 1 else info.device} "
+                                 f"{info.dtype}"
                                  + (" · through transformers" if info.backend == "transformers" else ""))
 
     def _sampling_changed(self) -> None:

@@ -53,8 +53,11 @@ MAX_RECENT = 8
 
 
 def device_text(info: ModelInfo) -> str:
-    """The status bar's device · dtype and why (the engine's dtype_reason), naming the device once."""
+    """The status bar's device · dtype and why (the engine's dtype_reason), naming the device once; a model
+    spread over several devices names them all ("cuda:0 + cuda:1 + cpu · bfloat16"; the tooltip has the layers)."""
     reason = info.dtype_reason
+    if len(info.devices) > 1:
+        return f"{' + '.join(info.devices)} · {info.dtype}"
     if not reason:
         return f"{info.device} · {info.dtype}"
     device = info.device.split(":")[0]
@@ -500,7 +503,9 @@ class MainWindow(QMainWindow):
                           "<p>Decoder-only (GPT-2), encoder-only (BERT) and encoder-decoder (T5, BART, Marian) "
                           "models, run by a small torch engine of its own.</p>"
                           f"<p>Engine: torch {v['torch']} (CUDA {v['cuda']}), default device {v['device']}, "
-                          f"Python {v['python']}</p><p>Models run on: {self.client.engine.where()}</p>")
+                          f"Python {v['python']}</p><p>Models run on: {self.client.engine.where()}</p>"
+                          + (f"<p>{self.state.model.name}: {self.state.model.placement}</p>"
+                             if self.state.model is not None and self.state.model.placement else ""))
 
     def export_trace(self, path: str) -> None:
         """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""
