@@ -54,6 +54,7 @@ class ModelInfo:
     stop_ids: tuple[int, ...] = ()  # ids whose choice ends a generation (eos, the template's end of turn)
     backend: str = "native"  # which engine runs it: "native" or "transformers" (engine.hf_backend)
     placement: str = ""  # which layers on which device ("cuda:0 layers 0–31"), where the engine runs
+    quantization: str = ""  # what became of quantised weights ("mxfp4, dequantised to bfloat16"), else ""
 
     @property
     def n_layers(self) -> int:
@@ -95,7 +96,8 @@ def model_info(model: Any, engine: Any) -> ModelInfo:
         dtype_reason=str(getattr(model, "dtype_reason", "") or ""),
         has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
         stop_ids=tuple(engine.stop_token_ids(model)) if model.family != "encoder" else (),
-        backend=str(getattr(model, "backend", "native")), placement=str(getattr(model, "placement", "") or ""))
+        backend=str(getattr(model, "backend", "native")), placement=str(getattr(model, "placement", "") or ""),
+        quantization=str(getattr(model, "quantization", "") or ""))
 
 
 class EngineWorker(QObject):

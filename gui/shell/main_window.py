@@ -53,12 +53,18 @@ MAX_RECENT = 8
 
 
 def device_text(info: ModelInfo) -> str:
-    """The status bar's device · dtype and why (the engine's dtype_reason), naming the device once."""
+    """The status bar's device · dtype and why (the engine's dtype_reason), naming the device once, and what
+    became of quantised weights."""
     reason = info.dtype_reason
     if not reason:
-        return f"{info.device} · {info.dtype}"
-    device = info.device.split(":")[0]
-    return reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
+        text = f"{info.device} · {info.dtype}"
+    else:
+        device = info.device.split(":")[0]
+        text = reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
+    method = info.quantization.split(",")[0]
+    if method and method not in text:  # quantised weights: say what became of them ("mxfp4, dequantised to …")
+        text += f" · {info.quantization}"
+    return text
 
 
 # panels whose least size is large (tables and plots side by side): in their docks they scroll below it,

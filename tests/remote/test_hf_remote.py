@@ -395,3 +395,16 @@ def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, h
         win.client.call("engine", use_this_computer())
         idle()
         win.close()
+
+
+def test_mxfp4_weights_over_the_wire_say_they_were_dequantised(hf_eng, hf_dir):
+    """The server's model tells the client what became of its quantised weights (the status bar shows it)."""
+    from gui.core.worker import model_info
+    from tests import mxfp4_factory
+
+    mx, _reference, _values = mxfp4_factory.build(hf_dir / "mxfp4")
+    rm, lm = _pair(hf_eng, hf_dir, "mxfp4/gpt-oss-mxfp4")
+    assert rm.quantization == lm.quantization == "mxfp4, dequantised to bfloat16"
+    assert model_info(rm, hf_eng).quantization == "mxfp4, dequantised to bfloat16"
+    assert rm.dtype == "bfloat16" and rm.dtype_reason == lm.dtype_reason
+    assert_same_hf_trace(hf_eng.Session(rm, PROMPT).trace, Session(lm, PROMPT).trace)
