@@ -7,6 +7,7 @@
 
     .venv/bin/python tools/bench_hf_backend.py                      # T 512 and 2048 for timing, 8192 for memory
     .venv/bin/python tools/bench_hf_backend.py --lengths 512 --memory-lengths 1024,4096 --rounds 2
+    .venv/bin/python tools/bench_hf_backend.py --only sdpa --lengths 512 --rounds 5 --steps 16   # decode step
 
 Timings alternate the contestants each round and report the median of per-round ratios (min..max).
 """
@@ -84,12 +85,12 @@ def memory(model, lengths: list[int]) -> None:  # noqa: ANN001
         print(f"{T:>7} {kept / 1e6:>9.1f} {patterns / 1e6:>17.1f} {kept / patterns:>16.4f} {kept / T / 1e3:>18.2f}")
 
 
-def against_sdpa(model, folder: Path, lengths: list[int], rounds: int) -> None:  # noqa: ANN001
+def against_sdpa(model, folder: Path, lengths: list[int], rounds: int, steps: int = 1) -> None:  # noqa: ANN001
     import transformers
 
     sdpa = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
     print("\n2. with capture (this backend) / transformers sdpa without capture, same model and threads "
-          f"({torch.get_num_threads()} threads)")
+          f"({torch.get_num_threads()} threads; decode: median of {steps} step(s) each way per round, alternating)")
     for T in lengths:
         ids = [i % 400 + 1 for i in range(T)]
         prefill, step = [], []
@@ -99,14 +100,21 @@ def against_sdpa(model, folder: Path, lengths: list[int], rounds: int) -> None: 
                 theirs_p = _time(lambda ids=ids: sdpa(torch.tensor([ids]), logits_to_keep=1))
             prefill.append((ours_p, theirs_p))
             session = Session(model, ids)
-            ours_s = _time(session.step)
             cache = transformers.DynamicCache(config=sdpa.config)
             with torch.inference_mode():
                 sdpa(torch.tensor([ids]), cache=cache, use_cache=True, logits_to_keep=1)
-                theirs_s = _time(lambda c=cache: sdpa(torch.tensor([[7]]), cache=c, use_cache=True, logits_to_keep=1))
-            step.append((ours_s, theirs_s))
+            ours_s, theirs_s = [], []
+            for _ in range(steps):
+                if session.finished:  # end of sequence chosen: undo it (not timed), keep stepping
+                    session.back()
+                ours_s.append(_time(session.step))  # a whole Session.step: sampling, forward, recording
+                with torch.inference_mode():
+                    theirs_s.append(_time(lambda c=cache: sdpa(torch.tensor([[7]]), cache=c, use_cache=True,
+                                                               logits_to_keep=1)))
+            step.append((statistics.median(ours_s), statistics.median(theirs_s)))
         print(f"  T {T:>6}: prefill {_median_ratio(prefill)}  decode step {_median_ratio(step)}  "
-              f"(ours {statistics.median(p[0] for p in prefill):.3f} s / {statistics.median(s[0] for s in step) * 1e3:.1f} ms)")
+              f"(ours {statistics.median(p[0] for p in prefill):.3f} s / {statistics.median(s[0] for s in step) * 1e3:.1f} ms; "
+              f"sdpa {statistics.median(p[1] for p in prefill):.3f} s / {statistics.median(s[1] for s in step) * 1e3:.1f} ms)")
 
 
 def native_vs_backend(folder: Path, lengths: list[int], rounds: int) -> None:
@@ -131,16 +139,25 @@ def main() -> None:
     parser.add_argument("--lengths", default="512,2048", help="prompt lengths for the timings")
     parser.add_argument("--memory-lengths", default="2048,8192", help="prompt lengths for the memory table")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1, help="decode steps timed each way per round (median)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--only", default="memory,sdpa,native", help="which parts to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = set(args.only.split(","))
     lengths = [int(x) for x in args.lengths.split(",")]
     root = Path(tempfile.gettempdir()) / "attention-inspector-bench-hf"
     moe_folder, llama_folder = build(root / "moe", "moe"), build(root / "llama", "llama")
     moe = load_model(moe_folder, device="cpu", dtype="float32")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {moe!r}")
-    memory(moe, [int(x) for x in args.memory_lengths.split(",")])
-    against_sdpa(moe, moe_folder, lengths, args.rounds)
-    native_vs_backend(llama_folder, lengths, args.rounds)
+    if "memory" in parts:
+        memory(moe, [int(x) for x in args.memory_lengths.split(",")])
+    if "sdpa" in parts:
+        against_sdpa(moe, moe_folder, lengths, args.rounds, args.steps)
+    if "native" in parts:
+        native_vs_backend(llama_folder, lengths, args.rounds)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class ForwardState:
     routes: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     # MoE layer -> {expert: factor != 1}: the router's weight for that expert is multiplied by it (expert ablation)
     expert_gates: dict[int, dict[int, float]] = field(default_factory=dict)
+    hidden: list[Tensor] = field(default_factory=list)  # the text stack's final hidden states (HFModel's hook)
 
 
 @contextmanager
@@ -114,7 +115,14 @@ def _fused_alignment(mask: object, shape: tuple | None, T: int, S: int) -> bool 
 
 
 def _attend_fused(query: Tensor, key: Tensor, value: Tensor, scaling: float, is_causal: bool) -> tuple[Tensor, Tensor]:
-    g = query.shape[1] // key.shape[1]
+    B, nh, T, hs = query.shape
+    nkv = key.shape[1]
+    g = nh // nkv
+    if g > 1 and not is_causal:
+        # no mask between rows (a decode step, an encoder): the g query heads sharing a key/value head are g × T rows
+        # of that head (transformers' pack_gqa), so its keys and values are not copied g times every step
+        y, lse = _FLASH_CPU(query.reshape(B, nkv, g * T, hs), key, value, 0.0, False, attn_mask=None, scale=scaling)
+        return y.reshape(B, nh, T, y.shape[-1]), lse.reshape(B, nh, T).float()
     k, v = (key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)) if g > 1 else (key, value)
     y, lse = _FLASH_CPU(query, k, v, 0.0, is_causal, attn_mask=None, scale=scaling)
     return y, lse.float()
@@ -169,13 +177,16 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
     fused = None
     if softcap is None and query.device.type == "cpu" and value.shape[-1] == query.shape[-1]:  # MLA: v heads differ
         fused = _fused_alignment(attention_mask, shape, T, S)
+    # what is recorded must be rebuilt by the rule's description: evaluated rows are checked against it, except for
+    # transformers' own plain causal / bidirectional rules, whose description is known exactly (MaskRule.known)
+    verify = record and rule is not None and rule.known != shape
     if fused is not None:
-        if record:  # the rule's first rows against its description (the fused kernel never evaluates the rule)
+        if verify:  # the rule's first rows against its description (the fused kernel never evaluates the rule)
             n = min(T, 64)
             rule.check_chunk(rule.allowed(0, n, query.device), 0, name, shape)
         y, lse = _attend_fused(query, key, value, float(scaling), fused)
     else:
-        check = (lambda allowed, a: rule.check_chunk(allowed, a, name, shape)) if record and rule is not None else None
+        check = (lambda allowed, a: rule.check_chunk(allowed, a, name, shape)) if verify else None
         y, lse = _attend_chunked(query, key, value, attention_mask, float(scaling), softcap, check)
     if s_aux is not None:  # gpt-oss: one more logit per head in the denominator, with no value
         total = torch.logaddexp(lse, s_aux.float().view(1, nh, 1).expand_as(lse))

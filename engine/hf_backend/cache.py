@@ -45,10 +45,16 @@ def _new_hf_cache(config):  # noqa: ANN001, ANN202 - transformers config -> Dyna
     return cache
 
 
-def _recurrent(layer) -> bool:  # noqa: ANN001
-    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+_RECURRENT: tuple[type, ...] = ()
 
-    return isinstance(layer, LinearAttentionCacheLayerMixin)
+
+def _recurrent(layer) -> bool:  # noqa: ANN001
+    global _RECURRENT
+    if not _RECURRENT:  # imported once (this runs for every layer after every forward)
+        from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+        _RECURRENT = (LinearAttentionCacheLayerMixin,)
+    return isinstance(layer, _RECURRENT)
 
 
 _STATE_FIELDS = ("conv_states", "recurrent_states", "is_conv_states_initialized", "is_recurrent_states_initialized",
@@ -90,6 +96,7 @@ class HFCache:
         self._valid = 0  # tokens the transformers cache really holds (below len(ids) after a truncate without snapshot)
         self._pending = False  # a forward is feeding tokens: the transformers cache may hold more than _valid
         self.cross_recorded = False  # encoder-decoder: the source's keys are in a recorded block already
+        self._recurrent_of: tuple[list, int, bool] | None = None  # (layers list, its length, any recurrent?)
 
     @property
     def length(self) -> int:
@@ -102,7 +109,11 @@ class HFCache:
 
     @property
     def has_recurrent_layers(self) -> bool:
-        return any(_recurrent(layer) for layer in self.layers)
+        layers = self.layers
+        seen = self._recurrent_of
+        if seen is None or seen[0] is not layers or seen[1] != len(layers):  # a new (or grown) cache: look again
+            self._recurrent_of = seen = (layers, len(layers), any(_recurrent(layer) for layer in layers))
+        return seen[2]
 
     def key_views(self) -> dict[str, np.ndarray]:
         return {name: arena.view() for name, arena in self.key_arenas.items()}

@@ -209,6 +209,18 @@ def _spread(meta: torch.nn.Module, placement: Placement | str | None, device: to
     return placement, device_map(meta, placement)
 
 
+def quantization_note(hf_model: torch.nn.Module, method: str | None) -> str:
+    """What became of quantised weights, read off the loaded model: "mxfp4, dequantised to bfloat16" when the
+    quantised parameters are floating point now, "mxfp4, kept quantised" when some are still packed integers."""
+    packed = [n for n, p in hf_model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        return f"{method}, kept quantised ({len(packed)} packed tensors)"
+    params = dict(hf_model.named_parameters())
+    experts = [p for n, p in params.items() if ".experts." in n and n.endswith("proj")] or list(params.values())
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in experts})
+    return f"{method}, dequantised to {'/'.join(dtypes)}"
+
+
 def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.device, dtype: str | torch.dtype | None,
                             trust_remote_code: bool = False, checkpoint_dtype: torch.dtype | None = None,
                             placement: Placement | str | None = None) -> HFModel:
@@ -226,9 +238,18 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     meta = _meta_model(family, folder, trust_remote_code)
     n_params = sum(p.numel() for p in meta.parameters())
     torch_dtype, reason = choose_dtype(dtype, device, checkpoint_dtype, n_params)
-    if quantised and dtype is None:
-        torch_dtype = torch.bfloat16
-        reason = f"{quantised.get('quant_method')} weights dequantised to bfloat16 by transformers"
+    method = str(quantised.get("quant_method")) if isinstance(quantised, dict) else None
+    extra = {}
+    if method == "mxfp4":
+        # always dequantised (transformers' own choice on a CPU, or a GPU without triton and the `kernels` hub
+        # download): its triton path swaps the experts for kernels this backend's router hooks and expert gates are
+        # not checked against, and fetches them from the Hub, which an offline machine cannot
+        from transformers import Mxfp4Config
+
+        extra["quantization_config"] = Mxfp4Config(dequantize=True)
+        if dtype is None:
+            torch_dtype = torch.bfloat16  # the checkpoint's other weights are bfloat16; FP4 × 2^e is exact in it
+            reason = "mxfp4 weights dequantised to bfloat16 by transformers"
     spread, mapping = _spread(meta, placement, device, torch_dtype.itemsize, name)
     if spread is not None:
         _check_weights_and_memory(name, folder, n_params, bool(quantised), checkpoint_dtype, torch_dtype, None)
@@ -244,7 +265,7 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
     register()
     try:
         hf_model = _auto_model(family, folder, dtype=torch_dtype, attn_implementation=NAME,
-                               trust_remote_code=trust_remote_code, local_files_only=True, device_map=mapping)
+                               trust_remote_code=trust_remote_code, local_files_only=True, device_map=mapping, **extra)
     except EngineError:
         raise
     except Exception as exc:
@@ -276,7 +297,7 @@ def load_transformers_model(folder: Path, name: str, hf: dict, device: torch.dev
                     _layer_kinds(text_stack, config.n_layers, tuple(getattr(text, "layer_types", None) or ())))
     model.spread = spread
     model.dtype_reason = reason
-    model.quantization = f"{quantised.get('quant_method')} dequantised to {torch_dtype}" if quantised else ""
+    model.quantization = quantization_note(hf_model, method) if quantised else ""
     model.load_seconds = time.perf_counter() - t0
     log.info("loaded %s (%s) through transformers on %s as %s in %.2fs", name, hf.get("model_type"), model.placement,
              reason, model.load_seconds)

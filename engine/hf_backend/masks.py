@@ -61,10 +61,27 @@ class MaskRule:
         out = torch.as_tensor(self.mask_function(zero, zero, q, kv))
         return out.expand(torch.broadcast_shapes(out.shape, q.shape, kv.shape))  # a rule may ignore kv (bidirectional)
 
+    @property
+    def known(self) -> tuple[bool, None, None, None] | None:
+        """The description of transformers' own plain rules, known by identity (causal_mask_function: causal;
+        bidirectional_mask_function: everything visible), so neither probing nor checking them can find anything
+        else; None for every other rule (closures with a window or chunk, compositions: probed and checked)."""
+        if self.padding is not None:
+            return None
+        from transformers import masking_utils
+
+        if self.mask_function is masking_utils.causal_mask_function:
+            return (True, None, None, None)
+        if self.mask_function is getattr(masking_utils, "bidirectional_mask_function", None):
+            return (False, None, None, None)
+        return None
+
     def describe(self) -> tuple[bool, int | None, int | None, int | None]:
         """(causal, window, window_ahead, chunk) in ScoreRule's terms: a key is blocked when it lies after the
         query (causal), `window` or more positions before it, `window_ahead` or more after it, or in another
         chunk of `chunk` positions (Llama 4). Probed at two neighbouring far query positions over every key."""
+        if not self._shape and self.known is not None:
+            self._shape["v"] = self.known
         if not self._shape:
             p = PROBE_POSITION
             kv = torch.arange(0, 2 * p + 2)[None, None, None, :]

@@ -16,13 +16,13 @@ import torch
 from ..cancel import checkpoint
 from ..config import ModelConfig
 from ..errors import CaptureError, EngineError
-from ..model import Forward, Model, _frozen
+from ..model import Forward, Model, _frozen, _to_host
 from ..placement import Placement, single_device
 from ..rebuild import KeyArena, ScoreRule
 from ..routing import RoutingBlock, router_name
 from ..tokenizer import Tokenizer
 from ..trace import LazyLogits, Trace, capture_name
-from .attention import ForwardState, active
+from .attention import ForwardState, active, current
 from .cache import HFCache
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class HFModel(Model):
         self.layer_kinds = layer_kinds  # per layer: "attention", or what a hybrid has instead ("Mamba", ...)
         self.quantization = ""  # e.g. "mxfp4, dequantised to bfloat16" (set by the loader)
         add_cancel_points(self.hf)
+        # the final hidden states of each forward into the forward's state (decode unembeds all but the last later);
+        # one hook for the model's life, not one per step
+        text_model(self.hf).register_forward_hook(_keep_hidden)
 
     @property
     def net(self):  # noqa: ANN201 - the native engine's network: absent here
@@ -184,12 +187,14 @@ class HFModel(Model):
                             cross_keys=cross_keys, expert_gates=self.expert_gates())
 
     def _routing_blocks(self, state: ForwardState, q_start: int) -> dict[str, list[RoutingBlock]]:
-        out = {}
-        for layer, (idx, weights) in state.routes.items():
-            experts = _frozen(idx.detach().to("cpu", torch.int32).numpy())
-            w = _frozen(weights.detach().to("cpu", torch.float32).numpy())
-            out[router_name(self.stack, layer)] = [RoutingBlock(q_start, experts, w)]
-        return out
+        if not state.routes:
+            return {}
+        layers = list(state.routes)
+        # one transfer for every layer's experts and one for their weights (one sync each on a GPU)
+        experts = _to_host([state.routes[n][0].to(torch.int32) for n in layers])
+        weights = _to_host([state.routes[n][1].to(torch.float32) for n in layers])
+        return {router_name(self.stack, layer): [RoutingBlock(q_start, e, w)]
+                for layer, e, w in zip(layers, experts, weights)}
 
     def _keep_rules(self, state: ForwardState) -> None:
         for name, rule in state.rules.items():
@@ -237,40 +242,36 @@ class HFModel(Model):
             with self.guard(), active(self._state(None)):
                 self.hf(**self._ids_input(prefix), cache=cache.hf, use_cache=True, logits_to_keep=1, **inputs)
             cache.fed()
-        hidden: list[torch.Tensor] = []
-        handle = text_model(self.hf).register_forward_hook(lambda _m, _i, out: hidden.append(_last_hidden(out)))
-        try:
-            with self.guard(cache):
-                cache.feeding(list(ids))
-                state = self._state(rec, cross_keys=not cache.cross_recorded)
-                keep = 1 if len(ids) == 1 or self.lazy_logits_ok else 2 if self.lazy_logits_ok is None else 0
-                with active(state):
-                    out = self.hf(**self._ids_input(ids), cache=cache.hf, use_cache=True, logits_to_keep=keep, **inputs)
-                self._keep_rules(state)
-                last = _frozen(out.logits[0, -1].float().cpu().numpy())
-                lazy = None
-                if len(ids) > 1 and keep != 0 and not (hidden and hidden[-1].shape[-1] == self.config.d_model):
-                    self.lazy_logits_ok = False  # no final hidden states to unembed later: keep the logits now
+        with self.guard(cache):
+            cache.feeding(list(ids))
+            state = self._state(rec, cross_keys=not cache.cross_recorded)
+            hidden = state.hidden
+            keep = 1 if len(ids) == 1 or self.lazy_logits_ok else 2 if self.lazy_logits_ok is None else 0
+            with active(state):
+                out = self.hf(**self._ids_input(ids), cache=cache.hf, use_cache=True, logits_to_keep=keep, **inputs)
+            self._keep_rules(state)
+            last = _frozen(out.logits[0, -1].float().cpu().numpy())
+            lazy = None
+            if len(ids) > 1 and keep != 0 and not (hidden and hidden[-1].shape[-1] == self.config.d_model):
+                self.lazy_logits_ok = False  # no final hidden states to unembed later: keep the logits now
+                cache.truncate(start)
+                return self.decode(ids, cache, memory, capture)
+            if len(ids) > 1 and keep == 0:
+                lazy = _frozen(out.logits[0, :-1].float().cpu().numpy())
+            elif len(ids) > 1 and hidden and hidden[-1].shape[-1] == self.config.d_model:
+                lazy = LazyLogits(hidden[-1][0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
+                if keep == 2 and not self._lazy_logits_agree(lazy, out.logits[0, 0]):
                     cache.truncate(start)
                     return self.decode(ids, cache, memory, capture)
-                if len(ids) > 1 and keep == 0:
-                    lazy = _frozen(out.logits[0, :-1].float().cpu().numpy())
-                elif len(ids) > 1 and hidden and hidden[-1].shape[-1] == self.config.d_model:
-                    lazy = LazyLogits(hidden[-1][0, :-1].float().cpu().numpy(), *self.unembedding_arrays())
-                    if keep == 2 and not self._lazy_logits_agree(lazy, out.logits[0, 0]):
-                        cache.truncate(start)
-                        return self.decode(ids, cache, memory, capture)
-                blocks = self._blocks(rec, start)
-                if rec is not None:
-                    for name, b in blocks.items():  # self-attention keys live once, per layer, in the cache's arena
-                        if b[0].keys is not None and name.startswith("decoder.") and name.endswith(".attn"):
-                            cache.key_arenas.setdefault(name, KeyArena()).append(b[0].keys)
-                            b[0] = replace(b[0], keys=None)
-                    blocks.update(self._routing_blocks(state, start))
-                    cache.cross_recorded = cache.cross_recorded or any(n.endswith(".cross_attn") for n in blocks)
-                cache.fed()
-        finally:
-            handle.remove()
+            blocks = self._blocks(rec, start)
+            if rec is not None:
+                for name, b in blocks.items():  # self-attention keys live once, per layer, in the cache's arena
+                    if b[0].keys is not None and name.startswith("decoder.") and name.endswith(".attn"):
+                        cache.key_arenas.setdefault(name, KeyArena()).append(b[0].keys)
+                        b[0] = replace(b[0], keys=None)
+                blocks.update(self._routing_blocks(state, start))
+                cache.cross_recorded = cache.cross_recorded or any(n.endswith(".cross_attn") for n in blocks)
+            cache.fed()
         return Forward(blocks, last, lazy_logits=lazy)
 
     def _ids_input(self, ids: list[int]) -> dict:
@@ -362,6 +363,12 @@ def text_model(hf: torch.nn.Module) -> torch.nn.Module:
                 name.startswith("layers.") or ".layers." in name for name, _ in module.named_modules()):
             return module
     return hf
+
+
+def _keep_hidden(_module: torch.nn.Module, _inputs: tuple, out: object) -> None:
+    state = current()
+    if state is not None:
+        state.hidden.append(_last_hidden(out))
 
 
 def _last_hidden(out: object) -> torch.Tensor:

@@ -25,20 +25,25 @@ def layer_of(qualname: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _indices_and_weights(output: object, n_experts: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _dense_scores(parts: tuple, n_experts: int | None, top_k: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(scores, logits) of a dense router's output: the scores are the [tokens, experts] tensor with at most top_k
+    nonzero entries per row, the logits the other one (None where absent)."""
+    dense = [t for t in parts if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 2
+             and t.shape[1] == n_experts]
+    if top_k is not None and len(dense) > 1:
+        sparse = [t for t in dense if len(t) == 0 or int((t != 0).sum(-1).max()) <= top_k]
+        if len(sparse) == 1:
+            return sparse[0], next(t for t in dense if t is not sparse[0])
+    return (dense[0], None) if dense else (None, None)
+
+
+def _indices_and_weights(output: object, n_experts: int | None, top_k: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
     parts = output if isinstance(output, tuple) else (output,)
     tensors = [t for t in parts if isinstance(t, torch.Tensor)]
     idx = next((t for t in tensors if not t.is_floating_point() and t.dim() == 2), None)
-    if idx is None:  # only dense scores (Llama 4): the chosen experts are the k nonzero ones of each row
-        dense = next((t for t in tensors if t.is_floating_point() and t.dim() == 2 and t.shape[1] == n_experts), None)
-        if dense is None:
-            return None
-        chosen = (dense != 0).sum(-1)
-        k = int(chosen[0]) if len(chosen) else 0
-        if not 0 < k < dense.shape[1] or bool((chosen != k).any()):
-            return None
-        weights, idx = torch.topk(dense, k, dim=-1)
-        return idx, weights
+    if idx is None:  # only dense scores (Llama 4): see _dense_choice
+        return _dense_choice(parts, n_experts, top_k)
     weights = next((t for t in tensors if t.is_floating_point() and t.shape == idx.shape), None)
     if weights is None:  # dense scores over every expert: the chosen ones' weights
         dense = next((t for t in tensors if t.is_floating_point() and t.dim() == 2 and t.shape[0] == idx.shape[0]
@@ -49,19 +54,50 @@ def _indices_and_weights(output: object, n_experts: int | None) -> tuple[torch.T
     return idx, weights
 
 
-def gate_router_output(output: object, gates: dict[int, float]) -> object:
+def _dense_choice(parts: tuple, n_experts: int | None, top_k: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A router that returns (scores over every expert, zero where not chosen; its logits), as Llama 4's does
+    (sigmoid of the top-k logits, scattered into a row of zeros; the experts' *inputs* are multiplied by them).
+    The chosen experts are the top-k of the logits, taken exactly as the router took them (an expert gated to 0
+    still counts as chosen: its weight is 0); without the logits, the k nonzero scores of each row."""
+    scores, logits = _dense_scores(parts, n_experts, top_k)
+    if scores is None:
+        return None
+    if logits is not None and 0 < top_k <= scores.shape[1]:
+        idx = torch.topk(logits, top_k, dim=1).indices
+        return idx, scores.gather(1, idx)
+    chosen = (scores != 0).sum(-1)
+    k = int(chosen[0]) if len(chosen) else 0
+    if not 0 < k < scores.shape[1] or bool((chosen != k).any()):
+        return None
+    weights, idx = torch.topk(scores, k, dim=-1)
+    return idx, weights
+
+
+def gate_router_output(output: object, gates: dict[int, float], n_experts: int | None = None,
+                       top_k: int | None = None) -> object:
     """The router's output with the weight of each gated expert multiplied by its factor, wherever the router chose
     it: the experts are then weighted exactly as if the router had given it that weight. Routers that return
-    (…, weights, indices) of the chosen experts (the transformers 5 TopKRouter form) only."""
+    (…, weights, indices) of the chosen experts (the transformers 5 TopKRouter form), and routers that return dense
+    scores over every expert, zero where not chosen (Llama 4: that expert's column scaled)."""
     parts = output if isinstance(output, tuple) else (output,)
     idx_at = next((i for i, t in enumerate(parts) if isinstance(t, torch.Tensor) and not t.is_floating_point()
                    and t.dim() == 2), None)
     w_at = None if idx_at is None else next(
         (i for i, t in enumerate(parts) if isinstance(t, torch.Tensor) and t.is_floating_point()
          and t.shape == parts[idx_at].shape), None)
+    scores = _dense_scores(parts, n_experts, top_k)[0] if idx_at is None else None
+    if scores is not None:
+        at = next(i for i, t in enumerate(parts) if t is scores)
+        factor = torch.ones(scores.shape[1], dtype=scores.dtype, device=scores.device)
+        for expert, value in gates.items():
+            factor[expert] = value
+        out = list(parts)
+        out[at] = scores * factor
+        return tuple(out) if isinstance(output, tuple) else out[0]
     if w_at is None:
-        raise CaptureError("this model's router does not return the chosen experts' weights beside their indices; "
-                           "expert ablation works for routers that do (gpt-oss, Qwen3-MoE, Mixtral, OLMoE)")
+        raise CaptureError("this model's router does not return the chosen experts' weights beside their indices, "
+                           "nor dense scores over every expert; expert ablation works for routers that do (gpt-oss, "
+                           "Qwen3-MoE, Mixtral, OLMoE, Llama 4)")
     idx, weights = parts[idx_at], parts[w_at]
     factor = torch.ones_like(weights)
     for expert, value in gates.items():
@@ -86,11 +122,12 @@ def install_router_hooks(model: torch.nn.Module, n_experts: int | None) -> list[
             if state is None:
                 return None
             gates = state.expert_gates.get(layer)
-            if gates:
-                output = gate_router_output(output, gates)  # recorded as used: the gated expert's weight scaled
+            top_k = getattr(_module, "top_k", None)
+            if gates:  # recorded as used: the gated expert's weight scaled
+                output = gate_router_output(output, gates, n_experts, top_k)
             if state.recorder is None:
                 return output if gates else None
-            found = _indices_and_weights(output, n_experts)
+            found = _indices_and_weights(output, n_experts, top_k)
             if found is None:
                 log.debug("router of layer %d returned no (indices, weights)", layer)
                 return

@@ -263,20 +263,21 @@ class RemoteEngine:
     def restore_session(self, state: dict, model: RemoteModel) -> RemoteSession:
         """A saved session (engine.session_file's state) put back on the server: gates, neuron gates, prompt
         ids, history."""
-        from ..session_file import SessionFileError, _parse_gates, _parse_neuron_gates
+        from ..session_file import SessionFileError, _parse_expert_gates, _parse_gates, _parse_neuron_gates
 
         try:
             gates = _parse_gates(state)
             neuron_gates = _parse_neuron_gates(state)
+            expert_gates = _parse_expert_gates(state)
             history = [tuple(e) for e in state["history"]]
             s = state["settings"]
             kwargs = {"temperature": s["temperature"], "top_k": s["top_k"], "top_p": s["top_p"], "greedy": s["greedy"],
                       "seed": s["seed"]}
         except (TypeError, ValueError, KeyError) as exc:
             raise SessionFileError(f"the session file is inconsistent or damaged: {exc!r}") from exc
-        previous, previous_neurons = model.gates(), model.neuron_gates()
+        previous, previous_neurons, previous_experts = model.gates(), model.neuron_gates(), model.expert_gates()
         try:
-            _set_gates(model, gates, neuron_gates)
+            _set_gates(model, gates, neuron_gates, expert_gates)
             session = RemoteSession(model, state["prompt_ids"], source=state.get("source_ids"), **kwargs,
                                     _restore=(state.get("messages"), state.get("chat_options"), history))
         except EngineGone:
@@ -286,20 +287,26 @@ class RemoteEngine:
             from ..trace import parse_capture_name
 
             _set_gates(model, [(*parse_capture_name(n), h, v) for n, vs in previous.items() for h, v in enumerate(vs)],
-                       [(n.split(".")[0], int(n.split(".")[1]), j, v) for n, g in previous_neurons.items() for j, v in g.items()])
+                       [(n.split(".")[0], int(n.split(".")[1]), j, v) for n, g in previous_neurons.items() for j, v in g.items()],
+                       [(layer, e, v) for layer, g in previous_experts.items() for e, v in g.items()])
             raise
         self._sessions.add(session)
         return session
 
 
-def _set_gates(model: RemoteModel, gates: Sequence[tuple], neuron_gates: Sequence[tuple]) -> None:
-    """All gates back to 1, then these: [(kind, layer, head, value)], [(stack, layer, neuron, value)]."""
+def _set_gates(model: RemoteModel, gates: Sequence[tuple], neuron_gates: Sequence[tuple],
+               expert_gates: Sequence[tuple] = ()) -> None:
+    """All gates back to 1, then these: [(kind, layer, head, value)], [(stack, layer, neuron, value)],
+    [(layer, expert, value)]."""
     model.clear_gates()
+    model.clear_expert_gates()
     for kind, layer, head, value in gates:
         if value != 1.0:
             model.set_head_gate(kind, layer, head, value)
     for stack, layer, neuron, value in neuron_gates:
         model.set_neuron_gate(layer, neuron, value, stack)
+    for layer, expert, value in expert_gates:
+        model.set_expert_gate(layer, expert, value)
 
 
 @dataclass(frozen=True)
@@ -364,6 +371,7 @@ class RemoteModel:
         self.handle = 0
         self._gates: dict[str, tuple[float, ...]] = {}
         self._neuron_gates: dict[str, dict[int, float]] = {}  # "decoder.3.mlp" -> {neuron: gate != 1}
+        self._expert_gates: dict[int, dict[int, float]] = {}  # MoE layer -> {expert: gate != 1} (transformers backend)
         self.gate_version = 0  # bumped when gates change: sessions fetch their recomputed trace then
 
     def _open(self, progress: Callable[[float, str], None] | None, cancel: Any) -> None:
@@ -375,7 +383,7 @@ class RemoteModel:
     def _reopen(self) -> None:
         from ..trace import parse_capture_name
 
-        gates, neuron_gates = dict(self._gates), self.neuron_gates()
+        gates, neuron_gates, experts = dict(self._gates), self.neuron_gates(), self.expert_gates()
         self._open(None, None)
         for name, values in gates.items():
             kind, layer = parse_capture_name(name)
@@ -386,6 +394,9 @@ class RemoteModel:
             stack, layer, _ = name.split(".")
             for neuron, value in values.items():
                 self._gate("set_neuron_gate", int(layer), int(neuron), float(value), stack)
+        for layer, values in experts.items():
+            for expert, value in values.items():
+                self._gate("set_expert_gate", int(layer), int(expert), float(value))
 
     def _describe(self, d: dict) -> None:
         self.name, self.folder, self.family = d["name"], d["folder"], d["family"]
@@ -403,6 +414,10 @@ class RemoteModel:
         self.stop_ids = tuple(d["stop_ids"])
         self._gates = dict(d["gates"])
         self._neuron_gates = {k: dict(v) for k, v in d["neuron_gates"].items()}
+        self._expert_gates = {int(k): dict(v) for k, v in (d.get("expert_gates") or {}).items()}
+        self.moe_layers = list(d.get("moe_layers") or [])  # the transformers backend's mixture-of-experts layers
+        self.n_experts = d.get("n_experts")
+        self.quantization = str(d.get("quantization") or "")  # e.g. "mxfp4, dequantised to bfloat16"
 
     def __repr__(self) -> str:
         return f"RemoteModel({self.name!r}, {self.family}, on {self.device} at {self.engine.address})"
@@ -413,6 +428,7 @@ class RemoteModel:
         answer = self.engine.call("model", {"model": self.handle, "method": method, "args": list(args)})
         self._gates = dict(answer["gates"])
         self._neuron_gates = {k: dict(v) for k, v in answer["neuron_gates"].items()}
+        self._expert_gates = {int(k): dict(v) for k, v in (answer.get("expert_gates") or {}).items()}
         self.gate_version += 1
 
     def set_head_gate(self, kind: str, layer: int, head: int, value: float) -> None:
@@ -438,6 +454,18 @@ class RemoteModel:
 
     def clear_neuron_gates(self) -> None:
         self._gate("clear_neuron_gates")
+
+    # -- expert gates (a mixture-of-experts model on the server's transformers backend, as HFModel's) -----
+    def set_expert_gate(self, layer: int, expert: int, value: float) -> None:
+        """The router's weight for `expert` in MoE layer `layer` multiplied by `value` wherever it is chosen."""
+        self._gate("set_expert_gate", int(layer), int(expert), float(value))
+
+    def expert_gates(self) -> dict[int, dict[int, float]]:
+        return {layer: dict(g) for layer, g in self._expert_gates.items()}
+
+    def clear_expert_gates(self) -> None:
+        if self._expert_gates:  # nothing to ask the server otherwise (a native model has none to clear)
+            self._gate("clear_expert_gates")
 
     # -- one full forward ------------------------------------------------------------------------
     def run(self, text_or_ids: str | Sequence[int] | None, source: str | Sequence[int] | None = None) -> RemoteTrace:

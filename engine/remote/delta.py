@@ -80,6 +80,7 @@ class TraceSender:
         self.steps = list(trace.steps)
         out["gates"] = {k: tuple(v) for k, v in trace.gates.items()}
         out["neuron_gates"] = {k: dict(v) for k, v in trace.neuron_gates.items()}
+        out["expert_gates"] = {int(k): dict(v) for k, v in trace.expert_gates.items()}
         blocks = {}
         kept_to: dict[str, int] = {}  # capture name -> query position up to which the client's blocks stay
         for name, bs in trace.blocks.items():

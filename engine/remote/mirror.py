@@ -64,6 +64,7 @@ class TraceMirror:
     n_prompt: int = 0
     gates: dict = field(default_factory=dict)
     neuron_gates: dict = field(default_factory=dict)
+    expert_gates: dict = field(default_factory=dict)
     blocks: dict = field(default_factory=dict)
     rules: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)  # name -> KeyArena
@@ -86,6 +87,7 @@ class TraceMirror:
         self.steps += steps
         self.gates = d["gates"]
         self.neuron_gates = d["neuron_gates"]
+        self.expert_gates = d.get("expert_gates") or {}  # the transformers backend's MoE models
         for name in d["dropped"]:
             self.blocks.pop(name, None)
         for name, (keep, new) in d["blocks"].items():
@@ -110,6 +112,7 @@ class TraceMirror:
             source_ids=s["source_ids"], source_tokens=s["source_tokens"], source_special=s["source_special"],
             steps=tuple(self.steps), gates=dict(self.gates),
             neuron_gates={k: dict(v) for k, v in self.neuron_gates.items()},
+            expert_gates={int(k): dict(v) for k, v in self.expert_gates.items()},
             rules={k: r for k, r in self.rules.items() if k in self.blocks},
             keys={k: a.view() for k, a in self.keys.items() if a.length},
             n_experts=s.get("n_experts"), no_attention=dict(s.get("no_attention") or {}),

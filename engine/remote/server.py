@@ -20,9 +20,9 @@ from typing import Any
 
 import zmq
 
-from ..errors import Cancelled, CheckpointError, EngineError, LoadCancelled, SessionError
+from ..errors import Cancelled, CaptureError, CheckpointError, EngineError, LoadCancelled, SessionError
 from ..local import LocalEngine
-from ..session import live_events, stop_token_ids
+from ..session import expert_gates, live_events, stop_token_ids
 from .delta import TraceSender
 from .protocol import PROTOCOL_VERSION, REFUSED, BadMessage, error_body, pack, unpack
 
@@ -35,7 +35,8 @@ TOKENIZER_METHODS = frozenset({"encode", "decode", "token_strings", "render_chat
 ANALYSES = frozenset({"logit_lens", "head_statistics", "induction_scores", "inside_head", "attribute", "nearest_tokens",
                       "positions_view", "mlp_neurons", "residual_stream"})
 MODEL_METHODS = frozenset({"set_head_gate", "clear_gates", "gates", "set_neuron_gate", "clear_neuron_gates", "neuron_gates",
-                           "stop_token_ids", "end_of_turn_ids"})
+                           "stop_token_ids", "end_of_turn_ids", "set_expert_gate", "clear_expert_gates", "expert_gates"})
+EXPERT_METHODS = frozenset({"set_expert_gate", "clear_expert_gates", "expert_gates"})
 FAST_OPS = frozenset({"hello", "ping", "cancel", "logits"})
 PARTIAL_WHEN_CANCELLED = frozenset({"patch_sweep"})  # a cancelled one answers what it computed (nothing yet), as in-process
 
@@ -323,8 +324,13 @@ class EngineServer:
             raise EngineError(f"no model method {method!r} over the wire")
         if method == "stop_token_ids":
             return tuple(self.local.stop_token_ids(model))
-        getattr(model, method)(*body.get("args", ()))
-        return {"gates": model.gates(), "neuron_gates": model.neuron_gates()}
+        if method in EXPERT_METHODS and not hasattr(model, method):  # the native engine: no experts to gate
+            if method == "set_expert_gate":
+                raise CaptureError(f"{model.name} has no experts to ablate (expert ablation needs a mixture-of-experts "
+                                   "model on the transformers backend)")
+        else:
+            getattr(model, method)(*body.get("args", ()))
+        return gate_answer(model)
 
     def _do_tokenizer(self, body: dict, progress, cancel) -> Any:  # noqa: ANN001
         method = body["method"]
@@ -464,6 +470,11 @@ def session_state(session: Any, opening: bool = False) -> dict:
     return state
 
 
+def gate_answer(model: Any) -> dict:
+    """Every gate of the model now: the answer to each gate change."""
+    return {"gates": model.gates(), "neuron_gates": model.neuron_gates(), "expert_gates": expert_gates(model)}
+
+
 def describe_model(model: Any) -> dict:
     """Everything a client model answers without asking the server again (the vocabulary's display
     strings once: a panel labels candidates with them)."""
@@ -484,6 +495,9 @@ def describe_model(model: Any) -> dict:
                       "has_chat_template": bool(tok.has_chat_template), "end_of_turn_ids": tuple(tok.end_of_turn_ids())},
         "gates": model.gates(),
         "neuron_gates": model.neuron_gates(),
+        "expert_gates": expert_gates(model),
+        "moe_layers": list(getattr(model, "moe_layers", ())), "n_experts": getattr(model, "n_experts", None),
+        "quantization": str(getattr(model, "quantization", "") or ""),
         "stop_ids": tuple(stop_token_ids(model)) if model.family != "encoder" else (),
     }
 

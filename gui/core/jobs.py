@@ -57,8 +57,8 @@ def set_expert_gates(changes: Sequence[tuple[int, int, float]], clear: bool = Fa
     def fn(w: EngineWorker) -> Any:
         model = open_model(w)
         if not hasattr(model, "set_expert_gate"):
-            raise EngineError(f"{model.name} has no experts to ablate here (expert ablation needs the transformers "
-                              "backend on this computer)")
+            raise EngineError(f"{model.name} has no experts to ablate here (expert ablation needs a mixture-of-experts "
+                              "model on the transformers backend)")
         if clear:
             model.clear_expert_gates()
         for layer, expert, value in changes:

@@ -55,6 +55,7 @@ class ModelInfo:
     backend: str = "native"  # which engine runs it: "native" or "transformers" (engine.hf_backend)
     placement: str = ""  # which layers on which device ("cuda:0 layers 0–31"), where the engine runs
     devices: tuple[str, ...] = ()  # the devices the weights are on, in forward order (several: a model spread over them)
+    quantization: str = ""  # what became of quantised weights ("mxfp4, dequantised to bfloat16"), else ""
 
     @property
     def n_layers(self) -> int:
@@ -97,7 +98,8 @@ def model_info(model: Any, engine: Any) -> ModelInfo:
         has_chat_template=bool(getattr(tok, "has_chat_template", False)) and model.family == "decoder",
         stop_ids=tuple(engine.stop_token_ids(model)) if model.family != "encoder" else (),
         backend=str(getattr(model, "backend", "native")), placement=str(getattr(model, "placement", "") or ""),
-        devices=tuple(str(d) for d in getattr(model, "devices", ()) or ()))
+        devices=tuple(str(d) for d in getattr(model, "devices", ()) or ()),
+        quantization=str(getattr(model, "quantization", "") or ""))
 
 
 class EngineWorker(QObject):

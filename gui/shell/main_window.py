@@ -54,14 +54,20 @@ MAX_RECENT = 8
 
 def device_text(info: ModelInfo) -> str:
     """The status bar's device · dtype and why (the engine's dtype_reason), naming the device once; a model
-    spread over several devices names them all ("cuda:0 + cuda:1 + cpu · bfloat16"; the tooltip has the layers)."""
+    spread over several devices names them all ("cuda:0 + cuda:1 + cpu · bfloat16"; the tooltip has the layers);
+    and what became of quantised weights."""
     reason = info.dtype_reason
     if len(info.devices) > 1:
-        return f"{' + '.join(info.devices)} · {info.dtype}"
-    if not reason:
-        return f"{info.device} · {info.dtype}"
-    device = info.device.split(":")[0]
-    return reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
+        text = f"{' + '.join(info.devices)} · {info.dtype}"
+    elif not reason:
+        text = f"{info.device} · {info.dtype}"
+    else:
+        device = info.device.split(":")[0]
+        text = reason if device.upper() in reason.upper() else f"{info.device} · {reason}"
+    method = info.quantization.split(",")[0]
+    if method and method not in text:  # quantised weights: say what became of them ("mxfp4, dequantised to …")
+        text += f" · {info.quantization}"
+    return text
 
 
 # panels whose least size is large (tables and plots side by side): in their docks they scroll below it,

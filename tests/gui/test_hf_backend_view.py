@@ -241,3 +241,28 @@ def test_the_sink_column_stays_beside_tiles(qtbot, window, checkpoints, monkeypa
     n_q, n_k = view.shape
     assert (view.tile.q1, view.tile.k1) == (n_q, n_k)  # the whole pattern, the sink column beside it
     assert view.sink_image.isVisible()
+
+
+def test_the_status_bar_says_mxfp4_weights_were_dequantised(qtbot, window, tmp_path):
+    from tests import mxfp4_factory
+
+    mx, _reference, _values = mxfp4_factory.build(tmp_path)
+    open_model(qtbot, window, mx)
+    text = window.status_labels["device"].text()
+    assert "mxfp4" in text and "bfloat16" in text, text
+    assert window.state.model.quantization == "mxfp4, dequantised to bfloat16"
+
+
+def test_device_text_names_the_quantisation_once():
+    from dataclasses import replace
+
+    from gui.shell.main_window import device_text
+    from tests.gui.test_state_and_actions import _info
+
+    info = replace(_info(), device="cpu", dtype="float32", dtype_reason="float32, as asked",
+                   quantization="mxfp4, dequantised to float32")
+    assert device_text(info) == "cpu · float32, as asked · mxfp4, dequantised to float32"
+    said = replace(info, dtype="bfloat16", dtype_reason="mxfp4 weights dequantised to bfloat16 by transformers",
+                   quantization="mxfp4, dequantised to bfloat16")
+    assert device_text(said) == "cpu · mxfp4 weights dequantised to bfloat16 by transformers"
+    assert device_text(replace(info, quantization="")) == "cpu · float32, as asked"

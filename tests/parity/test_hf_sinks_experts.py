@@ -39,14 +39,21 @@ def test_head_statistics_give_gpt_oss_heads_their_mean_sink_share(tmp_path_facto
 
 
 def _reference_without(folder, layer: int, expert: int, factor: float):
-    """transformers' eager model with `expert`'s output in `layer` scaled by `factor` through its own weights: the
-    down projection (and its bias) multiplied, so the expert's output is factor × what it was."""
+    """transformers' eager model with `expert`'s contribution in `layer` scaled by `factor` through its own weights.
+    Routers that weight the expert's output (gpt-oss, Qwen3-MoE, Mixtral): the down projection (and its bias)
+    multiplied, so the expert's output is factor × what it was. Llama 4 multiplies the expert's *input* by the
+    router's score: its gate/up projection multiplied (no biases: the same as an input factor × what it was; at 0 the
+    expert's output is 0, as with the down projection zeroed)."""
     import torch
 
     ref = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    experts = dict(ref.named_modules())[f"model.layers.{layer}.mlp.experts"]
+    experts = next(m for name, m in ref.named_modules() if name.endswith(f"layers.{layer}.mlp.experts")
+                   or name.endswith(f"layers.{layer}.feed_forward.experts"))
     with torch.no_grad():
-        experts.down_proj[expert] *= factor
+        if ref.config.model_type.startswith("llama4") and factor != 0:
+            experts.gate_up_proj[expert] *= factor
+        else:
+            experts.down_proj[expert] *= factor
         bias = getattr(experts, "down_proj_bias", None)
         if bias is not None:
             bias[expert] *= factor
@@ -54,7 +61,7 @@ def _reference_without(folder, layer: int, expert: int, factor: float):
 
 
 @pytest.mark.parametrize(("name", "factor"), [("gpt_oss", 0.0), ("qwen3_moe", 0.0), ("qwen3_moe", 0.5),
-                                              ("mixtral", 0.0)])
+                                              ("mixtral", 0.0), ("llama4_text", 0.0), ("llama4_text", 0.5)])
 def test_an_expert_gate_equals_scaling_that_experts_weights_in_transformers(name, factor, tmp_path_factory):
     import torch
 

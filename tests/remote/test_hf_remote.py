@@ -184,6 +184,92 @@ def test_head_gates_recompute_keys_and_all(hf_eng, hf_dir):
     assert_same_hf_trace(rs.trace, ls.trace)
 
 
+def test_expert_gates_over_the_wire_equal_in_process(hf_eng, hf_dir):
+    """Expert ablation on the server: the session recomputes there, the trace carries the gates, and routing,
+    patterns and logits are the in-process ablation's; clearing puts everything back."""
+    rm, lm = _pair(hf_eng, hf_dir, "qwen3_moe")
+    rs, ls = hf_eng.Session(rm, PROMPT), Session(lm, PROMPT)
+    rs.step(), ls.step()
+    before = ls.trace  # in-process: an old remote trace's logits are no longer held by the server once it recomputes
+    layer = lm.moe_layers[-1]
+    expert = int(np.bincount(before.routing(layer).experts.ravel()).argmax())  # the busiest: it matters
+    rm.set_expert_gate(layer, expert, 0.0)
+    lm.set_expert_gate(layer, expert, 0.0)
+    rm.set_expert_gate(layer, expert + 1, 0.5)
+    lm.set_expert_gate(layer, expert + 1, 0.5)
+    assert rm.expert_gates() == lm.expert_gates() == {layer: {expert: 0.0, expert + 1: 0.5}}
+    after = rs.trace
+    assert after.expert_gates == ls.trace.expert_gates == {layer: {expert: 0.0, expert + 1: 0.5}}
+    assert after.token_ids == before.token_ids
+    assert np.abs(after.logits - before.logits).max() > 1e-3, "the ablation changed the logits"
+    r = after.routing(layer)
+    assert np.all(r.weights[r.experts == expert] == 0)
+    assert_same_hf_trace(after, ls.trace)
+    rs.step(), ls.step()
+    assert_same_hf_trace(rs.trace, ls.trace)
+    assert rm.run(PROMPT).expert_gates == {layer: {expert: 0.0, expert + 1: 0.5}}  # one-off runs carry them too
+    rm.clear_expert_gates(), lm.clear_expert_gates()
+    assert rm.expert_gates() == {} and rs.trace.expert_gates == {}
+    assert_same_hf_trace(rs.trace, ls.trace)
+    # restored (to rounding: the recomputed prefill's last row comes through the output head, not unembedded later)
+    np.testing.assert_allclose(rs.trace.logits[: len(before)], before.logits, atol=1e-5)
+
+
+def test_expert_gates_refused_where_there_are_no_experts(hf_eng, hf_dir):
+    from engine import CaptureError
+
+    rm, lm = _pair(hf_eng, hf_dir, "qwen3_moe")
+    for model in (rm, lm):  # the same refusal both ways
+        with pytest.raises(CaptureError, match="experts are 0"):
+            model.set_expert_gate(model.moe_layers[0], 99, 0.0)
+    assert rm.expert_gates() == {}
+    native = hf_eng.load_model("tiny-llama")
+    assert native.moe_layers == [] and native.expert_gates() == {}
+    native.clear_expert_gates()  # nothing to clear: not an error (session files call it)
+    with pytest.raises(CaptureError, match="has no experts"):
+        native.set_expert_gate(0, 0, 0.0)
+
+
+def test_expert_gates_survive_a_reconnect_and_a_session_file(hf_server, hf_dir, tmp_path):
+    """The client puts its expert gates back on the server when it reconnects (as head gates), and a saved remote
+    session restores them."""
+    from engine.session_file import read_session_file, save_session
+
+    eng = connect(hf_server.address, token=hf_server.token)
+    try:
+        lm = load_model(str(hf_dir / "qwen3_moe"), device="cpu")
+        rm = eng.load_model(str(hf_dir / "qwen3_moe"), device="cpu")
+        layer = lm.moe_layers[0]
+        rm.set_expert_gate(layer, 1, 0.0)
+        lm.set_expert_gate(layer, 1, 0.0)
+        rs, ls = eng.Session(rm, PROMPT), Session(lm, PROMPT)
+        rs.step(), ls.step()
+        path = save_session(rs, tmp_path / "remote.json")
+        assert read_session_file(path)["expert_gates"] == {str(layer): {"1": 0.0}}
+        handle = rm.handle
+        eng.reconnect()
+        assert rm.handle != handle  # a new model on the server, its gates set again from what the client kept
+        assert rm.expert_gates() == {layer: {1: 0.0}}
+        rs.step(), ls.step()
+        assert rs.trace.expert_gates == {layer: {1: 0.0}}
+        assert_same_hf_trace(rs.trace, ls.trace)
+        rm.clear_expert_gates()
+        restored = eng.restore_session(read_session_file(path), rm)
+        assert rm.expert_gates() == {layer: {1: 0.0}} == restored.trace.expert_gates
+        lm.clear_expert_gates()
+        lm.set_expert_gate(layer, 1, 0.0)
+        ls2 = Session(lm, PROMPT)
+        ls2.step()
+        # to rounding: the server's model checked its lazy logits on another forward than lm did (see _pair)
+        a, b = restored.trace, ls2.trace
+        assert a.token_ids == b.token_ids
+        np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+        for moe in lm.moe_layers:
+            np.testing.assert_array_equal(a.routing(moe).experts, b.routing(moe).experts)
+    finally:
+        eng.close()
+
+
 def test_head_gates_in_native_rebuild_mode_replace_the_keys_too(hf_eng):
     """The same over the native engine when it rebuilds patterns (a long context's mode)."""
     rm = hf_eng.load_model("tiny-llama", capture_mode="rebuild")
@@ -287,7 +373,38 @@ def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, h
         r = trace.routing(1)
         assert (experts.image.image[1] == PALETTE[r.top_expert % len(PALETTE)]).all()
         np.testing.assert_allclose(experts.load_share[:, -1], trace.routing(0).load() / (r.k * len(trace)))
+
+        # right-click ablation in the Experts dock reaches the server's model; the recomputed trace comes back
+        token = len(trace) - 1
+        expert = int(r.top_expert[token])
+        menu = experts.menu_for(1, token)
+        texts = [a.text() for a in menu.actions()]
+        menu.actions()[texts.index(f"Ablate expert {expert} of layer 1")].trigger()
+        qtbot.waitUntil(lambda: win.state.trace.expert_gates == {1: {expert: 0.0}}, timeout=60_000)
+        idle()
+        assert win.errors[n_errors:] == []
+        after = win.state.trace
+        assert np.all(after.routing(1).weights[after.routing(1).experts == expert] == 0)
+        assert np.abs(after.logits_at(token) - trace.logits_at(token)).max() > 1e-4
+        assert f"ablated: layer 1 expert {expert}" in experts.caption.text()
+        experts.menu_for(1, token).actions()[-1].trigger()  # restore every expert
+        qtbot.waitUntil(lambda: not win.state.trace.expert_gates, timeout=60_000)
+        idle()
+        np.testing.assert_allclose(win.state.trace.logits_at(token), trace.logits_at(token), atol=1e-5)
     finally:
         win.client.call("engine", use_this_computer())
         idle()
         win.close()
+
+
+def test_mxfp4_weights_over_the_wire_say_they_were_dequantised(hf_eng, hf_dir):
+    """The server's model tells the client what became of its quantised weights (the status bar shows it)."""
+    from gui.core.worker import model_info
+    from tests import mxfp4_factory
+
+    mx, _reference, _values = mxfp4_factory.build(hf_dir / "mxfp4")
+    rm, lm = _pair(hf_eng, hf_dir, "mxfp4/gpt-oss-mxfp4")
+    assert rm.quantization == lm.quantization == "mxfp4, dequantised to bfloat16"
+    assert model_info(rm, hf_eng).quantization == "mxfp4, dequantised to bfloat16"
+    assert rm.dtype == "bfloat16" and rm.dtype_reason == lm.dtype_reason
+    assert_same_hf_trace(hf_eng.Session(rm, PROMPT).trace, Session(lm, PROMPT).trace)
