@@ -47,6 +47,7 @@ class HFModel(Model):
         self.load_seconds: float | None = None
         self.dtype_reason = ""
         self._unembedding: tuple | None = None
+        self._explainer = None
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
@@ -68,6 +69,16 @@ class HFModel(Model):
     def net(self):  # noqa: ANN201 - the native engine's network: absent here
         raise EngineError(f"{self.name} runs on the transformers backend; this analysis needs the native engine "
                           "(open a natively supported checkpoint, or use the pattern views)")
+
+    @property
+    def explainer(self):  # noqa: ANN201 - engine.hf_backend.explain.HFExplainer
+        """The explanations (inside a head, attribution, the MLP's neurons, the logit lens), found from transformers'
+        own forward; made once (it remembers the norms it probed)."""
+        if self._explainer is None:
+            from .explain import HFExplainer
+
+            self._explainer = HFExplainer(self)
+        return self._explainer
 
     # -- description --------------------------------------------------------------------------
     @property
