@@ -41,6 +41,7 @@ from ..explain import (
 )
 from ..trace import Trace
 from .attention import active
+from .structure import text_model
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,6 @@ class HFExplainer:
     """engine.explain's explanations for an HFModel (the same methods as engine.explain.NativeExplainer)."""
 
     def __init__(self, model) -> None:  # noqa: ANN001 - engine.hf_backend.HFModel
-        from .model import text_model
-
         self.model = model
         self.text = text_model(model.hf)
         self.layers = self._numbered_layers()

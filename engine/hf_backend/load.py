@@ -18,8 +18,9 @@ from ..device import available_memory, choose_dtype, is_out_of_memory
 from ..errors import CheckpointError, EngineError, OutOfMemoryError, UnsupportedArchitectureError
 from ..tokenizer import Tokenizer
 from .attention import NAME, register
-from .model import HFModel, text_model
+from .model import HFModel
 from .routing import install_router_hooks, layer_of
+from .structure import text_model
 from .support import refusal
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from ..tokenizer import Tokenizer
 from ..trace import LazyLogits, Trace, capture_name
 from .attention import ForwardState, active
 from .cache import HFCache
+from .structure import text_model
 
 log = logging.getLogger(__name__)
 
@@ -342,19 +343,6 @@ def add_cancel_points(hf: torch.nn.Module) -> int:
                 layer.register_forward_pre_hook(lambda _m, _a: checkpoint())
                 n += 1
     return n
-
-
-def text_model(hf: torch.nn.Module) -> torch.nn.Module:
-    """The text stack (decoder, or an encoder-only model's encoder) whose output's last_hidden_state feeds the
-    output head, after the final norm: the first of get_decoder(), base_model, .model that holds numbered layers
-    (ModernBertForMaskedLM's get_decoder() is its output head)."""
-    candidates = [hf.get_decoder() if hasattr(hf, "get_decoder") else None, getattr(hf, "base_model", None),
-                  getattr(hf, "model", None)]
-    for module in candidates:
-        if isinstance(module, torch.nn.Module) and module is not hf and any(
-                name.startswith("layers.") or ".layers." in name for name, _ in module.named_modules()):
-            return module
-    return hf
 
 
 def _last_hidden(out: object) -> torch.Tensor:
