@@ -604,8 +604,7 @@ class HFExplainer:
                     "ranked by |activation| and have no direct effect")
         down = self._down(mlp, layer)
         scale = self.model.unembedding_arrays()[2]
-        text = self.model.hf.config.get_text_config()
-        act = str(getattr(text, "hidden_act", None) or getattr(text, "hidden_activation", None) or "?")
+        act = _activation_name(gate, up, h[position], acts_t[position])
         return neuron_answer(stack=stack, layer=layer, position=position, token_id=token_id, token=token,
                              rank_by=rank_by, k=k, include=include, h=h, acts_t=acts_t, writes=writes, rows_t=rows_t,
                              gate=gate, up=up, down_rows=down.weight.t(), unembedding_t=w_t, logit_scale=scale,
@@ -661,6 +660,24 @@ class HFExplainer:
         freq = rope.inv_freq.detach().float().cpu().numpy()[None]
         return {"scheme": "rotary", "what": "rotation frequency (radians per position) of each pair of dims",
                 "array": freq, "labels": [f"{type(rope).__name__}"]}
+
+
+_ACTIVATIONS = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+                "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "relu": torch.relu}
+
+
+def _activation_name(gate: object | None, up: object, h: Tensor, acts: Tensor) -> str:
+    """Which activation function the MLP applied, told from what it did at one position (a config names it under
+    several keys, and some modules hard-code it)."""
+    with torch.inference_mode():
+        first = gate if gate is not None else up
+        lin = lambda m: h.float() @ m.weight.float().t() + (m.bias.float() if m.bias is not None else 0)  # noqa: E731
+        pre, mult = lin(first), (lin(up) if gate is not None else 1.0)
+        target = acts.float()
+        for name, fn in _ACTIVATIONS.items():
+            if torch.allclose(fn(pre) * mult, target, rtol=1e-4, atol=1e-5 * max(1.0, float(target.abs().max()))):
+                return name
+    return "activation"
 
 
 @dataclass(frozen=True)

@@ -350,7 +350,8 @@ class InsideTab(QWidget):
             steps.append("+ relative position bias")
         steps += [f"mask: {ih.blocked_why} → −∞", "softmax = the pattern α", "values: α·‖v W_O‖"]
         rope = f" q and k are rotated (RoPE, {ih.rotary_dims} of {hs} dims) before q·k." if ih.rotary_dims else ""
-        self.chain.setText(" → ".join(steps) + "." + rope + self.sink_text())
+        note = f" ({ih.note}.)" if getattr(ih, "note", "") else ""  # what this backend could not show
+        self.chain.setText(" → ".join(steps) + "." + rope + self.sink_text() + note)
 
         # columns: every stage the model has, then the what-ifs, then the values
         cols: list[tuple[str, np.ndarray, str, bool, bool]] = [  # title, values, tooltip, signed, what-if
@@ -480,7 +481,7 @@ class InsideTab(QWidget):
         x = np.arange(ih.q.shape[0], dtype=float)
         self.q_bars.setOpts(x=x, height=ih.q, width=0.8)
         self.k_bars.setOpts(x=x, height=ih.k[j], width=0.8)
-        rotated = ih.rotary_dims is not None
+        rotated = ih.rotary_dims is not None and ih.q_before_rotation is not None  # None: the backend cannot tell
         self.q_before.setData(x if rotated else [], ih.q_before_rotation if rotated else [])
         self.k_before.setData(x if rotated else [], ih.k_before_rotation[j] if rotated else [])
         keys_tok = self._key_tokens()

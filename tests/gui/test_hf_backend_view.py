@@ -163,21 +163,49 @@ def pg_point(x: float, y: float):
     return QPointF(x, y)
 
 
-def test_inside_this_head_gives_the_rows_sink_share_on_the_transformers_backend(qtbot, window, checkpoints):
-    """The chain needs the native engine's network; the softmax's sink share comes from the trace and is shown."""
+def test_inside_this_head_and_which_heads_wrote_it_show_numbers_on_the_transformers_backend(qtbot, window, checkpoints):
+    """The chain (with the row's sink share) and the attribution come from engine.hf_backend.explain: numbers, not
+    an error, and the same numbers as the engine gives."""
+    from engine import load_model
+    from engine.explain import attribute
     from tests.gui.test_inside_head import _shown
 
     open_model(qtbot, window, checkpoints["gpt_oss"])
     state = window.state
     state.select(layer=1, head=2)
     _panel, tab = _shown(qtbot, window, "inside")
-    share = float(state.trace.sink_share("self", 1)[2, state.row_query])
+    ih, trace = tab.inside, state.trace
+    assert ih is not None, tab.heading.text()
+    np.testing.assert_allclose(ih.pattern, trace.attention("self", 1)[2, state.row_query], atol=1e-5)
+    share = float(trace.sink_share("self", 1)[2, state.row_query])
     assert f"sink took {share:.1%}" in tab.chain.text(), tab.chain.text()
-    assert "native engine" in tab.heading.text()
-    assert not window.errors  # said in the tab, not as an error dialog
+    assert ih.sink_share == pytest.approx(share, abs=1e-6)
+    assert "native engine" not in tab.heading.text() and tab.table.rowCount() == len(trace)
+    pos = len(trace) - 2
+    state.select(query=pos)
+    _panel, tab = _shown(qtbot, window, "attribution")
+    a = tab.attribution
+    assert a is not None and a.heads.shape == (2, 4)
+    token = int(tab.token_combo.currentData())
+    want = attribute(load_model(checkpoints["gpt_oss"], device="cpu"), trace, pos, token)
+    np.testing.assert_allclose(a.heads, want.heads, atol=1e-5)
+    assert a.total == pytest.approx(a.logit, abs=1e-3) and tab.table.rowCount() == 2
+    assert float(tab.table.item(1, 2).text()) == pytest.approx(float(want.heads[1, 2]), abs=1e-3)
+    assert not window.errors  # nothing said as an error dialog
     open_model(qtbot, window, checkpoints["qwen3_moe"])
-    _shown(qtbot, window, "inside")
+    _panel, tab = _shown(qtbot, window, "inside")
     assert "sink" not in tab.chain.text()
+
+
+def test_inside_the_mlp_says_in_place_why_experts_have_no_neurons_to_open(qtbot, window, checkpoints):
+    from tests.gui.conftest import wait_idle
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    window.registry.actions["analysis.inside_mlp"].trigger()
+    panel = window.analysis.inside_mlp
+    qtbot.waitUntil(lambda: "mixture of experts" in panel.message.text(), timeout=60_000)
+    wait_idle(qtbot, window)
+    assert not window.errors
 
 
 def test_the_experts_dock_ablates_and_restores_an_expert(qtbot, window, checkpoints):
