@@ -39,7 +39,7 @@ from ..explain import (
     head_chain,
     neuron_answer,
 )
-from ..trace import Trace
+from ..trace import Trace, mlp_name
 from .attention import active
 from .structure import text_model
 
@@ -302,7 +302,7 @@ class HFExplainer:
         if model.lazy_logits_ok is False:
             raise CaptureError(f"{model.name}'s output head post-processes the final hidden state in a way the "
                                "backend does not know, so its logits cannot be split into parts")
-        mlp_module = self._dense_mlp(neuron_layer)[0] if neuron_layer is not None else None
+        mlp_module = self.dense_mlp(neuron_layer)[0] if neuron_layer is not None else None
         seen = self._forward(trace, mlp_of=mlp_module)
         nh = model.n_heads
         parts: dict[str, Tensor] = {"embeddings": seen.inputs[0][0, i].float()}
@@ -546,7 +546,7 @@ class HFExplainer:
         return q_pre, k_pre, int(hs * float(getattr(text, "partial_rotary_factor", None) or 1.0))
 
     # -- inside the MLP ----------------------------------------------------------------------------------------
-    def _dense_mlp(self, layer: int) -> tuple[nn.Module, str]:
+    def dense_mlp(self, layer: int) -> tuple[nn.Module, str]:
         """(the MLP module of `layer`, its name) when it is one dense MLP; CaptureError saying why not."""
         if not 0 <= layer < len(self.layers):
             raise CaptureError(f"layer {layer} does not exist; layers are 0..{len(self.layers) - 1}")
@@ -570,7 +570,7 @@ class HFExplainer:
         stack = stack or self.model.main_stack
         if stack != self.model.main_stack:
             raise CaptureError(f"this model has no {stack!r} stack")
-        mlp, mlp_name = self._dense_mlp(layer)
+        mlp, _ = self.dense_mlp(layer)
         if not 0 <= position < len(trace):
             raise CaptureError(f"position {position} is outside 0..{len(trace) - 1}")
         if k < 1:
@@ -602,9 +602,11 @@ class HFExplainer:
             token_id, token, rank_by = None, "", "activation"
             note = ("the neurons' writes reach the predictions through a non-linear masked-LM head, so they are "
                     "ranked by |activation| and have no direct effect")
-        down = self._down(mlp, layer)
+        down = self.down(mlp, layer)
         scale = self.model.unembedding_arrays()[2]
-        act = _activation_name(gate, up, h[position], acts_t[position])
+        gated = self.model.neuron_gates().get(mlp_name(stack, layer), {})
+        ungated = torch.tensor([j for j in range(acts_t.shape[1]) if j not in gated], device=acts_t.device)
+        act = _activation_name(gate, up, h[position], acts_t[position], ungated)
         return neuron_answer(stack=stack, layer=layer, position=position, token_id=token_id, token=token,
                              rank_by=rank_by, k=k, include=include, h=h, acts_t=acts_t, writes=writes, rows_t=rows_t,
                              gate=gate, up=up, down_rows=down.weight.t(), unembedding_t=w_t, logit_scale=scale,
@@ -618,7 +620,7 @@ class HFExplainer:
         children = dict(mlp.named_children())
         gate = next((children[n] for n in GATE_NAMES if isinstance(children.get(n), nn.Linear)), None)
         up = next((children[n] for n in UP_NAMES if isinstance(children.get(n), nn.Linear)), None)
-        d, d_ff = self.model.config.d_model, self._down(mlp, layer).in_features
+        d, d_ff = self.model.config.d_model, self.down(mlp, layer).in_features
         fused = up if up is not None and gate is None else children.get("gate_up_proj")
         if gate is None and isinstance(fused, nn.Linear) and fused.out_features == 2 * d_ff and fused.in_features == d:
             half = lambda t, i: t[i * d_ff : (i + 1) * d_ff] if t is not None else None  # noqa: E731
@@ -629,7 +631,7 @@ class HFExplainer:
                                "gate) projection the backend recognises to read its neurons from")
         return gate, up
 
-    def _down(self, mlp: nn.Module, layer: int) -> nn.Linear:
+    def down(self, mlp: nn.Module, layer: int) -> nn.Linear:
         d = self.model.config.d_model
         outs = [m for m in mlp.children() if isinstance(m, nn.Linear) and m.out_features == d]
         if len(outs) != 1:
@@ -666,14 +668,14 @@ _ACTIVATIONS = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.ge
                 "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "relu": torch.relu}
 
 
-def _activation_name(gate: object | None, up: object, h: Tensor, acts: Tensor) -> str:
-    """Which activation function the MLP applied, told from what it did at one position (a config names it under
-    several keys, and some modules hard-code it)."""
+def _activation_name(gate: object | None, up: object, h: Tensor, acts: Tensor, neurons: Tensor) -> str:
+    """Which activation function the MLP applied, told from what it did at one position on `neurons` (the ones
+    not ablated; a config names it under several keys, and some modules hard-code it)."""
     with torch.inference_mode():
         first = gate if gate is not None else up
-        lin = lambda m: h.float() @ m.weight.float().t() + (m.bias.float() if m.bias is not None else 0)  # noqa: E731
+        lin = lambda m: (h.float() @ m.weight.float().t() + (m.bias.float() if m.bias is not None else 0))[neurons]  # noqa: E731
         pre, mult = lin(first), (lin(up) if gate is not None else 1.0)
-        target = acts.float()
+        target = acts.float()[neurons]
         for name, fn in _ACTIVATIONS.items():
             if torch.allclose(fn(pre) * mult, target, rtol=1e-4, atol=1e-5 * max(1.0, float(target.abs().max()))):
                 return name

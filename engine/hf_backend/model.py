@@ -20,7 +20,7 @@ from ..model import Forward, Model, _frozen
 from ..rebuild import KeyArena, ScoreRule
 from ..routing import RoutingBlock, router_name
 from ..tokenizer import Tokenizer
-from ..trace import LazyLogits, Trace, capture_name
+from ..trace import LazyLogits, Trace, capture_name, mlp_name
 from .attention import ForwardState, active
 from .cache import HFCache
 from .structure import text_model
@@ -49,6 +49,8 @@ class HFModel(Model):
         self.dtype_reason = ""
         self._unembedding: tuple | None = None
         self._explainer = None
+        self._neuron_gate_values: dict[str, dict[int, float]] = {}
+        self._neuron_hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
@@ -161,16 +163,44 @@ class HFModel(Model):
     def clear_expert_gates(self) -> None:
         self._expert_gates.clear()
 
-    # -- neuron gates: the MLP ablation of the native engine's modules, which transformers' experts and MLPs lack
+    # -- neuron gates: a dense MLP's neuron times its gate, by a pre-hook on the MLP's output projection
     def neuron_gates(self) -> dict[str, dict[int, float]]:
-        return {}
+        """"decoder.3.mlp" -> {neuron: gate} for the neurons whose gate differs from 1 (a copy)."""
+        return {name: dict(v) for name, v in self._neuron_gate_values.items()}
 
     def clear_neuron_gates(self) -> None:
-        """Nothing to clear: no neuron is ever gated on this backend."""
+        for hook in self._neuron_hooks.values():
+            hook.remove()
+        self._neuron_hooks.clear()
+        self._neuron_gate_values.clear()
 
     def set_neuron_gate(self, layer: int, neuron: int, value: float, stack: str | None = None) -> None:
-        raise CaptureError(f"{self.name} runs on the transformers backend, where MLP neurons cannot be ablated yet; "
-                           "open a natively supported checkpoint for Inside the MLP")
+        """Multiply one neuron's activation by `value` (0 = ablated, 1 = untouched) in every later forward: the
+        input of the MLP's output projection (its activations) times a gate vector. Dense MLPs only (an expert
+        layer is refused, saying why)."""
+        stack = stack or self.main_stack
+        if stack != self.main_stack:
+            raise CaptureError(f"this {self.family} model has no {stack!r} stack")
+        mlp, _ = self.explainer.dense_mlp(layer)
+        down = self.explainer.down(mlp, layer)
+        if not 0 <= neuron < down.in_features:
+            raise CaptureError(f"neuron {neuron} does not exist; layer {layer}'s MLP has neurons 0..{down.in_features - 1}")
+        name = mlp_name(stack, layer)
+        values = self._neuron_gate_values.setdefault(name, {})
+        if float(value) == 1.0:
+            values.pop(neuron, None)
+        else:
+            values[neuron] = float(value)
+        hook = self._neuron_hooks.pop(name, None)
+        if hook is not None:
+            hook.remove()
+        if not values:
+            del self._neuron_gate_values[name]
+            return
+        gate = torch.ones(down.in_features, device=self.device, dtype=self.dtype)
+        for j, v in values.items():
+            gate[j] = v
+        self._neuron_hooks[name] = down.register_forward_pre_hook(lambda _m, args: (args[0] * gate, *args[1:]))
 
     # -- forwards -----------------------------------------------------------------------------
     def _state(self, recorder: dict | None, cross_keys: bool = True) -> ForwardState:

@@ -192,6 +192,29 @@ def test_llama_explanations_equal_the_native_engines(tmp_path_factory):
     np.testing.assert_allclose(logit_lens(ours, trace, QUERY)["probs"], logit_lens(native, nt, QUERY)["probs"], atol=1e-5)
 
 
+def test_neuron_gates_act_as_the_native_engines(tmp_path_factory):
+    """A neuron gate (MLP ablation) on the transformers backend: the same logits as the native engine with the same
+    gate, the neuron silent in Inside the MLP, and gates gone once cleared."""
+    ours, _ = _model("llama", tmp_path_factory)
+    native = load_model(_BUILT["llama"][2], device="cpu")
+    for m in (ours, native):
+        m.set_neuron_gate(1, 7, 0.0)
+        m.set_neuron_gate(1, 9, 0.5)
+    try:
+        a, b = native.run(PROMPT), ours.run(PROMPT)
+        assert ours.neuron_gates() == native.neuron_gates() == {"decoder.1.mlp": {7: 0.0, 9: 0.5}}
+        assert b.neuron_gates == a.neuron_gates
+        np.testing.assert_allclose(b.logits, a.logits, atol=1e-4)
+        m = mlp_neurons(ours, b, 1, QUERY, k=3, include=(7, 9))
+        assert m.activations[7] == 0.0 and m.activation_function == "silu"
+        np.testing.assert_allclose(m.activations, mlp_neurons(native, a, 1, QUERY, k=3).activations, atol=1e-4)
+    finally:
+        ours.clear_neuron_gates()
+        native.clear_neuron_gates()
+    assert ours.neuron_gates() == {}
+    np.testing.assert_allclose(ours.run(PROMPT).logits, native.run(PROMPT).logits, atol=1e-4)
+
+
 def test_head_gates_reach_the_explanations(tmp_path_factory):
     """An ablated head (gate 0) writes nothing, in the chain and in the attribution alike."""
     model, _ = _model("olmo3", tmp_path_factory)
