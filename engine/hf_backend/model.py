@@ -70,8 +70,8 @@ class HFModel(Model):
 
     @property
     def net(self):  # noqa: ANN201 - the native engine's network: absent here
-        raise EngineError(f"{self.name} runs on the transformers backend; this analysis needs the native engine "
-                          "(open a natively supported checkpoint, or use the pattern views)")
+        raise EngineError(f"{self.name} runs on the transformers backend; activation patching needs the native "
+                          "engine's network (open a natively supported checkpoint for it)")
 
     @property
     def explainer(self):  # noqa: ANN201 - engine.hf_backend.explain.HFExplainer
