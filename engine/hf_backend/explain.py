@@ -277,6 +277,15 @@ class HFExplainer:
         post = lambda out: next((c for c in norms if out is not None and c.input is out), None)  # noqa: E731
         mixer_post = post(mixer.output) if mixer is not None else None
         mlp_post = post(mlps[0].output) if len(mlps) == 1 else None
+        shape = seen.inputs[n].shape
+        for call in [c for c in (mixer, mixer_post, mlp_post, *mlps) if c is not None]:
+            if call.output is not None and call.output.shape != shape:  # Llama 4's experts return (T, d)
+                if call.output.numel() != seen.inputs[n].numel():
+                    raise CaptureError(f"layer {n}'s {call.name} returned {tuple(call.output.shape)}, not the "
+                                       f"stream's {tuple(shape)}")
+                call.output = call.output.reshape(shape)
+            if call.input is not None and call.input.shape != shape and call.input.numel() == seen.inputs[n].numel():
+                call.input = call.input.reshape(shape)
         a = mixer_post.output if mixer_post is not None else (mixer.output if mixer is not None else None)
         m = mlp_post.output if mlp_post is not None else (sum(c.output for c in mlps) if mlps else None)
         delta = (seen.outputs[n] - seen.inputs[n]).double().reshape(-1)
@@ -356,9 +365,16 @@ class HFExplainer:
                 added[f"L{n}.MLP"] = 0.0
             _add(parts, new)
             resid_norms.append(float(seen.outputs[n][0, i].float().norm()))
+        last = seen.outputs[len(self.layers) - 1]
+        stream = sum(v for k, v in parts.items() if not k.startswith(PROBE))
+        if mlp_acts is not None:  # the asked MLP's neurons ride along as rows: their activations weigh them
+            stream = stream + mlp_acts[i].float() @ parts[PROBE + "rows"]
+        err = float((stream - last[0, i].float()).abs().max())
+        if not err <= tol * max(1.0, float(last[0, i].abs().max())):  # every part found, none counted twice
+            raise CaptureError(f"the parts found do not sum to the residual stream at position {i} (off by "
+                               f"{err:.3g}); direct logit attribution does not know this model's layout")
         final = self._final_norm(seen)
         if final is not None:
-            last = seen.outputs[len(self.layers) - 1]
             if final.input is None or not torch.allclose(final.input, last, atol=1e-6, rtol=1e-5):
                 raise CaptureError(f"the final norm ({final.name}) does not read the last layer's output")
             parts = self._norm(final.module, final.name).linear(final.input[0, i], final.output[0, i], parts,

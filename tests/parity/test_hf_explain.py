@@ -26,10 +26,10 @@ pytest.importorskip("transformers")
 PROMPT = list(range(5, 25))  # 20 tokens: past every sliding window (5)
 QUERY = 13
 ARCHS = ["llama", "gpt_oss", "qwen3_moe", "mixtral", "olmo3", "gemma3", "deepseek_v3", "modernbert", "qwen3_next",
-         "lfm2", "granitemoehybrid"]
+         "lfm2", "granitemoehybrid", "llama4_text"]  # llama4_text: chunked attention, NoPE layers, experts as (T, d)
 DECODERS = [a for a in ARCHS if a != "modernbert"]
 DENSE_MLP = {"llama": 1, "olmo3": 0, "gemma3": 1, "deepseek_v3": 0, "lfm2": 2, "modernbert": 1}  # a layer with one
-MOE_LAYER = {"gpt_oss": 0, "qwen3_moe": 1, "mixtral": 0, "deepseek_v3": 1, "qwen3_next": 1, "granitemoehybrid": 0}
+MOE_LAYER = {"llama4_text": 0, "gpt_oss": 0, "qwen3_moe": 1, "mixtral": 0, "deepseek_v3": 1, "qwen3_next": 1, "granitemoehybrid": 0}
 HYBRID = {"lfm2": (0, "short convolution"), "qwen3_next": (0, "Gated DeltaNet"), "granitemoehybrid": (0, "Mamba")}
 
 _BUILT: dict = {}
