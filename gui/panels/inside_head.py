@@ -641,6 +641,7 @@ class AttributionTab(QWidget):
         by_norm = self.color_combo.currentIndex() == 1
         headers = [f"H{h}" for h in range(n_heads)] + ([f"X{h}" for h in range(n_heads)] if cross else []) + ["MLP"]
         self.table.clear()
+        self.table.clearSpans()
         self.table.setRowCount(n_layers)
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
@@ -651,8 +652,17 @@ class AttributionTab(QWidget):
         norm_top = float(a.head_write_norms.max(initial=0))
         self.cells = {}
         gates = getattr(trace, "gates", None) or {}
+        no_attention = getattr(trace, "no_attention", None) or {}
+        part_values = dict(a.parts)
         for n in range(n_layers):
-            for h in range(n_heads):
+            other = no_attention.get(capture_name("self", n))
+            if other is not None:  # a hybrid's layer without attention: its mixer's whole write, across the heads
+                v = float(part_values.get(f"L{n}.{other}", 0.0))
+                self.table.setSpan(n, 0, 1, n_heads)
+                self.table.setItem(n, 0, _item(f"{other}: {v:+.3f}", f"layer {n} has no attention (a {other} "
+                                               f"layer); what it wrote: {v:+.4f} toward “{a.token}”",
+                                               None if by_norm else _shade(v, top, True)))
+            for h in range(n_heads if other is None else 0):
                 v, wn = float(a.heads[n, h]), float(a.head_write_norms[n, h])
                 bg = _shade(wn, norm_top, False) if by_norm else _shade(v, top, True)
                 mark, note = gate_mark(gates, "self", n, h)

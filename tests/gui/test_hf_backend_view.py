@@ -269,3 +269,17 @@ def test_the_sink_column_stays_beside_tiles(qtbot, window, checkpoints, monkeypa
     n_q, n_k = view.shape
     assert (view.tile.q1, view.tile.k1) == (n_q, n_k)  # the whole pattern, the sink column beside it
     assert view.sink_image.isVisible()
+
+
+def test_which_heads_wrote_it_gives_a_hybrids_other_layers_their_own_cell(qtbot, window, tmp_path):
+    """LFM2: layers 0 and 2 are short convolutions; their row says so with what they wrote, across the head columns."""
+    from tests.gui.test_inside_head import _shown
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["lfm2"](tmp_path / "lfm2"))
+    _panel, tab = _shown(qtbot, window, "attribution")
+    a = tab.attribution
+    part = dict(a.parts)["L0.short convolution"]
+    assert tab.table.item(0, 0).text() == f"short convolution: {part:+.3f}" and tab.table.columnSpan(0, 0) == 4
+    assert tab.table.columnSpan(1, 0) == 1 and tab.table.item(1, 2).text() == f"{float(a.heads[1, 2]):+.3f}"
+    assert a.total == pytest.approx(a.logit, abs=1e-3) and not window.errors
