@@ -670,14 +670,23 @@ class HFExplainer:
         return [(int(t), self.model.tokenizer.display(int(t)), float(s)) for s, t in zip(top.values, top.indices)]
 
     def positions_view(self, n: int = 128) -> dict:
-        """Rotary frequencies as transformers' own rotary embedding computes them (the first one found)."""
-        rope = next((m for m in self.model.hf.modules() if hasattr(m, "inv_freq")), None)
-        if rope is None:
+        """Rotary frequencies as transformers' own rotary embeddings hold them: one row per inv_freq buffer (Gemma 3
+        keeps one per layer type), shorter rows padded with NaN."""
+        rows: dict[str, np.ndarray] = {}
+        for name, buf in self.model.hf.named_buffers():
+            if name.endswith("inv_freq") and "vision" not in name:
+                freq = buf.detach().float().cpu().numpy()
+                if not any(f.shape == freq.shape and np.array_equal(f, freq) for f in rows.values()):
+                    rows[name] = freq
+        if not rows:
             return {"scheme": "none", "what": "no rotary embedding found in this model (see its model card for its "
                     "positional scheme)", "array": np.zeros((0, 0)), "labels": None}
-        freq = rope.inv_freq.detach().float().cpu().numpy()[None]
+        width = max(f.shape[0] for f in rows.values())
+        array = np.full((len(rows), width), np.nan, dtype=np.float32)
+        for r, f in enumerate(rows.values()):
+            array[r, : f.shape[0]] = f
         return {"scheme": "rotary", "what": "rotation frequency (radians per position) of each pair of dims",
-                "array": freq, "labels": [f"{type(rope).__name__}"]}
+                "array": array, "labels": [".".join(name.split(".")[-2:]) for name in rows]}
 
 
 _ACTIVATIONS = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,

@@ -16,7 +16,7 @@ import torch
 
 from engine import CaptureError, load_model
 from engine.analysis import logit_lens
-from engine.explain import attribute, inside_head, mlp_neurons, residual_stream
+from engine.explain import attribute, inside_head, mlp_neurons, nearest_tokens, positions_view, residual_stream
 from engine.hf_backend import HFModel
 from engine.hf_backend.attention import active
 from tests import hf_factories, modern_factories
@@ -190,6 +190,12 @@ def test_llama_explanations_equal_the_native_engines(tmp_path_factory):
     assert [n.index for n in b.neurons] == [n.index for n in a.neurons]
     assert [t for t, _, _ in b.neurons[0].pushes_up] == [t for t, _, _ in a.neurons[0].pushes_up]
     np.testing.assert_allclose(logit_lens(ours, trace, QUERY)["probs"], logit_lens(native, nt, QUERY)["probs"], atol=1e-5)
+    near_a, near_b = nearest_tokens(native, 40, k=5), nearest_tokens(ours, 40, k=5)
+    assert [t[:2] for t in near_b] == [t[:2] for t in near_a]
+    np.testing.assert_allclose([t[2] for t in near_b], [t[2] for t in near_a], rtol=1e-5)
+    a, b = positions_view(native), positions_view(ours)
+    assert a["scheme"] == b["scheme"] == "rotary"
+    np.testing.assert_allclose(b["array"], a["array"], rtol=1e-6)  # Llama 3's scaled frequencies, both ways
 
 
 def test_neuron_gates_act_as_the_native_engines(tmp_path_factory):
