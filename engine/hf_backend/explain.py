@@ -292,7 +292,9 @@ class HFExplainer:
         cols = [t.double().reshape(-1) for t in (a, m) if t is not None]
         if not cols:
             raise CaptureError(f"layer {n}: no sublayer found that writes the residual stream")
-        coef = torch.linalg.lstsq(torch.stack(cols, 1), delta[:, None]).solution[:, 0].tolist()
+        gram = torch.tensor([[float(a_ @ b_) for b_ in cols] for a_ in cols], dtype=torch.float64)
+        rhs = torch.tensor([float(c @ delta) for c in cols], dtype=torch.float64)
+        coef = torch.linalg.lstsq(gram, rhs[:, None]).solution[:, 0].tolist()  # the normal equations: 1 or 2 unknowns
         coef = [1.0 if abs(c - 1.0) < 1e-4 else c for c in coef]  # the usual x + a + m: exactly 1
         fit = sum(c * col for c, col in zip(coef, cols))
         err = float((fit - delta).abs().max())
