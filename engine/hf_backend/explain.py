@@ -395,12 +395,24 @@ class HFExplainer:
             values["logits bias"] = walk["bias"]
         return values
 
+    def _check_sum(self, values: dict[str, float], logits: np.ndarray, token_id: int, extra: float = 0.0) -> None:
+        """The parts must sum to the model's own (pre-soft-cap) logit: an output head that post-processes in a way
+        the backend does not know, or a trace from other gates, is refused rather than shown wrong."""
+        total = float(sum(values.values())) + extra
+        logit = _pre_cap(self.model, logits, token_id)[0]
+        scale = sum(abs(v) for v in values.values()) + abs(extra) + 1.0
+        if not abs(total - logit) <= self._tol * scale:
+            raise CaptureError(f"the parts sum to {total:.4g}, not the model's logit {logit:.4g}: the trace may "
+                               "come from other head or neuron gates (step or run again), or the output head does "
+                               "something the backend does not know")
+
     def attribute(self, trace: Trace, position: int, token_id: int | None = None) -> Attribution:
         self._check_family()
         logits, token_id = _check_position(trace, position, token_id)
         with self.model.guard():
             walk = self._walk(trace, position, token_id)
             raw = self._values(walk)
+        self._check_sum(raw, logits, token_id)
         values: dict[str, float] = {}
         for k, v in raw.items():  # the attention output biases of every layer as one part, as the native engine
             key = "attention output biases" if k.endswith(".Hbias") else k
@@ -444,6 +456,7 @@ class HFExplainer:
         with self.model.guard():
             walk = self._walk(trace, position, token_id)
             values = self._values(walk)
+        self._check_sum(values, logits, token_id)
         return self._layer_writes(walk, values, logits, token_id)
 
     # -- the logit lens ----------------------------------------------------------------------------------------
@@ -607,6 +620,7 @@ class HFExplainer:
                 w_t = self.model.hf.get_output_embeddings().weight.t()
             bias_effect = values.get(f"L{layer}.MLP bias", 0.0)
             neurons_effect = float(writes.astype(np.float64).sum())
+            self._check_sum(values, logits, token_id, extra=neurons_effect)
             values[f"L{layer}.MLP"] = neurons_effect + values.pop(f"L{layer}.MLP bias", 0.0)
             residual = self._layer_writes(walk, values, logits, token_id)
             token = self.model.tokenizer.display(token_id)

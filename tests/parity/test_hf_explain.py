@@ -46,6 +46,14 @@ def _model(name: str, tmp_path_factory) -> tuple[HFModel, object]:
     return model, trace
 
 
+def _native(tmp_path_factory):
+    """The same Llama checkpoint on the native engine (loaded once)."""
+    _model("llama", tmp_path_factory)
+    if "native" not in _BUILT:
+        _BUILT["native"] = load_model(_BUILT["llama"][2], device="cpu")
+    return _BUILT["native"]
+
+
 def _kind(model) -> str:
     return "encoder" if model.family == "encoder" else "self"
 
@@ -165,7 +173,7 @@ def test_llama_explanations_equal_the_native_engines(tmp_path_factory):
     """The strongest check: the native engine's explanations are verified on their own; the transformers
     backend finds the same numbers from transformers' forward with hooks."""
     ours, trace = _model("llama", tmp_path_factory)
-    native = load_model(_BUILT["llama"][2], device="cpu")
+    native = _native(tmp_path_factory)
     assert not isinstance(native, HFModel)
     nt = native.run(PROMPT)
     tol = dict(atol=1e-4, rtol=1e-4)
@@ -202,7 +210,7 @@ def test_neuron_gates_act_as_the_native_engines(tmp_path_factory):
     """A neuron gate (MLP ablation) on the transformers backend: the same logits as the native engine with the same
     gate, the neuron silent in Inside the MLP, and gates gone once cleared."""
     ours, _ = _model("llama", tmp_path_factory)
-    native = load_model(_BUILT["llama"][2], device="cpu")
+    native = _native(tmp_path_factory)
     for m in (ours, native):
         m.set_neuron_gate(1, 7, 0.0)
         m.set_neuron_gate(1, 9, 0.5)
@@ -231,3 +239,16 @@ def test_head_gates_reach_the_explanations(tmp_path_factory):
         assert a.heads[1, 2] == 0.0 and a.total == pytest.approx(a.logit, rel=1e-4)
     finally:
         model.clear_gates()
+
+
+def test_an_attribution_that_does_not_sum_to_the_logit_is_refused(tmp_path_factory):
+    """A trace made under other gates than the model's now (or a head the backend misreads): parts that do not sum
+    to the trace's logit are refused with the reason, never shown."""
+    model, trace = _model("olmo3", tmp_path_factory)
+    model.set_head_gate("self", 1, 0, 0.0)
+    try:
+        with pytest.raises(CaptureError, match="not the model's logit"):
+            attribute(model, trace, QUERY)
+    finally:
+        model.clear_gates()
+    assert attribute(model, trace, QUERY).total == pytest.approx(attribute(model, trace, QUERY).logit, rel=1e-4)
