@@ -144,6 +144,7 @@ class _Layer:
     mlp_post: _Call | None
     alpha: float
     beta: float
+    beside: list[tuple[_Call, float]] = field(default_factory=list)  # token mixers beside attention, with their factor
 
 
 class HFExplainer:
@@ -260,16 +261,17 @@ class HFExplainer:
     def _layer(self, seen: _Seen, n: int) -> _Layer:
         """Which children of layer n wrote what, and how the stream adds them (checked over every position)."""
         attn = self.attn_modules.get(n)
-        mixer, mlps, norms = None, [], []
+        mixer, mlps, norms, beside = None, [], [], []
         for call in seen.children[n]:
             if _is_norm(call.module):
                 norms.append(call)
             elif call.name in MLP_NAMES:
                 mlps.append(call)
-            elif call.output is not None and call.output.shape == seen.inputs[n].shape and not isinstance(
+            elif call.output is not None and call.output.numel() == seen.inputs[n].numel() and not isinstance(
                     call.module, (nn.Identity, nn.Dropout)):
                 if attn is not None and not any(m is attn for m in call.module.modules()):
-                    continue  # e.g. a rotary embedding or a gate inside the layer that writes no stream
+                    beside.append(call)  # Falcon-H1's Mamba beside attention (or a module that writes no stream)
+                    continue
                 if mixer is not None:
                     raise CaptureError(f"layer {n} has two token mixers ({mixer.name}, {call.name}) writing the "
                                        "stream side by side; direct logit attribution does not know this layout")
@@ -278,7 +280,7 @@ class HFExplainer:
         mixer_post = post(mixer.output) if mixer is not None else None
         mlp_post = post(mlps[0].output) if len(mlps) == 1 else None
         shape = seen.inputs[n].shape
-        for call in [c for c in (mixer, mixer_post, mlp_post, *mlps) if c is not None]:
+        for call in [c for c in (mixer, mixer_post, mlp_post, *mlps, *beside) if c is not None]:
             if call.output is not None and call.output.shape != shape:  # Llama 4's experts return (T, d)
                 if call.output.numel() != seen.inputs[n].numel():
                     raise CaptureError(f"layer {n}'s {call.name} returned {tuple(call.output.shape)}, not the "
@@ -289,21 +291,20 @@ class HFExplainer:
         a = mixer_post.output if mixer_post is not None else (mixer.output if mixer is not None else None)
         m = mlp_post.output if mlp_post is not None else (sum(c.output for c in mlps) if mlps else None)
         delta = (seen.outputs[n] - seen.inputs[n]).double().reshape(-1)
-        cols = [t.double().reshape(-1) for t in (a, m) if t is not None]
-        if not cols:
+        writers = [t for t in (a, m) if t is not None]
+        if not writers:
             raise CaptureError(f"layer {n}: no sublayer found that writes the residual stream")
-        gram = torch.tensor([[float(a_ @ b_) for b_ in cols] for a_ in cols], dtype=torch.float64)
-        rhs = torch.tensor([float(c @ delta) for c in cols], dtype=torch.float64)
-        coef = torch.linalg.lstsq(gram, rhs[:, None]).solution[:, 0].tolist()  # the normal equations: 1 or 2 unknowns
-        coef = [1.0 if abs(c - 1.0) < 1e-4 else c for c in coef]  # the usual x + a + m: exactly 1
-        fit = sum(c * col for c, col in zip(coef, cols))
-        err = float((fit - delta).abs().max())
+        coef, err = _fit(writers, delta)
+        extra: list[_Call] = []
+        if not err <= self._tol * max(1.0, float(delta.abs().max())) and beside:
+            coef, err = _fit(writers + [c.output for c in beside], delta)  # sublayers side by side (Falcon-H1)
+            extra = beside
         if not err <= self._tol * max(1.0, float(delta.abs().max())):
             raise CaptureError(f"layer {n} ({type(self.layers[n]).__name__}) does not add its sublayers to the "
                                f"residual stream in a way direct logit attribution knows (off by {err:.3g})")
         alpha = coef.pop(0) if a is not None else 0.0
         beta = coef.pop(0) if m is not None else 0.0
-        return _Layer(mixer, mlps, mixer_post, mlp_post, alpha, beta)
+        return _Layer(mixer, mlps, mixer_post, mlp_post, alpha, beta, list(zip(extra, coef)))
 
     # -- direct logit attribution ------------------------------------------------------------------------------
     def _walk(self, trace: Trace, i: int, token_id: int, neuron_layer: int | None = None) -> dict:
@@ -337,13 +338,17 @@ class HFExplainer:
                     new[f"L{n}.Hbias"] = o.module.bias.float()
             elif lay.mixer is not None:
                 kind = model.layer_kinds[n] if n < len(model.layer_kinds) else "mixer"
-                mixers[n] = f"L{n}.{kind}"
-                new = {mixers[n]: lay.mixer.output[0, i].float()}
+                mixers[n] = [f"L{n}.{kind}"]
+                new = {mixers[n][0]: lay.mixer.output[0, i].float()}
             if lay.mixer_post is not None:
                 new = self._norm(lay.mixer_post.module, f"layer {n}'s {lay.mixer_post.name}").linear(
                     lay.mixer.output[0, i], lay.mixer_post.output[0, i], new, f"layer {n}'s {lay.mixer_post.name}",
                     "norm biases", tol)
             new = {k: lay.alpha * v for k, v in new.items()}
+            for call, factor in lay.beside:  # a token mixer beside attention: one part
+                key = f"L{n}.{call.name}"
+                mixers.setdefault(n, []).append(key)
+                new[key] = factor * call.output[0, i].float()
             written = sum((v for v in new.values()), torch.zeros_like(parts["embeddings"]))
             added[f"L{n}.attn"] = float(written.norm())
             _add(parts, new)
@@ -425,8 +430,8 @@ class HFExplainer:
             norms[n] = v.cpu().numpy()
         pre_cap, note = _pre_cap(self.model, logits, token_id)
         if walk["mixers"]:
-            note += ("; layers without attention (" + ", ".join(walk["mixers"].values()) + ") have no heads: each "
-                     "one's whole write is one part")
+            note += ("; token mixers other than attention (" + ", ".join(k for v in walk["mixers"].values() for k in v)
+                     + ") have no heads: each one's whole write is one part")
         return Attribution(position=position, token_id=token_id, token=self.model.tokenizer.display(token_id),
                            logit=pre_cap, total=float(sum(values.values())), parts=tuple(values.items()), heads=heads,
                            cross_heads=None, mlps=mlps, head_write_norms=norms, note=note)
@@ -437,7 +442,7 @@ class HFExplainer:
         for key, v in values.items():
             layer, _, rest = key[1:].partition(".")
             if key.startswith("L") and layer.isdigit() and (
-                    (rest[:1] == "H" and (rest[1:].isdigit() or rest[1:] == "bias")) or key == walk["mixers"].get(int(layer))):
+                    (rest[:1] == "H" and (rest[1:].isdigit() or rest[1:] == "bias")) or key in walk["mixers"].get(int(layer), ())):
                 attn[int(layer)] += v
         mlp = np.array([values.get(f"L{i}.MLP", 0.0) for i in range(n)], dtype=np.float64)
         other = float(sum(values.values())) - values.get("embeddings", 0.0) - float(attn.sum() + mlp.sum())
@@ -729,6 +734,18 @@ class _Rows:
 
     weight: Tensor
     bias: Tensor | None
+
+
+def _fit(writers: list[Tensor], delta: Tensor) -> tuple[list[float], float]:
+    """Factors c with Σ c_k · writer_k = delta over every position (the normal equations: a few unknowns), each
+    within 1e-4 of 1 taken as exactly 1; -> (factors, the largest residual)."""
+    cols = [w.double().reshape(-1) for w in writers]
+    gram = torch.tensor([[float(a @ b) for b in cols] for a in cols], dtype=torch.float64)
+    rhs = torch.tensor([float(c @ delta) for c in cols], dtype=torch.float64)
+    coef = torch.linalg.lstsq(gram, rhs[:, None]).solution[:, 0].tolist()
+    coef = [1.0 if abs(c - 1.0) < 1e-4 else c for c in coef]  # the usual x + a + m: exactly 1
+    err = float((sum(c * col for c, col in zip(coef, cols)) - delta).abs().max())
+    return coef, err
 
 
 def _keep(where: dict, key: object, value: object) -> None:

@@ -26,9 +26,10 @@ pytest.importorskip("transformers")
 PROMPT = list(range(5, 25))  # 20 tokens: past every sliding window (5)
 QUERY = 13
 ARCHS = ["llama", "gpt_oss", "qwen3_moe", "mixtral", "olmo3", "gemma3", "deepseek_v3", "modernbert", "qwen3_next",
-         "lfm2", "granitemoehybrid", "llama4_text"]  # llama4_text: chunked attention, NoPE layers, experts as (T, d)
+         "lfm2", "granitemoehybrid", "llama4_text", "falcon_h1"]
+# llama4_text: chunked attention, NoPE layers, experts returning (T, d); falcon_h1: Mamba beside attention, scaled
 DECODERS = [a for a in ARCHS if a != "modernbert"]
-DENSE_MLP = {"llama": 1, "olmo3": 0, "gemma3": 1, "deepseek_v3": 0, "lfm2": 2, "modernbert": 1}  # a layer with one
+DENSE_MLP = {"falcon_h1": 1, "llama": 1, "olmo3": 0, "gemma3": 1, "deepseek_v3": 0, "lfm2": 2, "modernbert": 1}  # a layer with one
 MOE_LAYER = {"llama4_text": 0, "gpt_oss": 0, "qwen3_moe": 1, "mixtral": 0, "deepseek_v3": 1, "qwen3_next": 1, "granitemoehybrid": 0}
 HYBRID = {"lfm2": (0, "short convolution"), "qwen3_next": (0, "Gated DeltaNet"), "granitemoehybrid": (0, "Mamba")}
 
@@ -126,6 +127,8 @@ def test_attribution_parts_sum_to_the_logit(name, tmp_path_factory):
     total = r.embeddings_effect + r.attn_effects.sum() + r.mlp_effects.sum() + r.other_effect
     assert total == pytest.approx(r.logit, rel=1e-4, abs=1e-4) and r.logit == pytest.approx(a.logit)
     np.testing.assert_allclose(r.mlp_effects, a.mlps, atol=1e-5)
+    if name == "falcon_h1":  # Mamba beside attention in every layer, each scaled by its multiplier: one part each
+        assert all(abs(dict(a.parts)[f"L{n}.mamba"]) > 0 for n in range(model.n_layers))
     if name in HYBRID:  # a layer without attention: its whole write is one part, under its layer type
         other, kind = HYBRID[name]
         part = dict(a.parts)[f"L{other}.{kind}"]
