@@ -300,3 +300,21 @@ def test_a_window_on_a_remote_engine_shows_sinks_and_experts(qtbot, hf_server, h
         win.client.call("engine", use_this_computer())
         idle()
         win.close()
+
+
+def test_neuron_gates_and_mlp_neurons_over_the_wire(hf_eng, hf_dir):
+    """A dense MLP's neuron gate on the transformers backend (LFM2's feed-forward), set through the server: the same
+    logits and the same Inside the MLP as in-process."""
+    rm, lm = _pair(hf_eng, hf_dir, "lfm2")
+    for m in (rm, lm):
+        m.set_neuron_gate(1, 5, 0.0)
+    try:
+        assert rm.neuron_gates() == lm.neuron_gates() == {"decoder.1.mlp": {5: 0.0}}
+        rt, lt = rm.run(PROMPT), lm.run(PROMPT)
+        np.testing.assert_array_equal(rt.logits, lt.logits)
+        mr, ml = hf_eng.mlp_neurons(rm, rt, 1, 3, include=(5,)), LocalEngine().mlp_neurons(lm, lt, 1, 3, include=(5,))
+        np.testing.assert_array_equal(mr.writes, ml.writes)
+        assert mr.activations[5] == ml.activations[5] == 0.0
+    finally:
+        rm.clear_neuron_gates()
+        lm.clear_neuron_gates()
