@@ -283,3 +283,31 @@ def test_which_heads_wrote_it_gives_a_hybrids_other_layers_their_own_cell(qtbot,
     assert tab.table.item(0, 0).text() == f"short convolution: {part:+.3f}" and tab.table.columnSpan(0, 0) == 4
     assert tab.table.columnSpan(1, 0) == 1 and tab.table.item(1, 2).text() == f"{float(a.heads[1, 2]):+.3f}"
     assert a.total == pytest.approx(a.logit, abs=1e-3) and not window.errors
+
+
+def test_inside_the_mlp_ablates_a_neuron_on_the_transformers_backend(qtbot, window, tmp_path):
+    """OLMo 3 (dense MLPs, post-norms): the dock's numbers and its ablate button work as on the native engine."""
+    from tests.gui.conftest import wait_idle
+    from tests.gui.test_inside_mlp import _shown
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["olmo3"](tmp_path / "olmo3"))
+    trace = window.state.trace
+    pos = len(trace) - 1
+    window.state.select(layer=1, query=pos)
+    panel = _shown(qtbot, window)
+    r = panel.result
+    res = r.residual
+    assert res.embeddings_effect + res.attn_effects.sum() + res.mlp_effects.sum() + res.other_effect == pytest.approx(
+        res.logit, abs=1e-3)
+    first = r.neurons[0].index
+    panel._on_cell_clicked(0, 1)
+    qtbot.waitUntil(lambda: bool(window.state.trace.neuron_gates), timeout=60_000)
+    wait_idle(qtbot, window)
+    assert window.state.trace.neuron_gates == {"decoder.1.mlp": {first: 0.0}}
+    assert np.abs(window.state.trace.logits_at(pos) - trace.logits_at(pos)).max() > 1e-5
+    panel.clear_button.click()
+    qtbot.waitUntil(lambda: not window.state.trace.neuron_gates, timeout=60_000)
+    wait_idle(qtbot, window)
+    np.testing.assert_allclose(window.state.trace.logits_at(pos), trace.logits_at(pos), atol=1e-5)
+    assert not window.errors
