@@ -11,6 +11,10 @@ Each call re-runs one forward over the trace's tokens (the Trace holds no model)
 numpy. Direct logit attribution linearises every norm at the point the forward reached (its mean and
 scale are taken from the actual residual, as TransformerLens does): the parts then sum to the logit
 exactly, before any final soft-cap.
+
+Each function asks `model.explainer` (NativeExplainer below for the native engine's network;
+engine.hf_backend.explain.HFExplainer for a transformers model), so the same calls and the same dataclasses serve
+both backends, in process and over the remote engine.
 """
 
 from __future__ import annotations
