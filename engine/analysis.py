@@ -172,24 +172,8 @@ def logit_lens(model: Model, trace: Trace, position: int, top: int = 10) -> dict
         raise SessionError(model.no_logits_reason)
     if not 0 <= position < len(trace):
         raise SessionError(f"position {position} is outside 0..{len(trace) - 1}")
-    net = model.net
-    residuals: list = []
     with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
-        ids = torch.tensor([list(trace.token_ids)], device=model.device)
-        if model.family == "encoder":
-            net.encode(ids, residuals=residuals)
-            stack = net.encoder
-        else:
-            memory = None
-            if trace.source_ids is not None:
-                memory = net.encode(torch.tensor([list(trace.source_ids)], device=model.device))
-            net.decode(ids, memory=memory, residuals=residuals)
-            stack = net.decoder
-        last = residuals[-1].device  # over several devices: every layer's row where the final norm is
-        rows = torch.stack([r[0, position].to(last) for r in residuals])  # (layers, d)
-        if stack.final_norm is not None:
-            rows = stack.final_norm(rows)
-        logits = net.mlm_logits(rows) if model.family == "encoder" else net.logits(rows)
+        logits = model.explainer.lens_logits(trace, position)  # (layers, vocab), whichever backend runs the model
         probs = torch.softmax(logits.float(), -1).cpu().numpy()
     order = np.argsort(-probs, axis=-1)[:, :top]
     return {"probs": probs, "top_ids": order, "top_probs": np.take_along_axis(probs, order, -1)}

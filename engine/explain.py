@@ -11,6 +11,10 @@ Each call re-runs one forward over the trace's tokens (the Trace holds no model)
 numpy. Direct logit attribution linearises every norm at the point the forward reached (its mean and
 scale are taken from the actual residual, as TransformerLens does): the parts then sum to the logit
 exactly, before any final soft-cap.
+
+Each function asks `model.explainer` (NativeExplainer below for the native engine's network;
+engine.hf_backend.explain.HFExplainer for a transformers model), so the same calls and the same dataclasses serve
+both backends, in process and over the remote engine.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ class InsideHead:
     head: int
     kv_head: int  # the key/value head this query head reads (grouped-query attention)
     query: int
-    q_before_rotation: np.ndarray
+    q_before_rotation: np.ndarray | None  # None where the backend cannot tell (a fused or latent projection)
     q: np.ndarray  # as used: after QK-norm and rotation
-    k_before_rotation: np.ndarray  # (S, hs)
+    k_before_rotation: np.ndarray | None  # (S, hs)
     k: np.ndarray  # (S, hs)
     v: np.ndarray  # (S, hs)
     raw: np.ndarray  # q·k
@@ -51,13 +55,15 @@ class InsideHead:
     blocked: np.ndarray  # bool: keys this query may not see
     blocked_why: str  # e.g. "future tokens (causal mask)"
     scores: np.ndarray  # what enters the softmax, -inf where blocked
-    pattern: np.ndarray  # softmax(scores): the model's own weights
+    pattern: np.ndarray  # softmax(scores): the model's own weights (with a sink: they sum to 1 − sink_share)
     what_if_unscaled: np.ndarray  # softmax without the scale (a what-if, not the model)
     what_if_unmasked: np.ndarray  # softmax without the mask (a what-if, not the model)
     value_norms: np.ndarray  # ‖v_j W_O‖ per key: how much key j would write at full weight
     weighted_norms: np.ndarray  # α_ij ‖v_j W_O‖ (Kobayashi et al. 2020): what key j actually writes
     output_norm: float  # ‖Σ_j α_ij v_j W_O‖: this head's write to the residual stream at the query
     rotary_dims: int | None  # how many dims of each head rotate (None: no rotation in this layer)
+    sink_share: float | None = None  # attention sinks (gpt-oss): what the sink (a key with a zero value) took
+    note: str = ""  # what this backend could not show (e.g. q and k before rotation)
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def _softmax(s: np.ndarray) -> np.ndarray:
     return (e / e.sum()).astype(np.float32)
 
 
-def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:  # noqa: ANN001
+def _native_inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:  # noqa: ANN001
     """The chain of one head for one query: q·k → scale → (soft-cap) → (+ bias) → mask → softmax → values."""
     name = trace.capture_point(kind, layer)
     n_q = len(trace.source_ids) if kind == "encoder" and trace.family == "encoder-decoder" else len(trace)
@@ -129,10 +135,24 @@ def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: in
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     q, q_pre = as_np(rec["q"][0, head, query]), as_np(rec["q_pre"][0, head, query])
     k, k_pre, v = as_np(rec["k"][0, kvh]), as_np(rec["k_pre"][0, kvh]), as_np(rec["v"][0, kvh])
+    w_o = _out_rows(module.out)[head * spec.head_dim : (head + 1) * spec.head_dim].detach().float().cpu().numpy()
+    return head_chain(kind=kind, layer=layer, head=head, kv_head=kvh, query=query, q=q, q_pre=q_pre, k=k, k_pre=k_pre,
+                      v=v, w_o=w_o, rule=rule, scale=float(spec.scale), softcap=spec.softcap,
+                      rotary_dims=spec.rope.rotary_dim if spec.rope is not None and kind != "cross" else None)
+
+
+def head_chain(*, kind: str, layer: int, head: int, kv_head: int, query: int, q: np.ndarray, q_pre: np.ndarray | None,
+               k: np.ndarray, k_pre: np.ndarray | None, v: np.ndarray, w_o: np.ndarray, rule, scale: float,  # noqa: ANN001
+               softcap: float | None, rotary_dims: int | None, output: np.ndarray | None = None,
+               note: str = "") -> InsideHead:
+    """The chain from one head's q (hs,), keys k (S, hs), values v (S, hv) and its slice of W_O (hv, d), whatever
+    backend found them. A sink (rule.sinks) is one more logit in the softmax's denominator with a zero value: the
+    pattern sums to 1 − its share, and it writes nothing. `output`: the head's actual write (d,) at the query
+    where the backend saw it (else pattern · v · W_O)."""
     S = k.shape[0]
     raw = k @ q
-    scaled = raw * np.float32(spec.scale)
-    capped = np.tanh(scaled / spec.softcap) * spec.softcap if spec.softcap is not None else None
+    scaled = raw * np.float32(scale)
+    capped = np.tanh(scaled / softcap) * softcap if softcap is not None else None
     pre = capped if capped is not None else scaled
     keys = np.arange(S)
     bias = None
@@ -147,19 +167,30 @@ def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: in
         why.append("future tokens (causal mask)")
     if rule.window is not None and (keys <= query - rule.window).any():
         why.append(f"more than {rule.window - 1} tokens back (sliding window of {rule.window})")
-    pattern = _softmax(scores)
+    if rule.window_ahead is not None and (keys >= query + rule.window_ahead).any():
+        why.append(f"{rule.window_ahead} or more tokens ahead (sliding window)")
+    sink = float(rule.sinks[head]) if getattr(rule, "sinks", None) is not None else None
+    pattern, sink_share = _softmax_with_sink(scores, sink)
     unscaled = raw + (bias if bias is not None else 0)
-    w_o = _out_rows(module.out)[head * spec.head_dim : (head + 1) * spec.head_dim].detach().float().cpu().numpy()
     writes = v @ w_o  # (S, d): what each key's value writes through this head's slice of W_O
     value_norms = np.linalg.norm(writes, axis=1).astype(np.float32)
+    out = pattern @ writes if output is None else output
     return InsideHead(
-        kind=kind, layer=layer, head=head, kv_head=kvh, query=query, q_before_rotation=q_pre, q=q,
-        k_before_rotation=k_pre, k=k, v=v, raw=raw, scale=float(spec.scale), scaled=scaled, softcap=spec.softcap,
+        kind=kind, layer=layer, head=head, kv_head=kv_head, query=query, q_before_rotation=q_pre, q=q,
+        k_before_rotation=k_pre, k=k, v=v, raw=raw, scale=float(scale), scaled=scaled, softcap=softcap,
         capped=capped, bias=bias, blocked=blocked, blocked_why="; ".join(why) or "nothing is masked", scores=scores,
-        pattern=pattern, what_if_unscaled=_softmax(np.where(blocked, -np.inf, unscaled)), what_if_unmasked=_softmax(pre),
-        value_norms=value_norms, weighted_norms=(pattern * value_norms).astype(np.float32),
-        output_norm=float(np.linalg.norm(pattern @ writes)),
-        rotary_dims=spec.rope.rotary_dim if spec.rope is not None and kind != "cross" else None)
+        pattern=pattern, what_if_unscaled=_softmax_with_sink(np.where(blocked, -np.inf, unscaled), sink)[0],
+        what_if_unmasked=_softmax_with_sink(pre, sink)[0], value_norms=value_norms,
+        weighted_norms=(pattern * value_norms).astype(np.float32), output_norm=float(np.linalg.norm(out)),
+        rotary_dims=rotary_dims, sink_share=sink_share, note=note)
+
+
+def _softmax_with_sink(s: np.ndarray, sink: float | None) -> tuple[np.ndarray, float | None]:
+    """softmax(s), with a sink logit as one more term in the denominator: (weights over the keys, the sink's share)."""
+    if sink is None:
+        return _softmax(s), None
+    full = _softmax(np.append(s.astype(np.float64), sink))
+    return full[:-1], float(full[-1])
 
 
 # -- direct logit attribution -----------------------------------------------------------------
@@ -328,7 +359,7 @@ def _pre_cap(model, logits: np.ndarray, token_id: int) -> tuple[float, str]:  # 
     return pre_cap, note
 
 
-def attribute(model, trace: Trace, position: int, token_id: int | None = None) -> Attribution:  # noqa: ANN001
+def _native_attribute(model, trace: Trace, position: int, token_id: int | None = None) -> Attribution:  # noqa: ANN001
     """Direct logit attribution at `position` for `token_id` (default: the most likely next token)."""
     logits, token_id = _check_position(trace, position, token_id)
     with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
@@ -439,7 +470,7 @@ def _rank(acts: np.ndarray, writes: np.ndarray, rank_by: str, k: int) -> np.ndar
     return np.argsort(key, kind="stable")[:k]
 
 
-def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,  # noqa: ANN001
+def _native_mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,  # noqa: ANN001
                 rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> MlpNeurons:
     """The neurons of one MLP at one position, ranked by their write toward `token_id` (default: the most likely
     next token; rank_by "write": most positive first, "abs_write": largest either way) or by |activation|
@@ -482,6 +513,26 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
         token_id, token, rank_by = None, "", "activation"
         note = ("the neurons' writes reach the predictions through non-linear layers (a masked-LM head, or the "
                 "decoder's cross-attention), so they are ranked by |activation| and have no direct effect")
+    w_t = getattr(model.net, "unembedding_t", None) if rows_t is not None else None
+    if rows_t is not None and w_t is None:
+        w_t = model.net.unembedding.t()
+    return neuron_answer(stack=stack, layer=layer, position=position, token_id=token_id, token=token, rank_by=rank_by,
+                         k=k, include=include, h=h, acts_t=acts_t, writes=writes, rows_t=rows_t, gate=ffn.gate,
+                         up=ffn.up, down_rows=_out_rows(ffn.down), unembedding_t=w_t,
+                         logit_scale=model.config.lm_head_scale, display=model.tokenizer.display,
+                         activation_function=model.config.activation, bias_effect=bias_effect,
+                         neurons_effect=neurons_effect, residual=residual, note=note)
+
+
+def neuron_answer(*, stack: str, layer: int, position: int, token_id: int | None, token: str, rank_by: str, k: int,
+                  include: Sequence[int], h: Tensor, acts_t: Tensor, writes: np.ndarray, rows_t: Tensor | None,
+                  gate: nn.Module | None, up: nn.Module, down_rows: Tensor, unembedding_t: Tensor | None,
+                  logit_scale: float, display, activation_function: str, bias_effect: float,  # noqa: ANN001
+                  neurons_effect: float, residual: LayerWrites | None, note: str) -> MlpNeurons:
+    """Rank one MLP's neurons and describe the k first, whichever backend found them: h (T, d) what the MLP read,
+    acts_t (T, d_ff) its activations, writes (d_ff,) at the position, rows_t (d_ff, d) each neuron's row through
+    every later norm (None: no direct path to the logits), gate/up the linear maps it reads with (gate None:
+    not gated), down_rows (d_ff, d) W_out, unembedding_t (d, vocab)."""
     with torch.inference_mode():
         acts_all = acts_t.float().cpu().numpy()  # (T, d_ff)
         acts = acts_all[position]
@@ -493,23 +544,20 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
         order = np.concatenate([order, np.array(extra, dtype=order.dtype)]) if extra else order
         sel = torch.as_tensor(order, device=h.device)
         hp = h[position].float()
-        first = ffn.gate if ffn.gate is not None else ffn.up  # the linear map the activation function reads
+        first = gate if gate is not None else up  # the linear map the activation function reads
         gate_rows = first.weight.index_select(0, sel).float()  # (k, d)
         pre = gate_rows @ hp + (first.bias.float()[sel] if first.bias is not None else 0)
-        up_rows = ffn.up.weight.index_select(0, sel).float() if ffn.gate is not None else None
-        up = (up_rows @ hp + (ffn.up.bias.float()[sel] if ffn.up.bias is not None else 0)) if up_rows is not None else None
-        out_rows = _out_rows(ffn.down).index_select(0, sel).float()  # (k, d)
+        up_rows = up.weight.index_select(0, sel).float() if gate is not None else None
+        up_v = (up_rows @ hp + (up.bias.float()[sel] if up.bias is not None else 0)) if up_rows is not None else None
+        out_rows = down_rows.index_select(0, sel).float()  # (k, d)
         pushed = None
         if rows_t is not None:
-            w_t = getattr(model.net, "unembedding_t", None)
-            w_t = w_t if w_t is not None else model.net.unembedding.t()
             a_sel = torch.as_tensor(acts[order], device=rows_t.device)
             scale = torch.where(a_sel != 0, a_sel, torch.ones_like(a_sel))  # a silent neuron: per unit of activation
-            rows_sel = (rows_t.index_select(0, sel.to(rows_t.device)) * scale[:, None]).to(w_t.device)  # (k, d)
-            pushed = rows_sel @ w_t.float() * model.config.lm_head_scale  # (k, vocab)
+            rows_sel = (rows_t.index_select(0, sel.to(rows_t.device)) * scale[:, None]).to(unembedding_t.device)
+            pushed = rows_sel @ unembedding_t.float() * logit_scale  # (k, vocab)
             top = torch.topk(pushed, PUSHED, dim=1)
             bottom = torch.topk(-pushed, PUSHED, dim=1)
-    display = model.tokenizer.display
     as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
     neurons = []
     for r, j in enumerate(order):
@@ -518,14 +566,15 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
             up_list = tuple((int(t), display(int(t)), float(v)) for v, t in zip(top.values[r], top.indices[r]))
             down_list = tuple((int(t), display(int(t)), -float(v)) for v, t in zip(bottom.values[r], bottom.indices[r]))
         neurons.append(Neuron(
-            index=int(j), activation=float(acts[j]), pre_activation=float(pre[r]), up=float(up[r]) if up is not None else None,
-            write=float(writes[j]), input_row=as_np(gate_rows[r]), up_row=as_np(up_rows[r]) if up_rows is not None else None,
-            output_row=as_np(out_rows[r]), pushes_up=up_list, pushes_down=down_list, per_unit=bool(acts[j] == 0),
+            index=int(j), activation=float(acts[j]), pre_activation=float(pre[r]),
+            up=float(up_v[r]) if up_v is not None else None, write=float(writes[j]), input_row=as_np(gate_rows[r]),
+            up_row=as_np(up_rows[r]) if up_rows is not None else None, output_row=as_np(out_rows[r]),
+            pushes_up=up_list, pushes_down=down_list, per_unit=bool(acts[j] == 0),
             strip=np.ascontiguousarray(acts_all[:, j])))
-    cfg = model.config
+    direct = rows_t is not None
     mlp_effect = float(neurons_effect + bias_effect) if direct else float("nan")
     return MlpNeurons(stack=stack, layer=layer, position=position, token_id=token_id, token=token, rank_by=rank_by,
-                      gated=ffn.gate is not None, activation_function=cfg.activation, d_ff=int(acts.shape[0]),
+                      gated=gate is not None, activation_function=activation_function, d_ff=int(acts.shape[0]),
                       neurons=tuple(neurons), mlp_effect=mlp_effect, bias_effect=float(bias_effect),
                       neurons_effect=float(neurons_effect), activations=acts.astype(np.float32),
                       writes=writes.astype(np.float32), residual=residual, note=note)
@@ -557,7 +606,7 @@ def _layer_writes(model, walk: _Walk, values: dict[str, float], trace: Trace, lo
         logit=_pre_cap(model, logits, token_id)[0])
 
 
-def residual_stream(model, trace: Trace, position: int, token_id: int | None = None) -> LayerWrites:  # noqa: ANN001
+def _native_residual_stream(model, trace: Trace, position: int, token_id: int | None = None) -> LayerWrites:  # noqa: ANN001
     """Per layer, what attention (and cross-attention) and the MLP added to the residual stream at `position`:
     their norms and their direct effects on `token_id`'s logit (default: the most likely next token)."""
     logits, token_id = _check_position(trace, position, token_id)
@@ -568,7 +617,7 @@ def residual_stream(model, trace: Trace, position: int, token_id: int | None = N
 
 
 # -- embeddings and positions -------------------------------------------------------------------
-def nearest_tokens(model, token_id: int, k: int = 10, metric: str = "cosine") -> list[tuple[int, str, float]]:  # noqa: ANN001
+def _native_nearest_tokens(model, token_id: int, k: int = 10, metric: str = "cosine") -> list[tuple[int, str, float]]:  # noqa: ANN001
     """The k tokens whose input embeddings are nearest to `token_id`'s (itself excluded): (id, token, score)."""
     if metric not in ("cosine", "dot"):
         raise CaptureError(f"metric must be 'cosine' or 'dot', not {metric!r}")
@@ -584,7 +633,7 @@ def nearest_tokens(model, token_id: int, k: int = 10, metric: str = "cosine") ->
     return [(int(t), model.tokenizer.display(int(t)), float(s)) for s, t in zip(top.values, top.indices)]
 
 
-def positions_view(model, n: int = 128) -> dict:  # noqa: ANN001
+def _native_positions_view(model, n: int = 128) -> dict:  # noqa: ANN001
     """The positional scheme as arrays to draw: {"scheme", "what", "array", "labels"}."""
     cfg, stack = model.config, model.net.decoder if model.net.decoder is not None else model.net.encoder
     n = min(n, cfg.max_positions)
@@ -610,3 +659,90 @@ def positions_view(model, n: int = 128) -> dict:  # noqa: ANN001
     return {"scheme": "rotary", "what": "rotation frequency (radians per position) of each pair of dims, per layer type",
             "array": np.stack([inv_frequencies(r).numpy() for r in ropes]),
             "labels": [f"layers {', '.join(map(str, layers[r]))}: base {r.theta:g}, {r.kind}" for r in ropes]}
+
+
+# -- one interface, one implementation per backend ----------------------------------------------
+class NativeExplainer:
+    """The explanations over the native engine's network (model.net). Every model has an `explainer` with these
+    methods (engine.hf_backend.explain.HFExplainer for transformers' models); the functions below dispatch to it."""
+
+    def __init__(self, model) -> None:  # noqa: ANN001
+        self.model = model
+
+    def inside_head(self, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:
+        return _native_inside_head(self.model, trace, kind, layer, head, query)
+
+    def attribute(self, trace: Trace, position: int, token_id: int | None = None) -> Attribution:
+        return _native_attribute(self.model, trace, position, token_id)
+
+    def mlp_neurons(self, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,
+                    rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> MlpNeurons:
+        return _native_mlp_neurons(self.model, trace, layer, position, token_id, k, rank_by, stack, include)
+
+    def residual_stream(self, trace: Trace, position: int, token_id: int | None = None) -> LayerWrites:
+        return _native_residual_stream(self.model, trace, position, token_id)
+
+    def nearest_tokens(self, token_id: int, k: int = 10, metric: str = "cosine") -> list[tuple[int, str, float]]:
+        return _native_nearest_tokens(self.model, token_id, k, metric)
+
+    def positions_view(self, n: int = 128) -> dict:
+        return _native_positions_view(self.model, n)
+
+    def lens_logits(self, trace: Trace, position: int) -> Tensor:
+        """(layers, vocab) logits read off the residual stream after each layer of the main stack at `position`:
+        the final norm (where the model has one) and the output head. Call under model.guard()."""
+        model, net = self.model, self.model.net
+        residuals: list = []
+        ids = torch.tensor([list(trace.token_ids)], device=model.device)
+        if model.family == "encoder":
+            net.encode(ids, residuals=residuals)
+            stack = net.encoder
+        else:
+            memory = None
+            if trace.source_ids is not None:
+                memory = net.encode(torch.tensor([list(trace.source_ids)], device=model.device))
+            net.decode(ids, memory=memory, residuals=residuals)
+            stack = net.decoder
+        last = residuals[-1].device  # over several devices: every layer's row where the final norm is
+        rows = torch.stack([r[0, position].to(last) for r in residuals])  # (layers, d)
+        if stack.final_norm is not None:
+            rows = stack.final_norm(rows)
+        return net.mlm_logits(rows) if model.family == "encoder" else net.logits(rows)
+
+
+def inside_head(model, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:  # noqa: ANN001
+    """The chain of one head for one query: q·k → scale → (soft-cap) → (+ bias) → mask → softmax → values."""
+    return model.explainer.inside_head(trace, kind, layer, head, query)
+
+
+def attribute(model, trace: Trace, position: int, token_id: int | None = None) -> Attribution:  # noqa: ANN001
+    """Direct logit attribution at `position` for `token_id` (default: the most likely next token)."""
+    return model.explainer.attribute(trace, position, token_id)
+
+
+def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,  # noqa: ANN001
+                rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> MlpNeurons:
+    """The neurons of one MLP at one position, ranked by their write toward `token_id` (default: the most likely
+    next token; rank_by "write": most positive first, "abs_write": largest either way) or by |activation|
+    ("activation"; the only ranking for encoder-only models and encoder stacks, whose MLPs reach the logits
+    through non-linear layers). With the residual stream at the position: per layer, what attention and the
+    MLP added. Writes are direct logit attribution (norms linearised as attribute() does): every neuron's write
+    plus the output bias equal attribute()'s part for this MLP. `include`: neurons listed after the k ranked
+    ones even when they rank lower (e.g. the ablated ones, whose activation is now 0)."""
+    return model.explainer.mlp_neurons(trace, layer, position, token_id, k, rank_by, stack, include)
+
+
+def residual_stream(model, trace: Trace, position: int, token_id: int | None = None) -> LayerWrites:  # noqa: ANN001
+    """Per layer, what attention (and cross-attention) and the MLP added to the residual stream at `position`:
+    their norms and their direct effects on `token_id`'s logit (default: the most likely next token)."""
+    return model.explainer.residual_stream(trace, position, token_id)
+
+
+def nearest_tokens(model, token_id: int, k: int = 10, metric: str = "cosine") -> list[tuple[int, str, float]]:  # noqa: ANN001
+    """The k tokens whose input embeddings are nearest to `token_id`'s (itself excluded): (id, token, score)."""
+    return model.explainer.nearest_tokens(token_id, k, metric)
+
+
+def positions_view(model, n: int = 128) -> dict:  # noqa: ANN001
+    """The positional scheme as arrays to draw: {"scheme", "what", "array", "labels"}."""
+    return model.explainer.positions_view(n)

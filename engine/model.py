@@ -244,6 +244,13 @@ class Model:
 
     # -- neuron gates (MLP ablation) ------------------------------------------------------------
     @property
+    def explainer(self):  # noqa: ANN201 - engine.explain.NativeExplainer
+        """The explanations (inside a head, attribution, the MLP's neurons, the logit lens) over this network."""
+        from .explain import NativeExplainer
+
+        return NativeExplainer(self)
+
+    @property
     def main_stack(self) -> str:
         """"decoder", or "encoder" for an encoder-only model: the stack whose MLPs explain the predictions."""
         return "decoder" if self.config.has_decoder else "encoder"

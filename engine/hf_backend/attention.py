@@ -48,6 +48,9 @@ class ForwardState:
     # MoE layer -> {expert: factor != 1}: the router's weight for that expert is multiplied by it (expert ablation)
     expert_gates: dict[int, dict[int, float]] = field(default_factory=dict)
     hidden: list[Tensor] = field(default_factory=list)  # the text stack's final hidden states (HFModel's hook)
+    # explanations: capture name -> (query, key, value) as the attention function received them, for the names
+    # asked (engine.hf_backend.explain fills the keys with None before the forward)
+    taps: dict[str, tuple[Tensor, Tensor, Tensor] | None] = field(default_factory=dict)
 
 
 @contextmanager
@@ -167,6 +170,8 @@ def inspector_attention(module: torch.nn.Module, query: Tensor, key: Tensor, val
     if scaling is None:
         scaling = module.head_dim**-0.5
     name = state.names.get(id(module)) if state is not None else None
+    if name is not None and name in state.taps:
+        state.taps[name] = (query, key, value)
     recorder = state.recorder if state is not None else None
     record = recorder is not None and name is not None and (recorder.only is None or name in recorder.only)
     if record and attention_mask is not None and not isinstance(attention_mask, MaskRule):

@@ -22,8 +22,9 @@ from ..placement import Placement
 from ..tokenizer import Tokenizer
 from .attention import NAME, register
 from .device_map import describe_map, device_map, placement_for
-from .model import HFModel, text_model
+from .model import HFModel
 from .routing import install_router_hooks, layer_of
+from .structure import text_model
 from .support import refusal
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ def _model_config(hf_model: torch.nn.Module, family: str, tokenizer: Tokenizer) 
         bos_token_id=bos[0] if bos else None, eos_token_id=eos[0] if eos else None,
         extra_eos_token_ids=tuple(eos[1:]), pad_token_id=pad[0] if pad else None, mask_token_id=mask,
         final_logit_softcap=getattr(text, "final_logit_softcapping", None), model_type=str(top.model_type),
-        position_scheme="rotary", decoder_start_token_id=start, **layers)
+        position_scheme="rotary", decoder_start_token_id=start,
+        mlm_head=family == "encoder",  # encoders open as AutoModelForMaskedLM: the logit lens reads its head
+        **layers)
 
 
 def _attention_names(hf_model: torch.nn.Module, stack: str) -> dict[int, str]:

@@ -21,9 +21,10 @@ from ..placement import Placement, single_device
 from ..rebuild import KeyArena, ScoreRule
 from ..routing import RoutingBlock, router_name
 from ..tokenizer import Tokenizer
-from ..trace import LazyLogits, Trace, capture_name
+from ..trace import LazyLogits, Trace, capture_name, mlp_name
 from .attention import ForwardState, active, current
 from .cache import HFCache
+from .structure import text_model
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class HFModel(Model):
         self.load_seconds: float | None = None
         self.dtype_reason = ""
         self._unembedding: tuple | None = None
+        self._explainer = None
+        self._neuron_gate_values: dict[str, dict[int, float]] = {}
+        self._neuron_hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rules: dict[str, ScoreRule] = {}
         self._gate_values: dict[str, tuple[float, ...]] = {}
         self._gate_tensors: dict[str, torch.Tensor] = {}
@@ -70,8 +74,18 @@ class HFModel(Model):
 
     @property
     def net(self):  # noqa: ANN201 - the native engine's network: absent here
-        raise EngineError(f"{self.name} runs on the transformers backend; this analysis needs the native engine "
-                          "(open a natively supported checkpoint, or use the pattern views)")
+        raise EngineError(f"{self.name} runs on the transformers backend; activation patching needs the native "
+                          "engine's network (open a natively supported checkpoint for it)")
+
+    @property
+    def explainer(self):  # noqa: ANN201 - engine.hf_backend.explain.HFExplainer
+        """The explanations (inside a head, attribution, the MLP's neurons, the logit lens), found from transformers'
+        own forward; made once (it remembers the norms it probed)."""
+        if self._explainer is None:
+            from .explain import HFExplainer
+
+            self._explainer = HFExplainer(self)
+        return self._explainer
 
     # -- description --------------------------------------------------------------------------
     @property
@@ -170,16 +184,44 @@ class HFModel(Model):
     def clear_expert_gates(self) -> None:
         self._expert_gates.clear()
 
-    # -- neuron gates: the MLP ablation of the native engine's modules, which transformers' experts and MLPs lack
+    # -- neuron gates: a dense MLP's neuron times its gate, by a pre-hook on the MLP's output projection
     def neuron_gates(self) -> dict[str, dict[int, float]]:
-        return {}
+        """"decoder.3.mlp" -> {neuron: gate} for the neurons whose gate differs from 1 (a copy)."""
+        return {name: dict(v) for name, v in self._neuron_gate_values.items()}
 
     def clear_neuron_gates(self) -> None:
-        """Nothing to clear: no neuron is ever gated on this backend."""
+        for hook in self._neuron_hooks.values():
+            hook.remove()
+        self._neuron_hooks.clear()
+        self._neuron_gate_values.clear()
 
     def set_neuron_gate(self, layer: int, neuron: int, value: float, stack: str | None = None) -> None:
-        raise CaptureError(f"{self.name} runs on the transformers backend, where MLP neurons cannot be ablated yet; "
-                           "open a natively supported checkpoint for Inside the MLP")
+        """Multiply one neuron's activation by `value` (0 = ablated, 1 = untouched) in every later forward: the
+        input of the MLP's output projection (its activations) times a gate vector. Dense MLPs only (an expert
+        layer is refused, saying why)."""
+        stack = stack or self.main_stack
+        if stack != self.main_stack:
+            raise CaptureError(f"this {self.family} model has no {stack!r} stack")
+        mlp, _ = self.explainer.dense_mlp(layer)
+        down = self.explainer.down(mlp, layer)
+        if not 0 <= neuron < down.in_features:
+            raise CaptureError(f"neuron {neuron} does not exist; layer {layer}'s MLP has neurons 0..{down.in_features - 1}")
+        name = mlp_name(stack, layer)
+        values = self._neuron_gate_values.setdefault(name, {})
+        if float(value) == 1.0:
+            values.pop(neuron, None)
+        else:
+            values[neuron] = float(value)
+        hook = self._neuron_hooks.pop(name, None)
+        if hook is not None:
+            hook.remove()
+        if not values:
+            del self._neuron_gate_values[name]
+            return
+        gate = torch.ones(down.in_features, device=self.device, dtype=self.dtype)
+        for j, v in values.items():
+            gate[j] = v
+        self._neuron_hooks[name] = down.register_forward_pre_hook(lambda _m, args: (args[0] * gate, *args[1:]))
 
     # -- forwards -----------------------------------------------------------------------------
     def _state(self, recorder: dict | None, cross_keys: bool = True) -> ForwardState:
@@ -350,19 +392,6 @@ def add_cancel_points(hf: torch.nn.Module) -> int:
                 layer.register_forward_pre_hook(lambda _m, _a: checkpoint())
                 n += 1
     return n
-
-
-def text_model(hf: torch.nn.Module) -> torch.nn.Module:
-    """The text stack (decoder, or an encoder-only model's encoder) whose output's last_hidden_state feeds the
-    output head, after the final norm: the first of get_decoder(), base_model, .model that holds numbered layers
-    (ModernBertForMaskedLM's get_decoder() is its output head)."""
-    candidates = [hf.get_decoder() if hasattr(hf, "get_decoder") else None, getattr(hf, "base_model", None),
-                  getattr(hf, "model", None)]
-    for module in candidates:
-        if isinstance(module, torch.nn.Module) and module is not hf and any(
-                name.startswith("layers.") or ".layers." in name for name, _ in module.named_modules()):
-            return module
-    return hf
 
 
 def _keep_hidden(_module: torch.nn.Module, _inputs: tuple, out: object) -> None:

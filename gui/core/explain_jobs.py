@@ -28,7 +28,7 @@ def inside_head(trace: Any, kind: str, layer: int, head: int, query: int) -> Cal
         key = (kind, layer, head, query)
         try:
             return {"trace": trace, "key": key, "inside": w.engine.inside_head(model, trace, kind, layer, head, query)}
-        except EngineError as exc:  # a capture the trace lacks, or a model (transformers backend) without the network
+        except EngineError as exc:  # a capture the trace lacks, or an explanation this model cannot give
             return {"trace": trace, "key": key, "error": str(exc)}
 
     return fn
@@ -44,7 +44,7 @@ def attribution(trace: Any, position: int, token_id: int | None) -> Callable:
         key = (position, token_id)
         try:
             return {"trace": trace, "key": key, "attribution": w.engine.attribute(model, trace, position, token_id)}
-        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
+        except EngineError as exc:  # a capture the trace lacks, or an explanation this model cannot give
             return {"trace": trace, "key": key, "error": str(exc)}
 
     return fn
@@ -63,7 +63,7 @@ def embeddings(trace: Any, token_id: int, k: int, metric: str) -> Callable:
             positions = w.cache["positions_view"] = w.engine.positions_view(model)
         try:
             near = w.engine.nearest_tokens(model, token_id, k, metric)
-        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
+        except EngineError as exc:  # a capture the trace lacks, or an explanation this model cannot give
             return {"trace": trace, "key": key, "error": str(exc), "positions": positions}
         return {"trace": trace, "key": key, "nearest": near, "positions": positions}
 

@@ -34,7 +34,7 @@ def mlp_neurons(trace: Any, layer: int, position: int, token_id: int | None, ran
         try:
             result = w.engine.mlp_neurons(model, trace, layer, position, token_id, k, rank_by, include=tuple(include))
             return {"trace": trace, "key": key, "neurons": result}
-        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
+        except EngineError as exc:  # a capture the trace lacks, or an explanation this model cannot give
             return {"trace": trace, "key": key, "error": str(exc)}
 
     return fn
@@ -84,7 +84,7 @@ def patch(trace: Any, prompt: str, source: str | None, component: str, align: st
         other = _corrupt(model, prompt, source)
         try:
             result = w.engine.patch(model, trace, other, component, align=align, capture=False)
-        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
+        except EngineError as exc:  # a capture the trace lacks, or a model without the native network (patching)
             return {"trace": trace, "error": str(exc), "other": other}
         return {"trace": trace, "patch": result, "other": other}
 
@@ -102,7 +102,7 @@ def patch_sweep(trace: Any, prompt: str, source: str | None, kind: str, token_a:
         try:
             result = w.engine.patch_sweep(model, trace, other, token_a, token_b, kind=kind, align=align, progress=progress,
                                           cancel=cancel)
-        except EngineError as exc:  # a capture the trace lacks, or a model without the native network
+        except EngineError as exc:  # a capture the trace lacks, or a model without the native network (patching)
             return {"trace": trace, "error": str(exc), "other": other}
         return {"trace": trace, "sweep": result, "other": other}
 

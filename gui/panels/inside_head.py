@@ -350,7 +350,8 @@ class InsideTab(QWidget):
             steps.append("+ relative position bias")
         steps += [f"mask: {ih.blocked_why} → −∞", "softmax = the pattern α", "values: α·‖v W_O‖"]
         rope = f" q and k are rotated (RoPE, {ih.rotary_dims} of {hs} dims) before q·k." if ih.rotary_dims else ""
-        self.chain.setText(" → ".join(steps) + "." + rope + self.sink_text())
+        note = f" ({ih.note}.)" if getattr(ih, "note", "") else ""  # what this backend could not show
+        self.chain.setText(" → ".join(steps) + "." + rope + self.sink_text() + note)
 
         # columns: every stage the model has, then the what-ifs, then the values
         cols: list[tuple[str, np.ndarray, str, bool, bool]] = [  # title, values, tooltip, signed, what-if
@@ -480,7 +481,7 @@ class InsideTab(QWidget):
         x = np.arange(ih.q.shape[0], dtype=float)
         self.q_bars.setOpts(x=x, height=ih.q, width=0.8)
         self.k_bars.setOpts(x=x, height=ih.k[j], width=0.8)
-        rotated = ih.rotary_dims is not None
+        rotated = ih.rotary_dims is not None and ih.q_before_rotation is not None  # None: the backend cannot tell
         self.q_before.setData(x if rotated else [], ih.q_before_rotation if rotated else [])
         self.k_before.setData(x if rotated else [], ih.k_before_rotation[j] if rotated else [])
         keys_tok = self._key_tokens()
@@ -640,6 +641,7 @@ class AttributionTab(QWidget):
         by_norm = self.color_combo.currentIndex() == 1
         headers = [f"H{h}" for h in range(n_heads)] + ([f"X{h}" for h in range(n_heads)] if cross else []) + ["MLP"]
         self.table.clear()
+        self.table.clearSpans()
         self.table.setRowCount(n_layers)
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
@@ -650,8 +652,17 @@ class AttributionTab(QWidget):
         norm_top = float(a.head_write_norms.max(initial=0))
         self.cells = {}
         gates = getattr(trace, "gates", None) or {}
+        no_attention = getattr(trace, "no_attention", None) or {}
+        part_values = dict(a.parts)
         for n in range(n_layers):
-            for h in range(n_heads):
+            other = no_attention.get(capture_name("self", n))
+            if other is not None:  # a hybrid's layer without attention: its mixer's whole write, across the heads
+                v = float(part_values.get(f"L{n}.{other}", 0.0))
+                self.table.setSpan(n, 0, 1, n_heads)
+                self.table.setItem(n, 0, _item(f"{other}: {v:+.3f}", f"layer {n} has no attention (a {other} "
+                                               f"layer); what it wrote: {v:+.4f} toward “{a.token}”",
+                                               None if by_norm else _shade(v, top, True)))
+            for h in range(n_heads if other is None else 0):
                 v, wn = float(a.heads[n, h]), float(a.head_write_norms[n, h])
                 bg = _shade(wn, norm_top, False) if by_norm else _shade(v, top, True)
                 mark, note = gate_mark(gates, "self", n, h)

@@ -163,21 +163,49 @@ def pg_point(x: float, y: float):
     return QPointF(x, y)
 
 
-def test_inside_this_head_gives_the_rows_sink_share_on_the_transformers_backend(qtbot, window, checkpoints):
-    """The chain needs the native engine's network; the softmax's sink share comes from the trace and is shown."""
+def test_inside_this_head_and_which_heads_wrote_it_show_numbers_on_the_transformers_backend(qtbot, window, checkpoints):
+    """The chain (with the row's sink share) and the attribution come from engine.hf_backend.explain: numbers, not
+    an error, and the same numbers as the engine gives."""
+    from engine import load_model
+    from engine.explain import attribute
     from tests.gui.test_inside_head import _shown
 
     open_model(qtbot, window, checkpoints["gpt_oss"])
     state = window.state
     state.select(layer=1, head=2)
     _panel, tab = _shown(qtbot, window, "inside")
-    share = float(state.trace.sink_share("self", 1)[2, state.row_query])
+    ih, trace = tab.inside, state.trace
+    assert ih is not None, tab.heading.text()
+    np.testing.assert_allclose(ih.pattern, trace.attention("self", 1)[2, state.row_query], atol=1e-5)
+    share = float(trace.sink_share("self", 1)[2, state.row_query])
     assert f"sink took {share:.1%}" in tab.chain.text(), tab.chain.text()
-    assert "native engine" in tab.heading.text()
-    assert not window.errors  # said in the tab, not as an error dialog
+    assert ih.sink_share == pytest.approx(share, abs=1e-6)
+    assert "native engine" not in tab.heading.text() and tab.table.rowCount() == len(trace)
+    pos = len(trace) - 2
+    state.select(query=pos)
+    _panel, tab = _shown(qtbot, window, "attribution")
+    a = tab.attribution
+    assert a is not None and a.heads.shape == (2, 4)
+    token = int(tab.token_combo.currentData())
+    want = attribute(load_model(checkpoints["gpt_oss"], device="cpu"), trace, pos, token)
+    np.testing.assert_allclose(a.heads, want.heads, atol=1e-5)
+    assert a.total == pytest.approx(a.logit, abs=1e-3) and tab.table.rowCount() == 2
+    assert float(tab.table.item(1, 2).text()) == pytest.approx(float(want.heads[1, 2]), abs=1e-3)
+    assert not window.errors  # nothing said as an error dialog
     open_model(qtbot, window, checkpoints["qwen3_moe"])
-    _shown(qtbot, window, "inside")
+    _panel, tab = _shown(qtbot, window, "inside")
     assert "sink" not in tab.chain.text()
+
+
+def test_inside_the_mlp_says_in_place_why_experts_have_no_neurons_to_open(qtbot, window, checkpoints):
+    from tests.gui.conftest import wait_idle
+
+    open_model(qtbot, window, checkpoints["qwen3_moe"])
+    window.registry.actions["analysis.inside_mlp"].trigger()
+    panel = window.analysis.inside_mlp
+    qtbot.waitUntil(lambda: "mixture of experts" in panel.message.text(), timeout=60_000)
+    wait_idle(qtbot, window)
+    assert not window.errors
 
 
 def test_the_experts_dock_ablates_and_restores_an_expert(qtbot, window, checkpoints):
@@ -266,3 +294,45 @@ def test_device_text_names_the_quantisation_once():
                    quantization="mxfp4, dequantised to bfloat16")
     assert device_text(said) == "cpu · mxfp4 weights dequantised to bfloat16 by transformers"
     assert device_text(replace(info, quantization="")) == "cpu · float32, as asked"
+
+
+def test_which_heads_wrote_it_gives_a_hybrids_other_layers_their_own_cell(qtbot, window, tmp_path):
+    """LFM2: layers 0 and 2 are short convolutions; their row says so with what they wrote, across the head columns."""
+    from tests.gui.test_inside_head import _shown
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["lfm2"](tmp_path / "lfm2"))
+    _panel, tab = _shown(qtbot, window, "attribution")
+    a = tab.attribution
+    part = dict(a.parts)["L0.short convolution"]
+    assert tab.table.item(0, 0).text() == f"short convolution: {part:+.3f}" and tab.table.columnSpan(0, 0) == 4
+    assert tab.table.columnSpan(1, 0) == 1 and tab.table.item(1, 2).text() == f"{float(a.heads[1, 2]):+.3f}"
+    assert a.total == pytest.approx(a.logit, abs=1e-3) and not window.errors
+
+
+def test_inside_the_mlp_ablates_a_neuron_on_the_transformers_backend(qtbot, window, tmp_path):
+    """OLMo 3 (dense MLPs, post-norms): the dock's numbers and its ablate button work as on the native engine."""
+    from tests.gui.conftest import wait_idle
+    from tests.gui.test_inside_mlp import _shown
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["olmo3"](tmp_path / "olmo3"))
+    trace = window.state.trace
+    pos = len(trace) - 1
+    window.state.select(layer=1, query=pos)
+    panel = _shown(qtbot, window)
+    r = panel.result
+    res = r.residual
+    assert res.embeddings_effect + res.attn_effects.sum() + res.mlp_effects.sum() + res.other_effect == pytest.approx(
+        res.logit, abs=1e-3)
+    first = r.neurons[0].index
+    panel._on_cell_clicked(0, 1)
+    qtbot.waitUntil(lambda: bool(window.state.trace.neuron_gates), timeout=60_000)
+    wait_idle(qtbot, window)
+    assert window.state.trace.neuron_gates == {"decoder.1.mlp": {first: 0.0}}
+    assert np.abs(window.state.trace.logits_at(pos) - trace.logits_at(pos)).max() > 1e-5
+    panel.clear_button.click()
+    qtbot.waitUntil(lambda: not window.state.trace.neuron_gates, timeout=60_000)
+    wait_idle(qtbot, window)
+    np.testing.assert_allclose(window.state.trace.logits_at(pos), trace.logits_at(pos), atol=1e-5)
+    assert not window.errors

@@ -191,12 +191,12 @@ def test_sink_share_is_one_minus_each_row_sum(tmp_path_factory):
     assert qwen.run(PROMPT).sink_share("self", 0) is None
 
 
-def test_neuron_ablation_is_refused_by_name_and_heads_still_step(tmp_path_factory):
-    """Neuron gates belong to the native engine's MLP modules: here they are empty, and asking for one says why
-    (a Session reads them on every step, so their absence must not break stepping)."""
+def test_neuron_ablation_of_experts_is_refused_by_name_and_heads_still_step(tmp_path_factory):
+    """Neuron gates act on dense MLPs (tests/parity/test_hf_explain.py): an expert layer has none, and asking for
+    one says why (a Session reads them on every step, so their absence must not break stepping)."""
     model, _, _ = _pair("qwen3_moe", tmp_path_factory)
     assert model.neuron_gates() == {}
-    with pytest.raises(CaptureError, match="transformers backend"):
+    with pytest.raises(CaptureError, match="mixture of experts"):
         model.set_neuron_gate(1, 0, 0.0)
     model.clear_gates()
     session = Session(model, PROMPT)

@@ -145,13 +145,22 @@ def test_one_off_run_and_head_statistics_match(hf_eng, hf_dir, name):
     ind_r, ind_l = hf_eng.induction_scores(rm), local.induction_scores(lm)
     np.testing.assert_array_equal(ind_r, ind_l)  # NaN rows (layers without attention) compare equal
     assert hf_eng.head_statistics(rm, rt, ind_r) == local.head_statistics(lm, lt, ind_l)
-    # the analyses that need the native engine refuse alike: the same engine error, the same advice
-    for fn, args in (("logit_lens", (3,)), ("inside_head", ("self", 1, 2, 4)), ("attribute", (3,))):
+    # the explanations run where the model is (engine.hf_backend.explain) and come back equal
+    lens_r, lens_l = hf_eng.logit_lens(rm, rt, 3), local.logit_lens(lm, lt, 3)
+    np.testing.assert_array_equal(lens_r["probs"], lens_l["probs"])
+    ih_r, ih_l = hf_eng.inside_head(rm, rt, "self", 1, 2, 4), local.inside_head(lm, lt, "self", 1, 2, 4)
+    np.testing.assert_array_equal(ih_r.pattern, ih_l.pattern)
+    assert (ih_r.output_norm, ih_r.sink_share) == (ih_l.output_norm, ih_l.sink_share)
+    at_r, at_l = hf_eng.attribute(rm, rt, 3), local.attribute(lm, lt, 3)
+    assert at_r.parts == at_l.parts and at_r.logit == at_l.logit
+    # a refusal (experts have no single MLP to open) comes back as the same engine error, the same advice
+    if name == "gpt_oss":
         with pytest.raises(EngineError) as remote_err:
-            getattr(hf_eng, fn)(rm, rt, *args)
+            hf_eng.mlp_neurons(rm, rt, 0, 3)
         with pytest.raises(EngineError) as local_err:
-            getattr(local, fn)(lm, lt, *args)
+            local.mlp_neurons(lm, lt, 0, 3)
         assert type(remote_err.value) is type(local_err.value) and str(remote_err.value) == str(local_err.value)
+        assert "mixture of experts" in str(local_err.value)
 
 
 def test_the_engine_choice_reaches_the_server(hf_eng, hf_dir):
@@ -408,3 +417,21 @@ def test_mxfp4_weights_over_the_wire_say_they_were_dequantised(hf_eng, hf_dir):
     assert model_info(rm, hf_eng).quantization == "mxfp4, dequantised to bfloat16"
     assert rm.dtype == "bfloat16" and rm.dtype_reason == lm.dtype_reason
     assert_same_hf_trace(hf_eng.Session(rm, PROMPT).trace, Session(lm, PROMPT).trace)
+
+
+def test_neuron_gates_and_mlp_neurons_over_the_wire(hf_eng, hf_dir):
+    """A dense MLP's neuron gate on the transformers backend (LFM2's feed-forward), set through the server: the same
+    logits and the same Inside the MLP as in-process."""
+    rm, lm = _pair(hf_eng, hf_dir, "lfm2")
+    for m in (rm, lm):
+        m.set_neuron_gate(1, 5, 0.0)
+    try:
+        assert rm.neuron_gates() == lm.neuron_gates() == {"decoder.1.mlp": {5: 0.0}}
+        rt, lt = rm.run(PROMPT), lm.run(PROMPT)
+        np.testing.assert_array_equal(rt.logits, lt.logits)
+        mr, ml = hf_eng.mlp_neurons(rm, rt, 1, 3, include=(5,)), LocalEngine().mlp_neurons(lm, lt, 1, 3, include=(5,))
+        np.testing.assert_array_equal(mr.writes, ml.writes)
+        assert mr.activations[5] == ml.activations[5] == 0.0
+    finally:
+        rm.clear_neuron_gates()
+        lm.clear_neuron_gates()
