@@ -42,8 +42,8 @@ def connect(address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> Rem
 
 def _handshake(conn: Connection, timeout: float) -> dict:
     try:
-        return conn.call("hello", {"protocol": PROTOCOL_VERSION, "app_version": app_version(),
-                                   "capabilities": list(CAPABILITIES), "client": conn.client_id}, timeout=timeout)
+        return conn.open({"protocol": PROTOCOL_VERSION, "app_version": app_version(),
+                          "capabilities": list(CAPABILITIES), "client": conn.client_id}, timeout=timeout)
     except EngineGone as exc:
         conn.close()
         raise EngineGone(f"no engine answers at {conn.address} (is `attention-inspector serve` running there, and the "
