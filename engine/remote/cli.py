@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", metavar="FOLDER", type=Path, action="append", default=[],
                    help="a folder whose checkpoint folders clients may open (repeatable); besides these, only the "
                         "bundled models and this machine's Hugging Face cache")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let clients open checkpoints that bring their own code (auto_map in config.json), which then "
+                        "runs on this machine; without it such checkpoints are refused whatever the client asks")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p
 
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     "NOT encrypted; prefer the default 127.0.0.1 with an SSH tunnel", args.bind)
     from .server import EngineServer
 
-    server = EngineServer(token, bind=args.bind, port=args.port, models_dirs=tuple(args.models_dir))
+    server = EngineServer(token, bind=args.bind, port=args.port, models_dirs=tuple(args.models_dir),
+                          trust_remote_code=args.trust_remote_code)
     secret = f"token-file={args.token_file}" if args.token_file else f"token={token}"
     sys.stdout.write(f"connect: {args.bind}:{server.port} {secret}\n")
     sys.stdout.flush()

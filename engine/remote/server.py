@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
 import logging
 import platform
 import queue
@@ -68,10 +69,12 @@ def base_version(version: str) -> str:
 
 
 class EngineServer:
-    def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = ()) -> None:
+    def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = (),
+                 trust_remote_code: bool = False) -> None:
         from ..about import app_version
 
         self.key = token.encode("utf-8")
+        self.trust_remote_code = bool(trust_remote_code)  # run a checkpoint's own code (auto_map) when a client asks
         self.models_dirs = tuple(Path(d).expanduser().resolve() for d in models_dirs)
         self.app_version = app_version()
         self.ctx = zmq.Context()
@@ -241,7 +244,7 @@ class EngineServer:
         from .protocol import CAPABILITIES
 
         info = {"host": platform.node(), "capabilities": list(CAPABILITIES), **engine_versions(),
-                "models_dirs": [str(d) for d in self.models_dirs]}
+                "models_dirs": [str(d) for d in self.models_dirs], "trust_remote_code": self.trust_remote_code}
         try:
             import torch
 
@@ -369,11 +372,32 @@ class EngineServer:
     def _do_describe_source(self, body: dict, progress, cancel) -> tuple:  # noqa: ANN001
         return self.local.describe_source(self.allowed_source(body["source"]))
 
+    def refuse_checkpoint_code(self, source: str, asked: bool) -> None:
+        """A client's trust_remote_code for a checkpoint whose config.json names its own code (auto_map) is refused
+        unless this server was started with --trust-remote-code: the code would run here, on the server's account.
+        (Without the client's consent the loader never runs it: it refuses, or opens the weights natively.)"""
+        if self.trust_remote_code or not asked:
+            return
+        from ..checkpoints.resolve import resolve
+
+        folder, _ = resolve(source)
+        try:
+            hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # the loader says what is wrong with it
+        if isinstance(hf, dict) and hf.get("auto_map"):
+            from ..hf_backend.support import remote_code_files
+
+            files = remote_code_files(hf, folder) or []
+            raise CheckpointError("the server does not run checkpoint code; start it with --trust-remote-code "
+                                  f"(opening {folder.name} would run {', '.join(files) or 'its auto_map code'})")
+
     def _do_load(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         source = self.allowed_source(body["source"])
+        self.refuse_checkpoint_code(source, bool(body.get("trust_remote_code")))
         model = self.local.load_model(source, device=body.get("device"), dtype=body.get("dtype"),
                                       allow_pickle=bool(body.get("allow_pickle")), backend=str(body.get("backend") or "auto"),
-                                      trust_remote_code=bool(body.get("trust_remote_code")),
+                                      trust_remote_code=bool(body.get("trust_remote_code")) and self.trust_remote_code,
                                       progress=lambda f, m: progress({"fraction": float(f), "message": str(m)}),
                                       cancel=cancel)
         if body.get("capture_mode"):
