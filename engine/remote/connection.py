@@ -46,6 +46,11 @@ HEARTBEAT_TIMEOUT_MS = 10_000  # no traffic at all for this long: libzmq drops t
 CONNECT_TIMEOUT_S = 15.0  # a server busy loading may take a while to shake hands
 
 
+def endpoint(address: str) -> str:
+    """"HOST:PORT" -> tcp://HOST:PORT; "ipc:///path/to/socket" (a server's --ipc) as it is."""
+    return address if address.startswith("ipc://") else f"tcp://{address}"
+
+
 class _Pending:
     def __init__(self, progress: Callable[[Any], None] | None) -> None:
         self.done = threading.Event()
@@ -75,7 +80,7 @@ class Connection:
         self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connected = False
-        self._sock.connect(f"tcp://{address}")
+        self._sock.connect(endpoint(address))
         self._wake_name = f"inproc://wake-{id(self)}"
         self._wake_in = self._ctx.socket(zmq.PAIR)
         self._wake_in.bind(self._wake_name)

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import platform
 import queue
 import secrets
@@ -70,7 +71,7 @@ def base_version(version: str) -> str:
 
 class EngineServer:
     def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = (),
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, ipc_path: Path | None = None) -> None:
         from ..about import app_version
 
         self.key = token.encode("utf-8")
@@ -80,9 +81,16 @@ class EngineServer:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.port = self.sock.bind_to_random_port(f"tcp://{bind}") if not port else port
-        if port:
-            self.sock.bind(f"tcp://{bind}:{port}")
+        if ipc_path is not None:  # a unix socket (its folder private: see cli.private_socket_path), no TCP port
+            self.sock.bind(f"ipc://{ipc_path}")
+            os.chmod(ipc_path, 0o600)
+            self.port = None
+            self.endpoint = f"ipc://{ipc_path}"
+        else:
+            self.port = self.sock.bind_to_random_port(f"tcp://{bind}") if not port else port
+            if port:
+                self.sock.bind(f"tcp://{bind}:{port}")
+            self.endpoint = f"{bind}:{self.port}"
         self.bind = bind
         self._inbox: queue.Queue = queue.Queue()
         self._pipe_name = f"inproc://engine-replies-{id(self)}"
