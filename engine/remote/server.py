@@ -504,6 +504,8 @@ class EngineServer:
             result = None
         elif method == "reply":
             result = session.reply
+        elif method in ("step", "branch"):  # a cancel message stops its forward; the session stays as it was
+            result = getattr(session, method)(*body.get("args", ()), **body.get("kwargs", {}), cancel=cancel)
         else:
             result = getattr(session, method)(*body.get("args", ()), **body.get("kwargs", {}))
         if method in ("step", "branch"):

@@ -169,6 +169,7 @@ class MainWindow(QMainWindow):
         self.client.model_loaded.connect(self._on_model_loaded)
         self.client.trace_ready.connect(self._on_trace)
         self.client.error.connect(self._on_error)
+        self.client.stopped.connect(self._on_stopped)
         self.client.busy_changed.connect(self._on_busy)
         self.prompt_panel.open_requested.connect(
             lambda src, dev: self.open_model(src, device=dev))
@@ -393,6 +394,13 @@ class MainWindow(QMainWindow):
         if op == "session" and self._chain == ["run"]:
             self._chain = []
             self.client.run(self._chain_steps)
+        self._maybe_settled()
+
+    def _on_stopped(self, op: str, message: str) -> None:
+        """Stop/Esc during one long step (or branch): its forward stopped; no banner, the session is unchanged."""
+        what = {"branch": "the branch", "mask": "the fill"}.get(op, "the step")
+        self.statusBar().showMessage(f"Stopped: {what} was not finished; the session is as it was", 10000)
+        self._chain = []
         self._maybe_settled()
 
     def _on_error(self, op: str, message: str) -> None:
