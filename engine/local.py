@@ -9,12 +9,15 @@ done on the Trace itself, wherever it is.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import EngineError
 from .session import Session, stop_token_ids
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -31,6 +34,24 @@ def weights_size(folder: Path) -> int:
     except OSError as exc:
         log.debug("cannot size %s: %s", folder, exc)
     return total
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here (without importing it): a laptop that only reaches a remote engine may
+    have installed the app without it."""
+    if "torch" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_torch() -> None:
+    """EngineError saying what to do when this computer cannot run a model (torch is not installed)."""
+    if not torch_installed():
+        raise EngineError("torch is not installed on this computer, so models cannot run here: connect to an engine "
+                          "server (File → Connect to engine…), or install torch (pip install torch) to run them here")
 
 
 class LocalEngine:
@@ -58,6 +79,7 @@ class LocalEngine:
     def load_model(self, source: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
                    progress: Callable[[float, str], None] | None = None, cancel: Any = None, backend: str = "auto",
                    trust_remote_code: bool = False) -> Any:
+        require_torch()
         from . import load_model
 
         return load_model(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel,
@@ -87,6 +109,8 @@ class LocalEngine:
         return cached_model_infos()
 
     def available_devices(self) -> list[str]:
+        if not torch_installed():
+            return ["cpu"]  # nothing runs here without torch; a remote engine lists its own
         from .device import available_devices
 
         return available_devices()

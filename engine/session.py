@@ -6,16 +6,18 @@ import logging
 import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cancel import cancellable
 from .chat import generation_eos_ids, normalise_messages
 from .errors import Cancelled, PromptError, SessionError
-from .model import Forward, Model
 from .sampling import SamplingSettings, choose, distribution
 from .trace import LazyLogits, PatternBlock, StepInfo, Trace
+
+if TYPE_CHECKING:
+    from .model import Forward, Model
 
 log = logging.getLogger(__name__)
 

@@ -120,10 +120,8 @@ class MainWindow(QMainWindow):
         self._loading_source = ""
 
         # -- panels ------------------------------------------------------------------------------------
-        if devices is None:
-            from engine.device import available_devices
-
-            devices = available_devices()
+        if devices is None:  # this computer's (the engine interface's: no torch needed where it is not installed)
+            devices = self.client.engine.available_devices()
         self.prompt_panel = PromptPanel(self.state, self.client, devices)
         self.token_strip = TokenStrip(self.state, self.client)
         self.attention_view = AttentionView(self.state)
