@@ -66,7 +66,10 @@ class LocalEngine:
         return "this computer"
 
     def where(self) -> str:
-        """Where models run, for the status bar: "this computer (cpu)"."""
+        """Where models run, for the status bar: "this computer (cpu)"; before torch is imported (a window
+        starts without it, and the first model load imports it in the worker) only "this computer"."""
+        if "torch" not in sys.modules and torch_installed():
+            return "this computer"
         from .about import engine_versions
 
         return f"this computer ({engine_versions()['device']})"
@@ -107,6 +110,11 @@ class LocalEngine:
         from .checkpoints import cached_model_infos
 
         return cached_model_infos()
+
+    def devices_known_now(self) -> list[str]:
+        """The devices, without importing torch for them: every device once torch is imported, else ["cpu"]
+        (a window asks at start; available_devices() after the first model load adds the GPUs)."""
+        return self.available_devices() if "torch" in sys.modules else ["cpu"]
 
     def available_devices(self) -> list[str]:
         if not torch_installed():
