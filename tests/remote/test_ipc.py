@@ -99,3 +99,12 @@ def test_open_remote_starts_an_ipc_server_through_ssh_and_reaches_it(tmp_path):
     finally:
         eng.close()
     assert not Path(path).parent.exists()  # the server went with the ssh, and its folder with it
+
+
+def test_the_connect_dialog_takes_a_pasted_ipc_line(qtbot):
+    from gui.shell.connect_dialog import ConnectDialog
+
+    dialog = ConnectDialog(None, "this computer", {})
+    qtbot.addWidget(dialog)
+    dialog.address.setText("connect: ipc:///tmp/attention-inspector-k2x9/engine.sock token=6f1cabc")
+    assert dialog.target() == {"address": "ipc:///tmp/attention-inspector-k2x9/engine.sock", "token": "6f1cabc"}
