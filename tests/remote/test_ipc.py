@@ -108,3 +108,15 @@ def test_the_connect_dialog_takes_a_pasted_ipc_line(qtbot):
     qtbot.addWidget(dialog)
     dialog.address.setText("connect: ipc:///tmp/attention-inspector-k2x9/engine.sock token=6f1cabc")
     assert dialog.target() == {"address": "ipc:///tmp/attention-inspector-k2x9/engine.sock", "token": "6f1cabc"}
+
+
+def test_the_connect_dialog_asks_for_a_unix_socket_when_it_starts_the_server(qtbot):
+    from gui.shell.connect_dialog import ConnectDialog
+
+    dialog = ConnectDialog(None, "this computer", {"ssh_host": "gpu-box", "start_server": True})
+    qtbot.addWidget(dialog)
+    assert dialog.tabs.currentIndex() == 1 and dialog.unix_socket.isEnabled()
+    dialog.unix_socket.setChecked(True)
+    assert dialog.target()["remote_socket"] is True and dialog.target()["start_server"] is True
+    dialog.start_server.setChecked(False)  # a server already running: its port, as typed
+    assert not dialog.unix_socket.isEnabled() and dialog.target()["remote_socket"] is False
