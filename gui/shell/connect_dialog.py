@@ -69,6 +69,7 @@ class ConnectDialog(QDialog):
         self.ssh_token.setEchoMode(QLineEdit.EchoMode.Password)
         self.ssh_token.setPlaceholderText("the running server's token (not needed when the app starts it)")
         self.start_server.toggled.connect(self._start_server_toggled)
+        self.unix_socket.toggled.connect(lambda _on: self._start_server_toggled(self.start_server.isChecked()))
         self._start_server_toggled(self.start_server.isChecked())
         form.addRow("SSH host", self.host)
         form.addRow("Jump host", self.jump)
@@ -106,6 +107,7 @@ class ConnectDialog(QDialog):
     def _start_server_toggled(self, on: bool) -> None:
         self.ssh_token.setEnabled(not on)
         self.unix_socket.setEnabled(on)  # a server already running: its own port (or socket: forward it yourself)
+        self.port.setEnabled(not (on and self.unix_socket.isChecked()))  # a socket has no port
 
     def _use_local(self) -> None:
         self._local = True

@@ -118,5 +118,6 @@ def test_the_connect_dialog_asks_for_a_unix_socket_when_it_starts_the_server(qtb
     assert dialog.tabs.currentIndex() == 1 and dialog.unix_socket.isEnabled()
     dialog.unix_socket.setChecked(True)
     assert dialog.target()["remote_socket"] is True and dialog.target()["start_server"] is True
+    assert not dialog.port.isEnabled()  # a socket has no port
     dialog.start_server.setChecked(False)  # a server already running: its port, as typed
-    assert not dialog.unix_socket.isEnabled() and dialog.target()["remote_socket"] is False
+    assert not dialog.unix_socket.isEnabled() and dialog.target()["remote_socket"] is False and dialog.port.isEnabled()
