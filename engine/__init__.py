@@ -8,8 +8,8 @@
     session.trace.attention_overview("self", 0, rows=512, cols=512)   # pooled, for long contexts
 """
 
-from .config import ModelConfig
-from .device import share_cpu_with_ui
+from typing import TYPE_CHECKING
+
 from .errors import (
     Cancelled,
     CaptureError,
@@ -25,10 +25,31 @@ from .errors import (
     TokenizerError,
     UnsupportedArchitectureError,
 )
-from .model import Model
 from .sampling import SamplingSettings, distribution
-from .session import Session, Step
 from .trace import KINDS, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .cpu_threads import share_cpu_with_ui
+    from .model import Model
+    from .session import Session, Step
+
+# What needs torch is imported when first asked for (PEP 562), so `import engine` — the errors, the Trace, the
+# sampling settings, everything a window reaching a remote engine uses — works on a machine without torch.
+_LAZY = {"Model": ".model", "ModelConfig": ".config", "Session": ".session", "Step": ".session",
+         "share_cpu_with_ui": ".cpu_threads"}
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "KINDS", "Cancelled", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError",

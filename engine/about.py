@@ -12,8 +12,12 @@ __all__ = ["app_version", "engine_versions", "version_text"]
 
 def engine_versions() -> dict[str, str]:
     """{"python", "torch", "cuda", "device"}: what the engine runs on here; "device" is the one a model opens
-    on by default (CUDA when present, else the CPU), with the GPU's name."""
-    import torch
+    on by default (CUDA when present, else the CPU), with the GPU's name; without torch installed, says so."""
+    try:
+        import torch
+    except ImportError:  # a client-only install: models run on an engine server
+        return {"python": platform.python_version(), "torch": "not installed", "cuda": "none",
+                "device": "none: torch is not installed (connect to an engine server)"}
 
     from .device import resolve_device
 

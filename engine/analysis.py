@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .chunked_analysis import pattern_statistics_chunked
 from .errors import CaptureError, SessionError
-from .model import Model
+from .lazy_torch import torch
 from .trace import Trace, capture_name
+
+if TYPE_CHECKING:
+    from .model import Model
 
 WHOLE_PATTERN_BYTES = 256 * 1024 * 1024  # float64 copy of a layer's pattern beyond which statistics go by chunks
 STATISTICS = ("entropy", "prev_token", "induction", "sink", "distance")

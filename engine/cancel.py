@@ -29,8 +29,13 @@ def as_check(cancel: Any) -> Callable[[], bool] | None:
 
 @contextmanager
 def cancellable(cancel: Any) -> Iterator[None]:
-    """Forwards run inside this block raise Cancelled at their next cancel point once `cancel` is set."""
-    token = _FLAG.set(as_check(cancel))
+    """Forwards run inside this block raise Cancelled at their next cancel point once `cancel` is set. `cancel`
+    None keeps the enclosing block's flag (a session's step without its own flag inside a caller's block)."""
+    check = as_check(cancel)
+    if check is None:
+        yield
+        return
+    token = _FLAG.set(check)
     try:
         yield
     finally:

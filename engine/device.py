@@ -8,9 +8,14 @@ from pathlib import Path
 
 import torch
 
+from .cpu_threads import apply_pending, share_cpu_with_ui, usable_cores
 from .errors import DeviceError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["available_devices", "available_memory", "choose_dtype", "is_out_of_memory", "resolve_device", "resolve_dtype",
+           "share_cpu_with_ui", "usable_cores"]
+apply_pending()  # torch is imported now: the thread count a window asked for before it was
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -126,29 +131,3 @@ def choose_dtype(
         return torch.float32, f"float32 on the {device.type.upper()} ({_gb(need)} of weights, {_gb(available)} free)"
     return torch.bfloat16, (f"bfloat16 on the {device.type.upper()}: float32 would need {_gb(need)} of weights, "
                             f"{_gb(available)} free ({_gb(2 * n_params)} in bfloat16)")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
-def share_cpu_with_ui(reserve: int = 1, threads: int | None = None) -> int:
-    """Torch's CPU compute threads for an interactive process: every usable core but `reserve`, so that the
-    window's event loop and its display threads always have a core while a run computes (on 2 cores a
-    two-thread matmul left the GUI thread waiting for a core: event-loop stalls of 100-300 ms). `threads`
-    (or the ATTENTION_INSPECTOR_THREADS environment variable) sets the number outright. Returns it."""
-    wanted = threads
-    if not wanted:
-        raw = os.environ.get("ATTENTION_INSPECTOR_THREADS", "").strip()
-        try:
-            wanted = int(raw) if raw else 0
-        except ValueError:
-            log.warning("ATTENTION_INSPECTOR_THREADS=%r is not a number of threads; using the default", raw)
-            wanted = 0
-    n = wanted if wanted > 0 else max(1, usable_cores() - reserve)
-    torch.set_num_threads(n)
-    return n

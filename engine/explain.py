@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from .errors import CaptureError
-from .modules import Probe, RMSNorm
-from .rotary import inv_frequencies
+from .lazy_torch import torch
 from .trace import Trace, capture_name
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def _forward_inputs(model, trace: Trace, memory: bool = True):  # noqa: ANN001, 
 
 
 def _probe(model, trace: Trace, names: set[str]) -> dict:  # noqa: ANN001
+    from .modules import Probe  # needs torch: imported when used
+
     probe = Probe(names)
     encoder_only = all(n.startswith("encoder.") for n in names)
     with model.guard():  # inference mode; out-of-memory becomes OutOfMemoryError
@@ -200,6 +203,8 @@ PROBE = "~"  # parts whose names start with this ride along through the norms bu
 def _linearised(norm: nn.Module, z: Tensor, parts: dict[str, Tensor], bias_name: str) -> dict[str, Tensor]:
     """Push every part of z (which sum to z) through `norm` with its mean and scale fixed at z's own. A part
     may be a stack of vectors (n, d): each row is pushed through on its own."""
+    from .modules import RMSNorm
+
     if isinstance(norm, RMSNorm):
         rms = torch.sqrt(z.float().pow(2).mean() + norm.eps)
         w = norm.weight.float() + (1.0 if norm.kind == "rmsnorm_gemma" else 0.0)
@@ -220,6 +225,8 @@ def _attention_parts(attn, h: Tensor, ctx, i: int, label: str, norms: dict | Non
                      ) -> tuple[Tensor, dict[str, Tensor]]:
     """The attention output (full) and, at position i, each head's write (and the output bias, as
     "{label}bias"); `norms` collects each head's write norm under the attention's capture name."""
+    from .modules import Probe  # needs torch: imported when used
+
     probe = Probe({attn.name})
     out = attn(h, ctx, None, probe)
     y = probe[attn.name]["y"][0, :, i].float()  # (nh, hs)
@@ -656,6 +663,8 @@ def _native_positions_view(model, n: int = 128) -> dict:  # noqa: ANN001
     if not ropes:
         return {"scheme": "none", "what": "this model adds no positional information", "array": np.zeros((0, 0)), "labels": None}
     layers = {r: [i for i, b in enumerate(stack.layers) if b.attn.spec.rope == r] for r in ropes}
+    from .rotary import inv_frequencies
+
     return {"scheme": "rotary", "what": "rotation frequency (radians per position) of each pair of dims, per layer type",
             "array": np.stack([inv_frequencies(r).numpy() for r in ropes]),
             "labels": [f"layers {', '.join(map(str, layers[r]))}: base {r.theta:g}, {r.kind}" for r in ropes]}

@@ -9,12 +9,15 @@ done on the Trace itself, wherever it is.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import EngineError
 from .session import Session, stop_token_ids
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -33,6 +36,24 @@ def weights_size(folder: Path) -> int:
     return total
 
 
+def torch_installed() -> bool:
+    """Whether torch can be imported here (without importing it): a laptop that only reaches a remote engine may
+    have installed the app without it."""
+    if "torch" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_torch() -> None:
+    """EngineError saying what to do when this computer cannot run a model (torch is not installed)."""
+    if not torch_installed():
+        raise EngineError("torch is not installed on this computer, so models cannot run here: connect to an engine "
+                          "server (File → Connect to engine…), or install torch (pip install torch) to run them here")
+
+
 class LocalEngine:
     """In-process engine: the model lives in this process, on this computer's devices."""
 
@@ -45,7 +66,10 @@ class LocalEngine:
         return "this computer"
 
     def where(self) -> str:
-        """Where models run, for the status bar: "this computer (cpu)"."""
+        """Where models run, for the status bar: "this computer (cpu)"; before torch is imported (a window
+        starts without it, and the first model load imports it in the worker) only "this computer"."""
+        if "torch" not in sys.modules and torch_installed():
+            return "this computer"
         from .about import engine_versions
 
         return f"this computer ({engine_versions()['device']})"
@@ -58,6 +82,7 @@ class LocalEngine:
     def load_model(self, source: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
                    progress: Callable[[float, str], None] | None = None, cancel: Any = None, backend: str = "auto",
                    trust_remote_code: bool = False) -> Any:
+        require_torch()
         from . import load_model
 
         return load_model(source, device=device, dtype=dtype, allow_pickle=allow_pickle, progress=progress, cancel=cancel,
@@ -86,7 +111,14 @@ class LocalEngine:
 
         return cached_model_infos()
 
+    def devices_known_now(self) -> list[str]:
+        """The devices, without importing torch for them: every device once torch is imported, else ["cpu"]
+        (a window asks at start; available_devices() after the first model load adds the GPUs)."""
+        return self.available_devices() if "torch" in sys.modules else ["cpu"]
+
     def available_devices(self) -> list[str]:
+        if not torch_installed():
+            return ["cpu"]  # nothing runs here without torch; a remote engine lists its own
         from .device import available_devices
 
         return available_devices()

@@ -6,16 +6,18 @@ import logging
 import operator
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cancel import cancellable
 from .chat import generation_eos_ids, normalise_messages
-from .errors import PromptError, SessionError
-from .model import Forward, Model
+from .errors import Cancelled, PromptError, SessionError
 from .sampling import SamplingSettings, choose, distribution
 from .trace import LazyLogits, PatternBlock, StepInfo, Trace
+
+if TYPE_CHECKING:
+    from .model import Forward, Model
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +257,10 @@ class Session:
         self._logit_rows.append(fwd.logits[None, :])
 
     # -- stepping -----------------------------------------------------------------------------
-    def step(self, token_id: int | None = None) -> Step:
-        """Choose the next token (greedy or sampled), or force `token_id`, and feed it to the model."""
+    def step(self, token_id: int | None = None, cancel: Any = None) -> Step:
+        """Choose the next token (greedy or sampled), or force `token_id`, and feed it to the model. `cancel` (a
+        threading.Event or callable), set from another thread, stops the forward at its next layer: Cancelled, and
+        the session is as it was before the step (the cache rolled back, nothing recorded)."""
         self._sync_gates()
         if self.finished:
             raise SessionError(f"cannot step: {self._why_finished()}")
@@ -269,7 +273,8 @@ class Session:
             token_id = self._check_token(token_id)
             probs = self.distribution()
             how = "forced"
-        self._feed(position, token_id, how, float(probs[token_id]))
+        with cancellable(cancel):
+            self._feed(position, token_id, how, float(probs[token_id]))
         return Step(position, token_id, self._steps[-1].token, how, probs, logits)
 
     def _feed(self, position: int, token_id: int, how: str, prob: float) -> None:
@@ -341,11 +346,23 @@ class Session:
         self._trace = None
         return last
 
-    def branch(self, token_id: int) -> Step:
-        """Same prefix, another future: undo the last step and force `token_id` instead."""
+    def branch(self, token_id: int, cancel: Any = None) -> Step:
+        """Same prefix, another future: undo the last step and force `token_id` instead. A `cancel` during its
+        forward (Cancelled) puts the undone step back, so the session is as it was."""
         token_id = self._check_token(token_id)
-        self.back()
-        return self.step(token_id)
+        history = list(self.history)
+        undone = self.back()
+        try:
+            return self.step(token_id, cancel=cancel)
+        except Cancelled:
+            self.restore_steps([undone])
+            self.history = history
+            raise
+
+    def restore_steps(self, steps: Sequence[StepInfo]) -> None:
+        """Feed steps undone by back() again, oldest first, as they were (token, how, probability): what a cancelled
+        branch uses to leave the session as it was. One forward each; nothing cancels them."""
+        self.replay([("step", st.token_id, st.how, st.prob) for st in steps])
 
     def mask(self, position: int) -> StepInfo:
         """Encoder-only: replace the token at `position` with the mask token (a step of its own)."""

@@ -7,13 +7,16 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .chat import normalise_messages
 from .errors import EngineError
 from .export import atomic_write
-from .model import Model
 from .session import Session
 from .trace import parse_capture_name
+
+if TYPE_CHECKING:
+    from .model import Model
 
 FORMAT = "attention-inspector-session"
 VERSION = 1

@@ -4,6 +4,9 @@ Loading streams: the network is built on the meta device in its inference layout
 uninitialised storage of the final dtype on the final device, and checkpoint tensors are read a few MB
 of rows at a time straight into it (converting dtype and layout on the way). Peak memory is the model
 plus one small buffer, and progress and cancellation are checked between chunks.
+
+What needs torch (the converters, the network, the weight readers) is imported inside load_model, so importing
+this package (for engine.checkpoints.resolve: bundled models, the cache listing) does not import torch.
 """
 
 from __future__ import annotations
@@ -15,12 +18,9 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .. import multi_device
 from ..config import ModelConfig
-from ..device import available_memory, choose_dtype, is_out_of_memory, resolve_device
 from ..errors import (
     CheckpointError,
     LoadCancelled,
@@ -28,21 +28,30 @@ from ..errors import (
     TokenizerError,
     UnsupportedArchitectureError,
 )
-from ..inference_layout import materialize, prefers_transposed, release, to_inference_layout
-from ..model import Model
-from ..network import Transformer
+from ..lazy_torch import torch
 from ..placement import Placement
-from ..tokenizer import Tokenizer
-from .mapping import plan
-from .registry import CONVERTERS, SUPPORTED
 from .resolve import CachedModel, bundled_models, cached_model_infos, cached_models, resolve
-from .support import native_refusal, unsupported_model_type, unsupported_quantization
-from .weights import WeightFiles, fill_piece, fill_whole, pieces
+
+if TYPE_CHECKING:
+    from ..model import Model
+    from ..tokenizer import Tokenizer
+    from .registry import SUPPORTED
+    from .weights import WeightFiles
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SUPPORTED", "CachedModel", "Progress", "bundled_models", "cached_model_infos", "cached_models",
            "load_model", "read_config", "resolve"]
+
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SUPPORTED":  # the converters' model_types: importing them imports torch
+        from .registry import SUPPORTED
+
+        return SUPPORTED
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 MASK_TOKENS = ("[MASK]", "<mask>")
 Progress = Callable[[float, str], None]  # (fraction done 0..1, short message)
@@ -63,6 +72,9 @@ def read_config(folder: Path) -> dict:
 
 
 def _converter(hf: dict, folder: Path):  # noqa: ANN202 - a mapping.Converter
+    from .registry import CONVERTERS
+    from .support import unsupported_model_type, unsupported_quantization
+
     why = unsupported_model_type(hf) or unsupported_quantization(hf)
     if why:
         raise UnsupportedArchitectureError(f"{folder / 'config.json'} has {why}")
@@ -135,6 +147,8 @@ def _dest(net: torch.nn.Module, name: str) -> torch.Tensor:
 
 
 def _fill(net: torch.nn.Module, resolved: dict, weights: WeightFiles, meter: _Meter) -> None:
+    from .weights import fill_piece, fill_whole, pieces
+
     plans = []
     for ours, (source, keys) in resolved.items():
         dest = _dest(net, ours)
@@ -184,6 +198,16 @@ def load_model(
     (`model.dtype_reason` says which and why). `progress(fraction, message)` is called as bytes are read;
     `cancel` (a threading.Event, or a callable returning True) stops the load with LoadCancelled, having
     freed what it allocated."""
+    from .. import multi_device
+    from ..device import choose_dtype, is_out_of_memory, resolve_device
+    from ..inference_layout import materialize, prefers_transposed, release, to_inference_layout
+    from ..model import Model
+    from ..network import Transformer
+    from ..tokenizer import Tokenizer
+    from .mapping import plan
+    from .support import native_refusal
+    from .weights import WeightFiles
+
     t0 = time.perf_counter()
     cancelled = _cancel_check(cancel)
     spread = device if isinstance(device, Placement) else None  # a model over several devices, as planned
@@ -277,6 +301,8 @@ def load_model(
 def _check_fits(name: str, nbytes: int, dev: torch.device, dtype: str) -> None:
     """Refuse a CPU load whose weights alone exceed the free RAM (Linux would overcommit the allocation,
     then kill the app part-way through the fill)."""
+    from ..device import available_memory
+
     if dev.type != "cpu":
         return  # CUDA refuses an allocation that does not fit by itself
     free = available_memory()

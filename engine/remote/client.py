@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..about import app_version
-from ..errors import EngineError
+from ..errors import Cancelled, EngineError
 from ..sampling import SamplingSettings, distribution
 from ..session import live_events
 from .connection import CONNECT_TIMEOUT_S, Connection
@@ -42,8 +42,8 @@ def connect(address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> Rem
 
 def _handshake(conn: Connection, timeout: float) -> dict:
     try:
-        return conn.call("hello", {"protocol": PROTOCOL_VERSION, "app_version": app_version(),
-                                   "capabilities": list(CAPABILITIES), "client": conn.client_id}, timeout=timeout)
+        return conn.open({"protocol": PROTOCOL_VERSION, "app_version": app_version(),
+                          "capabilities": list(CAPABILITIES), "client": conn.client_id}, timeout=timeout)
     except EngineGone as exc:
         conn.close()
         raise EngineGone(f"no engine answers at {conn.address} (is `attention-inspector serve` running there, and the "
@@ -571,11 +571,11 @@ class RemoteSession:
                 self._mirror.seed_row(*answer["row"])
         return answer.get("result")
 
-    def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _do(self, method: str, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
         self._gate_version = self.model.gate_version  # the server recomputes first if the gates changed
         answer = self.engine.call("session", {"session": self.handle, "method": method, "args": list(args),
                                               "kwargs": kwargs, "history_known": len(self.history),
-                                              "with_row": self.engine.prefetch_logits})
+                                              "with_row": self.engine.prefetch_logits}, cancel=cancel)
         return self._take(answer)
 
     # -- as engine.Session ---------------------------------------------------------------------
@@ -616,17 +616,30 @@ class RemoteSession:
     def distribution(self, position: int | None = None) -> np.ndarray:
         return self._do("distribution", position)
 
-    def step(self, token_id: int | None = None) -> RemoteStep:
+    def step(self, token_id: int | None = None, cancel: Any = None) -> RemoteStep:
+        """As engine.Session.step; `cancel` (an Event or a callable) stops the forward on the server (Cancelled,
+        the session as it was)."""
         before, settings = self.trace, self.settings
-        r = self._do("step", token_id)
+        r = self._do("step", token_id, cancel=cancel)
         return RemoteStep(r["position"], r["token_id"], r["token"], r["how"], before, settings)
 
     def back(self) -> Any:
         return self._do("back")
 
-    def branch(self, token_id: int) -> RemoteStep:
+    def branch(self, token_id: int, cancel: Any = None) -> RemoteStep:
+        """As engine.Session.branch: a cancelled one puts the undone step back."""
+        undone = self.steps[-1] if self.steps else None
         self.back()
-        return self.step(token_id)
+        try:
+            return self.step(token_id, cancel=cancel)
+        except Cancelled:
+            if undone is not None:
+                self.restore_steps([undone])
+            raise
+
+    def restore_steps(self, steps: Sequence[Any]) -> None:
+        """As engine.Session.restore_steps: steps undone by back() fed again as they were."""
+        self.replay([("step", st.token_id, st.how, st.prob) for st in steps])
 
     def mask(self, position: int) -> Any:
         return self._do("mask", int(position))

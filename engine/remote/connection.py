@@ -7,12 +7,18 @@ libzmq I/O thread (no Python, no GIL: a server busy loading a model still answer
 that reports the TCP connection closing. A server killed or crashed closes it at once; a link that died
 silently misses its heartbeats. Either way every waiting call fails with EngineGone at once, and so does
 every later call, until reconnect().
+
+Replay protection (see server.py): open() asks for a challenge, and the hello names it; from then on each
+request is stamped with that session id and the next sequence number, assigned under the lock that queues it
+(so numbers leave in order, whichever thread asked), and an answer is taken only when it carries this
+session's id and a number above the last one taken.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -21,13 +27,28 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .protocol import AuthenticationError, BadMessage, EngineGone, is_refusal, pack, raise_error, unpack
+from .protocol import (
+    AuthenticationError,
+    BadMessage,
+    EngineGone,
+    Prepared,
+    RemoteEngineError,
+    is_refusal,
+    raise_error,
+    replay_refused_id,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_MS = 1000  # ZMTP PING this often
 HEARTBEAT_TIMEOUT_MS = 10_000  # no traffic at all for this long: libzmq drops the connection
 CONNECT_TIMEOUT_S = 15.0  # a server busy loading may take a while to shake hands
+
+
+def endpoint(address: str) -> str:
+    """"HOST:PORT" -> tcp://HOST:PORT; "ipc:///path/to/socket" (a server's --ipc) as it is."""
+    return address if address.startswith("ipc://") else f"tcp://{address}"
 
 
 class _Pending:
@@ -47,6 +68,9 @@ class Connection:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._ids = itertools.count(1)
+        self.session = ""  # the server's challenge, once the hello named it (see open())
+        self._seq_out = 0  # the last sequence number stamped on a request (under _lock)
+        self._seq_in = 0  # the last one taken from an answer (I/O thread)
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
         self._ctx = zmq.Context()
@@ -56,7 +80,7 @@ class Connection:
         self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connected = False
-        self._sock.connect(f"tcp://{address}")
+        self._sock.connect(endpoint(address))
         self._wake_name = f"inproc://wake-{id(self)}"
         self._wake_in = self._ctx.socket(zmq.PAIR)
         self._wake_in.bind(self._wake_name)
@@ -68,6 +92,17 @@ class Connection:
         self._thread.start()
 
     # -- calling threads -------------------------------------------------------------------------
+    def open(self, hello: dict, timeout: float) -> Any:
+        """The handshake: ask for a challenge (our nonce echoed proves the answer is fresh), then send `hello`
+        as the session's first message. Returns the hello's answer."""
+        nonce = secrets.token_hex(16)
+        answer = self.call("challenge", {"nonce": nonce}, timeout=timeout)
+        if not isinstance(answer, dict) or answer.get("nonce") != nonce or not answer.get("challenge"):
+            raise BadMessage("the server's challenge did not answer this connection's (a replayed answer?)")
+        with self._lock:
+            self.session, self._seq_out = str(answer["challenge"]), 0
+        return self.call("hello", hello, timeout=timeout)
+
     def call(self, op: str, body: Any = None, progress: Callable[[Any], None] | None = None, cancel: Any = None,
              timeout: float | None = None) -> Any:
         """Send `op` and wait for its answer (re-raising the server's engine errors as the same classes).
@@ -77,10 +112,10 @@ class Connection:
             raise EngineGone(self.gone)
         rid = next(self._ids)
         pending = _Pending(progress)
-        frames = pack(self.key, {"id": rid, "op": op, "client": self.client_id}, body)
+        message = Prepared(self.key, {"id": rid, "op": op, "client": self.client_id}, body)
         with self._lock:
             self._pending[rid] = pending
-            self._send(frames)
+            self._send(message)
         deadline = None if timeout is None else time.monotonic() + timeout
         cancel_sent = False
         is_cancelled = cancel if callable(cancel) and not hasattr(cancel, "is_set") else getattr(cancel, "is_set", None)
@@ -105,11 +140,16 @@ class Connection:
         if self.gone:
             return
         rid = next(self._ids)
+        message = Prepared(self.key, {"id": rid, "op": op}, body)
         with self._lock:
-            self._send(pack(self.key, {"id": rid, "op": op}, body))
+            self._send(message)
 
-    def _send(self, frames: list) -> None:  # under the lock
-        self._outbox.append(frames)
+    def _send(self, message: Prepared) -> None:  # under the lock: numbers are taken in the order they are queued
+        if self.session:
+            self._seq_out += 1
+            self._outbox.append(message.stamp(self.session, self._seq_out))
+        else:  # only the challenge goes before there is a session
+            self._outbox.append(message.stamp("", 0))
         self._wake_out.send(b"")
 
     def close(self) -> None:
@@ -169,14 +209,33 @@ class Connection:
     def _receive(self, frames: list[bytes]) -> None:
         self.bytes_received += sum(len(f) for f in frames)
         if is_refusal(frames):
-            self._fail_all(AuthenticationError(f"the engine at {self.address} refused the token; copy the token from the "
-                                               "server's `connect:` line (or its --token-file)"))
+            self._fail_all(AuthenticationError(
+                f"the engine at {self.address} refused the token; copy the token from the server's `connect:` line (or "
+                "its --token-file); or the server runs an attention-inspector older than this client (protocol < 3)"))
+            return
+        refused = replay_refused_id(frames)
+        if refused is not False:
+            with self._lock:
+                pending = self._pending.pop(refused, None) if refused is not None else None
+            log.warning("the engine at %s refused request %s as replayed or out of order", self.address, refused)
+            if pending is not None:
+                pending.error = RemoteEngineError(f"the engine at {self.address} refused a request as replayed or out of "
+                                                  "order; reconnect")
+                pending.done.set()
             return
         try:
             head, body = unpack(self.key, frames)
         except BadMessage as exc:
             log.warning("dropped a message from %s: %s", self.address, exc)
             return
+        fresh = (head["sid"] == self.session and head["seq"] > self._seq_in) if self.session \
+            else (head["sid"] == "" and head["seq"] == 0)  # the challenge's answer (its nonce is checked in open())
+        if not fresh:
+            log.warning("dropped a message from %s: %s (replayed or out of order)", self.address,
+                        f"session {str(head['sid'])[:8]}…, number {head['seq']} after {self._seq_in}")
+            return
+        if self.session:
+            self._seq_in = head["seq"]
         with self._lock:
             pending = self._pending.get(head.get("id"))
         if pending is None:

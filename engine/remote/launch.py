@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import select
 import socket
 import subprocess
@@ -25,14 +26,15 @@ from .protocol import RemoteEngineError
 
 log = logging.getLogger(__name__)
 
-CONNECT_LINE = re.compile(r"^connect: (?P<address>\S+:\d+) (?:token=(?P<token>\S+)|token-file=(?P<file>.+))$")
+CONNECT_LINE = re.compile(r"^connect: (?P<address>ipc://\S+|\S+:\d+) (?:token=(?P<token>\S+)|token-file=(?P<file>.+))$")
 SERVER_START_S = 60.0  # importing torch on a cold disk takes a while
 ALIVE_INTERVAL_S = 15
 DEFAULT_PORT = 5555
 
 
 def parse_connect_line(line: str) -> tuple[str, str | None, str | None]:
-    """"connect: HOST:PORT token=…" -> (address, token, token file); RemoteEngineError for anything else."""
+    """"connect: HOST:PORT token=…" (or "connect: ipc:///path token=…") -> (address, token, token file);
+    RemoteEngineError for anything else."""
     m = CONNECT_LINE.match(line.strip())
     if m is None:
         raise RemoteEngineError(f"the server did not print its connect line (it printed {line.strip()[:200]!r})")
@@ -47,10 +49,12 @@ def free_port() -> int:
 
 def spawn_server(port: int = 0, token_file: Path | None = None, models_dirs: Sequence[Path] = (),
                  python: str = sys.executable, stderr: object = None, env: dict | None = None,
-                 timeout: float = SERVER_START_S, device: str | None = None) -> tuple[subprocess.Popen, str, str]:
+                 timeout: float = SERVER_START_S, device: str | None = None,
+                 extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen, str, str]:
     """Start `python -m engine.remote.cli` here and wait for its connect line -> (process, address, token).
-    `device`: its --device (where a load that names none goes; "auto": spread over the GPUs, then the CPU)."""
-    cmd = [python, "-m", "engine.remote.cli", "--port", str(port)]
+    `device`: its --device (where a load that names none goes; "auto": spread over the GPUs, then the CPU);
+    `extra_args`: more `serve` options (--trust-remote-code, --ipc)."""
+    cmd = [python, "-m", "engine.remote.cli", "--port", str(port), *extra_args]
     if device is not None:
         cmd += ["--device", device]
     if token_file is not None:
@@ -74,12 +78,14 @@ def spawn_server(port: int = 0, token_file: Path | None = None, models_dirs: Seq
     return proc, address, token
 
 
-def ssh_tunnel_command(host: str, local_port: int, remote_port: int, jump: str | None = None,
-                       ssh: str = "ssh") -> list[str]:
-    """`ssh -N -L local:127.0.0.1:remote host`: the laptop's local_port reaches the server's loopback port."""
+def ssh_tunnel_command(host: str, local_port: int, remote_port: int | None, jump: str | None = None,
+                       ssh: str = "ssh", remote_socket: str | None = None) -> list[str]:
+    """`ssh -N -L local:127.0.0.1:remote host`: the laptop's local_port reaches the server's loopback port; with
+    `remote_socket`, `-L local:/path/engine.sock`: it reaches the unix socket of a server started with --ipc."""
     _check_host(host)
+    target = f"127.0.0.1:{int(remote_port)}" if remote_socket is None else _check_socket(remote_socket)
     cmd = [ssh, "-N", "-o", f"ServerAliveInterval={ALIVE_INTERVAL_S}", "-o", "ServerAliveCountMax=3",
-           "-o", "ExitOnForwardFailure=yes", "-L", f"{int(local_port)}:127.0.0.1:{int(remote_port)}"]
+           "-o", "ExitOnForwardFailure=yes", "-L", f"{int(local_port)}:{target}"]
     if jump:
         _check_host(jump)
         cmd += ["-J", jump]
@@ -87,28 +93,42 @@ def ssh_tunnel_command(host: str, local_port: int, remote_port: int, jump: str |
 
 
 def ssh_serve_command(host: str, remote_port: int, jump: str | None = None, ssh: str = "ssh",
-                      local_port: int | None = None) -> list[str]:
+                      local_port: int | None = None, remote_socket: str | None = None) -> list[str]:
     """Start `attention-inspector serve` on `host` (installed there) and forward its port in the same ssh, so
     closing the ssh stops both. The server's connect line (with the token) comes back on ssh's stdout: the
-    token never appears on a command line."""
-    cmd = ssh_tunnel_command(host, local_port or remote_port, remote_port, jump, ssh)
+    token never appears on a command line. With `remote_socket` (a path whose folder does not exist yet) the
+    server listens there (`serve --ipc PATH`: no TCP port at all on the server) and ssh forwards to it."""
+    cmd = ssh_tunnel_command(host, local_port or remote_port, remote_port, jump, ssh, remote_socket)
     cmd.remove("-N")
-    return [*cmd, "attention-inspector", "serve", "--port", str(int(remote_port))]
+    listen = ["--port", str(int(remote_port))] if remote_socket is None else ["--ipc", remote_socket]
+    return [*cmd, "attention-inspector", "serve", *listen]
+
+
+def fresh_remote_socket() -> str:
+    """A socket path for `serve --ipc` on another machine: a new folder name under /tmp (the server makes it, mode
+    700, and refuses if it exists: nobody can have put one there first)."""
+    return f"/tmp/attention-inspector-{secrets.token_hex(8)}/engine.sock"
 
 
 def open_remote(address: str | None = None, token: str | None = None, ssh_host: str | None = None,
                 jump: str | None = None, remote_port: int = DEFAULT_PORT, start_server: bool = False,
-                ssh: str = "ssh") -> Any:
-    """A RemoteEngine reached either at `address` with `token` (a port already forwarded), or through an ssh
-    tunnel to `ssh_host` (optionally via `jump`) to its 127.0.0.1:`remote_port`, starting the server there
-    first when `start_server`. The tunnel closes with the engine."""
+                ssh: str = "ssh", remote_socket: str | bool | None = None) -> Any:
+    """A RemoteEngine reached either at `address` with `token` (a port already forwarded, or an ipc:// address),
+    or through an ssh tunnel to `ssh_host` (optionally via `jump`) to its 127.0.0.1:`remote_port` (or to the
+    unix socket `remote_socket` of a server started with --ipc; True with `start_server`: a fresh one), starting
+    the server there first when `start_server`. The tunnel closes with the engine."""
     from .client import connect
 
     tunnel = None
     if ssh_host:
         local = free_port()
-        cmd = (ssh_serve_command(ssh_host, remote_port, jump, ssh, local_port=local) if start_server
-               else ssh_tunnel_command(ssh_host, local, remote_port, jump, ssh))
+        if remote_socket is True:
+            if not start_server:
+                raise RemoteEngineError("name the server's socket path (its `connect: ipc://…` line), or start the server")
+            remote_socket = fresh_remote_socket()
+        socket_path = remote_socket or None
+        cmd = (ssh_serve_command(ssh_host, remote_port, jump, ssh, local_port=local, remote_socket=socket_path)
+               if start_server else ssh_tunnel_command(ssh_host, local, remote_port, jump, ssh, socket_path))
         tunnel = Tunnel(cmd, local)
         try:
             if start_server:
@@ -128,6 +148,13 @@ def open_remote(address: str | None = None, token: str | None = None, ssh_host: 
         raise
     eng.tunnel = tunnel
     return eng
+
+
+def _check_socket(path: str) -> str:
+    path = path.removeprefix("ipc://")
+    if not path.startswith("/") or ":" in path or any(c.isspace() for c in path):
+        raise RemoteEngineError(f"{path!r} is not a socket path ssh can forward to (absolute, without ':' or spaces)")
+    return path
 
 
 def _check_host(host: str) -> None:

@@ -1,11 +1,14 @@
 """The wire format of the remote engine: signed multipart ZeroMQ messages, as Jupyter's kernels use.
 
-A message is the frames [signature, header, buffer 0, buffer 1, ...]. The header is UTF-8 JSON; every
+A message is the frames [signature, header, buffer 0, buffer 1, ..., stamp]. The header is UTF-8 JSON; every
 numpy array in the body is replaced by {"$nd": i} and sent as raw bytes in buffer i (dtype and shape in
 the header), so a 10 MB pattern costs one copy, not a text encoding. The signature is the hex HMAC-SHA256
 of every frame after it, keyed with the connection token; a message whose signature does not match is
-refused before anything in it is parsed. Nothing is ever unpickled: the body decodes only into plain
-values, numpy arrays and the few engine dataclasses registered in DATACLASSES.
+refused before anything in it is parsed. The last frame is the stamp, {"sid": session id, "seq": n}: the
+session id comes from the handshake (a challenge the server issues once, see server.py), and n grows by one
+with every message each side sends, so a message captured on the wire and sent again is refused. Nothing
+is ever unpickled: the body decodes only into plain values, numpy arrays and the few engine dataclasses
+registered in DATACLASSES.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ log = logging.getLogger(__name__)
 
 # bump whenever a message's meaning changes; the handshake refuses any other. 2: neuron gates, MLP neurons and
 # patching; a gate change answers with every gate; the transformers backend's trace (expert routing records,
-# experts per layer, layers without attention)
-PROTOCOL_VERSION = 2
+# experts per layer, layers without attention).
+# 3: replay protection (a challenge before the hello; every message stamped with the connection's session id and
+# a sequence number, both signed)
+PROTOCOL_VERSION = 3
 CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates",
                 "neuron-gates", "mlp", "patching", "transformers-backend")
 ALLOWED_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split())
@@ -143,19 +148,46 @@ def sign(key: bytes, frames: Sequence[bytes | memoryview]) -> bytes:
     return mac.hexdigest().encode("ascii")
 
 
-def pack(key: bytes, header: dict, body: Any = None) -> list:
-    """header (plain JSON: id, op, ...) + body (anything encode() takes) -> frames to send."""
-    arrays: list[np.ndarray] = []
-    payload = encode(body, arrays)
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    head = dict(header, body=payload, buffers=[[a.dtype.name, list(a.shape)] for a in arrays])
-    frames = [json.dumps(head, separators=(",", ":")).encode("utf-8"), *(memoryview(a).cast("B") if a.size else b"" for a in arrays)]
-    return [sign(key, frames), *frames]
+class Prepared:
+    """A message encoded and signed up to its stamp: the expensive part (arrays hashed into the MAC) done in
+    the thread that made it; stamp() adds the session id and sequence number and finishes the signature
+    cheaply, in the one thread that sends (so sequence numbers go out in order)."""
+
+    __slots__ = ("frames", "mac")
+
+    def __init__(self, key: bytes, header: dict, body: Any = None) -> None:
+        arrays: list[np.ndarray] = []
+        payload = encode(body, arrays)
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        head = dict(header, body=payload, buffers=[[a.dtype.name, list(a.shape)] for a in arrays])
+        self.frames = [json.dumps(head, separators=(",", ":")).encode("utf-8"),
+                       *(memoryview(a).cast("B") if a.size else b"" for a in arrays)]
+        self.mac = hmac.new(key, digestmod=hashlib.sha256)
+        for frame in self.frames:
+            self.mac.update(frame)
+
+    def stamp(self, session: str, seq: int) -> list:
+        """-> frames to send: [signature, header, buffers..., stamp]; the stamp {"sid", "seq"} is signed with the rest."""
+        stamp = json.dumps({"sid": session, "seq": int(seq)}, separators=(",", ":")).encode("ascii")
+        mac = self.mac.copy()
+        mac.update(stamp)
+        return [mac.hexdigest().encode("ascii"), *self.frames, stamp]
+
+    def unstamped(self) -> list:
+        """-> frames as protocol 2 and older sent them (only to tell such a client to upgrade)."""
+        return [self.mac.hexdigest().encode("ascii"), *self.frames]
+
+
+def pack(key: bytes, header: dict, body: Any = None, session: str = "", seq: int = 0) -> list:
+    """header (plain JSON: id, op, ...) + body (anything encode() takes), stamped with the connection's session
+    id and this message's sequence number -> frames to send."""
+    return Prepared(key, header, body).stamp(session, seq)
 
 
 def unpack(key: bytes, frames: Sequence[bytes]) -> tuple[dict, Any]:
-    """Frames received -> (header, body); BadMessage when the signature does not match (checked in
-    constant time, before the header is parsed) or the message is malformed."""
+    """Frames received -> (header, body); the stamp's "sid" and "seq" are put into the header (None for a
+    message from a client older than protocol 3, which has no stamp). BadMessage when the signature does
+    not match (checked in constant time, before anything is parsed) or the message is malformed."""
     if len(frames) < 2:
         raise BadMessage("a message has at least a signature and a header")
     signature, rest = bytes(frames[0]), list(frames[1:])
@@ -164,6 +196,12 @@ def unpack(key: bytes, frames: Sequence[bytes]) -> tuple[dict, Any]:
     try:
         head = json.loads(bytes(rest[0]).decode("utf-8"))
         specs = head.pop("buffers")
+        stamp: dict = {"sid": None, "seq": None}
+        if len(rest) == len(specs) + 2:  # the stamp after the buffers (protocol 3 on)
+            stamp = json.loads(bytes(rest.pop()).decode("ascii"))
+            if not isinstance(stamp.get("sid"), str) or not isinstance(stamp.get("seq"), int):
+                raise ValueError("a malformed stamp")
+        head.update(sid=stamp["sid"], seq=stamp["seq"])
         if len(specs) != len(rest) - 1:
             raise ValueError(f"{len(specs)} buffers announced, {len(rest) - 1} sent")
         arrays = []
@@ -185,8 +223,29 @@ def unpack(key: bytes, frames: Sequence[bytes]) -> tuple[dict, Any]:
 REFUSED = [b"", b'{"refused":"bad-signature"}']
 
 
+def replay_refusal(request_id: Any) -> list:
+    """The answer to a signed message the server has seen before, or one out of order, or of a session it does
+    not know (nothing ran): unsigned, as it may go to whoever replayed it, naming only the request id."""
+    rid = request_id if isinstance(request_id, int) else None
+    return [b"", json.dumps({"refused": "replayed", "id": rid}).encode("ascii")]
+
+
 def is_refusal(frames: Sequence[bytes]) -> bool:
     return len(frames) == 2 and bytes(frames[0]) == b"" and bytes(frames[1]) == REFUSED[1]
+
+
+def replay_refused_id(frames: Sequence[bytes]) -> int | None | bool:
+    """The request id a replay refusal names (None when it names none); False for any other message."""
+    if len(frames) != 2 or bytes(frames[0]) != b"":
+        return False
+    try:
+        answer = json.loads(bytes(frames[1]).decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(answer, dict) or answer.get("refused") != "replayed":
+        return False
+    rid = answer.get("id")
+    return rid if isinstance(rid, int) else None
 
 
 def error_body(exc: BaseException) -> dict:

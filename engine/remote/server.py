@@ -4,6 +4,14 @@ One thread owns the socket (receives, verifies, answers the handshake, pings, ca
 at once); one engine thread runs everything that touches a model, in order (models and sessions are not
 thread-safe). Its answers come back to the socket thread over an in-process pipe, so the socket is only
 ever used by one thread, as ZeroMQ requires.
+
+Replay protection: a client first asks for a challenge (a random nonce the server issues once, with no
+other effect); its hello names that nonce, which becomes the connection's session id, bound to the
+connection it came on. From then on every message either side sends is stamped with the session id and a
+sequence number one higher than its last (signed with the rest); the server refuses and logs a message of
+an unknown session, from another connection, or not newer than the last it took, so a captured request
+sent again runs nothing. Replies are stamped here, in the socket thread, at the moment they are sent, so
+their numbers go out in order whichever thread made them.
 """
 
 from __future__ import annotations
@@ -11,10 +19,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
 import logging
+import os
 import platform
 import queue
+import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +36,7 @@ from ..errors import Cancelled, CaptureError, CheckpointError, EngineError, Load
 from ..local import LocalEngine
 from ..session import expert_gates, live_events, stop_token_ids
 from .delta import TraceSender
-from .protocol import PROTOCOL_VERSION, REFUSED, BadMessage, error_body, pack, unpack
+from .protocol import PROTOCOL_VERSION, REFUSED, BadMessage, Prepared, error_body, replay_refusal, unpack
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +50,19 @@ MODEL_METHODS = frozenset({"set_head_gate", "clear_gates", "gates", "set_neuron_
                            "stop_token_ids", "end_of_turn_ids", "set_expert_gate", "clear_expert_gates", "expert_gates"})
 EXPERT_METHODS = frozenset({"set_expert_gate", "clear_expert_gates", "expert_gates"})
 FAST_OPS = frozenset({"hello", "ping", "cancel", "logits"})
+CHALLENGE_TTL_S = 60.0  # a hello must name a challenge issued this recently
+CHALLENGES_KEPT = 256  # challenges asked for but not yet used (a flood of them drops the oldest)
+LINKS_KEPT = 256  # connections' sessions remembered (a newer handshake drops the oldest)
 PARTIAL_WHEN_CANCELLED = frozenset({"patch_sweep"})  # a cancelled one answers what it computed (nothing yet), as in-process
+
+
+class Link:
+    """One handshaken connection: its ZeroMQ identity, the last sequence number it sent, the last one sent to it."""
+
+    __slots__ = ("ident", "last_in", "last_out")
+
+    def __init__(self, ident: bytes) -> None:
+        self.ident, self.last_in, self.last_out = ident, 1, 0
 
 
 def base_version(version: str) -> str:
@@ -48,24 +72,35 @@ def base_version(version: str) -> str:
 
 class EngineServer:
     def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = (),
-                 device: str | None = None) -> None:
+                 device: str | None = None, trust_remote_code: bool = False, ipc_path: Path | None = None) -> None:
         from ..about import app_version
 
         self.device = device  # where a load that names no device goes ("auto": over the GPUs, then the CPU)
         self.key = token.encode("utf-8")
+        self.trust_remote_code = bool(trust_remote_code)  # run a checkpoint's own code (auto_map) when a client asks
         self.models_dirs = tuple(Path(d).expanduser().resolve() for d in models_dirs)
         self.app_version = app_version()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.port = self.sock.bind_to_random_port(f"tcp://{bind}") if not port else port
-        if port:
-            self.sock.bind(f"tcp://{bind}:{port}")
+        if ipc_path is not None:  # a unix socket (its folder private: see cli.private_socket_path), no TCP port
+            self.sock.bind(f"ipc://{ipc_path}")
+            os.chmod(ipc_path, 0o600)
+            self.port = None
+            self.endpoint = f"ipc://{ipc_path}"
+        else:
+            self.port = self.sock.bind_to_random_port(f"tcp://{bind}") if not port else port
+            if port:
+                self.sock.bind(f"tcp://{bind}:{port}")
+            self.endpoint = f"{bind}:{self.port}"
         self.bind = bind
         self._inbox: queue.Queue = queue.Queue()
         self._pipe_name = f"inproc://engine-replies-{id(self)}"
         self._replies = self.ctx.socket(zmq.PULL)
         self._replies.bind(self._pipe_name)
+        self._outbox: queue.Queue = queue.Queue()  # (ident, session id, Prepared) from the engine thread
+        self._challenges: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._links: collections.OrderedDict[str, Link] = collections.OrderedDict()
         self._cancels: dict[int, threading.Event] = {}
         self._stopping = threading.Event()
         self.local = LocalEngine()
@@ -89,8 +124,13 @@ class EngineServer:
             if self._replies in events:
                 while True:
                     try:
-                        self.sock.send_multipart(self._replies.recv_multipart(zmq.NOBLOCK))
+                        self._replies.recv(zmq.NOBLOCK)
                     except zmq.Again:
+                        break
+                while True:
+                    try:
+                        self._send(*self._outbox.get_nowait())
+                    except queue.Empty:
                         break
             if self.sock in events:
                 while True:
@@ -108,6 +148,15 @@ class EngineServer:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _send(self, ident: bytes, sid: str, message: Prepared) -> None:
+        """Stamp (the link's next sequence number) and send; socket thread only."""
+        link = self._links.get(sid)
+        if link is None or link.ident != ident:
+            log.debug("an answer for a connection no longer known was dropped")
+            return
+        link.last_out += 1
+        self.sock.send_multipart([ident, *message.stamp(sid, link.last_out)])
+
     def _receive(self, frames: list) -> None:
         ident = frames[0].bytes
         try:
@@ -118,18 +167,73 @@ class EngineServer:
             log.warning("refused a message from %s: %s (a client with the wrong token?)", peer, exc)
             self.sock.send_multipart([ident, *REFUSED])
             return
-        rid, op = head.get("id"), head.get("op")
+        rid, op, sid, seq = head.get("id"), head.get("op"), head["sid"], head["seq"]
+        if sid is None:  # a client before protocol 3: tell it to upgrade, in the frames it reads
+            log.warning("refused a message from %s without a session stamp (a client older than protocol 3)",
+                        _peer(frames[-1]))
+            if op == "hello" and (body or {}).get("protocol") != PROTOCOL_VERSION:
+                try:
+                    self._op_hello(body or {})
+                except EngineError as exc:
+                    self.sock.send_multipart([ident, *Prepared(self.key, {"id": rid}, {"error": error_body(exc)}).unstamped()])
+                    return
+            self.sock.send_multipart([ident, *REFUSED])
+            return
+        if op == "challenge" and sid == "":
+            self._answer_challenge(ident, rid, body or {})
+            return
+        if not self._admit(ident, rid, op, sid, seq, frames[-1]):
+            return
         if op in FAST_OPS:
             try:
                 result = getattr(self, f"_op_{op}")(body or {})
-                self.sock.send_multipart([ident, *pack(self.key, {"id": rid}, {"ok": result})])
+                self._send(ident, sid, Prepared(self.key, {"id": rid}, {"ok": result}))
             except Exception as exc:  # noqa: BLE001 - a bad request is an answer, never a dead server
-                self.sock.send_multipart([ident, *pack(self.key, {"id": rid}, {"error": error_body(exc)})])
+                self._send(ident, sid, Prepared(self.key, {"id": rid}, {"error": error_body(exc)}))
             return
         self._cancels[rid] = threading.Event()
         body = dict(body or {})
         body["_client"] = head.get("client")  # who asked: what it opens is its own (see _do_forget)
-        self._inbox.put((ident, rid, op, body))
+        self._inbox.put((ident, sid, rid, op, body))
+
+    def _answer_challenge(self, ident: bytes, rid: Any, body: dict) -> None:
+        """A fresh nonce for the hello to name (issued once; it has no other effect, so a replayed challenge
+        request does nothing), with the client's own nonce echoed so it knows the answer is not a replay."""
+        now = time.monotonic()
+        while self._challenges and (len(self._challenges) >= CHALLENGES_KEPT
+                                    or now - next(iter(self._challenges.values())) > CHALLENGE_TTL_S):
+            self._challenges.popitem(last=False)
+        challenge = secrets.token_hex(16)
+        self._challenges[challenge] = now
+        answer = Prepared(self.key, {"id": rid}, {"ok": {"challenge": challenge, "nonce": str(body.get("nonce", ""))}})
+        self.sock.send_multipart([ident, *answer.stamp("", 0)])
+
+    def _admit(self, ident: bytes, rid: Any, op: Any, sid: str, seq: int, last_frame: Any) -> bool:
+        """Whether a signed message is new: a hello naming an unused challenge (starting the session), or a
+        message of a known session, from its connection, numbered above the last. Else refused and logged."""
+        if op == "hello":
+            issued = self._challenges.pop(sid, None)
+            if issued is not None and time.monotonic() - issued <= CHALLENGE_TTL_S and seq == 1:
+                while len(self._links) >= LINKS_KEPT:
+                    self._links.popitem(last=False)
+                self._links[sid] = Link(ident)
+                return True
+            why = "a hello naming no challenge issued and unused (a replayed hello?)"
+        else:
+            link = self._links.get(sid)
+            if link is None:
+                why = "a message of no session this server knows (replayed from an earlier connection?)"
+            elif link.ident != ident:
+                why = "a message of another connection's session (replayed?)"
+            elif seq <= link.last_in:
+                why = f"message {seq} after {link.last_in} (replayed or out of order)"
+            else:
+                link.last_in = seq
+                return True
+        log.warning("refused %s from %s: %s; nothing ran", op if isinstance(op, str) else "a message", _peer(last_frame),
+                    why)
+        self.sock.send_multipart([ident, *replay_refusal(rid)])
+        return False
 
     def _op_hello(self, body: dict) -> dict:
         theirs, their_app = body.get("protocol"), str(body.get("app_version", "?"))
@@ -142,7 +246,7 @@ class EngineServer:
                 f"the client {their_app} (protocol {theirs}); upgrade the {older} to match the {newer} "
                 f"(pip install -U attention-inspector where the {older} runs)")
         if body.get("client"):  # a client that shakes hands again restores what it holds: drop the old copies
-            self._inbox.put((None, None, "forget", {"_client": body["client"]}))
+            self._inbox.put((None, None, None, "forget", {"_client": body["client"]}))
         return {"protocol": PROTOCOL_VERSION, "app_version": self.app_version, **self._info()}
 
     def _info(self) -> dict:
@@ -150,7 +254,8 @@ class EngineServer:
         from .protocol import CAPABILITIES
 
         info = {"host": platform.node(), "capabilities": list(CAPABILITIES), **engine_versions(),
-                "models_dirs": [str(d) for d in self.models_dirs], "load_device": self.device or "default"}
+                "models_dirs": [str(d) for d in self.models_dirs], "load_device": self.device or "default",
+                "trust_remote_code": self.trust_remote_code}
         try:
             import torch
 
@@ -188,7 +293,7 @@ class EngineServer:
                 item = self._inbox.get()
                 if item is None:
                     return
-                ident, rid, op, body = item
+                ident, sid, rid, op, body = item
                 if ident is None:  # housekeeping, nobody waits for it
                     self._do_forget(body, None, None)
                     continue
@@ -199,8 +304,8 @@ class EngineServer:
                     handler = getattr(self, f"_do_{op}", None)
                     if handler is None:
                         raise EngineError(f"the server has no operation {op!r} (a newer client?)")
-                    reply = {"ok": handler(body, lambda p, i=ident, r=rid: out.send_multipart(
-                        [i, *pack(self.key, {"id": r, "progress": True}, p)]), cancel)}
+                    reply = {"ok": handler(body, lambda p, i=ident, s=sid, r=rid: self._post(
+                        out, i, s, Prepared(self.key, {"id": r, "progress": True}, p)), cancel)}
                 except Exception as exc:  # noqa: BLE001 - every failure is an answer; the server lives on
                     if not isinstance(exc, EngineError):
                         log.exception("%s failed", op)
@@ -208,12 +313,17 @@ class EngineServer:
                 finally:
                     self._cancels.pop(rid, None)
                 try:
-                    out.send_multipart([ident, *pack(self.key, {"id": rid}, reply)])
+                    self._post(out, ident, sid, Prepared(self.key, {"id": rid}, reply))
                 except TypeError as exc:  # something in the answer cannot cross: say so instead
                     log.exception("cannot send the answer to %s", op)
-                    out.send_multipart([ident, *pack(self.key, {"id": rid}, {"error": error_body(exc)})])
+                    self._post(out, ident, sid, Prepared(self.key, {"id": rid}, {"error": error_body(exc)}))
         finally:
             out.close(0)
+
+    def _post(self, wake: Any, ident: bytes, sid: str, message: Prepared) -> None:
+        """Hand an answer (encoded and mostly signed here, in the engine thread) to the socket thread to send."""
+        self._outbox.put((ident, sid, message))
+        wake.send(b"")
 
     def _remember(self, trace: Any) -> int:
         tid = self._next()
@@ -275,11 +385,32 @@ class EngineServer:
     def _do_describe_source(self, body: dict, progress, cancel) -> tuple:  # noqa: ANN001
         return self.local.describe_source(self.allowed_source(body["source"]))
 
+    def refuse_checkpoint_code(self, source: str, asked: bool) -> None:
+        """A client's trust_remote_code for a checkpoint whose config.json names its own code (auto_map) is refused
+        unless this server was started with --trust-remote-code: the code would run here, on the server's account.
+        (Without the client's consent the loader never runs it: it refuses, or opens the weights natively.)"""
+        if self.trust_remote_code or not asked:
+            return
+        from ..checkpoints.resolve import resolve
+
+        folder, _ = resolve(source)
+        try:
+            hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # the loader says what is wrong with it
+        if isinstance(hf, dict) and hf.get("auto_map"):
+            from ..hf_backend.support import remote_code_files
+
+            files = remote_code_files(hf, folder) or []
+            raise CheckpointError("the server does not run checkpoint code; start it with --trust-remote-code "
+                                  f"(opening {folder.name} would run {', '.join(files) or 'its auto_map code'})")
+
     def _do_load(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         source = self.allowed_source(body["source"])
+        self.refuse_checkpoint_code(source, bool(body.get("trust_remote_code")))
         model = self.local.load_model(source, device=body.get("device") or self.device, dtype=body.get("dtype"),
                                       allow_pickle=bool(body.get("allow_pickle")), backend=str(body.get("backend") or "auto"),
-                                      trust_remote_code=bool(body.get("trust_remote_code")),
+                                      trust_remote_code=bool(body.get("trust_remote_code")) and self.trust_remote_code,
                                       progress=lambda f, m: progress({"fraction": float(f), "message": str(m)}),
                                       cancel=cancel)
         if body.get("capture_mode"):
@@ -383,6 +514,8 @@ class EngineServer:
             result = None
         elif method == "reply":
             result = session.reply
+        elif method in ("step", "branch"):  # a cancel message stops its forward; the session stays as it was
+            result = getattr(session, method)(*body.get("args", ()), **body.get("kwargs", {}), cancel=cancel)
         else:
             result = getattr(session, method)(*body.get("args", ()), **body.get("kwargs", {}))
         if method in ("step", "branch"):

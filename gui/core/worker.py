@@ -19,7 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from engine import EngineError, SessionError, Trace, share_cpu_with_ui
+from engine import Cancelled, EngineError, SessionError, Trace, share_cpu_with_ui
 from engine.local import LocalEngine
 
 from .load_jobs import LoadProgress, load_with_progress
@@ -108,6 +108,7 @@ class EngineWorker(QObject):
     done = Signal(int, str, object)  # request id, op, ModelInfo | Trace | None
     progress = Signal(int, object)  # request id, Trace (during a run)
     failed = Signal(int, str, str)  # request id, op, message
+    stopped = Signal(int, str, str)  # request id, op, message: Stop/Esc cancelled its forward; the session is as it was
     load_progress = Signal(int, object)  # request id, LoadProgress (gui/core/load_jobs.py)
 
     def __init__(self, engine: Any = None) -> None:
@@ -148,10 +149,22 @@ class EngineWorker(QObject):
         session's prefill at its next layer."""
         self._cancel_upto = max(self._cancel_upto, upto)
 
+    def _stop_check(self, rid: int) -> Any:
+        """The cancel flag of request `rid` for a forward (Stop/Esc cancels ids up to the newest)."""
+        return lambda: rid <= self._cancel_upto
+
     # one wrapper so every error, expected or not, becomes a message and the worker lives on
     def _do(self, rid: int, op: str, fn) -> None:  # noqa: ANN001
         try:
             result = fn()
+        except Cancelled as exc:
+            if op == "session":  # a stopped prefill: the prompt box holds text that did not start a session
+                self._refuse(op, str(exc))
+                self.failed.emit(rid, op, str(exc))
+            else:
+                log.info("%s stopped: %s", op, exc)
+                self.stopped.emit(rid, op, str(exc))
+            return
         except EngineError as exc:
             log.info("%s failed: %s", op, exc)
             self._refuse(op, str(exc))
@@ -211,7 +224,7 @@ class EngineWorker(QObject):
             # and the old session stays exactly as it was
             self.session = self.engine.Session(self.model, prompt, source=source, temperature=req.temperature,
                                                top_k=req.top_k, top_p=req.top_p, seed=req.seed, greedy=req.greedy,
-                                               cancel=lambda: rid <= self._cancel_upto)
+                                               cancel=self._stop_check(rid))
             self._request = req
             return self.session.trace
 
@@ -229,7 +242,7 @@ class EngineWorker(QObject):
     def step(self, rid: int, token_id: int | None) -> None:
         def work() -> Trace:
             s = self._session()
-            s.step(token_id)
+            s.step(token_id, cancel=self._stop_check(rid))  # Stop/Esc stops a long step at its next layer
             return s.trace
 
         self._do(rid, "step", work)
@@ -251,20 +264,32 @@ class EngineWorker(QObject):
             s = self._session()
             if s.family == "encoder":
                 mask_id = self.model.config.mask_token_id
-                if s.ids[position] != mask_id:
+                masked = s.ids[position] != mask_id
+                if masked:
                     s.mask(position)
                 first = s.ids.index(mask_id)
                 if first != position:
                     raise EngineError(f"fill the first [MASK] (position {first}) before position {position}")
-                s.step(token_id)
+                try:
+                    s.step(token_id, cancel=self._stop_check(rid))
+                except Cancelled:
+                    if masked:  # stopped: take the mask this request made back too
+                        s.back()
+                    raise
                 return s.trace
             if position < s.n_prompt:
                 raise EngineError("that token is part of the prompt; edit the prompt to change it")
             if position > len(s.ids):
                 raise EngineError(f"position {position} is beyond the end of the sequence")
+            undone = []
             while len(s.ids) > position:
+                undone.append(s.steps[-1])
                 s.back()
-            s.step(token_id)
+            try:
+                s.step(token_id, cancel=self._stop_check(rid))
+            except Cancelled:  # stopped: the steps undone on the way are fed again, as they were
+                s.restore_steps(undone[::-1])
+                raise
             return s.trace
 
         self._do(rid, "branch", work)
@@ -287,7 +312,10 @@ class EngineWorker(QObject):
                 for _ in range(n):
                     if rid <= self._cancel_upto or s.finished:
                         break
-                    s.step()
+                    try:
+                        s.step(cancel=self._stop_check(rid))  # a long step stops at its next layer
+                    except Cancelled:
+                        break
                     if time.monotonic() - last_report > PROGRESS_INTERVAL_S:
                         self.progress.emit(rid, s.trace)
                         last_report = time.monotonic()
@@ -312,6 +340,7 @@ class EngineClient(QObject):
     model_loaded = Signal(object)  # ModelInfo
     trace_ready = Signal(object, str)  # Trace, op
     error = Signal(str, str)  # op, message
+    stopped = Signal(str, str)  # op, message: Stop/Esc cancelled a step's forward; the session is as it was
     busy_changed = Signal(bool, str)  # busy, what
     result_ready = Signal(int, str, object)  # request id, op, plain data (analysis ops through call())
     load_progress = Signal(object)  # LoadProgress of the newest load
@@ -356,6 +385,7 @@ class EngineClient(QObject):
         self.worker.done.connect(self._on_done)
         self.worker.progress.connect(self._on_progress)
         self.worker.failed.connect(self._on_failed)
+        self.worker.stopped.connect(self._on_stopped)
         self.worker.load_progress.connect(self._on_load_progress)
         self._thread.start()
 
@@ -521,6 +551,10 @@ class EngineClient(QObject):
             self.load_progress.emit(progress)
 
     @Slot(int, str, str)
+    def _on_stopped(self, rid: int, op: str, message: str) -> None:
+        self._finish(rid)
+        self.stopped.emit(op, message)
+
     def _on_failed(self, rid: int, op: str, message: str) -> None:
         pending, self._progress = self._progress, None
         if pending is not None and pending[0] == rid == self._latest_trace_id:

@@ -600,6 +600,12 @@ class PromptPanel(QWidget):
         if i >= 0:
             self.backend_box.setCurrentIndex(i)
 
+    def add_devices(self, devices: list[str]) -> None:
+        """List devices not listed yet, keeping the current choice."""
+        for d in devices:
+            if self.device_box.findData(d) < 0:
+                self.device_box.addItem(d, d)
+
     def set_device(self, device: str | None) -> None:
         i = self.device_box.findData(device)
         if i < 0 and device:

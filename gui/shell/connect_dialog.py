@@ -61,15 +61,21 @@ class ConnectDialog(QDialog):
         self.port.setValue(int(last.get("remote_port", 5555)))
         self.start_server = QCheckBox("Start `attention-inspector serve` there (it must be installed)")
         self.start_server.setChecked(bool(last.get("start_server", True)))
+        self.unix_socket = QCheckBox("…listening on a private unix socket, not a port (serve --ipc)")
+        self.unix_socket.setToolTip("No TCP port opens on the server: the socket is in a fresh folder only you can "
+                                    "reach, and ssh forwards a local port to it")
+        self.unix_socket.setChecked(bool(last.get("remote_socket")))
         self.ssh_token = QLineEdit()
         self.ssh_token.setEchoMode(QLineEdit.EchoMode.Password)
         self.ssh_token.setPlaceholderText("the running server's token (not needed when the app starts it)")
-        self.start_server.toggled.connect(lambda on: self.ssh_token.setEnabled(not on))
-        self.ssh_token.setEnabled(not self.start_server.isChecked())
+        self.start_server.toggled.connect(self._start_server_toggled)
+        self.unix_socket.toggled.connect(lambda _on: self._start_server_toggled(self.start_server.isChecked()))
+        self._start_server_toggled(self.start_server.isChecked())
         form.addRow("SSH host", self.host)
         form.addRow("Jump host", self.jump)
         form.addRow("Server port", self.port)
         form.addRow(self.start_server)
+        form.addRow(self.unix_socket)
         form.addRow("Token", self.ssh_token)
         form.addRow(QLabel("The app runs the system <code>ssh</code> for the tunnel (your keys and ~/.ssh/config "
                            "apply); what crosses is encrypted by ssh."))
@@ -98,6 +104,11 @@ class ConnectDialog(QDialog):
             if token:
                 self.token.setText(token)
 
+    def _start_server_toggled(self, on: bool) -> None:
+        self.ssh_token.setEnabled(not on)
+        self.unix_socket.setEnabled(on)  # a server already running: its own port (or socket: forward it yourself)
+        self.port.setEnabled(not (on and self.unix_socket.isChecked()))  # a socket has no port
+
     def _use_local(self) -> None:
         self._local = True
         self.accept()
@@ -109,4 +120,5 @@ class ConnectDialog(QDialog):
             return {"address": self.address.text().strip(), "token": self.token.text().strip()}
         return {"ssh_host": self.host.text().strip(), "jump": self.jump.text().strip() or None,
                 "remote_port": self.port.value(), "start_server": self.start_server.isChecked(),
-                "token": None if self.start_server.isChecked() else self.ssh_token.text().strip()}
+                "token": None if self.start_server.isChecked() else self.ssh_token.text().strip(),
+                "remote_socket": self.start_server.isChecked() and self.unix_socket.isChecked()}

@@ -129,10 +129,8 @@ class MainWindow(QMainWindow):
         self._loading_source = ""
 
         # -- panels ------------------------------------------------------------------------------------
-        if devices is None:
-            from engine.device import available_devices
-
-            devices = available_devices()
+        if devices is None:  # this computer's, without importing torch now: its GPUs are added once a model loads
+            devices = self.client.engine.devices_known_now()
         self.prompt_panel = PromptPanel(self.state, self.client, devices)
         self.token_strip = TokenStrip(self.state, self.client)
         self.attention_view = AttentionView(self.state)
@@ -178,6 +176,8 @@ class MainWindow(QMainWindow):
         self.client.model_loaded.connect(self._on_model_loaded)
         self.client.trace_ready.connect(self._on_trace)
         self.client.error.connect(self._on_error)
+        self.client.stopped.connect(self._on_stopped)
+        self.client.model_loaded.connect(lambda _info: self._add_local_devices())
         self.client.busy_changed.connect(self._on_busy)
         self.prompt_panel.open_requested.connect(
             lambda src, dev: self.open_model(src, device=dev))
@@ -402,6 +402,20 @@ class MainWindow(QMainWindow):
         if op == "session" and self._chain == ["run"]:
             self._chain = []
             self.client.run(self._chain_steps)
+        self._maybe_settled()
+
+    def _add_local_devices(self) -> None:
+        """After a model loaded in this process (torch imported by then, in the worker), list every device of this
+        computer in the device box (the window started with what it knew without torch)."""
+        engine = self.client.engine
+        if not engine.remote:
+            self.prompt_panel.add_devices(engine.available_devices())
+
+    def _on_stopped(self, op: str, message: str) -> None:
+        """Stop/Esc during one long step (or branch): its forward stopped; no banner, the session is unchanged."""
+        what = {"branch": "the branch", "mask": "the fill"}.get(op, "the step")
+        self.statusBar().showMessage(f"Stopped: {what} was not finished; the session is as it was", 10000)
+        self._chain = []
         self._maybe_settled()
 
     def _on_error(self, op: str, message: str) -> None:

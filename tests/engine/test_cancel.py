@@ -123,3 +123,52 @@ def test_transformers_backend_prefill_stops_between_layers(hf_olmo):
     # float rounding only (≤ 1e-6 seen): transformers' cache after a roll-back holds the same values in
     # differently shaped buffers than one that never grew past them
     _same(old, s, atol=1e-5)
+
+
+def _tripped_after_first_check():  # noqa: ANN202
+    """A cancel flag that is clear at the first cancel point (before layer 0) and set from the second on."""
+    checks = iter(range(10_000))
+    return lambda: next(checks) >= 1
+
+
+@pytest.mark.parametrize("family", ["gpt", "marian", "bert"])
+def test_step_and_branch_take_a_cancel_flag_and_leave_the_session_as_it_was(family, request):
+    model = request.getfixturevalue(family)
+    prompt = "the cat [MASK] on the [MASK]" if family == "bert" else "the cat sat on"
+    kwargs = {"source": "the cat sat on the mat"} if family == "marian" else {}
+    s = Session(model, prompt, **kwargs)
+    s.step()
+    ids, history, trace = list(s.ids), list(s.history), s.trace
+    with pytest.raises(Cancelled):
+        s.step(cancel=_tripped_after_first_check())
+    assert s.ids == ids and s.history == history
+    other = (ids[-1] + 1) % model.config.vocab_size if family != "bert" else (s.steps[-1].token_id + 1) % 50 + 5
+    with pytest.raises(Cancelled):
+        s.branch(other, cancel=_tripped_after_first_check())
+    assert s.ids == ids and s.history == history  # the undone step is back, the history as it was
+    for layer in range(model.n_layers):
+        kind = "encoder" if family == "bert" else "self"
+        np.testing.assert_allclose(s.trace.attention(kind, layer), trace.attention(kind, layer), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s.trace.logits, trace.logits, rtol=0, atol=1e-6)
+    s.step(cancel=threading.Event())  # an unset flag: the step runs
+    fresh = Session(model, prompt, **kwargs)
+    fresh.step()
+    fresh.step()
+    _same(s, fresh) if family != "bert" else np.testing.assert_array_equal(s.ids, fresh.ids)
+
+
+def test_transformers_backend_step_and_branch_cancel(hf_olmo):
+    s = Session(hf_olmo, "the cat sat")
+    s.step()
+    s.step()
+    ids, history, n_cache = list(s.ids), list(s.history), s._cache.length
+    with pytest.raises(Cancelled):
+        s.step(cancel=_tripped_after_first_check())
+    with pytest.raises(Cancelled):
+        s.branch((ids[-1] + 1) % hf_olmo.config.vocab_size, cancel=_tripped_after_first_check())
+    assert s.ids == ids and s.history == history and s._cache.length == n_cache
+    s.step()
+    fresh = Session(hf_olmo, "the cat sat")
+    for _ in range(3):
+        fresh.step()
+    _same(s, fresh, atol=1e-5)

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PySide6.QtCore import Qt
 
 from engine import Session
@@ -98,7 +100,7 @@ def test_unexpected_worker_error_is_shown(qtbot, window, checkpoints, monkeypatc
     win = window
     open_model(qtbot, win, checkpoints["decoder"])
 
-    def explode(self, token_id=None):  # noqa: ANN001
+    def explode(self, token_id=None, cancel=None):  # noqa: ANN001
         raise RuntimeError("kaboom")
 
     monkeypatch.setattr(Session, "step", explode)
@@ -118,11 +120,11 @@ def test_a_run_that_fails_keeps_its_steps_and_says_why(qtbot, window, checkpoint
     real_step = Session.step
     calls = []
 
-    def flaky(self, token_id=None):  # noqa: ANN001
+    def flaky(self, token_id=None, cancel=None):  # noqa: ANN001
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("device lost")
-        return real_step(self, token_id)
+        return real_step(self, token_id, cancel=cancel)
 
     monkeypatch.setattr(Session, "step", flaky)
     win.client.run(10)
@@ -156,10 +158,10 @@ def test_stop_before_the_run_starts_still_stops_it(qtbot, window, checkpoints, m
     n = len(win.state.trace)
     real_step = Session.step
 
-    def slow_step(self, token_id=None):  # noqa: ANN001 - the first step holds the worker for a moment
+    def slow_step(self, token_id=None, cancel=None):  # noqa: ANN001 - the first step holds the worker for a moment
         time.sleep(0.5)
         monkeypatch.setattr(Session, "step", real_step)
-        return real_step(self, token_id)
+        return real_step(self, token_id)  # without the cancel flag: this step runs to its end
 
     monkeypatch.setattr(Session, "step", slow_step)
     win.client.step()  # keeps the worker busy, so the run waits in the queue
@@ -215,3 +217,55 @@ def test_stop_during_a_long_prefill_cancels_it_and_keeps_the_session(qtbot, wind
     n = len(win.state.trace)
     qtbot.mouseClick(win.token_strip.step_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+
+
+def _hold_layer(layer):  # noqa: ANN001, ANN202
+    """A forward pre-hook that holds the forward inside `layer` until released: (started, release, handle)."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_m, _a):  # noqa: ANN001, ANN202
+        started.set()
+        release.wait(30)
+
+    return started, release, layer.register_forward_pre_hook(hold)
+
+
+@pytest.mark.parametrize("how", ["step", "branch"])
+def test_stop_during_one_long_step_cancels_it_and_keeps_the_session(qtbot, window, checkpoints, how):
+    """Esc while one step's forward runs (held in layer 0, so Stop surely meets it running): the forward stops at
+    the next layer, the status bar says so, no banner, and the session is as it was: same ids, the same trace, the
+    same history of live events (a branch puts the step it undid back). Then Step works again."""
+    from engine.session import live_events
+
+    win = window
+    open_model(qtbot, win, checkpoints["long-decoder"])
+    qtbot.mouseClick(win.token_strip.step_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(win.state.trace.steps) == 1, timeout=30_000)
+    wait_idle(qtbot, win)
+    session = win.client.worker.session
+    before, ids, live = win.state.trace, list(session.ids), live_events(session.history)
+    attention = before.attention("self", 1).copy()
+    started, release, handle = _hold_layer(win.client.worker.model.net.decoder.layers[0])
+    try:
+        if how == "step":
+            win.token_strip.step()
+        else:
+            win.client.branch(len(ids) - 1, (ids[-1] + 1) % 50)
+        assert started.wait(30)
+        win.registry.action("generate.stop").trigger()  # Esc
+        release.set()
+        wait_idle(qtbot, win)
+    finally:
+        release.set()
+        handle.remove()
+    assert not win.errors  # a stop is not an error
+    assert "Stopped" in win.statusBar().currentMessage() and "as it was" in win.statusBar().currentMessage()
+    assert win.state.trace is before
+    assert session.ids == ids and live_events(session.history) == live
+    np.testing.assert_array_equal(session.trace.attention("self", 1), attention)
+    n = len(win.state.trace)
+    qtbot.mouseClick(win.token_strip.step_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(win.state.trace) == n + 1, timeout=30_000)
+    assert not win.errors
