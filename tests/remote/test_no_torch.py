@@ -126,7 +126,7 @@ def test_every_gui_module_and_the_client_side_of_the_engine_import_without_torch
 import importlib, json, pkgutil
 import engine, gui
 needs_torch = {"engine.cache", "engine.device", "engine.inference_layout", "engine.model", "engine.modules",
-               "engine.network", "engine.rotary"}
+               "engine.network", "engine.rotary", "engine.multi_device"}
 names = [m.name for pkg in (gui, engine) for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
 names = [n for n in names if n not in needs_torch and not n.startswith(("engine.hf_backend", "engine.checkpoints."))]
 failed = {}
