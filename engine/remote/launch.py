@@ -47,9 +47,10 @@ def free_port() -> int:
 
 def spawn_server(port: int = 0, token_file: Path | None = None, models_dirs: Sequence[Path] = (),
                  python: str = sys.executable, stderr: object = None, env: dict | None = None,
-                 timeout: float = SERVER_START_S) -> tuple[subprocess.Popen, str, str]:
-    """Start `python -m engine.remote.cli` here and wait for its connect line -> (process, address, token)."""
-    cmd = [python, "-m", "engine.remote.cli", "--port", str(port)]
+                 timeout: float = SERVER_START_S, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, str, str]:
+    """Start `python -m engine.remote.cli` here and wait for its connect line -> (process, address, token).
+    `extra`: more of its options (e.g. ["--mirror-limit", "0"])."""
+    cmd = [python, "-m", "engine.remote.cli", "--port", str(port), *extra]
     if token_file is not None:
         cmd += ["--token-file", str(token_file)]
     for d in models_dirs:

@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 # bump whenever a message's meaning changes; the handshake refuses any other. 2: neuron gates, MLP neurons and
 # patching; a gate change answers with every gate; the transformers backend's trace (expert routing records,
-# experts per layer, layers without attention)
-PROTOCOL_VERSION = 2
+# experts per layer, layers without attention). 3: the mirror limit, patterns kept on the server ("patterns"
+# requests, stub blocks, the server's instance)
+PROTOCOL_VERSION = 3
 CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates",
-                "neuron-gates", "mlp", "patching", "transformers-backend")
+                "neuron-gates", "mlp", "patching", "transformers-backend", "server-patterns")
 ALLOWED_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split())
 
 

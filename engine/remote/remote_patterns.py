@@ -1,0 +1,179 @@
+"""Client side of server-side patterns: a trace whose rebuild records stay on the server.
+
+When mirroring a trace would send more than the mirror limit (a long prompt on a 1B+ model: its queries
+and keys are gigabytes), the server sends only a stub per block (where its rows start, how many, a serial)
+and the client's Trace answers tiles, overviews, rows, pooled thumbnails, sink shares and routing by asking
+the server for exactly that (engine/remote/pattern_answers.py computes it there with the same Trace code).
+
+Answers are cached by what they depend on: a row of a causal pattern never changes once its block exists
+(later steps only add keys after it), and blocks are shared by identity between a session's traces, so a
+tile is keyed by the serial of the last block it reads, not by the trace: redrawing it, or drawing it again
+after the next step, does not cross the wire twice. After the server goes away, what was fetched stays
+drawable and everything else raises EngineGone.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaptureError
+from ..rebuild import PatternSource, ScoreRule
+
+CACHE_BYTES = 256 * 1024 * 1024  # answers kept per engine (least recently used first out)
+
+
+@dataclass(frozen=True, eq=False)
+class ServerBlock:
+    """A block that stayed on the server: rows q_start .. q_start + n of one capture point (or tokens of one
+    MoE layer's routing); `serial` names it there. `_got` keeps what was fetched of it (routing)."""
+
+    q_start: int
+    n: int
+    serial: int
+    what: str  # "query" (rebuilt), "rows" (stored pattern rows) or "routing"
+    _got: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # nothing of it is held here
+
+
+class AnswerCache:
+    """Server answers by key, at most CACHE_BYTES of arrays, least recently used dropped first; thread-safe
+    (the display threads and the worker ask at once)."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any, replace: bool = False) -> Any:
+        size = _nbytes(value)
+        with self._lock:
+            if key in self._items:
+                if not replace:
+                    return self._items[key]
+                self.bytes -= _nbytes(self._items.pop(key))
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.limit and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= _nbytes(old)
+        return value
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 64
+
+
+class PatternLink:
+    """How one remote trace reaches its server: the engine, the trace's id there, the server's instance."""
+
+    def __init__(self, engine: Any, tid: int, instance: str | None, cache: AnswerCache) -> None:
+        self.engine, self.tid, self.instance, self.cache = engine, tid, instance, cache
+
+    def ask(self, op: str, **body: Any) -> Any:
+        return self.engine.call("patterns", {"tid": self.tid, "instance": self.instance, "op": op, **body})
+
+    def cached(self, key: tuple, op: str, **body: Any) -> Any:
+        """The answer to `op` under `key` (the server's instance, then what the answer depends on), asked once."""
+        key = (self.instance, *key)
+        got = self.cache.get(key)
+        if got is None:
+            got = self.ask(op, **body)
+            if isinstance(got, np.ndarray):
+                got.flags.writeable = False  # shared by every later caller
+            got = self.cache.put(key, got)
+        return got
+
+
+def reads_all_blocks(name: str, rule: ScoreRule | None) -> bool:
+    """Whether a row's weights depend on every block (non-causal self-attention: keys after it too), rather
+    than only on the blocks up to its own (causal rows; cross-attention reads the source kept with block 0)."""
+    return rule is not None and not rule.causal and not name.endswith("cross_attn")
+
+
+class ServerPatterns(PatternSource):
+    """The patterns of one capture point of a remote trace, answered by its server a tile at a time."""
+
+    def __init__(self, link: PatternLink, name: str, kind: str, layer: int, blocks: tuple[ServerBlock, ...],
+                 n_keys: int, n_heads: int, rule: ScoreRule | None) -> None:
+        self.link, self.name, self.kind, self.layer = link, name, kind, layer
+        self.blocks = blocks
+        self.rule = rule
+        self.n_heads = n_heads
+        self.n_keys = int(n_keys)
+        self.n_queries = blocks[-1].q_start + blocks[-1].n if blocks else 0
+        self._all = reads_all_blocks(name, rule)
+
+    def lineage(self, q1: int) -> int:
+        """The serial of the last block rows before q1 read: the same serial means the same answer."""
+        if self._all:
+            return self.blocks[-1].serial
+        for b in self.blocks:
+            if b.q_start + b.n >= q1:
+                return b.serial
+        return self.blocks[-1].serial
+
+    def _args(self, *args: Any) -> list:
+        return [self.kind, self.layer, *args]
+
+    def tile(self, head: int, q0: int, q1: int, k0: int, k1: int, log: bool = False) -> np.ndarray:
+        if log:
+            raise CaptureError("log weights are not asked of a remote engine")
+        key = (self.name, self.lineage(q1), "tile", head, q0, q1, k0, k1)
+        return self.link.cached(key, "tile", args=self._args(head, q0, q1, k0, k1))
+
+    def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        key = (self.name, self.lineage(q1), "tiles", q0, q1, k0, k1)
+        return self.link.cached(key, "tiles", args=self._args(q0, q1, k0, k1))
+
+    def overview(self, heads: list[int], rows: int, cols: int, reduce: str = "max",
+                 q_range: tuple[int, int] | None = None, k_range: tuple[int, int] | None = None) -> np.ndarray:
+        q_range = tuple(q_range) if q_range else (0, self.n_queries)
+        k_range = tuple(k_range) if k_range else (0, self.n_keys)
+        key = (self.name, self.lineage(q_range[1]), "overview", tuple(heads), rows, cols, reduce, q_range, k_range)
+        return self.link.cached(key, "overview", args=self._args(list(heads), rows, cols, reduce, list(q_range),
+                                                                 list(k_range)))
+
+    def sink_share(self) -> np.ndarray | None:
+        """[heads, queries]: rows already fetched for the same blocks are kept; only newer blocks' rows cross."""
+        if self.rule is None or self.rule.sinks is None:
+            return None
+        cache = self.link.cache
+        serials = tuple(b.serial for b in self.blocks)
+        prefix_key = (self.link.instance, self.name, "sink-prefix")
+        have = cache.get(prefix_key)
+        kept, rows = 0, None
+        if have is not None:
+            old_serials, old_rows = have
+            while kept < min(len(old_serials), len(serials)) and old_serials[kept] == serials[kept]:
+                kept += 1
+            if kept:
+                rows = old_rows[:, : self.blocks[kept - 1].q_start + self.blocks[kept - 1].n]
+        if kept < len(self.blocks):
+            start = self.blocks[kept].q_start
+            new = self.link.ask("sink_share", args=self._args(start))
+            rows = new if rows is None else np.concatenate([rows, new], axis=1)
+            rows.flags.writeable = False
+            cache.put(prefix_key, (serials, rows), replace=True)
+        return rows
