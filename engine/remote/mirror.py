@@ -92,6 +92,17 @@ class RemoteTrace(Trace):
             link.cache.put(key(s), pooled)
         return answer[src.name]
 
+    def rollout_on_server(self, kind: str, upto: int) -> np.ndarray | None:
+        """engine.analysis.rollout computed by the server when the patterns stayed there (every layer's whole
+        pattern would cross otherwise: only the product does); None when they are here."""
+        names = [capture_name(kind, i) for i in range(upto + 1)]
+        names = [n for n in names if n in self.blocks and n not in self.no_attention]
+        if not names or not all(self._on_server(n) for n in names):
+            return None
+        link = self.link
+        key = ("rollout", kind, upto, tuple(self.blocks[n][-1].serial for n in names))
+        return link.cached(key, "rollout", args=[kind, int(upto)])
+
     def pattern_blocks(self, kind: str, layer: int) -> tuple[PatternBlock, ...]:
         src = self._source(kind, layer)
         if not isinstance(src, ServerPatterns):

@@ -23,7 +23,7 @@ from .protocol import error_body, pack
 
 log = logging.getLogger(__name__)
 
-PATTERN_OPS = frozenset({"tile", "tiles", "overview", "pooled", "sink_share", "routing"})
+PATTERN_OPS = frozenset({"tile", "tiles", "overview", "pooled", "sink_share", "routing", "rollout"})
 
 
 def answer(trace: Any, body: dict) -> Any:
@@ -37,6 +37,10 @@ def answer(trace: Any, body: dict) -> Any:
             kind, layer = parse_capture_name(name)
             out[name] = trace.attention_pooled(kind, layer, *args)
         return out
+    if op == "rollout":  # engine.analysis.rollout: only the product crosses, not every layer's pattern
+        from ..analysis import rollout
+
+        return rollout(trace, args[0], int(args[1]))
     kind, layer, rest = args[0], int(args[1]), args[2:]
     if op == "tile":
         return trace.attention_tile(kind, layer, *rest)
