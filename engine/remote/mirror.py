@@ -22,7 +22,7 @@ import numpy as np
 from ..rebuild import KeyArena
 from ..routing import Routing, is_router_name, join_routing, router_name
 from ..trace import PatternBlock, Trace, capture_name
-from .remote_patterns import AnswerCache, PatternLink, ServerBlock, ServerPatterns
+from .remote_patterns import AnswerCache, Follow, PatternLink, ServerBlock, ServerPatterns
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +126,7 @@ class RemoteTrace(Trace):
         want = {n: [i for i, b in enumerate(bs) if "block" not in b._got] for n, bs in self.blocks.items()
                 if is_router_name(n) and self._on_server(n)}
         want = {n: v for n, v in want.items() if v}
+        self.link.follow.add(("routing",))
         if want:
             got = self.link.ask("routing", want=want)
             for n, indices in want.items():
@@ -240,7 +241,9 @@ class TraceMirror:
             keys={k: a.view() for k, a in self.keys.items() if a.length},
             n_experts=s.get("n_experts"), no_attention=dict(s.get("no_attention") or {}),
             remote=(self.engine, answer["tid"], sender), shapes=dict(self.shapes) if stubs else {},
-            link=PatternLink(self.engine, answer["tid"], _instance(self.engine), _cache(self.engine)) if stubs else None)
+            link=PatternLink(self.engine, answer["tid"], _instance(self.engine), *_cache(self.engine)) if stubs else None)
+        if stubs:  # what the window read of the last trace's newest row, asked now (in this thread, not the GUI's)
+            self.trace.link.follow.prefetch(self.trace)
         return self.trace
 
     def seed_row(self, position: int, row: np.ndarray) -> None:
@@ -265,11 +268,11 @@ def _instance(engine: Any) -> str | None:
     return (getattr(engine, "info", None) or {}).get("instance")
 
 
-def _cache(engine: Any) -> AnswerCache:
-    """The engine's cache of pattern answers (one per engine: its bound is one bound)."""
-    cache = getattr(engine, "pattern_cache", None)
-    if cache is None:
-        cache = AnswerCache()
+def _cache(engine: Any) -> tuple[AnswerCache, Follow]:
+    """The engine's cache of pattern answers (one per engine: its bound is one bound) and what its views follow."""
+    found = getattr(engine, "pattern_cache", None)
+    if found is None:
+        found = (AnswerCache(), Follow())
         if engine is not None:
-            engine.pattern_cache = cache
-    return cache
+            engine.pattern_cache = found
+    return found

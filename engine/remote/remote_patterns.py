@@ -15,6 +15,7 @@ drawable and everything else raises EngineGone.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ import numpy as np
 
 from ..errors import CaptureError
 from ..rebuild import PatternSource, ScoreRule
+
+log = logging.getLogger(__name__)
 
 CACHE_BYTES = 256 * 1024 * 1024  # answers kept per engine (least recently used first out)
 
@@ -85,11 +88,67 @@ def _nbytes(value: Any) -> int:
     return 64
 
 
+class Follow:
+    """What the window asked of a trace's newest row (one head's or every head's row of a layer, a sink share,
+    the routing): after the next step the client asks the same of the new trace in the thread that stepped, so
+    a view that reads it in the GUI thread finds it cached instead of waiting on the network. An entry lasts
+    one step unless asked again (a view that moved on stops costing)."""
+
+    def __init__(self) -> None:
+        self._asked: set = set()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def add(self, item: tuple) -> None:
+        if not getattr(self._local, "prefetching", False):
+            with self._lock:
+                self._asked.add(item)
+
+    def take(self) -> set:
+        with self._lock:
+            asked, self._asked = self._asked, set()
+        return asked
+
+    def prefetch(self, trace: Any) -> None:
+        """Ask `trace` (just stepped) what was asked of the trace before, for its newest row; failures are left
+        for the view to meet (and say)."""
+        from ..errors import EngineError
+        from ..trace import parse_capture_name
+
+        asked = self.take()
+        if not asked:
+            return
+        self._local.prefetching = True
+        try:
+            for item in asked:
+                op, name = item[0], item[1] if len(item) > 1 else None
+                try:
+                    if op == "routing":
+                        if trace.moe_layers:
+                            trace.routing(trace.moe_layers[0])  # every MoE layer's new blocks in one request
+                        continue
+                    if name not in trace.blocks:
+                        continue
+                    kind, layer = parse_capture_name(name)
+                    _h, nq, nk = trace.attention_shape(kind, layer)
+                    if op == "tile":
+                        trace.attention_tile(kind, layer, item[2], nq - 1, nq, 0, nk)
+                    elif op == "tiles":
+                        trace.attention_tiles(kind, layer, nq - 1, nq, 0, nk)
+                    elif op == "sink":
+                        trace.sink_share(kind, layer)
+                except EngineError as exc:
+                    log.debug("prefetching %s failed: %s", item, exc)
+        finally:
+            self._local.prefetching = False
+
+
 class PatternLink:
     """How one remote trace reaches its server: the engine, the trace's id there, the server's instance."""
 
-    def __init__(self, engine: Any, tid: int, instance: str | None, cache: AnswerCache) -> None:
+    def __init__(self, engine: Any, tid: int, instance: str | None, cache: AnswerCache, follow: Follow | None = None) -> None:
         self.engine, self.tid, self.instance, self.cache = engine, tid, instance, cache
+        self.follow = follow or Follow()
 
     def ask(self, op: str, **body: Any) -> Any:
         return self.engine.call("patterns", {"tid": self.tid, "instance": self.instance, "op": op, **body})
@@ -137,13 +196,20 @@ class ServerPatterns(PatternSource):
     def _args(self, *args: Any) -> list:
         return [self.kind, self.layer, *args]
 
+    def _newest_row(self, q0: int, q1: int, k0: int, k1: int) -> bool:
+        return q1 == self.n_queries and q0 == q1 - 1 and k0 == 0 and k1 == self.n_keys
+
     def tile(self, head: int, q0: int, q1: int, k0: int, k1: int, log: bool = False) -> np.ndarray:
         if log:
             raise CaptureError("log weights are not asked of a remote engine")
+        if self._newest_row(q0, q1, k0, k1):
+            self.link.follow.add(("tile", self.name, int(head)))
         key = (self.name, self.lineage(q1), "tile", head, q0, q1, k0, k1)
         return self.link.cached(key, "tile", args=self._args(head, q0, q1, k0, k1))
 
     def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        if self._newest_row(q0, q1, k0, k1):
+            self.link.follow.add(("tiles", self.name))
         key = (self.name, self.lineage(q1), "tiles", q0, q1, k0, k1)
         return self.link.cached(key, "tiles", args=self._args(q0, q1, k0, k1))
 
@@ -159,6 +225,7 @@ class ServerPatterns(PatternSource):
         """[heads, queries]: rows already fetched for the same blocks are kept; only newer blocks' rows cross."""
         if self.rule is None or self.rule.sinks is None:
             return None
+        self.link.follow.add(("sink", self.name))
         cache = self.link.cache
         serials = tuple(b.serial for b in self.blocks)
         prefix_key = (self.link.instance, self.name, "sink-prefix")

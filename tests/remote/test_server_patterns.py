@@ -233,3 +233,30 @@ def test_transformers_backend_sinks_and_routing_stay_on_the_server(tmp_path_fact
         e.close()
     finally:
         srv.stop()
+
+
+def test_the_newest_row_a_view_reads_comes_with_the_next_step(far):
+    """A view that reads the newest row in the GUI thread (head view, token strip) finds the next one cached:
+    the client asked for it in the thread that stepped. A view that stops asking stops costing."""
+    s = far.Session(far.load_model("tiny-llama", capture_mode="rebuild"), list(range(10, 60)))
+    conn = far.conn
+    t = s.trace
+    t.attention_row("self", 1, len(t) - 1)
+    t.attention_tile("self", 2, 3, len(t) - 1, len(t), 0, len(t))
+    s.step()
+    t = s.trace
+    before = conn.bytes_sent
+    row = t.attention_row("self", 1, len(t) - 1)
+    t.attention_tile("self", 2, 3, len(t) - 1, len(t), 0, len(t))
+    assert conn.bytes_sent == before
+    lm = load_model("tiny-llama", device="cpu")
+    lm.capture_mode = "rebuild"
+    ls = Session(lm, list(range(10, 60)))
+    ls.step()
+    np.testing.assert_array_equal(row, ls.trace.attention_row("self", 1, len(t) - 1))
+    s.step()  # the rows of this trace are fetched, though nobody reads them
+    s.step()  # nobody asked of the last trace: nothing fetched
+    t = s.trace
+    before = conn.bytes_sent
+    t.attention_row("self", 1, len(t) - 1)
+    assert conn.bytes_sent > before
