@@ -34,6 +34,10 @@ def test_window_draws_patterns_kept_on_the_server_and_survives_kill_9(qtbot, win
         assert win.errors[n_errors:] == []
         assert win.state.trace.patterns_on_server and win.state.trace.keys == {}
 
+        # the head view reads the selected (newest) query's row in the GUI thread: after each step it is already
+        # here, asked with the step by the worker thread
+        win.docks["head_view"].raise_()
+        qtbot.waitUntil(lambda: win.head_view.row is not None, timeout=TIMEOUT_MS)
         conn = win.client.engine.conn
         in_gui_thread = record_gui_thread_calls(conn)
         n = len(win.state.trace)
@@ -43,6 +47,9 @@ def test_window_draws_patterns_kept_on_the_server_and_survives_kill_9(qtbot, win
             drawn(qtbot, win)
             n += 1
         assert in_gui_thread == [] and win.errors[n_errors:] == []
+        assert win.head_view.query_row == n - 1
+        np.testing.assert_array_equal(win.head_view.row, win.state.trace.attention_row(win.state.kind, win.state.layer, n - 1))
+        win.docks["heads"].raise_()
         view, trace = win.attention_view, win.state.trace
         tile = view.tile
         assert view.tiled and tile is not None and tile.q1 == len(trace)
