@@ -552,9 +552,12 @@ class RemoteSession:
 
     def _do(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self._gate_version = self.model.gate_version  # the server recomputes first if the gates changed
-        answer = self.engine.call("session", {"session": self.handle, "method": method, "args": list(args),
-                                              "kwargs": kwargs, "history_known": len(self.history),
-                                              "with_row": self.engine.prefetch_logits})
+        body = {"session": self.handle, "method": method, "args": list(args), "kwargs": kwargs,
+                "history_known": len(self.history), "with_row": self.engine.prefetch_logits}
+        follow = getattr(self.engine, "pattern_cache", None)
+        if follow is not None and getattr(self._mirror.trace, "link", None) is not None:
+            body["follow"] = follow[1].items()  # answered with the step (patterns kept on the server)
+        answer = self.engine.call("session", body)
         return self._take(answer)
 
     # -- as engine.Session ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 from ..rebuild import KeyArena
 from ..routing import Routing, is_router_name, join_routing, router_name
 from ..trace import PatternBlock, Trace, capture_name
-from .remote_patterns import AnswerCache, Follow, PatternLink, ServerBlock, ServerPatterns
+from .remote_patterns import AnswerCache, Follow, PatternLink, ServerBlock, ServerPatterns, seed_followed
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,9 +70,11 @@ class RemoteTrace(Trace):
             return np.zeros((self.n_heads, 0, 0), dtype=np.float32)
         link = self.link
         region = (q0, q1, k1, width)
+        if q1 == src.n_queries and q0 == q1 - 1:  # the newest row (the head grid after a step)
+            link.follow.add(("pooled", kind, width))
 
         def key(s: ServerPatterns) -> tuple:
-            return (link.instance, s.name, s.lineage(q1), "pooled", *region)
+            return link.full(s.key_pooled(*region))
 
         got = link.cache.get(key(src))
         if got is not None:
@@ -242,7 +244,9 @@ class TraceMirror:
             n_experts=s.get("n_experts"), no_attention=dict(s.get("no_attention") or {}),
             remote=(self.engine, answer["tid"], sender), shapes=dict(self.shapes) if stubs else {},
             link=PatternLink(self.engine, answer["tid"], _instance(self.engine), *_cache(self.engine)) if stubs else None)
-        if stubs:  # what the window read of the last trace's newest row, asked now (in this thread, not the GUI's)
+        if stubs:  # what the window read of the last trace's newest row: answered with the step, or asked now
+            if answer.get("followed"):
+                seed_followed(self.trace, answer["followed"])
             self.trace.link.follow.prefetch(self.trace)
         return self.trace
 

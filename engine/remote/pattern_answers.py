@@ -56,6 +56,48 @@ def answer(trace: Any, body: dict) -> Any:
     raise EngineError(f"no pattern request {op!r} over the wire (a newer client?)")
 
 
+def newest_answers(trace: Any, items: list) -> list:
+    """What a client's views asked of its last trace (remote_patterns.Follow), answered for `trace` (the step's
+    new one) to go with the step's answer: [item, args, answer] each; what cannot be answered is left out (the
+    client asks for it itself if a view still wants it)."""
+    from .remote_patterns import pooled_layers
+
+    out = []
+    for item in items[:64]:
+        try:
+            op = item[0]
+            if op == "pooled":
+                kind, width = str(item[1]), int(item[2])
+                names = pooled_layers(trace, kind)
+                if not names:
+                    continue
+                _h, nq, nk = trace.attention_shape(kind, parse_capture_name(names[0])[1])
+                args = [nq - 1, nq, min(nk, nq) if kind == "self" else nk, width]
+                got = {}
+                for name in names:
+                    k, layer = parse_capture_name(name)
+                    if trace.attention_shape(k, layer)[1:] == (nq, nk):
+                        got[name] = trace.attention_pooled(k, layer, *args)
+                out.append([item, args, got])
+                continue
+            kind, layer = parse_capture_name(str(item[1]))
+            _h, nq, nk = trace.attention_shape(kind, layer)
+            if op == "tile":
+                args = [int(item[2]), nq - 1, nq, 0, nk]
+                out.append([item, args, trace.attention_tile(kind, layer, *args)])
+            elif op == "tiles":
+                args = [nq - 1, nq, 0, nk]
+                out.append([item, args, trace.attention_tiles(kind, layer, *args)])
+            elif op == "overview":
+                heads, rows, cols, reduce = [int(h) for h in item[2]], int(item[3]), int(item[4]), str(item[5])
+                args = [heads, rows, cols, reduce, [0, nq], [0, nk]]
+                out.append([item, args, trace.attention_overview(kind, layer, heads=heads, rows=rows, cols=cols,
+                                                                 reduce=reduce, q_range=(0, nq), k_range=(0, nk))])
+        except (EngineError, IndexError, TypeError, ValueError) as exc:  # a view's wish that does not fit this trace
+            log.debug("not answered with the step: %s (%s)", item, exc)
+    return out
+
+
 class PatternThread:
     """Answers "patterns" requests in order, off the engine and socket threads: `put(ident, rid, body)`."""
 

@@ -89,10 +89,12 @@ def _nbytes(value: Any) -> int:
 
 
 class Follow:
-    """What the window asked of a trace's newest row (one head's or every head's row of a layer, a sink share,
-    the routing): after the next step the client asks the same of the new trace in the thread that stepped, so
-    a view that reads it in the GUI thread finds it cached instead of waiting on the network. An entry lasts
-    one step unless asked again (a view that moved on stops costing)."""
+    """What the window asked of a trace's newest row (one head's or every head's row of a layer, the head grid's
+    pooled row, a sink share, the routing) or of its whole pattern (the fitted view's overview). A step's request
+    carries these; the server answers them for the new trace along with the step (no round trip more), and what
+    it did not answer the client asks right after, in the thread that stepped: a view that reads it in the GUI
+    or a display thread finds it cached. An entry lasts one step unless asked again (a view that moved on stops
+    costing)."""
 
     def __init__(self) -> None:
         self._asked: set = set()
@@ -103,6 +105,11 @@ class Follow:
         if not getattr(self._local, "prefetching", False):
             with self._lock:
                 self._asked.add(item)
+
+    def items(self) -> list:
+        """What to ask along with the next step (as lists, for the wire)."""
+        with self._lock:
+            return [list(i) for i in self._asked if i[0] in NEWEST_OPS]
 
     def take(self) -> set:
         with self._lock:
@@ -127,11 +134,21 @@ class Follow:
                         if trace.moe_layers:
                             trace.routing(trace.moe_layers[0])  # every MoE layer's new blocks in one request
                         continue
+                    if op == "pooled":  # every layer of the kind in one request
+                        name = next(iter(pooled_layers(trace, item[1])), None)
+                        if name is not None:
+                            kind, layer = parse_capture_name(name)
+                            _h, nq, nk = trace.attention_shape(kind, layer)
+                            trace.attention_pooled(kind, layer, nq - 1, nq, newest_keys(kind, nq, nk), item[2])
+                        continue
                     if name not in trace.blocks:
                         continue
                     kind, layer = parse_capture_name(name)
                     _h, nq, nk = trace.attention_shape(kind, layer)
-                    if op == "tile":
+                    if op == "overview":
+                        trace.attention_overview(kind, layer, heads=list(item[2]), rows=item[3], cols=item[4],
+                                                 reduce=item[5])
+                    elif op == "tile":
                         trace.attention_tile(kind, layer, item[2], nq - 1, nq, 0, nk)
                     elif op == "tiles":
                         trace.attention_tiles(kind, layer, nq - 1, nq, 0, nk)
@@ -141,6 +158,47 @@ class Follow:
                     log.debug("prefetching %s failed: %s", item, exc)
         finally:
             self._local.prefetching = False
+
+
+NEWEST_OPS = frozenset({"tile", "tiles", "pooled", "overview"})  # answered by the server along with a step
+
+
+def pooled_layers(trace: Any, kind: str) -> list[str]:
+    """The capture names of `kind` with a pattern in `trace` (what the head grid pools)."""
+    from ..trace import capture_name
+
+    names = (capture_name(kind, i) for i in range(trace.n_layers.get(kind, 0)))
+    return [n for n in names if n in trace.blocks and n not in trace.no_attention]
+
+
+def newest_keys(kind: str, n_queries: int, n_keys: int) -> int:
+    """The keys the head grid pools for the newest row (self-attention: up to it; the rest are masked)."""
+    return min(n_keys, n_queries) if kind == "self" else n_keys
+
+
+def seed_followed(trace: Any, followed: list) -> None:
+    """Cache what the server answered along with a step ([item, args, answer] for the new trace) under the keys
+    the trace's own requests will use."""
+    from ..trace import capture_name, parse_capture_name
+
+    link = trace.link
+    for item, args, got in followed:
+        op = item[0]
+        if op == "pooled":
+            for name, pooled in got.items():
+                kind, layer = parse_capture_name(name)
+                pooled.flags.writeable = False
+                link.cache.put(link.full(trace._source(kind, layer).key_pooled(*args)), pooled)
+            continue
+        kind, layer = parse_capture_name(item[1])
+        if capture_name(kind, layer) not in trace.blocks:
+            continue
+        src = trace._source(kind, layer)
+        if not isinstance(src, ServerPatterns):
+            continue
+        key = {"tile": src.key_tile, "tiles": src.key_tiles, "overview": src.key_overview}[op](*args)
+        got.flags.writeable = False
+        link.cache.put(link.full(key), got)
 
 
 class PatternLink:
@@ -153,9 +211,12 @@ class PatternLink:
     def ask(self, op: str, **body: Any) -> Any:
         return self.engine.call("patterns", {"tid": self.tid, "instance": self.instance, "op": op, **body})
 
+    def full(self, key: tuple) -> tuple:
+        return (self.instance, *key)
+
     def cached(self, key: tuple, op: str, **body: Any) -> Any:
         """The answer to `op` under `key` (the server's instance, then what the answer depends on), asked once."""
-        key = (self.instance, *key)
+        key = self.full(key)
         got = self.cache.get(key)
         if got is None:
             got = self.ask(op, **body)
@@ -199,25 +260,40 @@ class ServerPatterns(PatternSource):
     def _newest_row(self, q0: int, q1: int, k0: int, k1: int) -> bool:
         return q1 == self.n_queries and q0 == q1 - 1 and k0 == 0 and k1 == self.n_keys
 
+    # -- what an answer depends on (the cache's keys; seed_followed builds the same) ------------------------------
+    def key_tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> tuple:
+        return (self.name, self.lineage(q1), "tile", int(head), int(q0), int(q1), int(k0), int(k1))
+
+    def key_tiles(self, q0: int, q1: int, k0: int, k1: int) -> tuple:
+        return (self.name, self.lineage(q1), "tiles", int(q0), int(q1), int(k0), int(k1))
+
+    def key_overview(self, heads: Any, rows: int, cols: int, reduce: str, q_range: Any, k_range: Any) -> tuple:
+        q_range, k_range = (int(q_range[0]), int(q_range[1])), (int(k_range[0]), int(k_range[1]))
+        return (self.name, self.lineage(q_range[1]), "overview", tuple(int(h) for h in heads), int(rows), int(cols),
+                str(reduce), q_range, k_range)
+
+    def key_pooled(self, q0: int, q1: int, k1: int, width: int) -> tuple:
+        return (self.name, self.lineage(q1), "pooled", int(q0), int(q1), int(k1), int(width))
+
     def tile(self, head: int, q0: int, q1: int, k0: int, k1: int, log: bool = False) -> np.ndarray:
         if log:
             raise CaptureError("log weights are not asked of a remote engine")
         if self._newest_row(q0, q1, k0, k1):
             self.link.follow.add(("tile", self.name, int(head)))
-        key = (self.name, self.lineage(q1), "tile", head, q0, q1, k0, k1)
-        return self.link.cached(key, "tile", args=self._args(head, q0, q1, k0, k1))
+        return self.link.cached(self.key_tile(head, q0, q1, k0, k1), "tile", args=self._args(head, q0, q1, k0, k1))
 
     def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         if self._newest_row(q0, q1, k0, k1):
             self.link.follow.add(("tiles", self.name))
-        key = (self.name, self.lineage(q1), "tiles", q0, q1, k0, k1)
-        return self.link.cached(key, "tiles", args=self._args(q0, q1, k0, k1))
+        return self.link.cached(self.key_tiles(q0, q1, k0, k1), "tiles", args=self._args(q0, q1, k0, k1))
 
     def overview(self, heads: list[int], rows: int, cols: int, reduce: str = "max",
                  q_range: tuple[int, int] | None = None, k_range: tuple[int, int] | None = None) -> np.ndarray:
         q_range = tuple(q_range) if q_range else (0, self.n_queries)
         k_range = tuple(k_range) if k_range else (0, self.n_keys)
-        key = (self.name, self.lineage(q_range[1]), "overview", tuple(heads), rows, cols, reduce, q_range, k_range)
+        if q_range == (0, self.n_queries) and k_range == (0, self.n_keys):  # the whole pattern (a fitted view)
+            self.link.follow.add(("overview", self.name, tuple(int(h) for h in heads), int(rows), int(cols), str(reduce)))
+        key = self.key_overview(heads, rows, cols, reduce, q_range, k_range)
         return self.link.cached(key, "overview", args=self._args(list(heads), rows, cols, reduce, list(q_range),
                                                                  list(k_range)))
 

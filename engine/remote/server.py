@@ -402,7 +402,12 @@ class EngineServer:
         answer = {"result": result, "state": session_state(session), "history": [list(e) for e in session.history[known:]]}
         if method in ("distribution", "reply", "set_sampling"):
             return answer
-        return {**answer, **self._trace_answer(session.trace, sender, handle), **frontier_row(session, body)}
+        answer.update(self._trace_answer(session.trace, sender, handle))
+        if body.get("follow") and sender.on_server:  # what the client's views will ask of the new trace: now
+            from .pattern_answers import newest_answers
+
+            answer["followed"] = newest_answers(session.trace, body["follow"])
+        return {**answer, **frontier_row(session, body)}
 
     def _trace(self, tid: int) -> Any:
         trace = self.traces.get(tid)

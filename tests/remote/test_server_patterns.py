@@ -243,9 +243,22 @@ def test_the_newest_row_a_view_reads_comes_with_the_next_step(far):
     t = s.trace
     t.attention_row("self", 1, len(t) - 1)
     t.attention_tile("self", 2, 3, len(t) - 1, len(t), 0, len(t))
-    s.step()
+    t.attention_pooled("self", 0, len(t) - 1, len(t), len(t), 1)  # the head grid's newest row
+    t.attention_overview("self", 3, heads=[2], rows=16, cols=16)  # a view fitted to the whole pattern
+    ops: list[str] = []
+    real_call = conn.call
+    conn.call = lambda op, *a, **kw: ops.append(op) or real_call(op, *a, **kw)
+    try:
+        s.step()
+    finally:
+        del conn.call
+    assert ops == ["session"]  # the four came with the step's answer
     t = s.trace
     before = conn.bytes_sent
+    for layer in range(t.n_layers["self"]):
+        t.attention_pooled("self", layer, len(t) - 1, len(t), len(t), 1)
+    np.testing.assert_array_equal(t.attention_overview("self", 3, heads=[2], rows=16, cols=16),
+                                  t.attention_overview("self", 3, heads=[2], rows=16, cols=16))
     row = t.attention_row("self", 1, len(t) - 1)
     t.attention_tile("self", 2, 3, len(t) - 1, len(t), 0, len(t))
     assert conn.bytes_sent == before
@@ -254,6 +267,13 @@ def test_the_newest_row_a_view_reads_comes_with_the_next_step(far):
     ls = Session(lm, list(range(10, 60)))
     ls.step()
     np.testing.assert_array_equal(row, ls.trace.attention_row("self", 1, len(t) - 1))
+    n = len(t)
+    for layer in range(t.n_layers["self"]):  # what came with the step is what the trace answers in-process
+        np.testing.assert_array_equal(t.attention_pooled("self", layer, n - 1, n, n, 1),
+                                      ls.trace.attention_pooled("self", layer, n - 1, n, n, 1))
+    np.testing.assert_array_equal(t.attention_overview("self", 3, heads=[2], rows=16, cols=16),
+                                  ls.trace.attention_overview("self", 3, heads=[2], rows=16, cols=16))
+    assert conn.bytes_sent == before
     s.step()  # the rows of this trace are fetched, though nobody reads them
     s.step()  # nobody asked of the last trace: nothing fetched
     t = s.trace
