@@ -88,6 +88,12 @@ def newest_answers(trace: Any, items: list) -> list:
             elif op == "tiles":
                 args = [nq - 1, nq, 0, nk]
                 out.append([item, args, trace.attention_tiles(kind, layer, *args)])
+            elif op == "tile-whole":
+                args = [int(item[2]), 0, nq, 0, nk]
+                out.append([item, args, trace.attention_tile(kind, layer, *args)])
+            elif op == "tiles-whole":
+                args = [0, nq, 0, nk]
+                out.append([item, args, trace.attention_tiles(kind, layer, *args)])
             elif op == "overview":
                 heads, rows, cols, reduce = [int(h) for h in item[2]], int(item[3]), int(item[4]), str(item[5])
                 args = [heads, rows, cols, reduce, [0, nq], [0, nk]]

@@ -28,6 +28,9 @@ from ..rebuild import PatternSource, ScoreRule
 log = logging.getLogger(__name__)
 
 CACHE_BYTES = 256 * 1024 * 1024  # answers kept per engine (least recently used first out)
+# a whole pattern asked exactly (a short context's view) is asked again with the next step only up to this many
+# cells: one export of a long context's patterns must not ride along with every later step
+FOLLOW_CELLS = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,6 +155,10 @@ class Follow:
                         trace.attention_tile(kind, layer, item[2], nq - 1, nq, 0, nk)
                     elif op == "tiles":
                         trace.attention_tiles(kind, layer, nq - 1, nq, 0, nk)
+                    elif op == "tile-whole":
+                        trace.attention_tile(kind, layer, item[2], 0, nq, 0, nk)
+                    elif op == "tiles-whole":
+                        trace.attention_tiles(kind, layer, 0, nq, 0, nk)
                     elif op == "sink":
                         trace.sink_share(kind, layer)
                 except EngineError as exc:
@@ -160,7 +167,7 @@ class Follow:
             self._local.prefetching = False
 
 
-NEWEST_OPS = frozenset({"tile", "tiles", "pooled", "overview"})  # answered by the server along with a step
+NEWEST_OPS = frozenset({"tile", "tiles", "tile-whole", "tiles-whole", "pooled", "overview"})  # answered by the server along with a step
 
 
 def pooled_layers(trace: Any, kind: str) -> list[str]:
@@ -196,7 +203,8 @@ def seed_followed(trace: Any, followed: list) -> None:
         src = trace._source(kind, layer)
         if not isinstance(src, ServerPatterns):
             continue
-        key = {"tile": src.key_tile, "tiles": src.key_tiles, "overview": src.key_overview}[op](*args)
+        key = {"tile": src.key_tile, "tiles": src.key_tiles, "tile-whole": src.key_tile, "tiles-whole": src.key_tiles,
+               "overview": src.key_overview}[op](*args)
         got.flags.writeable = False
         link.cache.put(link.full(key), got)
 
@@ -260,6 +268,9 @@ class ServerPatterns(PatternSource):
     def _newest_row(self, q0: int, q1: int, k0: int, k1: int) -> bool:
         return q1 == self.n_queries and q0 == q1 - 1 and k0 == 0 and k1 == self.n_keys
 
+    def _whole(self, q0: int, q1: int, k0: int, k1: int) -> bool:
+        return (q0, q1, k0, k1) == (0, self.n_queries, 0, self.n_keys)
+
     # -- what an answer depends on (the cache's keys; seed_followed builds the same) ------------------------------
     def key_tile(self, head: int, q0: int, q1: int, k0: int, k1: int) -> tuple:
         return (self.name, self.lineage(q1), "tile", int(head), int(q0), int(q1), int(k0), int(k1))
@@ -280,11 +291,15 @@ class ServerPatterns(PatternSource):
             raise CaptureError("log weights are not asked of a remote engine")
         if self._newest_row(q0, q1, k0, k1):
             self.link.follow.add(("tile", self.name, int(head)))
+        elif self._whole(q0, q1, k0, k1) and (q1 - q0) * (k1 - k0) <= FOLLOW_CELLS:  # a view showing it all exactly
+            self.link.follow.add(("tile-whole", self.name, int(head)))
         return self.link.cached(self.key_tile(head, q0, q1, k0, k1), "tile", args=self._args(head, q0, q1, k0, k1))
 
     def tiles(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         if self._newest_row(q0, q1, k0, k1):
             self.link.follow.add(("tiles", self.name))
+        elif self._whole(q0, q1, k0, k1) and self.n_heads * (q1 - q0) * (k1 - k0) <= FOLLOW_CELLS:
+            self.link.follow.add(("tiles-whole", self.name))
         return self.link.cached(self.key_tiles(q0, q1, k0, k1), "tiles", args=self._args(q0, q1, k0, k1))
 
     def overview(self, heads: list[int], rows: int, cols: int, reduce: str = "max",
