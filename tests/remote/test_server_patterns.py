@@ -280,3 +280,32 @@ def test_the_newest_row_a_view_reads_comes_with_the_next_step(far):
     before = conn.bytes_sent
     t.attention_row("self", 1, len(t) - 1)
     assert conn.bytes_sent > before
+
+
+def test_a_recompute_past_the_limit_switches_a_mirrored_session(server):
+    """A session mirrored at its prefill whose recompute (a head gate) would resend more than the limit switches to
+    keeping its patterns on the server: the client drops its copy and asks, with the same answers."""
+    probe = connect(server.address, token=server.token, mirror_limit=2**40)
+    try:
+        model = probe.load_model("tiny-llama", capture_mode="rebuild")
+        size = probe.Session(model, list(range(10, 40))).trace.nbytes  # the 30-token record
+    finally:
+        probe.close()
+    e = connect(server.address, token=server.token, mirror_limit=size + size // 4)
+    try:
+        rm = e.load_model("tiny-llama", capture_mode="rebuild")
+        lm = load_model("tiny-llama", device="cpu")
+        lm.capture_mode = "rebuild"
+        rs, ls = e.Session(rm, list(range(10, 40))), Session(lm, list(range(10, 40)))
+        for _ in range(12):
+            rs.step(), ls.step()
+        assert not rs.trace.patterns_on_server and rs.trace.keys
+        rm.set_head_gate("self", 1, 0, 0.0), lm.set_head_gate("self", 1, 0, 0.0)
+        ls.recompute()
+        rt = rs.trace
+        assert rt.patterns_on_server and rt.keys == {}
+        assert_same_everywhere(rt, ls.trace)
+        rs.step(), ls.step()
+        assert_same_everywhere(rs.trace, ls.trace)
+    finally:
+        e.close()
