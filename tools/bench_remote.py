@@ -136,13 +136,16 @@ def bytes_run(length: int, steps: int, address: str, token: str, folder: Path, d
         session = eng.Session(model, ids)
         prefill_s = time.perf_counter() - t0
         prefill = c.bytes_received - before
-        first = drawn_bytes(session.trace, c, first=True)
         step_alone, step_drawn = [], []
-        for _ in range(steps):
+        for _ in range(steps):  # nothing drawn: the step alone
             before = c.bytes_sent + c.bytes_received
             session.step()
             step_alone.append(c.bytes_sent + c.bytes_received - before)
-            step_drawn.append(step_alone[-1] + drawn_bytes(session.trace, c, first=False))
+        first = drawn_bytes(session.trace, c, first=True)
+        for _ in range(steps):  # then as a window steps: what its views asked comes with the step, or right after
+            before = c.bytes_sent + c.bytes_received
+            session.step()
+            step_drawn.append(c.bytes_sent + c.bytes_received - before + drawn_bytes(session.trace, c, first=False))
         out.append({"tokens": length, "mirror": label, "on_server": bool(session.trace.patterns_on_server),
                     "prefill_bytes": prefill, "prefill_s": round(prefill_s, 2), "first_draw_bytes": first,
                     "step_bytes": int(statistics.median(step_alone)), "step_drawn_bytes": int(statistics.median(step_drawn)),
