@@ -96,6 +96,7 @@ def newest_answers(trace: Any, items: list) -> list:
                 out.append([item, args, trace.attention_tiles(kind, layer, *args)])
             elif op == "overview":
                 heads, rows, cols, reduce = [int(h) for h in item[2]], int(item[3]), int(item[4]), str(item[5])
+                rows, cols = (nq if rows < 0 else rows), (nk if cols < 0 else cols)  # -1: as many as the pattern has
                 args = [heads, rows, cols, reduce, [0, nq], [0, nk]]
                 out.append([item, args, trace.attention_overview(kind, layer, heads=heads, rows=rows, cols=cols,
                                                                  reduce=reduce, q_range=(0, nq), k_range=(0, nk))])

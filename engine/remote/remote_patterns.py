@@ -149,8 +149,8 @@ class Follow:
                     kind, layer = parse_capture_name(name)
                     _h, nq, nk = trace.attention_shape(kind, layer)
                     if op == "overview":
-                        trace.attention_overview(kind, layer, heads=list(item[2]), rows=item[3], cols=item[4],
-                                                 reduce=item[5])
+                        rows, cols = (nq if item[3] < 0 else item[3]), (nk if item[4] < 0 else item[4])
+                        trace.attention_overview(kind, layer, heads=list(item[2]), rows=rows, cols=cols, reduce=item[5])
                     elif op == "tile":
                         trace.attention_tile(kind, layer, item[2], nq - 1, nq, 0, nk)
                     elif op == "tiles":
@@ -307,7 +307,10 @@ class ServerPatterns(PatternSource):
         q_range = tuple(q_range) if q_range else (0, self.n_queries)
         k_range = tuple(k_range) if k_range else (0, self.n_keys)
         if q_range == (0, self.n_queries) and k_range == (0, self.n_keys):  # the whole pattern (a fitted view)
-            self.link.follow.add(("overview", self.name, tuple(int(h) for h in heads), int(rows), int(cols), str(reduce)))
+            # rows / cols as many as the pattern has (-1) follow its growth; fewer (the screen's) stay
+            r = -1 if rows >= self.n_queries else int(rows)
+            c = -1 if cols >= self.n_keys else int(cols)
+            self.link.follow.add(("overview", self.name, tuple(int(h) for h in heads), r, c, str(reduce)))
         key = self.key_overview(heads, rows, cols, reduce, q_range, k_range)
         return self.link.cached(key, "overview", args=self._args(list(heads), rows, cols, reduce, list(q_range),
                                                                  list(k_range)))
