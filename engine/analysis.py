@@ -151,6 +151,11 @@ def rollout(trace: Trace, kind: str, upto: int | None = None) -> np.ndarray:
     if not n:
         raise CaptureError(f"this model has no {kind!r} attention")
     upto = n - 1 if upto is None else upto
+    on_server = getattr(trace, "rollout_on_server", None)  # a remote trace whose patterns stayed on its server
+    if on_server is not None:
+        found = on_server(kind, upto)
+        if found is not None:
+            return found
     result = None
     for layer in range(upto + 1):
         if capture_name(kind, layer) in trace.no_attention:

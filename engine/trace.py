@@ -13,6 +13,7 @@ from .routing import Routing, RoutingBlock, is_router_name, join_routing, router
 
 KINDS = ("encoder", "self", "cross")
 UNEMBED_SLAB = 8192  # vocabulary columns widened from bfloat16 at a time for lazy logit rows
+POOL_CHUNK_BYTES = 16 * 1024 * 1024  # rows of every head rebuilt at a time by attention_pooled
 DENSE_LIMIT = 4 * 1024**3  # bytes: a whole layer's pattern beyond this must be asked for by head, tile or overview
 
 
@@ -84,6 +85,21 @@ class LazyLogits:
             for c in range(0, w.shape[1], UNEMBED_SLAB):
                 out[:, c : c + UNEMBED_SLAB] = h @ as_float32(w[:, c : c + UNEMBED_SLAB])
         return softcap(out + self.bias if self.bias is not None else out, self.cap)
+
+
+def pool_aligned(out: np.ndarray, rows: np.ndarray, offset: int, width: int) -> None:
+    """Max rows (heads, n, keys) into `out` (heads, row bins, key bins) in place: row i goes to bin
+    (offset + i) // width, key j to bin j // width (a partial last bin pads with zeros: weights are ≥ 0)."""
+    h, n, nk = rows.shape
+    nkb = -(-nk // width)
+    if nkb * width != nk:
+        rows = np.pad(rows, ((0, 0), (0, 0), (0, nkb * width - nk)))
+    pooled = rows.reshape(h, n, nkb, width).max(axis=-1) if width > 1 else rows  # (h, n, nkb)
+    bins = (offset + np.arange(n)) // width
+    starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+    reduced = np.maximum.reduceat(pooled, starts, axis=1) if len(starts) < n else pooled
+    target = bins[starts]
+    out[:, target, :nkb] = np.maximum(out[:, target, :nkb], reduced)
 
 
 def softcap(logits, cap: float | None):  # noqa: ANN001, ANN201 - a torch tensor or a numpy array
@@ -235,6 +251,21 @@ class Trace:
         q_range = (max(0, q_range[0]), min(src.n_queries, q_range[1])) if q_range else None
         k_range = (max(0, k_range[0]), min(src.n_keys, k_range[1])) if k_range else None
         return src.overview(heads, rows, cols, reduce, q_range, k_range)
+
+    def attention_pooled(self, kind: str, layer: int, q0: int, q1: int, k1: int, width: int) -> np.ndarray:
+        """Every head's rows q0..q1 over keys 0..k1, max-pooled over square bins of `width` positions aligned to
+        multiples of it (the head grid's thumbnails): float32 [heads, (q1 - 1) // width - q0 // width + 1,
+        ⌈k1 / width⌉]. A chunk of rows at a time, so a long prefill never needs its whole pattern."""
+        src = self._source(kind, layer)
+        q0, q1, k1, width = max(0, int(q0)), min(src.n_queries, int(q1)), min(src.n_keys, int(k1)), max(1, int(width))
+        if q0 >= q1 or k1 <= 0:
+            return np.zeros((self.n_heads, 0, 0), dtype=np.float32)
+        out = np.zeros((self.n_heads, (q1 - 1) // width - q0 // width + 1, -(-k1 // width)), dtype=np.float32)
+        chunk = max(1, POOL_CHUNK_BYTES // (4 * k1 * self.n_heads))
+        for a in range(q0, q1, chunk):
+            z = min(a + chunk, q1)
+            pool_aligned(out, src.tiles(a, z, 0, k1), a - (q0 // width) * width, width)
+        return out
 
     def pattern_blocks(self, kind: str, layer: int) -> tuple[PatternBlock, ...]:
         """The row blocks of one capture point, in query order (shared with earlier traces of the same

@@ -37,6 +37,9 @@ SHAPES = {
                 intermediate_size=1376),
     "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                intermediate_size=8192),
+    # a 1B Llama's layer (width, heads, head size) twice: per-layer bytes as the 1B's, prefill in CPU reach
+    "1b-2l": dict(hidden_size=2048, num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                  intermediate_size=8192),
 }
 
 

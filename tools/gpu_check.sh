@@ -130,6 +130,9 @@ fi
 # 5b. the remote engine (issue 27): a server on this device, a client beside it; needs pyzmq (carry its wheel)
 if "$PY" -c "import zmq" >/dev/null 2>&1; then
     step remote 150 "$PY" tools/bench_remote.py --device "$DEVICE" --lengths 1024,8192 --steps 6 --rounds 2 --json-out "$OUT/remote.json"
+    # bytes a whole 1B Llama's trace sends mirrored vs with its patterns kept on the server (the prefill: 1.3 GB vs
+    # ~0.2 MB at 8k tokens; on a CPU only two of its layers are measured, see docs/remote-engine.md)
+    step remote_bytes 240 "$PY" tools/bench_remote.py --bytes --shape 1b --device "$DEVICE" --lengths 1024,8192 --steps 3 --json-out "$OUT/remote_bytes.json"
 else
     echo "== remote: skipped (pyzmq does not import here; put its wheel in .whl/)"
     printf '%s\t%s\t%s\t%s\n' remote skipped 0 "pyzmq missing" >>"$STEPS"

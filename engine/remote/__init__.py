@@ -8,7 +8,8 @@
 
 Modules: protocol (signed frames, the handshake's versions), server and cli (`serve`), connection (the
 client's socket thread), client (RemoteEngine / RemoteModel / RemoteSession), delta and mirror (the
-trace, sent as what changed and rebuilt on the client).
+trace, sent as what changed and rebuilt on the client), remote_patterns and pattern_answers (past the mirror
+limit: the patterns stay on the server and the client's trace asks for what it draws).
 """
 
 from .client import RemoteEngine, RemoteModel, RemoteSession, RemoteStep, connect

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let clients open checkpoints that bring their own code (auto_map in config.json), which then "
                         "runs on this machine; without it such checkpoints are refused whatever the client asks")
+    p.add_argument("--mirror-limit", metavar="MB", type=float, default=None,
+                   help="mirror a trace's whole record (queries, keys: a browsable copy if the server dies) to the client "
+                        "while it is at most MB megabytes (default 64); past it, patterns stay here and the client asks "
+                        "for what it draws. 0: always keep them here")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p
 
@@ -109,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.bind not in LOOPBACK and ipc_path is None:
         log.warning("listening on %s: anyone who can reach it can try to connect, and what crosses is signed but "
                     "NOT encrypted; prefer the default 127.0.0.1 with an SSH tunnel", args.bind)
+    from .delta import MIRROR_LIMIT
     from .server import EngineServer
 
+    limit = MIRROR_LIMIT if args.mirror_limit is None else int(args.mirror_limit * 2**20)
+    if limit < 0:
+        sys.stderr.write("error: --mirror-limit is a size in MB, 0 or more\n")
+        return 2
     try:
         server = EngineServer(token, bind=args.bind, port=args.port, models_dirs=tuple(args.models_dir), device=args.device,
-                              trust_remote_code=args.trust_remote_code, ipc_path=ipc_path)
+                              trust_remote_code=args.trust_remote_code, ipc_path=ipc_path,
+                              mirror_limit=limit)
         secret = f"token-file={args.token_file}" if args.token_file else f"token={token}"
         sys.stdout.write(f"connect: {server.endpoint} {secret}\n")
         sys.stdout.flush()

@@ -35,9 +35,11 @@ from .protocol import CAPABILITIES, PROTOCOL_VERSION, EngineGone, ProtocolMismat
 log = logging.getLogger(__name__)
 
 
-def connect(address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> RemoteEngine:
-    """Connect to `attention-inspector serve` at "HOST:PORT" (its `connect:` line) and shake hands."""
-    return RemoteEngine(address, token, timeout)
+def connect(address: str, token: str, timeout: float = CONNECT_TIMEOUT_S, mirror_limit: int | None = None) -> RemoteEngine:
+    """Connect to `attention-inspector serve` at "HOST:PORT" (its `connect:` line) and shake hands.
+    `mirror_limit`: bytes of a trace's record mirrored here (None: the server's --mirror-limit; 0: patterns
+    always stay on the server, asked for as drawn)."""
+    return RemoteEngine(address, token, timeout, mirror_limit=mirror_limit)
 
 
 def _handshake(conn: Connection, timeout: float) -> dict:
@@ -63,8 +65,9 @@ class RemoteEngine:
     # re-colours candidates never asks the network for it in its own thread; False: only the top candidates
     prefetch_logits = True
 
-    def __init__(self, address: str, token: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, address: str, token: str, timeout: float = CONNECT_TIMEOUT_S, mirror_limit: int | None = None) -> None:
         self.address, self._token, self._timeout = address, token, timeout
+        self.mirror_limit = mirror_limit  # None: the server's
         self.client_id = uuid.uuid4().hex
         self.conn = Connection(address, token, self.client_id)
         self.info = _handshake(self.conn, timeout)
@@ -81,6 +84,10 @@ class RemoteEngine:
     def gone(self) -> str | None:
         """Why the engine went away, or None while it answers."""
         return self.conn.gone
+
+    def _limit(self) -> dict:
+        """The client's mirror limit for a request that makes a trace (nothing: the server's own)."""
+        return {} if self.mirror_limit is None else {"mirror_limit": int(self.mirror_limit)}
 
     def fetch_logits(self, sender: int, serial: int, start: int, stop: int) -> np.ndarray:
         return self.call("logits", {"sender": sender, "serial": serial, "start": start, "stop": stop})
@@ -236,7 +243,7 @@ class RemoteEngine:
                 "component": list(component) if isinstance(component, (list, tuple)) else component,
                 "kwargs": {"positions": None if positions is None else [int(p) for p in positions], "align": align,
                            "position": None if position is None else int(position), "capture": bool(capture),
-                           "split": None if split is None else int(split)}}
+                           "split": None if split is None else int(split)}, **self._limit()}
         answer = self.call("patch", body)
         result = answer["result"]
         if "delta" in answer:
@@ -469,7 +476,8 @@ class RemoteModel:
 
     # -- one full forward ------------------------------------------------------------------------
     def run(self, text_or_ids: str | Sequence[int] | None, source: str | Sequence[int] | None = None) -> RemoteTrace:
-        answer = self.engine.call("run", {"model": self.handle, "prompt": _plain(text_or_ids), "source": _plain(source)})
+        answer = self.engine.call("run", {"model": self.handle, "prompt": _plain(text_or_ids), "source": _plain(source),
+                                          **self.engine._limit()})
         return TraceMirror(self.engine.fetch_logits, self.engine).apply(answer)
 
 
@@ -540,7 +548,8 @@ class RemoteSession:
 
     def _open(self, body: dict, cancel: Any = None) -> None:
         # `cancel` set while the server prefills: the cancel message stops it between layers there (Cancelled)
-        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits}, cancel=cancel)
+        answer = self.engine.call("session_new", {**body, "with_row": self.engine.prefetch_logits, **self.engine._limit()},
+                                  cancel=cancel)
         self.handle = answer["handle"]
         self._mirror = TraceMirror(self.engine.fetch_logits, self.engine)
         self._gate_version = self.model.gate_version
@@ -573,9 +582,12 @@ class RemoteSession:
 
     def _do(self, method: str, *args: Any, cancel: Any = None, **kwargs: Any) -> Any:
         self._gate_version = self.model.gate_version  # the server recomputes first if the gates changed
-        answer = self.engine.call("session", {"session": self.handle, "method": method, "args": list(args),
-                                              "kwargs": kwargs, "history_known": len(self.history),
-                                              "with_row": self.engine.prefetch_logits}, cancel=cancel)
+        body = {"session": self.handle, "method": method, "args": list(args), "kwargs": kwargs,
+                "history_known": len(self.history), "with_row": self.engine.prefetch_logits}
+        follow = getattr(self.engine, "pattern_cache", None)
+        if follow is not None and getattr(self._mirror.trace, "link", None) is not None:
+            body["follow"] = follow[1].items()  # answered with the step (patterns kept on the server)
+        answer = self.engine.call("session", body, cancel=cancel)
         return self._take(answer)
 
     # -- as engine.Session ---------------------------------------------------------------------

@@ -7,18 +7,34 @@ answers a delta: for each list, how much of the client's copy stays (`keep`) and
 `back()` the lists shrink; after a branch the suffix differs; after a recompute (head gates) everything is
 new. Logit rows never cross here: a delta names them (serial, rows, vocabulary) and the client fetches a
 row when something asks for it; with the new token, the step's top candidates come along.
+
+The mirror limit: once a delta would send more than `limit` bytes of blocks and keys (a long prompt on a
+1B+ model), the sender switches to keeping them on the server for good: the delta then carries a stub per
+block (q_start, rows, serial, what) and the keys' lengths, and the client asks for what it draws
+(remote_patterns.py, pattern_answers.py). Below it the whole record is mirrored, so a trace stays browsable
+when the server dies.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import numpy as np
 
-from ..trace import Trace
+from ..errors import CaptureError
+from ..routing import is_router_name
+from ..trace import Trace, parse_capture_name
+
+log = logging.getLogger(__name__)
 
 TOP_K = 20  # candidates sent with each step (the whole row only when asked for)
+# Mirror a trace's blocks (queries, keys, stored rows) while a delta sends at most this many bytes of them:
+# every bundled model at its full context, a 1B Llama's prompt up to ~400 tokens (≈ 165 kB a token), a few
+# seconds on a slow tunnel once. Past it they stay on the server. `attention-inspector serve --mirror-limit MB`;
+# a client may ask for its own (connect(..., mirror_limit=...)).
+MIRROR_LIMIT = 64 * 1024 * 1024
 
 
 def _common_prefix(old: list, new: tuple | list, same=lambda a, b: a is b) -> int:  # noqa: ANN001
@@ -34,6 +50,15 @@ def _eq(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _what(block: Any) -> str:
+    return "query" if hasattr(block, "lse") else "rows" if hasattr(block, "rows") else "routing"
+
+
+def _block_bytes(block: Any) -> int:
+    """Bytes a block's arrays take on the wire (queries, row statistics and keys; stored rows; routing)."""
+    return block.nbytes if hasattr(block, "nbytes") else block.rows.nbytes
+
+
 def _end(block: Any) -> int:
     """The query position after a pattern block (stored rows, or queries to rebuild them from)."""
     n = block.n if hasattr(block, "n") else block.rows.shape[1] if hasattr(block, "rows") else len(block.experts)
@@ -45,7 +70,10 @@ class TraceSender:
 
     _serials = itertools.count(1)
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = MIRROR_LIMIT) -> None:
+        self.limit = limit  # None: always mirror; 0: never
+        self.on_server = False  # blocks stay on the server (switched on once a delta passed the limit)
+        self.serials: dict[str, list[int]] = {}  # capture name -> a serial per block, as self.blocks
         self.blocks: dict[str, list] = {}
         self.tokens: list[tuple[int, str, bool]] = []
         self.steps: list = []
@@ -57,7 +85,7 @@ class TraceSender:
         self._held: dict[int, Any] = {}  # serial -> logits block of the current trace, for the client's lazy fetches
 
     def reset(self) -> None:
-        self.__init__()
+        self.__init__(self.limit)
 
     def delta(self, trace: Trace) -> dict:
         out: dict[str, Any] = {}
@@ -88,11 +116,12 @@ class TraceSender:
             keep = _common_prefix(old, bs)
             blocks[name] = (keep, list(bs[keep:]))
             self.blocks[name] = list(bs)
+            self.serials[name] = self.serials.get(name, [])[:keep] + [next(self._serials) for _ in bs[keep:]]
             kept_to[name] = _end(bs[keep - 1]) if keep else 0
         out["blocks"] = blocks
         out["dropped"] = [n for n in self.blocks if n not in trace.blocks]
         for n in out["dropped"]:
-            del self.blocks[n]
+            del self.blocks[n], self.serials[n]
         rules = {name: rule for name, rule in trace.rules.items() if self.rules.get(name) is not rule}
         self.rules.update(rules)
         out["rules"] = rules
@@ -109,8 +138,36 @@ class TraceSender:
             keys[name] = (keep, np.ascontiguousarray(k[:, keep:]))
             self.key_rows[name] = k.shape[1]
         out["keys"] = keys
+        switching = False
+        if not self.on_server and self.limit is not None:
+            size = sum(_block_bytes(b) for _, new in blocks.values() for b in new)
+            size += sum(rows.nbytes for _, rows in keys.values())
+            if size > self.limit:
+                self.on_server = switching = True
+                log.info("a trace's record (%.1f MB) passed the mirror limit (%.1f MB): its patterns stay on the server",
+                         size / 2**20, self.limit / 2**20)
+        if self.on_server:
+            self._stub(trace, out, switching)
         out["logits"] = self._logits(trace)
         return out
+
+    def _stub(self, trace: Trace, out: dict, switching: bool) -> None:
+        """Blocks as stubs (q_start, rows, serial, what), no keys; after a switch every block anew."""
+        stubs = {}
+        for name, (keep, new) in out["blocks"].items():
+            if switching:
+                keep, new = 0, self.blocks[name]
+            serials = self.serials[name][keep:]
+            stubs[name] = (keep, [(b.q_start, _end(b) - b.q_start, serial, _what(b)) for b, serial in zip(new, serials)])
+        out["blocks"], out["keys"], out["on_server"] = stubs, {}, True
+        shapes = {}
+        for name in trace.blocks:
+            if not is_router_name(name):
+                try:
+                    shapes[name] = trace.attention_shape(*parse_capture_name(name))[2]
+                except CaptureError:  # a layer without attention (hybrids): nothing to ask for
+                    continue
+        out["shapes"] = shapes
 
     def _logits(self, trace: Trace) -> tuple[int, list] | None:
         if trace.logit_rows is None:

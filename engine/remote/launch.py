@@ -53,7 +53,7 @@ def spawn_server(port: int = 0, token_file: Path | None = None, models_dirs: Seq
                  extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen, str, str]:
     """Start `python -m engine.remote.cli` here and wait for its connect line -> (process, address, token).
     `device`: its --device (where a load that names none goes; "auto": spread over the GPUs, then the CPU);
-    `extra_args`: more `serve` options (--trust-remote-code, --ipc)."""
+    `extra_args`: more `serve` options (--trust-remote-code, --ipc, --mirror-limit MB)."""
     cmd = [python, "-m", "engine.remote.cli", "--port", str(port), *extra_args]
     if device is not None:
         cmd += ["--device", device]

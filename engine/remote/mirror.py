@@ -6,6 +6,10 @@ on the patterns) is the same numpy code on the same numbers as in-process, and t
 browsable when the server goes away. Per step only the new blocks cross (independent of the context
 length when patterns are rebuilt; the new row of every head when they are stored). Logit rows stay on
 the server until something asks for one (RemoteLogits); a step's top candidates come with it.
+
+Past the mirror limit (delta.py) the blocks stay on the server: the client holds stubs (ServerBlock) and
+its Trace asks the server for each tile, overview, row, pooled thumbnail, sink share or routing it is asked
+(remote_patterns.py), caching the answers.
 """
 
 from __future__ import annotations
@@ -16,14 +20,130 @@ from typing import Any
 import numpy as np
 
 from ..rebuild import KeyArena
-from ..trace import Trace
+from ..routing import Routing, is_router_name, join_routing, router_name
+from ..trace import PatternBlock, Trace, capture_name
+from .remote_patterns import AnswerCache, Follow, PatternLink, ServerBlock, ServerPatterns, seed_followed
 
 
 @dataclass(frozen=True, eq=False)
 class RemoteTrace(Trace):
-    """A Trace whose model lives in a remote engine; `remote` names it there (for explanations, analyses)."""
+    """A Trace whose model lives in a remote engine; `remote` names it there (for explanations, analyses).
+    Capture points whose blocks stayed on the server (ServerBlock stubs) are answered by asking it."""
 
     remote: Any = None  # (engine, trace id on the server, sender id)
+    shapes: dict = field(default_factory=dict)  # capture name -> keys, for blocks kept on the server
+    link: PatternLink | None = None
+
+    def _on_server(self, name: str) -> bool:
+        blocks = self.blocks.get(name)
+        return bool(blocks) and isinstance(blocks[0], ServerBlock)
+
+    @property
+    def patterns_on_server(self) -> bool:
+        """True when this trace's patterns stayed on the server (past the mirror limit)."""
+        return any(self._on_server(n) for n in self.blocks)
+
+    def _source(self, kind: str, layer: int):  # noqa: ANN202 - a PatternSource
+        name = self.capture_point(kind, layer)
+        if not self._on_server(name):
+            return super()._source(kind, layer)
+        src = self._sources.get(name)
+        if src is None:
+            src = self._sources[name] = ServerPatterns(self.link, name, kind, int(layer), self.blocks[name],
+                                                       self.shapes[name], self.n_heads, self.rules.get(name))
+        return src
+
+    def sink_share(self, kind: str, layer: int) -> np.ndarray | None:
+        src = self._source(kind, layer)
+        if isinstance(src, ServerPatterns):
+            return src.sink_share()
+        return super().sink_share(kind, layer)
+
+    def attention_pooled(self, kind: str, layer: int, q0: int, q1: int, k1: int, width: int) -> np.ndarray:
+        """As Trace.attention_pooled; on the server, asked for every layer of `kind` with the same region at
+        once (the head grid asks each layer's new row after a step: one round trip, not one per layer)."""
+        src = self._source(kind, layer)
+        if not isinstance(src, ServerPatterns):
+            return super().attention_pooled(kind, layer, q0, q1, k1, width)
+        q0, q1, k1, width = max(0, int(q0)), min(src.n_queries, int(q1)), min(src.n_keys, int(k1)), max(1, int(width))
+        if q0 >= q1 or k1 <= 0:
+            return np.zeros((self.n_heads, 0, 0), dtype=np.float32)
+        link = self.link
+        region = (q0, q1, k1, width)
+        if q1 == src.n_queries and q0 == q1 - 1:  # the newest row (the head grid after a step)
+            link.follow.add(("pooled", kind, width))
+
+        def key(s: ServerPatterns) -> tuple:
+            return link.full(s.key_pooled(*region))
+
+        got = link.cache.get(key(src))
+        if got is not None:
+            return got
+        ask = [src]
+        for i in range(self.n_layers.get(kind, 0)):
+            name = capture_name(kind, i)
+            if i == layer or name in self.no_attention or not self._on_server(name):
+                continue
+            other = self._source(kind, i)
+            if other.n_queries >= q1 and other.n_keys >= k1 and link.cache.get(key(other)) is None:
+                ask.append(other)
+        answer = link.ask("pooled", names=[s.name for s in ask], args=list(region))
+        for s in ask:
+            pooled = answer[s.name]
+            pooled.flags.writeable = False
+            link.cache.put(key(s), pooled)
+        return answer[src.name]
+
+    def rollout_on_server(self, kind: str, upto: int) -> np.ndarray | None:
+        """engine.analysis.rollout computed by the server when the patterns stayed there (every layer's whole
+        pattern would cross otherwise: only the product does); None when they are here."""
+        names = [capture_name(kind, i) for i in range(upto + 1)]
+        names = [n for n in names if n in self.blocks and n not in self.no_attention]
+        if not names or not all(self._on_server(n) for n in names):
+            return None
+        link = self.link
+        key = ("rollout", kind, upto, tuple(self.blocks[n][-1].serial for n in names))
+        return link.cached(key, "rollout", args=[kind, int(upto)])
+
+    def pattern_blocks(self, kind: str, layer: int) -> tuple[PatternBlock, ...]:
+        src = self._source(kind, layer)
+        if not isinstance(src, ServerPatterns):
+            return super().pattern_blocks(kind, layer)
+        causal = src.rule.causal if src.rule is not None else kind == "self"
+        out = []
+        for b in src.blocks:
+            block = b._got.get("block")
+            if block is None:
+                n_k = b.q_start + b.n if causal else src.n_keys
+                block = b._got["block"] = PatternBlock(b.q_start, src.tiles(b.q_start, b.q_start + b.n, 0, n_k))
+            out.append(block)
+        return tuple(out)
+
+    def routing(self, layer: int) -> Routing:
+        stack = "encoder" if self.family == "encoder" else "decoder"
+        name = router_name(stack, int(layer))
+        if not self._on_server(name):
+            return super().routing(layer)
+        # every MoE layer's missing blocks in one round trip (the Experts dock reads them all)
+        want = {n: [i for i, b in enumerate(bs) if "block" not in b._got] for n, bs in self.blocks.items()
+                if is_router_name(n) and self._on_server(n)}
+        want = {n: v for n, v in want.items() if v}
+        self.link.follow.add(("routing",))
+        if want:
+            got = self.link.ask("routing", want=want)
+            for n, indices in want.items():
+                for i, block in zip(indices, got[n]):
+                    self.blocks[n][i]._got["block"] = block
+        return join_routing(int(layer), tuple(b._got["block"] for b in self.blocks[name]), self.n_experts)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this process holds for attention (blocks kept on the server count nothing)."""
+        total = 0
+        for bs in self.blocks.values():
+            for b in bs:
+                total += b.rows.nbytes if isinstance(b, PatternBlock) else b.nbytes
+        return total + sum(k.nbytes for k in self.keys.values())
 
 
 class RemoteLogits:
@@ -69,6 +189,7 @@ class TraceMirror:
     rules: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)  # name -> KeyArena
     logits: list = field(default_factory=list)
+    shapes: dict = field(default_factory=dict)  # capture name -> keys, while blocks stay on the server
     trace: RemoteTrace | None = None
 
     def apply(self, answer: dict) -> RemoteTrace:
@@ -90,7 +211,15 @@ class TraceMirror:
         self.expert_gates = d.get("expert_gates") or {}  # the transformers backend's MoE models
         for name in d["dropped"]:
             self.blocks.pop(name, None)
+        stubs = bool(d.get("on_server"))
+        if stubs and "shapes" not in d:
+            raise ValueError("a server-side delta without shapes")
+        if stubs:
+            self.keys.clear()  # nothing to rebuild from here
+            self.shapes = dict(d["shapes"])
         for name, (keep, new) in d["blocks"].items():
+            if stubs:
+                new = [ServerBlock(int(q), int(n), int(serial), str(what)) for q, n, serial, what in new]
             self.blocks[name] = self.blocks.get(name, [])[:keep] + list(new)  # a new list: older traces keep theirs
         self.rules.update(d["rules"])
         for name, (keep, rows) in d["keys"].items():
@@ -116,7 +245,12 @@ class TraceMirror:
             rules={k: r for k, r in self.rules.items() if k in self.blocks},
             keys={k: a.view() for k, a in self.keys.items() if a.length},
             n_experts=s.get("n_experts"), no_attention=dict(s.get("no_attention") or {}),
-            remote=(self.engine, answer["tid"], sender))
+            remote=(self.engine, answer["tid"], sender), shapes=dict(self.shapes) if stubs else {},
+            link=PatternLink(self.engine, answer["tid"], _instance(self.engine), *_cache(self.engine)) if stubs else None)
+        if stubs:  # what the window read of the last trace's newest row: answered with the step, or asked now
+            if answer.get("followed"):
+                seed_followed(self.trace, answer["followed"])
+            self.trace.link.follow.prefetch(self.trace)
         return self.trace
 
     def seed_row(self, position: int, row: np.ndarray) -> None:
@@ -134,3 +268,18 @@ class TraceMirror:
     def last_top(self) -> tuple | None:
         """(ids, logits) of the best candidates at the newest position, as the step brought them."""
         return self.logits[-1].top if self.logits else None
+
+
+def _instance(engine: Any) -> str | None:
+    """The server's instance (a restarted server numbers its traces from 1 again)."""
+    return (getattr(engine, "info", None) or {}).get("instance")
+
+
+def _cache(engine: Any) -> tuple[AnswerCache, Follow]:
+    """The engine's cache of pattern answers (one per engine: its bound is one bound) and what its views follow."""
+    found = getattr(engine, "pattern_cache", None)
+    if found is None:
+        found = (AnswerCache(), Follow())
+        if engine is not None:
+            engine.pattern_cache = found
+    return found

@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 # patching; a gate change answers with every gate; the transformers backend's trace (expert routing records,
 # experts per layer, layers without attention).
 # 3: replay protection (a challenge before the hello; every message stamped with the connection's session id and
-# a sequence number, both signed)
-PROTOCOL_VERSION = 3
+# a sequence number, both signed). 4: the mirror limit, patterns kept on the server ("patterns" requests, stub
+# blocks, the server's instance); expert gates over the wire
+PROTOCOL_VERSION = 4
 CAPABILITIES = ("sessions", "mirror-traces", "lazy-logits", "explain", "analysis", "cancel-load", "gates",
-                "neuron-gates", "mlp", "patching", "transformers-backend")
+                "neuron-gates", "mlp", "patching", "transformers-backend", "server-patterns")
 ALLOWED_DTYPES = frozenset("bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split())
 
 

@@ -35,7 +35,8 @@ import zmq
 from ..errors import Cancelled, CaptureError, CheckpointError, EngineError, LoadCancelled, SessionError
 from ..local import LocalEngine
 from ..session import expert_gates, live_events, stop_token_ids
-from .delta import TraceSender
+from .delta import MIRROR_LIMIT, TraceSender
+from .pattern_answers import PatternThread, stale
 from .protocol import PROTOCOL_VERSION, REFUSED, BadMessage, Prepared, error_body, replay_refusal, unpack
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ def base_version(version: str) -> str:
 
 class EngineServer:
     def __init__(self, token: str, bind: str = "127.0.0.1", port: int = 0, models_dirs: tuple[Path, ...] = (),
-                 device: str | None = None, trust_remote_code: bool = False, ipc_path: Path | None = None) -> None:
+                 device: str | None = None, trust_remote_code: bool = False, ipc_path: Path | None = None,
+                 mirror_limit: int | None = MIRROR_LIMIT) -> None:
+        import uuid
+
         from ..about import app_version
 
         self.device = device  # where a load that names no device goes ("auto": over the GPUs, then the CPU)
@@ -112,10 +116,14 @@ class EngineServer:
         self.traces: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self.owners: dict[int, str | None] = {}  # model / session handle -> the client id that opened it
         self._engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
+        self.instance = uuid.uuid4().hex  # a restarted server numbers its traces anew: a client's old ids must not match
+        self.mirror_limit = mirror_limit  # bytes of a trace's record mirrored to a client; past it, kept here
+        self._patterns = PatternThread(self.ctx, self._pipe_name, self.key, self._pattern_trace, self._post)
 
     # -- socket thread -------------------------------------------------------------------------
     def serve_forever(self) -> None:
         self._engine_thread.start()
+        self._patterns.start()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._replies, zmq.POLLIN)
@@ -141,6 +149,7 @@ class EngineServer:
                     self._receive(frames)
         self._inbox.put(None)
         self._engine_thread.join(5)
+        self._patterns.stop()
         self.sock.close(0)
         self._replies.close(0)
         self.ctx.term()
@@ -190,6 +199,9 @@ class EngineServer:
                 self._send(ident, sid, Prepared(self.key, {"id": rid}, {"ok": result}))
             except Exception as exc:  # noqa: BLE001 - a bad request is an answer, never a dead server
                 self._send(ident, sid, Prepared(self.key, {"id": rid}, {"error": error_body(exc)}))
+            return
+        if op == "patterns":  # what a client draws of a trace kept here: beside the engine thread
+            self._patterns.put(ident, sid, rid, body or {})
             return
         self._cancels[rid] = threading.Event()
         body = dict(body or {})
@@ -255,7 +267,7 @@ class EngineServer:
 
         info = {"host": platform.node(), "capabilities": list(CAPABILITIES), **engine_versions(),
                 "models_dirs": [str(d) for d in self.models_dirs], "load_device": self.device or "default",
-                "trust_remote_code": self.trust_remote_code}
+                "trust_remote_code": self.trust_remote_code, "instance": self.instance, "mirror_limit": self.mirror_limit}
         try:
             import torch
 
@@ -331,6 +343,15 @@ class EngineServer:
         while len(self.traces) > TRACES_KEPT:
             self.traces.popitem(last=False)
         return tid
+
+    def _sender(self, body: dict) -> TraceSender:
+        """A trace sender with the client's mirror limit if it asked for one, else the server's."""
+        return TraceSender(body["mirror_limit"] if "mirror_limit" in body else self.mirror_limit)
+
+    def _pattern_trace(self, body: dict) -> Any:
+        if body.get("instance") != self.instance:
+            raise stale(body.get("instance"))
+        return self._trace(int(body["tid"]))
 
     def _trace_answer(self, trace: Any, sender: TraceSender, sid: int) -> dict:
         return {"tid": self._remember(trace), "sender": sid, "delta": sender.delta(trace)}
@@ -472,13 +493,13 @@ class EngineServer:
     def _do_run(self, body: dict, progress, cancel) -> dict:  # noqa: ANN001
         model = self._model(body["model"])
         trace = model.run(body.get("prompt"), source=body.get("source"))
-        sid = self._one_off_sender()
+        sid = self._one_off_sender(body)
         return self._trace_answer(trace, self.senders[sid], sid)
 
-    def _one_off_sender(self) -> int:
+    def _one_off_sender(self, body: dict) -> int:
         """A one-off trace's sender (a run's, a patched run's), kept as long as analyses may name it."""
         sid = -self._next()
-        self.senders[sid] = TraceSender()
+        self.senders[sid] = self._sender(body)
         runs = [k for k in self.senders if k < 0]
         for k in runs[:-TRACES_KEPT]:
             del self.senders[k]
@@ -496,7 +517,7 @@ class EngineServer:
             session.replay(live_events([tuple(e) for e in history or ()]))
             session.history = [tuple(e) for e in history or ()]
         handle = self._next()
-        sender = TraceSender()
+        sender = self._sender(body)
         self.sessions[handle] = (session, sender)
         self.owners[handle] = body.get("_client")
         self.senders[handle] = sender
@@ -523,7 +544,12 @@ class EngineServer:
         answer = {"result": result, "state": session_state(session), "history": [list(e) for e in session.history[known:]]}
         if method in ("distribution", "reply", "set_sampling"):
             return answer
-        return {**answer, **self._trace_answer(session.trace, sender, handle), **frontier_row(session, body)}
+        answer.update(self._trace_answer(session.trace, sender, handle))
+        if body.get("follow") and sender.on_server:  # what the client's views will ask of the new trace: now
+            from .pattern_answers import newest_answers
+
+            answer["followed"] = newest_answers(session.trace, body["follow"])
+        return {**answer, **frontier_row(session, body)}
 
     def _trace(self, tid: int) -> Any:
         trace = self.traces.get(tid)
@@ -557,7 +583,7 @@ class EngineServer:
                                   body["component"], **kw)
         answer: dict[str, Any] = {"result": dataclasses.replace(result, trace=None)}
         if result.trace is not None:
-            sid = self._one_off_sender()
+            sid = self._one_off_sender(body)
             answer.update(self._trace_answer(result.trace, self.senders[sid], sid))
         return answer
 

@@ -67,7 +67,12 @@ class RolloutControl(QObject):
             return None
         key = (id(trace), s.kind, s.layer)
         if self._cache is None or self._cache[0] != key:
+            from engine import EngineError
             from engine.analysis import rollout
 
-            self._cache = (key, rollout(trace, s.kind, s.layer))
+            try:
+                self._cache = (key, rollout(trace, s.kind, s.layer))
+            except EngineError as exc:  # e.g. a remote engine that keeps the patterns went away: the pattern instead
+                log.warning("rollout: %s", exc)
+                return None
         return self._cache[1], f"rollout of layers 0–{s.layer}"

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import capture_name
+from engine import EngineError, capture_name
 
 from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
@@ -427,10 +427,20 @@ class AttentionView(QWidget):
         self.key_box.setRect(QRectF(k - 0.5, -0.5, 1, n_q))
         self.key_box.show()
 
+    def _sink_share(self, trace: object) -> np.ndarray | None:
+        """trace.sink_share of the layer on screen; None without sinks, or when a remote engine that keeps the
+        patterns went away before sending it (the rest of the view stays)."""
+        s = self.state
+        try:
+            return trace.sink_share(s.kind, s.layer) if hasattr(trace, "sink_share") else None
+        except EngineError as exc:
+            log.warning("sink share: %s", exc)
+            return None
+
     def _sink_rows(self, trace: object) -> np.ndarray | None:
         """The sink's share of every query row for the head (or mean of heads) on screen; None without sinks."""
         s = self.state
-        share = trace.sink_share(s.kind, s.layer) if hasattr(trace, "sink_share") else None
+        share = self._sink_share(trace)
         if share is None:
             return None
         return share.mean(axis=0) if s.mean_heads else share[s.head]
@@ -460,7 +470,7 @@ class AttentionView(QWidget):
         """" · sink 23% (row q), 18% mean" for models with attention sinks (gpt-oss): the share of each row that went
         to the sink, which is why its weights sum to less than one. Empty for every other model."""
         s = self.state
-        share = trace.sink_share(s.kind, s.layer) if hasattr(trace, "sink_share") else None
+        share = self._sink_share(trace)
         if share is None:
             return ""
         rows = share.mean(axis=0) if s.mean_heads else share[s.head]
@@ -519,6 +529,9 @@ class AttentionView(QWidget):
         self._delivered = max(self._delivered, generation)
         self._release_paint()
         log.warning("attention tile: %s", message)
+        if generation == self._generation:  # the tile on screen stays; the title says why it is not the new one
+            self._shown_title = f"{self._title} · {message.split(': ', 1)[-1]}"
+            self.plot.setTitle(self._shown_title, size="10pt")
 
     def _on_tile(self, key: str, generation: int, result: object) -> None:
         self._delivered = max(self._delivered, generation)
@@ -605,7 +618,11 @@ class AttentionView(QWidget):
         if self.pattern is not None:
             row = np.asarray(self.pattern[q], dtype=np.float32)
         else:
-            row = tiles.row_weights(trace, s.kind, s.layer, self._heads(), q)
+            try:
+                row = tiles.row_weights(trace, s.kind, s.layer, self._heads(), q)
+            except EngineError as exc:  # a remote engine that keeps the patterns went away: the row is not here
+                self.row_top.setText(f"query {q}: {exc}")
+                return
         self.row = row
         self.row_curve.setData(np.arange(row.size), row)
         keys = s.key_tokens(trace)
@@ -642,7 +659,10 @@ class AttentionView(QWidget):
         if self.pattern is not None:
             w = float(self.pattern[q, k])
         else:  # exact, whatever the zoom: one cell rebuilt
-            w = tiles.weight_at(self.state.trace, self.state.kind, self.state.layer, self._heads(), q, k)
+            try:
+                w = tiles.weight_at(self.state.trace, self.state.kind, self.state.layer, self._heads(), q, k)
+            except EngineError as exc:  # a remote engine that keeps the patterns went away
+                return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {exc}"
         self.hover_weight = w
         exact = f" ({w:.3e})" if 0 < w < 1e-3 else ""
         return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {w:.4f}{exact}"

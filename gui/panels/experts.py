@@ -16,6 +16,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QMenu, QToolTip, QVBoxLayout, QWidget
 
+from engine import EngineError
+
 from ..core import jobs
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
@@ -109,7 +111,11 @@ class ExpertsPanel(QWidget):
 
     def redraw(self) -> None:
         trace = self.state.trace
-        self.layers, rgb = top_expert_image(trace) if trace is not None else ([], None)
+        try:
+            self.layers, rgb = top_expert_image(trace) if trace is not None else ([], None)
+        except EngineError as exc:  # a remote engine that keeps the routing went away before sending it
+            self.caption.setText(str(exc))
+            return
         if not self.layers:
             self.image.clear()
             self._draw_load(None)

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import CaptureError
+from engine import EngineError
 
 from ..core.state import InspectorState
 from ..rendering.head_colors import head_color
@@ -521,7 +521,7 @@ class HeadView(QWidget):
         q = s.row_query
         try:
             row = trace.attention_row(s.kind, s.layer, q)  # [heads, keys]
-        except CaptureError as exc:
+        except EngineError as exc:  # not captured, or a remote engine that keeps the patterns went away
             self.row = None
             for item in self.canvas.lines.values():
                 item.set_lines(*self.canvas.line_x, 0.0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32))

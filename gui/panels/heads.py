@@ -362,6 +362,8 @@ class HeadGrid(QWidget):
     def _on_failed(self, _key: str, generation: int, message: str) -> None:
         self._delivered = max(self._delivered, generation)
         log.warning("head grid: %s", message)
+        if generation == self._generation:  # the thumbnails drawn stay; say why they are not the new trace's
+            self.caption.setText(message.split(": ", 1)[-1])
 
     def _on_rendered(self, key: str, generation: int, result: object) -> None:
         self._delivered = max(self._delivered, generation)

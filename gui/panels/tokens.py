@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import Trace
+from engine import EngineError, Trace
 
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
@@ -284,7 +284,11 @@ class TokenStrip(QWidget):
         if kind not in trace.kinds:
             return None
         layer = min(s.layer, trace.n_layers[kind] - 1)
-        rows = trace.attention_row(kind, layer, i)  # [heads, keys]
+        try:
+            rows = trace.attention_row(kind, layer, i)  # [heads, keys]
+        except EngineError as exc:  # a remote engine that keeps the patterns went away: no tint
+            log.warning("token strip: %s", exc)
+            return None
         w = rows.mean(axis=0) if s.mean_heads else rows[s.head]
         return tinted, np.sqrt(np.clip(w, 0.0, 1.0))
 

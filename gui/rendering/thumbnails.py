@@ -8,8 +8,9 @@ merged 2×2 (max of max is max), so nothing is recomputed. Numpy only: a display
 
 Traces that keep stored rows are pooled from their blocks; traces that rebuild patterns on demand (long
 contexts) are pooled from exact tiles a chunk of rows at a time (`attention_tile`), never a whole dense
-pattern: the prefill once, then the one row per head each step adds. Rebuilding is real work (q·k per
-cell), so the head grid runs that in its display thread (gui/core/render_thread.py).
+pattern: the prefill once, then the one row per head each step adds, pooled by the Trace itself
+(`attention_pooled`: a remote engine's trace asks its server, so only the pooled bins cross). Rebuilding is
+real work (q·k per cell), so the head grid runs that in its display thread (gui/core/render_thread.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import math
 import numpy as np
 
 from engine import Trace, capture_name
-
-CHUNK_BYTES = 16 * 1024 * 1024  # rebuilt rows pooled at a time (all heads)
+from engine.trace import pool_aligned  # numpy only: the same bins as Trace.attention_pooled
 
 
 class _Pooled:
@@ -44,15 +44,7 @@ class _Pooled:
         h, nr, nk = rows.shape
         self._grow_to(max(q_start + nr, nk))
         w = self.width
-        nkb = math.ceil(nk / w)
-        if nkb * w != nk:
-            rows = np.pad(rows, ((0, 0), (0, 0), (0, nkb * w - nk)))
-        pooled = rows.reshape(h, nr, nkb, w).max(axis=-1) if w > 1 else rows  # (h, nr, nkb)
-        bins = (q_start + np.arange(nr)) // w
-        starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
-        reduced = np.maximum.reduceat(pooled, starts, axis=1) if len(starts) < nr else pooled
-        target = bins[starts]
-        self.acc[:, target, :nkb] = np.maximum(self.acc[:, target, :nkb], reduced)
+        pool_aligned(self.acc, rows, q_start, w)
         self.n_q = max(self.n_q, q_start + nr)
         self.n_k = max(self.n_k, nk)
 
@@ -60,13 +52,18 @@ class _Pooled:
         rows = getattr(block, "rows", None)
         if rows is not None:  # stored rows
             self.add_rows(block.q_start, rows)
-        else:  # rebuilt: exact tiles, a chunk of rows at a time
+        else:  # rebuilt (here or on a remote engine): the trace pools exact rows into the bins itself
             n_keys = trace.attention_shape(kind, layer)[2]
-            nk = min(n_keys, block.q_start + block.n) if kind == "self" else n_keys  # causal: later keys are 0
-            chunk = max(1, CHUNK_BYTES // (4 * max(1, nk) * trace.n_heads))
-            for a in range(block.q_start, block.q_start + block.n, chunk):
-                z = min(a + chunk, block.q_start + block.n)
-                self.add_rows(a, trace.attention_tiles(kind, layer, a, z, 0, nk))
+            end = block.q_start + block.n
+            nk = min(n_keys, end) if kind == "self" else n_keys  # causal: later keys are 0
+            self._grow_to(max(end, nk))
+            w = self.width
+            pooled = trace.attention_pooled(kind, layer, block.q_start, end, nk, w)  # bins from block.q_start // w
+            b0 = block.q_start // w
+            target = self.acc[:, b0 : b0 + pooled.shape[1], : pooled.shape[2]]
+            np.maximum(target, pooled, out=target)
+            self.n_q = max(self.n_q, end)
+            self.n_k = max(self.n_k, nk)
         self.blocks.append(block)
 
     def image(self) -> np.ndarray:

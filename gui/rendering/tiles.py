@@ -56,7 +56,7 @@ def visible_tile(trace: Trace, kind: str, layer: int, heads: list[int], q0: int,
     r, c = max(1, min(rows, nq)), max(1, min(cols, nk))
     exact = r == nq and c == nk
     if exact:
-        parts = [trace.attention_tile(kind, layer, h, q0, q1, k0, k1) for h in heads]
+        parts = _head_tiles(trace, kind, layer, heads, q0, q1, k0, k1)
     else:
         pooled = trace.attention_overview(kind, layer, heads=heads, rows=r, cols=c, reduce="max",
                                           q_range=(q0, q1), k_range=(k0, k1))
@@ -68,10 +68,18 @@ def visible_tile(trace: Trace, kind: str, layer: int, heads: list[int], q0: int,
 def row_weights(trace: Trace, kind: str, layer: int, heads: list[int], query: int) -> np.ndarray:
     """One query row over every key, exact (heads averaged), float32 [keys]."""
     n_k = trace.attention_shape(kind, layer)[2]
-    parts = [trace.attention_tile(kind, layer, h, query, query + 1, 0, n_k)[0] for h in heads]
+    parts = [p[0] for p in _head_tiles(trace, kind, layer, heads, query, query + 1, 0, n_k)]
     return parts[0] if len(parts) == 1 else np.mean(np.stack(parts), axis=0, dtype=np.float64).astype(np.float32)
 
 
 def weight_at(trace: Trace, kind: str, layer: int, heads: list[int], query: int, key: int) -> float:
     """The exact weight of one cell (heads averaged)."""
-    return float(np.mean([float(trace.attention_tile(kind, layer, h, query, query + 1, key, key + 1)[0, 0]) for h in heads]))
+    return float(np.mean([float(p[0, 0]) for p in _head_tiles(trace, kind, layer, heads, query, query + 1, key, key + 1)]))
+
+
+def _head_tiles(trace: Trace, kind: str, layer: int, heads: list[int], q0: int, q1: int, k0: int, k1: int) -> list:
+    """attention_tile of each of `heads`; several at once in one attention_tiles call (one batched product in
+    process, one request to a remote engine that keeps the patterns, instead of one per head)."""
+    if len(heads) == 1:
+        return [trace.attention_tile(kind, layer, heads[0], q0, q1, k0, k1)]
+    return list(trace.attention_tiles(kind, layer, q0, q1, k0, k1)[list(heads)])

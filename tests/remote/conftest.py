@@ -14,13 +14,14 @@ from tests.gui.conftest import window  # noqa: F401 - the GUI tests' window fixt
 class Server:
     """A running `python -m engine.remote.cli` child, its address, token and stderr log."""
 
-    def __init__(self, tmp_path, models_dirs=(), port=0, token_file=None, device=None, extra_args=(), env=None) -> None:
+    def __init__(self, tmp_path, models_dirs=(), port=0, token_file=None, device=None, extra_args=(), env=None,
+                 extra=()) -> None:
         self.log_path = tmp_path / f"server-{port or 'any'}.log"
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
         self.models_dirs = models_dirs
         self.proc, self.address, self.token = spawn_server(port=port, token_file=token_file, models_dirs=models_dirs,
-                                                           stderr=self._log, device=device, extra_args=extra_args,
-                                                           env=env)
+                                                           stderr=self._log, device=device,
+                                                           extra_args=(*extra_args, *extra), env=env)
 
     @property
     def port(self) -> int:
