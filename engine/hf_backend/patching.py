@@ -89,7 +89,11 @@ class HFSites:
                 children = ", ".join(name for name, _ in self._explainer.layers[c.layer].named_children())
                 raise CaptureError(f"layer {c.layer} has no MLP to patch (its parts: {children})")
         elif c.what == "neuron":
-            mlp, _ = self._explainer.dense_mlp(c.layer)  # a mixture of experts is refused here, saying why
+            if c.layer in model.moe_layers:
+                raise CaptureError(f"layer {c.layer} is a mixture of experts: its neurons belong to {model.n_experts} "
+                                   "experts, each token reading only the ones the router chose, so a neuron has no "
+                                   f"one activation to patch; patch L{c.layer}.MLP (the whole expert block) instead")
+            mlp, _ = self._explainer.dense_mlp(c.layer)
             down = self._explainer.down(mlp, c.layer)
             if not 0 <= (c.index if c.index is not None else -1) < down.in_features:
                 raise CaptureError(f"neuron {c.index} does not exist; layer {c.layer}'s MLP has neurons "

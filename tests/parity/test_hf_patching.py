@@ -151,3 +151,19 @@ def test_refusals_say_what_the_layer_is(tmp_path_factory):
     sweep = patch_sweep(hybrid, CLEAN, CORRUPT, 40, 41)  # layers without attention: nan, said in the note
     assert np.isnan(sweep.patched[[0, 2]]).all() and np.isfinite(sweep.patched[1]).all()
     assert "layers 0, 2 have no heads" in sweep.note and "short convolution" in sweep.note
+
+
+def test_an_encoder_only_model_patches_its_encoder(tmp_path_factory):
+    """ModernBERT (bidirectional, alternating local windows): every head of a layer equals its attention, a
+    component patched with its own value changes nothing, the sweep cell is that head patched alone."""
+    model = _model("modernbert", tmp_path_factory)
+    heads = patch(model, CLEAN, CORRUPT, ", ".join(f"E1.H{h}" for h in range(model.n_heads)), capture=False)
+    attn = patch(model, CLEAN, CORRUPT, "E1.attn", capture=False)
+    assert np.abs(attn.after_logits - attn.before_logits).max() > 0.01
+    np.testing.assert_allclose(heads.after_logits, attn.after_logits, atol=ID_TOL)
+    same = patch(model, CLEAN, CLEAN, "E2.MLP", capture=False)
+    np.testing.assert_allclose(same.after_logits, same.before_logits, atol=ID_TOL)
+    sweep = patch_sweep(model, CLEAN, CORRUPT, 40, 41, kind="encoder")
+    assert np.isfinite(sweep.patched).all()
+    assert sweep.patched[1, 2] == pytest.approx(float(np.subtract(*patch(model, CLEAN, CORRUPT, "E1.H2", capture=False)
+                                                                  .after_logits[[40, 41]])), abs=TOL)
