@@ -12,9 +12,11 @@ activation, "L3.resid" the residual stream after the layer; "E1.H0", "E1.MLP", .
 encoder-decoder). Positions are aligned at the end by default (the last token of each prompt pair up, then
 backwards), or at the start; `pairs` in the result says which clean position took which corrupt one.
 
-The patch is a forward hook on the engine's own module, keyed by absolute position, so it holds through the
+The patch is a forward hook on the model's own modules, keyed by absolute position, so it holds through the
 KV cache (a prompt fed in pieces, each piece at its start) and in both capture modes; the rest of the forward
-is the model's own. Everything returned is numpy.
+is the model's own. Which module, its input or output, and which slice: `model.patch_sites` (NativeSites here for
+the native network; engine.hf_backend.patching.HFSites for a transformers model, found from its forward).
+Everything returned is numpy.
 """
 
 from __future__ import annotations
@@ -277,7 +279,7 @@ def _with_value(out: object, t: Tensor) -> object:
 
 
 class _Hooks:
-    """Forward hooks for one forward (or a session's forwards): record a component's value by absolute position,
+    """Forward hooks for one patching run's forwards: record a component's value by absolute position,
     or replace it. `start`: the absolute position of the forward's first token (set by _forward from the cache
     before each piece), so a prompt fed through the KV cache in pieces is patched at the right positions;
     `batch`: rows per forward (a module returning (rows·T, X), Llama 4's experts, is read as (rows, T, X))."""
