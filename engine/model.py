@@ -251,6 +251,13 @@ class Model:
         return NativeExplainer(self)
 
     @property
+    def patch_sites(self):  # noqa: ANN201 - engine.patching.NativeSites
+        """Where activation patching hooks each component (this network's modules) and its batched forward."""
+        from .patching import NativeSites
+
+        return NativeSites(self)
+
+    @property
     def main_stack(self) -> str:
         """"decoder", or "encoder" for an encoder-only model: the stack whose MLPs explain the predictions."""
         return "decoder" if self.config.has_decoder else "encoder"

@@ -12,9 +12,11 @@ activation, "L3.resid" the residual stream after the layer; "E1.H0", "E1.MLP", .
 encoder-decoder). Positions are aligned at the end by default (the last token of each prompt pair up, then
 backwards), or at the start; `pairs` in the result says which clean position took which corrupt one.
 
-The patch is a forward hook on the engine's own module, keyed by absolute position, so it holds through the
+The patch is a forward hook on the model's own modules, keyed by absolute position, so it holds through the
 KV cache (a prompt fed in pieces, each piece at its start) and in both capture modes; the rest of the forward
-is the model's own. Everything returned is numpy.
+is the model's own. Which module, its input or output, and which slice: `model.patch_sites` (NativeSites here for
+the native network; engine.hf_backend.patching.HFSites for a transformers model, found from its forward).
+Everything returned is numpy.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -185,93 +187,153 @@ def _read_position(model, prompt: _Prompt, position: int | None) -> int:  # noqa
     return int(position)
 
 
-# -- hooks --------------------------------------------------------------------------------------
-def _check(model, c: Component) -> None:  # noqa: ANN001
-    if c.what not in WHATS:
-        raise CaptureError(f"component kind must be one of {', '.join(WHATS)}, not {c.what!r}")
-    if c.what in ("head", "attn"):
-        model.attention_module(c.kind, c.layer)  # checks the kind and the layer
-        if c.what == "head" and not 0 <= (c.index if c.index is not None else -1) < model.n_heads:
-            raise CaptureError(f"head {c.index} does not exist; heads are 0..{model.n_heads - 1}")
-    else:
-        if c.kind == "cross":
-            raise CaptureError("cross-attention has heads and an output, not an MLP or a residual stream of its own")
-        if model.family == "encoder" and c.kind != "encoder":
-            raise CaptureError("an encoder-only model's layers are the encoder's: use kind 'encoder' (E1.MLP)")
+# -- where each component lives: the backend's sites ----------------------------------------------
+@dataclass(frozen=True)
+class Site:
+    """One hook point of a component: a module, whether the value is its input (a pre-hook) rather than its
+    output, and the slice of the value's last dim."""
+
+    module: torch.nn.Module
+    pre: bool
+    part: slice = field(default_factory=lambda: slice(None))
+
+
+class NativeSites:
+    """The native engine's sites (model.net's own modules) and its batched forward. Every Model has
+    `patch_sites` with these methods (engine.hf_backend.patching.HFSites for transformers' models)."""
+
+    def __init__(self, model) -> None:  # noqa: ANN001
+        self.model = model
+
+    def check(self, c: Component) -> None:
+        model = self.model
+        if c.what not in WHATS:
+            raise CaptureError(f"component kind must be one of {', '.join(WHATS)}, not {c.what!r}")
+        if c.what in ("head", "attn"):
+            model.attention_module(c.kind, c.layer)  # checks the kind and the layer
+            if c.what == "head" and not 0 <= (c.index if c.index is not None else -1) < model.n_heads:
+                raise CaptureError(f"head {c.index} does not exist; heads are 0..{model.n_heads - 1}")
+        else:
+            if c.kind == "cross":
+                raise CaptureError("cross-attention has heads and an output, not an MLP or a residual stream of its own")
+            if model.family == "encoder" and c.kind != "encoder":
+                raise CaptureError("an encoder-only model's layers are the encoder's: use kind 'encoder' (E1.MLP)")
+            ffn = model.mlp_module(c.layer, c.stack)
+            if c.what == "neuron" and not 0 <= (c.index if c.index is not None else -1) < ffn.down.in_features:
+                raise CaptureError(f"neuron {c.index} does not exist; layer {c.layer}'s MLP has neurons "
+                                   f"0..{ffn.down.in_features - 1}")
+
+    def head_width(self, kind: str, layer: int) -> int:
+        """How many entries of the output projection's input each head owns."""
+        return self.model.attention_module(kind, layer).head_dim
+
+    def sites(self, c: Component) -> list[Site]:
+        model = self.model
+        if c.what in ("head", "attn"):
+            attn = model.attention_module(c.kind, c.layer)
+            if c.what == "attn":
+                return [Site(attn, False)]
+            if c.index is None:  # every head's output side by side (what W_O reads)
+                return [Site(attn.out, True)]
+            hs = attn.head_dim
+            return [Site(attn.out, True, slice(c.index * hs, (c.index + 1) * hs))]
         ffn = model.mlp_module(c.layer, c.stack)
-        if c.what == "neuron" and not 0 <= (c.index if c.index is not None else -1) < ffn.down.in_features:
-            raise CaptureError(f"neuron {c.index} does not exist; layer {c.layer}'s MLP has neurons 0..{ffn.down.in_features - 1}")
+        if c.what == "mlp":
+            return [Site(ffn, False)]
+        if c.what == "neuron":
+            return [Site(ffn.down, True, slice(c.index, c.index + 1))]
+        stack = model.net.encoder if c.stack == "encoder" else model.net.decoder
+        return [Site(stack.layers[c.layer], False)]
+
+    def batched_logits(self, prompt: _Prompt, position: int, n: int) -> np.ndarray:
+        """(n, vocab) float64 logits at `position` of n copies of the prompt in one batch (no cache, no capture)."""
+        model = self.model
+        net, dev = model.net, model.device
+        if model.family == "encoder":
+            h = net.encode(torch.tensor([prompt.ids] * n, device=dev))
+            logits = net.mlm_logits(h[:, position])
+            if logits is None:
+                raise CaptureError(model.no_logits_reason or "this model has no predictions to patch")
+            return logits.double().cpu().numpy()
+        memory = None
+        if prompt.source is not None:
+            memory = net.encode(torch.tensor([prompt.source] * n, device=dev))
+        h = net.decode(torch.tensor([prompt.ids[: position + 1]] * n, device=dev), 0, None, memory)
+        return net.logits(h[:, position : position + 1])[:, 0].double().cpu().numpy()
 
 
-def _site(model, c: Component) -> tuple[torch.nn.Module, bool, slice]:  # noqa: ANN001
-    """(module, whether the value is its input (a pre-hook) rather than its output, the slice of the last dim)."""
-    if c.what in ("head", "attn"):
-        attn = model.attention_module(c.kind, c.layer)
-        if c.what == "attn":
-            return attn, False, slice(None)
-        if c.index is None:  # every head's output side by side (what W_O reads)
-            return attn.out, True, slice(None)
-        hs = attn.head_dim
-        return attn.out, True, slice(c.index * hs, (c.index + 1) * hs)
-    ffn = model.mlp_module(c.layer, c.stack)
-    if c.what == "mlp":
-        return ffn, False, slice(None)
-    if c.what == "neuron":
-        return ffn.down, True, slice(c.index, c.index + 1)
-    stack = model.net.encoder if c.stack == "encoder" else model.net.decoder
-    return stack.layers[c.layer], False, slice(None)
+def _check(model, c: Component) -> None:  # noqa: ANN001
+    model.patch_sites.check(c)
+
+
+def _value(out: object) -> Tensor:
+    """The tensor a module returned (a tuple's first: attention modules also return their weights)."""
+    t = out[0] if isinstance(out, (tuple, list)) else out
+    if not isinstance(t, torch.Tensor):
+        raise CaptureError(f"a patched module returned {type(out).__name__}, not a tensor to patch")
+    return t
+
+
+def _with_value(out: object, t: Tensor) -> object:
+    return (t, *out[1:]) if isinstance(out, tuple) else [t, *out[1:]] if isinstance(out, list) else t
 
 
 class _Hooks:
-    """Forward hooks for one forward (or a session's forwards): record a component's value by absolute position,
-    or replace it. `start` follows the stack's own start argument, so a prompt fed through the KV cache in
-    pieces is patched at the right positions."""
+    """Forward hooks for one patching run's forwards: record a component's value by absolute position,
+    or replace it. `start`: the absolute position of the forward's first token (set by _forward from the cache
+    before each piece), so a prompt fed through the KV cache in pieces is patched at the right positions;
+    `batch`: rows per forward (a module returning (rows·T, X), Llama 4's experts, is read as (rows, T, X))."""
 
     def __init__(self, model, stack: str) -> None:  # noqa: ANN001
-        self.model, self.start, self.handles = model, 0, []
-        net_stack = model.net.encoder if stack == "encoder" else model.net.decoder
-        self.handles.append(net_stack.register_forward_pre_hook(self._on_stack, with_kwargs=True))
+        self.model, self.stack, self.start, self.batch, self.handles = model, stack, 0, 1, []
 
-    def _on_stack(self, _module, args, kwargs):  # noqa: ANN001, ANN202
-        self.start = int(args[1]) if len(args) > 1 else int(kwargs.get("start", 0))
+    def _rows(self, t: Tensor) -> Tensor:
+        return t.view(self.batch, -1, t.shape[-1]) if t.dim() == 2 else t
 
-    def record(self, c: Component) -> list[Tensor]:
-        """Chunks (T_chunk, X) of the component's value in forward order (batch row 0)."""
-        module, pre, sl = _site(self.model, c)
-        chunks: list[Tensor] = []
+    def record(self, c: Component) -> list[list[Tensor]]:
+        """Per site, chunks (T_chunk, X) of the component's value in forward order (batch row 0)."""
+        out: list[list[Tensor]] = []
+        for site in self.model.patch_sites.sites(c):
+            chunks: list[Tensor] = []
+            out.append(chunks)
 
-        def keep(t: Tensor) -> None:
-            chunks.append(t[0, :, sl].detach().clone())
+            def keep(t: Tensor, chunks: list = chunks, sl: slice = site.part) -> None:
+                chunks.append(self._rows(t)[0, :, sl].detach().clone())
 
-        if pre:
-            self.handles.append(module.register_forward_pre_hook(lambda _m, args: keep(args[0])))
-        else:
-            self.handles.append(module.register_forward_hook(lambda _m, _a, out: keep(out)))
-        return chunks
+            if site.pre:
+                self.handles.append(site.module.register_forward_pre_hook(lambda _m, args, keep=keep: keep(args[0])))
+            else:
+                self.handles.append(site.module.register_forward_hook(lambda _m, _a, out, keep=keep: keep(_value(out))))
+        return out
 
-    def replace(self, c: Component, values: Tensor, pairs: Sequence[tuple[int, int]], rows: Sequence[int] | None = None) -> None:
-        """Write values[corrupt position] at each clean position of `pairs` (batch rows `rows`, default all)."""
-        module, pre, sl = _site(self.model, c)
+    def replace(self, c: Component, values: Sequence[Tensor], pairs: Sequence[tuple[int, int]],
+                rows: Sequence[int] | None = None) -> None:
+        """Write values[site][corrupt position] at each clean position of `pairs` (batch rows `rows`, default all)."""
         mapping = dict(pairs)
+        for site, site_values in zip(self.model.patch_sites.sites(c), values):
 
-        def swap(t: Tensor) -> Tensor:
-            T = t.shape[1]
-            local = [p - self.start for p in mapping if self.start <= p < self.start + T]
-            if not local:
-                return t
-            src = torch.tensor([mapping[p + self.start] for p in local], device=t.device)
-            t = t.clone()
-            idx = torch.tensor(local, device=t.device)
-            new = values.index_select(0, src).to(t.dtype)  # (n, X)
-            for b in (range(t.shape[0]) if rows is None else rows):
-                view = t[b, :, sl]
-                view[idx] = new
-            return t
+            def swap(t: Tensor, sl: slice = site.part, site_values: Tensor = site_values) -> Tensor:
+                shape, orig = t.shape, t
+                t = self._rows(t)
+                T = t.shape[1]
+                local = [p - self.start for p in mapping if self.start <= p < self.start + T]
+                if not local:
+                    return orig
+                src = torch.tensor([mapping[p + self.start] for p in local], device=t.device)
+                t = t.clone()
+                idx = torch.tensor(local, device=t.device)
+                new = site_values.to(t.device).index_select(0, src).to(t.dtype)  # (n, X)
+                for b in (range(t.shape[0]) if rows is None else rows):
+                    view = t[b, :, sl]
+                    view[idx] = new
+                return t.view(shape)
 
-        if pre:
-            self.handles.append(module.register_forward_pre_hook(lambda _m, args: (swap(args[0]), *args[1:])))
-        else:
-            self.handles.append(module.register_forward_hook(lambda _m, _a, out: swap(out)))
+            if site.pre:
+                self.handles.append(site.module.register_forward_pre_hook(
+                    lambda _m, args, swap=swap: (swap(args[0]), *args[1:])))
+            else:
+                self.handles.append(site.module.register_forward_hook(
+                    lambda _m, _a, out, swap=swap: _with_value(out, swap(_value(out)))))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -286,10 +348,11 @@ class _Hooks:
 
 
 # -- forwards -----------------------------------------------------------------------------------
-def _forward(model, prompt: _Prompt, position: int, capture: bool = False, split: int | None = None  # noqa: ANN001
-             ) -> tuple[np.ndarray, Trace | None]:
+def _forward(model, prompt: _Prompt, position: int, hooks: _Hooks | None = None, capture: bool = False,  # noqa: ANN001
+             split: int | None = None) -> tuple[np.ndarray, Trace | None]:
     """Logits at `position` (vocab,) of one forward, through the KV cache for decoders (in two pieces at
-    `split` when given), and its Trace when `capture`. Call inside the hooks' context."""
+    `split` when given), and its Trace when `capture`. Call inside the hooks' context: `hooks` learn where each
+    piece starts."""
     if model.family == "encoder":
         fwd = model.encode(prompt.ids, capture)
         if fwd.logits is None:
@@ -304,6 +367,8 @@ def _forward(model, prompt: _Prompt, position: int, capture: bool = False, split
     blocks: dict = {}
     rows: list = []
     for piece in pieces:
+        if hooks is not None and hooks.stack == "decoder":
+            hooks.start = cache.length
         fwd = model.decode(piece, cache, memory, capture)
         for name, b in fwd.blocks.items():
             blocks.setdefault(name, []).extend(b)
@@ -377,14 +442,14 @@ def patch(model, clean: Trace | str | Sequence[int], corrupt: Trace | str | Sequ
     pairs = _pairs(model, a, b, c, align, positions, read_at, corrupt_read)
     with _Hooks(model, c.stack) as hooks, model.guard():  # the corrupt run, recording every component at once
         recorded = [hooks.record(x) for x in comps]
-        corrupt_logits, _ = _forward(model, b, corrupt_read)
-    values = [torch.cat(chunks, dim=0) for chunks in recorded]
+        corrupt_logits, _ = _forward(model, b, corrupt_read, hooks)
+    values = [[torch.cat(chunks, dim=0) for chunks in sites] for sites in recorded]
     with model.guard():
         before_logits, _ = _forward(model, a, read_at)
     with _Hooks(model, c.stack) as hooks, model.guard():
         for x, v in zip(comps, values):
             hooks.replace(x, v, pairs)
-        after_logits, trace = _forward(model, a, read_at, capture, split)
+        after_logits, trace = _forward(model, a, read_at, hooks, capture, split)
     before, after = distribution(before_logits, 1.0), distribution(after_logits, 1.0)
     corrupt_p = distribution(corrupt_logits, 1.0)
     toks = model.tokenizer.token_strings
@@ -416,7 +481,8 @@ def patch_sweep(model, clean: Trace | str | Sequence[int], corrupt: Trace | str 
     for t in (token_a, token_b):
         if t is not None and not 0 <= int(t) < vocab:
             raise CaptureError(f"token id {t} is outside the vocabulary (0..{vocab - 1})")
-    model.attention_module(kind, 0)  # checks the kind
+    if kind not in model.kinds:
+        raise CaptureError(f"this {model.family} model has no {kind!r} attention; choose one of {', '.join(model.kinds)}")
     a, b = _prompt(model, clean, "clean prompt"), _prompt(model, corrupt, "corrupt prompt")
     read_at = _read_position(model, a, position)
     corrupt_read = read_at + len(b.ids) - len(a.ids) if align == "end" else read_at
@@ -426,30 +492,41 @@ def patch_sweep(model, clean: Trace | str | Sequence[int], corrupt: Trace | str 
     n_layers, n_heads = model.layers_by_kind[kind], model.n_heads
     stack = "encoder" if kind == "encoder" else "decoder"
     pairs = _pairs(model, a, b, Component("head", 0, 0, kind), align, positions, read_at, corrupt_read)
+    sites = model.patch_sites
+    with_heads, without = [], {}
+    for n in range(n_layers):  # a hybrid's layers without attention have no heads: nan, said in the note
+        try:
+            sites.check(Component("head", n, 0, kind))
+            with_heads.append(n)
+        except CaptureError as exc:
+            without[n] = str(exc)
+    if not with_heads:
+        raise CaptureError(f"no layer of {kind!r} attention has heads to patch: {next(iter(without.values()), '')}")
     # the corrupt run once: every layer's heads (the input of each W_O)
     with _Hooks(model, stack) as hooks, model.guard():
-        recorded = [hooks.record(Component("head", n, None, kind)) for n in range(n_layers)]
-        corrupt_logits, _ = _forward(model, b, corrupt_read)
+        recorded = {n: hooks.record(Component("head", n, None, kind))[0] for n in with_heads}
+        corrupt_logits, _ = _forward(model, b, corrupt_read, hooks)
     with model.guard():
         clean_logits, _ = _forward(model, a, read_at)
-    values = [torch.cat(chunks, 0) for chunks in recorded]
+    values = {n: torch.cat(chunks, 0) for n, chunks in recorded.items()}
     patched = np.full((n_layers, n_heads), np.nan, dtype=np.float64)
     if batch is None:  # heads per forward: a batch of at most SWEEP_TOKENS positions (memory of a long prompt)
         batch = max(1, SWEEP_TOKENS // max(read_at + 1, len(a.source or ())))
     rows = max(1, min(batch, n_heads))
-    total = n_layers * -(-n_heads // rows)
+    total = len(with_heads) * -(-n_heads // rows)
     done, cancelled = 0, False
-    for n in range(n_layers):
+    for n in with_heads:
+        hs = sites.head_width(kind, n)
         for h0 in range(0, n_heads, rows):
             if is_cancelled is not None and is_cancelled():
                 cancelled = True
                 break
             heads = list(range(h0, min(h0 + rows, n_heads)))
             with _Hooks(model, stack) as hooks, model.guard():
+                hooks.batch = len(heads)
                 for r, h in enumerate(heads):
-                    hs = model.attention_module(kind, n).head_dim
-                    hooks.replace(Component("head", n, h, kind), values[n][:, h * hs : (h + 1) * hs], pairs, rows=[r])
-                logits = _batched_logits(model, a, read_at, len(heads))
+                    hooks.replace(Component("head", n, h, kind), [values[n][:, h * hs : (h + 1) * hs]], pairs, rows=[r])
+                logits = sites.batched_logits(a, read_at, len(heads))
             patched[n, heads] = _metric(logits, int(token_a), None if token_b is None else int(token_b))
             done += 1
             if progress is not None:
@@ -462,22 +539,8 @@ def patch_sweep(model, clean: Trace | str | Sequence[int], corrupt: Trace | str 
         f" − logit({model.tokenizer.display(int(token_b))})" if token_b is not None else "")
     note = (f"{what} at clean position {read_at} with each head's output taken from the corrupt prompt at "
             f"{len(pairs)} aligned positions (aligned at the {align})" + (" — cancelled" if cancelled else ""))
+    if without:
+        note += f"; layers {', '.join(map(str, without))} have no heads (nan): " + next(iter(without.values()))
     return SweepResult(kind=kind, position=read_at, token_a=int(token_a), token_b=None if token_b is None else int(token_b),
                        clean_metric=clean_m, corrupt_metric=corrupt_m, patched=patched.astype(np.float32),
                        pairs=tuple(pairs), cancelled=cancelled, note=note)
-
-
-def _batched_logits(model, prompt: _Prompt, position: int, n: int) -> np.ndarray:  # noqa: ANN001
-    """(n, vocab) float64 logits at `position` of n copies of the prompt in one batch (no cache, no capture)."""
-    net, dev = model.net, model.device
-    if model.family == "encoder":
-        h = net.encode(torch.tensor([prompt.ids] * n, device=dev))
-        logits = net.mlm_logits(h[:, position])
-        if logits is None:
-            raise CaptureError(model.no_logits_reason or "this model has no predictions to patch")
-        return logits.double().cpu().numpy()
-    memory = None
-    if prompt.source is not None:
-        memory = net.encode(torch.tensor([prompt.source] * n, device=dev))
-    h = net.decode(torch.tensor([prompt.ids[: position + 1]] * n, device=dev), 0, None, memory)
-    return net.logits(h[:, position : position + 1])[:, 0].double().cpu().numpy()

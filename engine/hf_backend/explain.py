@@ -603,6 +603,13 @@ class HFExplainer:
                              display=self.model.tokenizer.display, activation_function=act, bias_effect=bias_effect,
                              neurons_effect=neurons_effect, residual=residual, note=note)
 
+    def expert_neurons(self, trace: Trace, layer: int, position: int, k: int = 20):  # noqa: ANN201
+        """engine.hf_backend.experts.expert_neurons: each chosen expert's neurons in a mixture-of-experts layer."""
+        from .experts import expert_neurons
+
+        self._check_family()
+        return expert_neurons(self, trace, layer, position, k)
+
     def _gate_up(self, mlp: nn.Module, layer: int) -> tuple[object | None, object]:
         """(the map the activation function reads, the one it multiplies; None for an ungated MLP), each with
         .weight (d_ff, d) and .bias; a fused gate-and-up projection (ModernBERT's Wi, Phi-3's gate_up_proj: the

@@ -50,6 +50,7 @@ class HFModel(Model):
         self.dtype_reason = ""
         self._unembedding: tuple | None = None
         self._explainer = None
+        self._patch_sites = None
         self._neuron_gate_values: dict[str, dict[int, float]] = {}
         self._neuron_hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._rules: dict[str, ScoreRule] = {}
@@ -74,8 +75,8 @@ class HFModel(Model):
 
     @property
     def net(self):  # noqa: ANN201 - the native engine's network: absent here
-        raise EngineError(f"{self.name} runs on the transformers backend; activation patching needs the native "
-                          "engine's network (open a natively supported checkpoint for it)")
+        raise EngineError(f"{self.name} runs on the transformers backend: it has no native engine network "
+                          "(patching, explanations and gates go through patch_sites, explainer and the gate methods)")
 
     @property
     def explainer(self):  # noqa: ANN201 - engine.hf_backend.explain.HFExplainer
@@ -86,6 +87,16 @@ class HFModel(Model):
 
             self._explainer = HFExplainer(self)
         return self._explainer
+
+    @property
+    def patch_sites(self):  # noqa: ANN201 - engine.hf_backend.patching.HFSites
+        """Where activation patching hooks each component in transformers' modules, found as the explainer finds
+        them, and the batched forward of a patching sweep."""
+        if self._patch_sites is None:
+            from .patching import HFSites
+
+            self._patch_sites = HFSites(self)
+        return self._patch_sites
 
     # -- description --------------------------------------------------------------------------
     @property

@@ -339,6 +339,12 @@ class PatchPanel(QWidget):
         best = np.unravel_index(np.nanargmax(np.abs(s.effect)), s.effect.shape) if np.isfinite(s.effect).any() else None
         strongest = (f" Strongest: layer {best[0]} head {best[1]} (moves the difference by {s.effect[best]:+.3f})."
                      if best is not None else "")
+        trace = self.state.trace
+        stack = "encoder" if s.kind == "encoder" else "decoder"
+        without = {n: (getattr(trace, "no_attention", None) or {}).get(f"{stack}.{n}.attn") for n in range(n_layers)}
+        blank = ", ".join(f"{n} ({kind})" for n, kind in without.items() if kind and np.isnan(s.patched[n]).all())
+        if blank:  # a hybrid's layers without attention have no heads to patch
+            strongest += f" Blank rows: layers without attention, {blank}."
         self.sweep_caption.setText(
             f"{what}: this prompt {s.clean_metric:+.3f}, second prompt {s.corrupt_metric:+.3f}. Each cell: (patched − "
             f"this) / (second − this) with that head's output taken from the second prompt at "

@@ -435,3 +435,30 @@ def test_neuron_gates_and_mlp_neurons_over_the_wire(hf_eng, hf_dir):
     finally:
         rm.clear_neuron_gates()
         lm.clear_neuron_gates()
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "lfm2"])
+def test_patching_over_the_wire_equals_in_process(hf_eng, hf_dir, name):
+    """Activation patching on a transformers-backend model runs on the server and answers as in-process: a patch
+    (several components, the trace mirrored), the sweep (a hybrid's layers without attention nan) and a refusal."""
+    from engine import CaptureError
+
+    rm, lm = _pair(hf_eng, hf_dir, name)
+    local = LocalEngine()
+    clean, corrupt = PROMPT[:14], [40, 41, 42, *PROMPT[4:14]]
+    comp = "L1.H2, L1.attn" if name == "qwen3_moe" else "L1.H2, L2.MLP"
+    r = hf_eng.patch(rm, clean, corrupt, comp, split=5)
+    loc = local.patch(lm, clean, corrupt, comp, split=5)
+    assert r.pairs == loc.pairs and r.label == loc.label and r.note == loc.note
+    np.testing.assert_array_equal(r.after_logits, loc.after_logits)
+    assert np.abs(loc.after_logits - loc.before_logits).max() > 0.01
+    assert r.trace is not None and r.trace.token_ids == loc.trace.token_ids
+    rs, ls = hf_eng.patch_sweep(rm, clean, corrupt, 40, 41), local.patch_sweep(lm, clean, corrupt, 40, 41)
+    np.testing.assert_array_equal(rs.patched, ls.patched)
+    assert rs.note == ls.note and np.isfinite(ls.patched[1]).all()
+    bad = "L1.N3" if name == "qwen3_moe" else "L0.attn"
+    with pytest.raises(CaptureError) as remote_err:
+        hf_eng.patch(rm, clean, corrupt, bad)
+    with pytest.raises(CaptureError) as local_err:
+        local.patch(lm, clean, corrupt, bad)
+    assert str(remote_err.value) == str(local_err.value)
