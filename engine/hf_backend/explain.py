@@ -260,8 +260,11 @@ class HFExplainer:
         return _Layer(mixer, mlps, mixer_post, mlp_post, alpha, beta, list(zip(extra, coef)))
 
     # -- direct logit attribution ------------------------------------------------------------------------------
-    def _walk(self, trace: Trace, i: int, token_id: int, neuron_layer: int | None = None) -> dict:
+    def _walk(self, trace: Trace, i: int, token_id: int, neuron_layer: int | None = None,
+              probe: tuple[int, Tensor] | None = None) -> dict:
         """Every part of the residual stream at position i through the final norm, with the token's column.
+        `probe` (layer, rows (m, d)): rows written beside that layer's MLP output, carried through the same
+        linearised norms as parts[PROBE + "experts"] but not counted in the stream (an expert's neurons' writes).
         -> {"parts", "column", "added", "resid_norms", "write_norms", "mixers", "mlp_input", "mlp_acts"}."""
         model, tol = self.model, self._tol
         if model.lazy_logits_ok is False:
@@ -313,6 +316,8 @@ class HFExplainer:
                     new[f"L{n}.MLP bias"] = down.module.bias.float()
             else:
                 new = {f"L{n}.MLP": sum(c.output for c in lay.mlps)[0, i].float()} if lay.mlps else {}
+                if probe is not None and n == probe[0] and new:
+                    new[PROBE + "experts"] = probe[1]
             if lay.mlp_post is not None and new:
                 new = self._norm(lay.mlp_post.module, f"layer {n}'s {lay.mlp_post.name}").linear(
                     lay.mlps[0].output[0, i], lay.mlp_post.output[0, i], new, f"layer {n}'s {lay.mlp_post.name}",
@@ -603,12 +608,26 @@ class HFExplainer:
                              display=self.model.tokenizer.display, activation_function=act, bias_effect=bias_effect,
                              neurons_effect=neurons_effect, residual=residual, note=note)
 
-    def expert_neurons(self, trace: Trace, layer: int, position: int, k: int = 20):  # noqa: ANN201
+    def expert_neurons(self, trace: Trace, layer: int, position: int, k: int = 20,  # noqa: ANN201
+                       token_id: int | None = None):
         """engine.hf_backend.experts.expert_neurons: each chosen expert's neurons in a mixture-of-experts layer."""
         from .experts import expert_neurons
 
         self._check_family()
-        return expert_neurons(self, trace, layer, position, k)
+        return expert_neurons(self, trace, layer, position, k, token_id)
+
+    def probe_effects(self, trace: Trace, position: int, token_id: int | None, layer: int,
+                      rows: Tensor) -> tuple[np.ndarray, float, int]:
+        """Each row (m, d), written at `layer` beside its MLP, read through the linearised norms and the unembedding
+        as attribute() reads the MLP's own write: -> (effects (m,), that MLP's whole part, token id). The parts
+        (the MLP's included) must sum to the model's logit, or it is refused."""
+        logits, token_id = _check_position(trace, position, token_id)
+        with self.model.guard():
+            walk = self._walk(trace, position, token_id, probe=(layer, rows))
+            values = self._values(walk)
+            effects = (walk["parts"][PROBE + "experts"] @ walk["column"]).cpu().numpy()
+        self._check_sum(values, logits, token_id)
+        return effects.astype(np.float64), values.get(f"L{layer}.MLP", 0.0), token_id
 
     def _gate_up(self, mlp: nn.Module, layer: int) -> tuple[object | None, object]:
         """(the map the activation function reads, the one it multiplies; None for an ungated MLP), each with
