@@ -548,9 +548,9 @@ class HFExplainer:
             dense = [n for n in range(len(self.layers)) if n not in self.model.moe_layers]
             raise CaptureError(f"layer {layer} is a mixture of experts: its neurons belong to "
                                f"{self.model.n_experts} experts, each token reading only the ones the router chose. "
-                               "Inside the MLP explains dense MLPs" + (
-                                   f" (here layers {', '.join(map(str, dense))})" if dense else
-                                   " (this model has none); the Experts dock shows the routing"))
+                               "mlp_neurons explains dense MLPs" + (
+                                   f" (here layers {', '.join(map(str, dense))})" if dense else " (this model has none)")
+                               + "; expert_neurons opens the chosen experts' neurons")
         found = [(n, m) for n, m in self.layers[layer].named_children() if n in MLP_NAMES]
         if len(found) != 1:
             raise CaptureError(f"layer {layer} has no single MLP to open ({', '.join(n for n, _ in found) or 'none'})")

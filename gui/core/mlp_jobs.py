@@ -40,17 +40,19 @@ def mlp_neurons(trace: Any, layer: int, position: int, token_id: int | None, ran
     return fn
 
 
-def expert_neurons(trace: Any, layer: int, position: int, k: int) -> Callable:
+def expert_neurons(trace: Any, layer: int, position: int, k: int, token_id: int | None = None) -> Callable:
     """A mixture-of-experts layer at `position`: the experts the router chose, their weights and each one's top `k`
-    neurons (engine.routing.ExpertsInside); -> {"trace", "key", "experts"} or {"trace", "key", "error"}."""
+    neurons with their direct effects on `token_id` (engine.routing.ExpertsInside);
+    -> {"trace", "key", "experts"} or {"trace", "key", "error"}."""
 
     def fn(w: EngineWorker) -> dict:
         model = open_model(w)
         if not same_model(model, trace):
             return {"trace": trace, "stale": True}
-        key = (layer, position, k)
+        key = (layer, position, k, token_id)
         try:
-            return {"trace": trace, "key": key, "experts": w.engine.expert_neurons(model, trace, layer, position, k)}
+            answer = w.engine.expert_neurons(model, trace, layer, position, k, token_id)
+            return {"trace": trace, "key": key, "experts": answer}
         except EngineError as exc:  # a layout the backend does not read, or a check that failed
             return {"trace": trace, "key": key, "error": str(exc)}
 

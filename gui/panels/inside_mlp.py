@@ -12,9 +12,9 @@ questions and then updates its meaning based on the responses".
 - The residual stream at the token: per layer, the norm of what attention and the MLP added, and their direct
   effect on the candidate ("all meaning is baked into the last vector", watched layer by layer).
 
-- A mixture-of-experts layer (transformers backend): the experts the router sent the token to, with their weights,
-  and the chosen expert's top neurons (activation, weighted activation, write size); no direct logit effect per
-  neuron is computed there, so none is shown.
+- A mixture-of-experts layer (transformers backend): the experts the router sent the token to, with their weights
+  and their direct effects on the candidate, and the picked expert's neurons (activation, × router weight, direct
+  effect on the candidate — the neurons of an expert add to its part — and the size of the write), ranked as above.
 
 Computed in the worker (engine.explain.mlp_neurons / expert_neurons through gui/core/mlp_jobs.py) only while on
 screen.
@@ -62,7 +62,7 @@ RANKS = (("write", "rank: write toward the token"), ("abs_write", "rank: |write|
          ("activation", "rank: |activation|"))
 CANDIDATES = 8
 N_MOVERS = 5
-EXPERT_COLUMNS = ("neuron", "answer", "× router weight", "write size")
+EXPERT_COLUMNS = ("neuron", "answer", "× router weight", "writes", "write size")
 COLUMNS = ("neuron", "ablate", "answer", "question", "× up", "writes", "pushes up", "pushes down")
 ABLATE_COLUMN = 1
 
@@ -252,6 +252,7 @@ class InsideMlpPanel(RefreshWhenShown):
         self.table.currentCellChanged.connect(lambda row, _c, _pr, _pc: self._select_row(row))
         self.clear_button.clicked.connect(self.clear_ablations)
         self.expert_combo.currentIndexChanged.connect(lambda *_a: self.draw_expert())
+        self.rank_combo.currentIndexChanged.connect(lambda *_a: self.draw_expert())
         for sig in (self.layer_spin.valueChanged, self.token_combo.currentIndexChanged,
                     self.rank_combo.currentIndexChanged, self.count.valueChanged):
             sig.connect(lambda *_a: self._timer.start())
@@ -298,15 +299,15 @@ class InsideMlpPanel(RefreshWhenShown):
             return None
         encoder = trace.family == "encoder"
         moe = self.layer_spin.value() in (getattr(trace, "moe_layers", None) or ())
-        self.token_combo.setEnabled(not encoder and not moe)
-        self.rank_combo.setEnabled(not encoder and not moe)
-        if moe:  # the chosen experts' neurons, by write size (no candidate: no direct effect computed there)
-            return (id(trace), self.layer_spin.value(), self.position(), None, "experts", self.count.value())
+        self.token_combo.setEnabled(not encoder)
+        self.rank_combo.setEnabled(not encoder)
         token = None
         if not encoder:
             self._fill_tokens()
             token = self.token_combo.currentData()
         rank = "activation" if encoder else self.rank_combo.currentData()
+        if moe:  # the chosen experts' neurons (ranked here, from every neuron's numbers)
+            rank = "experts"
         return (id(trace), self.layer_spin.value(), self.position(), None if token is None else int(token), rank,
                 self.count.value())
 
@@ -319,7 +320,8 @@ class InsideMlpPanel(RefreshWhenShown):
         _, layer, pos, token, rank, k = key
         trace = self.state.trace
         if rank == "experts":
-            self._latest = self._in_flight = self.client.call(self.OP, mlp_jobs.expert_neurons(trace, layer, pos, k))
+            self._latest = self._in_flight = self.client.call(self.OP, mlp_jobs.expert_neurons(trace, layer, pos, k,
+                                                                                               token))
             return
         stack = "encoder" if trace.family == "encoder" else "decoder"
         off = sorted(trace.neuron_gates.get(f"{stack}.{layer}.mlp", {}))  # listed even when they now rank low
@@ -470,11 +472,15 @@ class InsideMlpPanel(RefreshWhenShown):
         self.expert_combo.setCurrentIndex(max(self.expert_combo.findData(current), 0))
         self.expert_combo.blockSignals(False)
         self.expert_combo.show()
-        chosen = ", ".join(f"{e.expert} ({e.weight:.3f})" for e in inside.experts)
+        direct = inside.token_id is not None
+        chosen = ", ".join(f"{e.expert} (weight {e.weight:.3f}" + (f", wrote {e.effect:+.3f}" if direct else "") + ")"
+                           for e in inside.experts)
         pos = inside.position
-        self.heading.setText(
-            f"<b>Layer {inside.layer} is a mixture-of-experts layer</b> · at position {pos} (“{trace.tokens[pos]}”) "
-            f"the router chose experts {chosen} (weight as used, expert gates included)")
+        head = (f"<b>Layer {inside.layer} is a mixture-of-experts layer</b> · at position {pos} (“{trace.tokens[pos]}”) "
+                f"the router chose experts {chosen}")
+        if direct:
+            head += f" · the layer's MLP wrote {inside.mlp_effect:+.3f} toward “{inside.token}”"
+        self.heading.setText(head)
         self.draw_expert()
 
     def draw_expert(self) -> None:
@@ -483,26 +489,44 @@ class InsideMlpPanel(RefreshWhenShown):
             return
         i = max(self.expert_combo.currentIndex(), 0)
         e = inside.experts[i]
-        self.experts_table.setRowCount(len(e.top))
-        top_a = float(max((abs(float(e.activations[j])) for j in e.top), default=0.0))
-        top_w = float(max((float(e.write_norms[j]) for j in e.top), default=0.0))
-        for row, j in enumerate(e.top):
+        direct = e.effects is not None
+        rank = self.rank_combo.currentData() if direct else "size"
+        score = {"write": -e.effects if direct else None, "abs_write": -np.abs(e.effects) if direct else None,
+                 "activation": -np.abs(e.activations), "size": -e.write_norms}[rank]
+        order = [int(j) for j in np.argsort(score, kind="stable")[: self.count.value()]]
+        tok = f"“{inside.token}”" if direct else ""
+        self.experts_table.setHorizontalHeaderLabels(["neuron", "answer", "× router weight",
+                                                      f"writes → {tok}" if direct else "writes", "write size"])
+        self.experts_table.setColumnHidden(3, not direct)
+        self.experts_table.setRowCount(len(order))
+        top_a = float(max((abs(float(e.activations[j])) for j in order), default=0.0))
+        top_w = float(max((float(e.write_norms[j]) for j in order), default=0.0))
+        top_e = float(max((abs(float(e.effects[j])) for j in order), default=0.0)) if direct else 0.0
+        for row, j in enumerate(order):
             a, size = float(e.activations[j]), float(e.write_norms[j])
+            effect = float(e.effects[j]) if direct else float("nan")
             cells = [
                 _item(f"N{j}", f"neuron {j} of {len(e.activations)} in expert {e.expert}", right=False),
                 _item(f"{a:+.3f}", "its answer here: the activation its down projection reads", _shade(a, top_a)),
                 _item(f"{a * e.weight:+.3f}", f"the answer × the router weight {e.weight:.3f}"),
+                _item(f"{effect:+.3f}" if direct else "", f"weight × answer × output row, read through the final norm "
+                      f"and the unembedding: its direct effect on the logit of {tok}",
+                      _shade(effect, top_e) if direct else None),
                 _item(f"{size:.3f}", "the size of what it writes: |weight × answer| × ‖its down column‖",
                       _shade(size, top_w)),
             ]
             for c, item in enumerate(cells):
                 self.experts_table.setItem(row, c, item)
         out = float(np.linalg.norm(e.output))
+        ranked = {"write": f"how much they write toward {tok}", "abs_write": f"|write| toward {tok}",
+                  "activation": "|activation|", "size": "the size of their write"}[rank]
+        effect = (f"; its neurons wrote {float(e.effects.astype(np.float64).sum()):+.3f} toward {tok}"
+                  + (f" and its bias {e.bias_effect:+.3f}" if e.bias_effect else "") if direct else "")
         self.caption.setText(
-            f"Expert {e.expert}'s top {len(e.top)} neurons by the size of their write (‖its weighted write‖ = {out:.3f}; "
-            f"the chosen experts' writes sum to the layer's own output within {inside.error:.2g}). Only the chosen "
-            "experts ran for this token. No direct effect on a candidate's logit is computed for an expert's neurons, "
-            "so none is shown; Attribution splits the logit by layer.")
+            f"Expert {e.expert} (router weight {e.weight:.3f}, ‖its weighted write‖ {out:.3f}{effect}). Ranked by "
+            f"{ranked}. Only the chosen experts ran for this token; their writes sum to the layer's experts output "
+            f"(checked within {inside.error:.2g}). {inside.note}. Neuron ablation covers dense MLPs; ablate a whole "
+            "expert in the Experts dock.")
 
     def _select_row(self, row: int) -> None:
         r = self.result
