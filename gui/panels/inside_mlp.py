@@ -166,7 +166,6 @@ class InsideMlpPanel(RefreshWhenShown):
         self.experts_table.verticalHeader().hide()
         self.experts_table.verticalHeader().setDefaultSectionSize(20)
         self.experts_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.experts_table.horizontalHeader().setStretchLastSection(True)
         self.experts_table.hide()
 
         self.strip_axis = TokenAxis("bottom")
@@ -384,6 +383,7 @@ class InsideMlpPanel(RefreshWhenShown):
         self.message.hide()
         self.experts_table.hide()
         self.expert_combo.hide()
+        self.clear_button.show()
         self.body.show()
         self.strip_plot.show()
         self.redraw()
@@ -472,6 +472,7 @@ class InsideMlpPanel(RefreshWhenShown):
         self.expert_combo.setCurrentIndex(max(self.expert_combo.findData(current), 0))
         self.expert_combo.blockSignals(False)
         self.expert_combo.show()
+        self.clear_button.hide()  # neuron ablation is the dense MLPs'; the Experts dock ablates a whole expert
         direct = inside.token_id is not None
         chosen = ", ".join(f"{e.expert} (weight {e.weight:.3f}" + (f", wrote {e.effect:+.3f}" if direct else "") + ")"
                            for e in inside.experts)
@@ -520,13 +521,20 @@ class InsideMlpPanel(RefreshWhenShown):
         out = float(np.linalg.norm(e.output))
         ranked = {"write": f"how much they write toward {tok}", "abs_write": f"|write| toward {tok}",
                   "activation": "|activation|", "size": "the size of their write"}[rank]
-        effect = (f"; its neurons wrote {float(e.effects.astype(np.float64).sum()):+.3f} toward {tok}"
-                  + (f" and its bias {e.bias_effect:+.3f}" if e.bias_effect else "") if direct else "")
+        if direct:
+            effect = (f"; its neurons wrote {float(e.effects.astype(np.float64).sum()):+.3f} toward {tok}"
+                      + (f" and its bias {e.bias_effect:+.3f}" if e.bias_effect else ""))
+            rest = inside.mlp_effect - sum(x.effect for x in inside.experts)
+            how = (" Direct effects read each write through the norms frozen at this forward's own scale and the "
+                   "unembedding, as Which heads wrote it does"
+                   + (f"; the rest of the layer's part ({rest:+.3f}) is a shared expert or bias beside them."
+                      if abs(rest) > 1e-4 else ": the chosen experts' parts add to the layer's."))
+        else:
+            effect, how = "", f" {inside.note}."
         self.caption.setText(
             f"Expert {e.expert} (router weight {e.weight:.3f}, ‖its weighted write‖ {out:.3f}{effect}). Ranked by "
             f"{ranked}. Only the chosen experts ran for this token; their writes sum to the layer's experts output "
-            f"(checked within {inside.error:.2g}). {inside.note}. Neuron ablation covers dense MLPs; ablate a whole "
-            "expert in the Experts dock.")
+            f"(checked within {inside.error:.2g}).{how} Ablate a whole expert in the Experts dock.")
 
     def _select_row(self, row: int) -> None:
         r = self.result
