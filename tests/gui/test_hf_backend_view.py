@@ -235,6 +235,33 @@ def test_inside_the_mlp_opens_the_chosen_experts_of_a_moe_layer(qtbot, window, c
     assert not window.errors
 
 
+def test_inside_the_mlp_switches_between_a_dense_layer_and_an_expert_layer(qtbot, window, tmp_path):
+    """DeepSeek-V3 (layer 0 dense, layer 1 experts beside a shared expert): the dense table, then the experts with
+    the shared expert's share named, then the dense table again with its ablate button."""
+    from tests.gui.conftest import wait_idle
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["deepseek_v3"](tmp_path / "ds"))
+    pos = len(window.state.trace) - 1
+    window.state.select(layer=0, query=pos)
+    window.registry.actions["analysis.inside_mlp"].trigger()
+    panel = window.analysis.inside_mlp
+    qtbot.waitUntil(lambda: panel.result is not None and panel._wanted == panel.key(), timeout=60_000)
+    assert panel.body.isVisible() and not panel.experts_table.isVisible() and not panel.expert_combo.isVisible()
+    window.state.select(layer=1, query=pos)
+    qtbot.waitUntil(lambda: panel.experts is not None and panel._wanted == panel.key(), timeout=60_000)
+    wait_idle(qtbot, window)
+    inside = panel.experts
+    assert panel.experts_table.isVisible() and not panel.body.isVisible() and not panel.clear_button.isVisible()
+    rest = inside.mlp_effect - sum(e.effect for e in inside.experts)
+    assert abs(rest) > 1e-3 and f"({rest:+.3f}) is a shared expert" in panel.caption.text()
+    window.state.select(layer=0, query=pos)
+    qtbot.waitUntil(lambda: panel.result is not None and panel._wanted == panel.key(), timeout=60_000)
+    wait_idle(qtbot, window)
+    assert panel.body.isVisible() and not panel.experts_table.isVisible() and panel.clear_button.isVisible()
+    assert not window.errors
+
+
 def test_the_experts_dock_ablates_and_restores_an_expert(qtbot, window, checkpoints):
     from tests.gui.conftest import wait_idle
 
