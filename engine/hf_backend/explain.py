@@ -426,8 +426,8 @@ class HFExplainer:
     def lens_logits(self, trace: Trace, position: int) -> Tensor:
         """(layers, vocab): the residual stream after each layer at `position`, through the final norm and then
         whatever the model does after its text stack (output head, logit scale, soft-cap, a masked-LM head), by
-        handing those rows to the model's own head in place of the last hidden state. Call under guard()."""
-        self._check_family()
+        handing those rows to the model's own head in place of the last hidden state. Call under guard().
+        An encoder-decoder's lens reads its decoder (the text stack), the encoder run on the trace's source."""
         rows: dict[int, Tensor] = {}
         calls: list[_Call] = []
         hooks = [layer.register_forward_hook(lambda _m, _a, out, n=n: _keep(rows, n, _first_tensor(out)))
@@ -440,7 +440,8 @@ class HFExplainer:
 
         def swap(_m, _a, out):  # noqa: ANN001, ANN202 - the text stack's output: its last hidden state replaced
             last = _first_tensor(out)
-            final = next((c for c in reversed(calls) if c.output is not None and c.output is last), None)
+            final = next((c for c in reversed(calls) if c.output is not None and c.output is last  # eval dropout
+                          and not isinstance(c.module, (nn.Dropout, nn.Identity))), None)  # passes its input on
             stack = torch.stack([rows[n][0, position] for n in range(len(self.layers))])[None]  # (1, layers, d)
             lens = final.module(stack) if final is not None else stack
             if isinstance(out, tuple):
@@ -449,17 +450,26 @@ class HFExplainer:
             return out
 
         hooks.append(self.text.register_forward_hook(swap))
-        ids = torch.tensor([list(trace.token_ids)], device=self.model.device)
-        kwargs = {} if self.model.family == "encoder" else {"use_cache": False}
         try:
             with active(self.model._state(None)):
-                logits = self.model.hf(input_ids=ids, **kwargs).logits
+                logits = self.model.hf(**self._lens_inputs(trace)).logits
         finally:
             for h in hooks:
                 h.remove()
         if logits.shape[1] != len(self.layers):
             raise CaptureError(f"{self.model.name}'s output head did not read the lens rows as positions")
         return logits[0]
+
+    def _lens_inputs(self, trace: Trace) -> dict:
+        ids = torch.tensor([list(trace.token_ids)], device=self.model.device)
+        if self.model.family == "encoder":
+            return {"input_ids": ids}
+        if self.model.family == "encoder-decoder":
+            if not trace.source_ids:
+                raise CaptureError("this encoder-decoder trace has no source tokens to run the encoder on")
+            source = torch.tensor([list(trace.source_ids)], device=self.model.device)
+            return {"input_ids": source, "decoder_input_ids": ids, "use_cache": False}
+        return {"input_ids": ids, "use_cache": False}
 
     # -- inside one head ---------------------------------------------------------------------------------------
     def inside_head(self, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:
