@@ -3,6 +3,7 @@
     inside_head(model, trace, kind, layer, head, query)   # q, k, q·k, scale, soft-cap, bias, mask, softmax, values
     attribute(model, trace, position, token_id=None)      # direct logit attribution to every head, MLP, embedding
     mlp_neurons(model, trace, layer, position, token_id=None, k=20)   # one MLP's neurons: question, answer, writes
+    expert_neurons(model, trace, layer, position, k=20, token_id=None)  # a MoE layer: chosen experts' neurons
     residual_stream(model, trace, position, token_id=None) # per layer: what attention and the MLP added
     nearest_tokens(model, token_id, k=10)                 # the vocabulary around a token's embedding
     positions_view(model)                                 # the positional scheme as arrays to draw
@@ -739,6 +740,18 @@ def mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | 
     plus the output bias equal attribute()'s part for this MLP. `include`: neurons listed after the k ranked
     ones even when they rank lower (e.g. the ablated ones, whose activation is now 0)."""
     return model.explainer.mlp_neurons(trace, layer, position, token_id, k, rank_by, stack, include)
+
+
+def expert_neurons(model, trace: Trace, layer: int, position: int, k: int = 20,  # noqa: ANN001, ANN201
+                   token_id: int | None = None):
+    """A mixture-of-experts layer at `position`: the experts the router chose, their weights, and each one's
+    neurons with their direct effects on `token_id`'s logit (default: the most likely next token; a decoder's
+    parts only), adding up to the expert's part of attribute()'s MLP part (engine.routing.ExpertsInside). Only the
+    transformers backend has MoE layers; others refuse."""
+    explain = getattr(model.explainer, "expert_neurons", None)
+    if explain is None:
+        raise CaptureError(f"{model.name} has no mixture-of-experts layers; Inside the MLP shows its neurons")
+    return explain(trace, int(layer), int(position), int(k), None if token_id is None else int(token_id))
 
 
 def residual_stream(model, trace: Trace, position: int, token_id: int | None = None) -> LayerWrites:  # noqa: ANN001

@@ -168,6 +168,12 @@ class LocalEngine:
 
         return mlp_neurons(model, trace, layer, position, token_id, k, rank_by, stack=stack, include=tuple(include))
 
+    def expert_neurons(self, model: Any, trace: Any, layer: int, position: int, k: int = 20,
+                       token_id: int | None = None) -> Any:
+        from .explain import expert_neurons
+
+        return expert_neurons(model, trace, layer, position, k, token_id)
+
     def residual_stream(self, model: Any, trace: Any, position: int, token_id: int | None = None) -> Any:
         from .explain import residual_stream
 

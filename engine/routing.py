@@ -66,3 +66,40 @@ def join_routing(layer: int, blocks: tuple[RoutingBlock, ...], n_experts: int | 
     experts.flags.writeable = False
     weights.flags.writeable = False
     return Routing(layer, experts, weights, n_experts)
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertNeurons:
+    """One chosen expert at the position: its router weight (expert gates included), its neurons' activations
+    (d_ff,), the size of each neuron's weighted write |weight · activation| · ‖down column‖ (d_ff,), and the
+    expert's weighted write (d,) (its down bias included)."""
+
+    expert: int
+    weight: float
+    activations: np.ndarray
+    write_norms: np.ndarray
+    output: np.ndarray
+    top: tuple[int, ...]  # neurons by write size, largest first
+    # direct effects on ExpertsInside.token's logit (None where not computed): each neuron's weighted write read
+    # through the linearised norms and the unembedding (d_ff,), the weighted down bias's, and their sum
+    effects: np.ndarray | None = None
+    bias_effect: float = 0.0
+    effect: float = float("nan")
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertsInside:
+    """Inside the experts of one MoE layer at one position (engine.hf_backend.experts computes it; torch-free here so
+    it crosses the remote engine). Each neuron's direct effect on `token` is computed where the layer's parts read
+    linearly to the logit (a decoder whose parts sum to its logit); else token_id is None, effects are None and
+    `note` says why."""
+
+    layer: int
+    position: int
+    experts: tuple[ExpertNeurons, ...]  # in the router's order (largest weight first where it sorts)
+    block_output: np.ndarray  # (d,) the experts module's own output at the position (the weighted sum)
+    error: float  # |Σ expert outputs − block output|, max over entries
+    note: str
+    token_id: int | None = None
+    token: str = ""
+    mlp_effect: float = float("nan")  # the whole MLP block's part of the logit (experts + shared expert + biases)

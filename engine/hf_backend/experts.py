@@ -10,38 +10,15 @@ answer is refused (a layout not known here is never shown wrong).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import CaptureError
+from ..routing import ExpertNeurons, ExpertsInside
 from ..trace import Trace
-
-
-@dataclass(frozen=True)
-class ExpertNeurons:
-    """One chosen expert at the position: its router weight (expert gates included), its neurons' activations
-    (d_ff,), the size of each neuron's weighted write |weight · activation| · ‖down column‖ (d_ff,), and the
-    expert's weighted write (d,) (its down bias included)."""
-
-    expert: int
-    weight: float
-    activations: np.ndarray
-    write_norms: np.ndarray
-    output: np.ndarray
-    top: tuple[int, ...]  # neurons by write size, largest first
-
-
-@dataclass(frozen=True)
-class ExpertsInside:
-    layer: int
-    position: int
-    experts: tuple[ExpertNeurons, ...]  # in the router's order (largest weight first where it sorts)
-    block_output: np.ndarray  # (d,) the experts module's own output at the position (the weighted sum)
-    error: float  # |Σ expert outputs − block output|, max over entries
-    note: str
 
 
 def experts_module(layer: nn.Module, n: int) -> nn.Module:
@@ -59,9 +36,12 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None, transposed: bool) -> Tensor:
     return out + b if b is not None else out
 
 
-def expert_neurons(explainer, trace: Trace, layer: int, position: int, k: int = 20) -> ExpertsInside:  # noqa: ANN001
+def expert_neurons(explainer, trace: Trace, layer: int, position: int, k: int = 20,  # noqa: ANN001
+                   token_id: int | None = None) -> ExpertsInside:
     """Each chosen expert's neurons at `position` of layer `layer` (a mixture-of-experts layer), from one forward
-    over the trace's tokens. Refused for a dense layer, a layout not known, or an expert norm after each expert."""
+    over the trace's tokens. Refused for a dense layer, a layout not known, or an expert norm after each expert.
+    With a decoder, each neuron's direct effect on `token_id`'s logit (default: the most likely next token) from a
+    second forward, read through the linearised norms as attribute() reads the layer's MLP."""
     model = explainer.model
     if layer not in model.moe_layers:
         raise CaptureError(f"layer {layer} is not a mixture-of-experts layer (those are "
@@ -100,7 +80,7 @@ def expert_neurons(explainer, trace: Trace, layer: int, position: int, k: int = 
     first_b = getattr(mod, "gate_up_proj_bias" if gated else "up_proj_bias", None) if mod.has_bias else None
     down_b = getattr(mod, "down_proj_bias", None) if mod.has_bias else None
     t = bool(mod.is_transposed)
-    found, total = [], torch.zeros_like(block)
+    found, total, rows = [], torch.zeros_like(block), []
     with torch.inference_mode():
         for e, w in zip(index[position].tolist(), weights[position].float().tolist()):
             if not 0 <= e < first.shape[0]:
@@ -114,6 +94,7 @@ def expert_neurons(explainer, trace: Trace, layer: int, position: int, k: int = 
             total = total + out
             sizes = (acts * w).abs() * cols.norm(dim=-1)
             top = torch.argsort(sizes, descending=True)[:k].tolist()
+            rows.append((acts, cols * w, down_b_e * w if down_b_e is not None else None))
             found.append(ExpertNeurons(int(e), float(w), acts.cpu().numpy(), sizes.cpu().numpy(), out.cpu().numpy(),
                                        tuple(int(j) for j in top)))
     err = float((total - block).abs().max())
@@ -123,4 +104,36 @@ def expert_neurons(explainer, trace: Trace, layer: int, position: int, k: int = 
                            f"(off by {err:.3g}); its layout is not the one the backend reads")
     note = (f"{len(found)} experts chosen at position {position}; each neuron's write is weighted by its expert's "
             "router weight (expert gates included)")
-    return ExpertsInside(layer, position, tuple(found), block.cpu().numpy(), err, note)
+    inside = ExpertsInside(layer, position, tuple(found), block.cpu().numpy(), err, note)
+    if trace.family == "encoder":
+        return replace(inside, note=note + "; no direct effects: a masked-LM head is not linear")
+    return _with_effects(explainer, trace, inside, rows, token_id)
+
+
+def _with_effects(explainer, trace: Trace, inside: ExpertsInside, rows: list, token_id: int | None) -> ExpertsInside:  # noqa: ANN001
+    """Each chosen expert's neurons' direct effects: their weighted write rows (and down bias) carried through the
+    layer's post-MLP norm, the later layers' frozen norms and the unembedding, as attribute() carries the MLP's write.
+    A neuron's effect is its activation × its row's effect, so an expert's neurons (+ bias) add to its part exactly."""
+    stacked = [r for _acts, cols, b in rows for r in ([cols] if b is None else [cols, b[None]])]
+    if not stacked:
+        return inside
+    try:
+        effects, mlp_part, token_id = explainer.probe_effects(trace, inside.position, token_id, inside.layer,
+                                                              torch.cat(stacked, dim=0))
+    except CaptureError as exc:
+        return replace(inside, note=f"{inside.note}; no direct effects: {exc}")
+    out, at = [], 0
+    for e, (acts, cols, b) in zip(inside.experts, rows):
+        per = acts.double().cpu().numpy() * effects[at:at + cols.shape[0]]
+        at += cols.shape[0]
+        bias = 0.0
+        if b is not None:
+            bias, at = float(effects[at]), at + 1
+        out.append(replace(e, effects=per.astype(np.float32), bias_effect=bias, effect=float(per.sum()) + bias))
+    token = explainer.model.tokenizer.display(token_id)
+    chosen = sum(e.effect for e in out)
+    rest = mlp_part - chosen
+    note = (f"{inside.note}; direct effects on “{token}”: norms linearised at this forward's own scale; the chosen "
+            f"experts wrote {chosen:+.4f} of the layer's MLP part {mlp_part:+.4f}"
+            + (f" (the rest, {rest:+.4f}, is a shared expert or a bias beside them)" if abs(rest) > 1e-4 else ""))
+    return replace(inside, experts=tuple(out), note=note, token_id=token_id, token=token, mlp_effect=mlp_part)

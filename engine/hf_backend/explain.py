@@ -260,8 +260,11 @@ class HFExplainer:
         return _Layer(mixer, mlps, mixer_post, mlp_post, alpha, beta, list(zip(extra, coef)))
 
     # -- direct logit attribution ------------------------------------------------------------------------------
-    def _walk(self, trace: Trace, i: int, token_id: int, neuron_layer: int | None = None) -> dict:
+    def _walk(self, trace: Trace, i: int, token_id: int, neuron_layer: int | None = None,
+              probe: tuple[int, Tensor] | None = None) -> dict:
         """Every part of the residual stream at position i through the final norm, with the token's column.
+        `probe` (layer, rows (m, d)): rows written beside that layer's MLP output, carried through the same
+        linearised norms as parts[PROBE + "experts"] but not counted in the stream (an expert's neurons' writes).
         -> {"parts", "column", "added", "resid_norms", "write_norms", "mixers", "mlp_input", "mlp_acts"}."""
         model, tol = self.model, self._tol
         if model.lazy_logits_ok is False:
@@ -313,6 +316,8 @@ class HFExplainer:
                     new[f"L{n}.MLP bias"] = down.module.bias.float()
             else:
                 new = {f"L{n}.MLP": sum(c.output for c in lay.mlps)[0, i].float()} if lay.mlps else {}
+                if probe is not None and n == probe[0] and new:
+                    new[PROBE + "experts"] = probe[1]
             if lay.mlp_post is not None and new:
                 new = self._norm(lay.mlp_post.module, f"layer {n}'s {lay.mlp_post.name}").linear(
                     lay.mlps[0].output[0, i], lay.mlp_post.output[0, i], new, f"layer {n}'s {lay.mlp_post.name}",
@@ -421,8 +426,8 @@ class HFExplainer:
     def lens_logits(self, trace: Trace, position: int) -> Tensor:
         """(layers, vocab): the residual stream after each layer at `position`, through the final norm and then
         whatever the model does after its text stack (output head, logit scale, soft-cap, a masked-LM head), by
-        handing those rows to the model's own head in place of the last hidden state. Call under guard()."""
-        self._check_family()
+        handing those rows to the model's own head in place of the last hidden state. Call under guard().
+        An encoder-decoder's lens reads its decoder (the text stack), the encoder run on the trace's source."""
         rows: dict[int, Tensor] = {}
         calls: list[_Call] = []
         hooks = [layer.register_forward_hook(lambda _m, _a, out, n=n: _keep(rows, n, _first_tensor(out)))
@@ -435,7 +440,8 @@ class HFExplainer:
 
         def swap(_m, _a, out):  # noqa: ANN001, ANN202 - the text stack's output: its last hidden state replaced
             last = _first_tensor(out)
-            final = next((c for c in reversed(calls) if c.output is not None and c.output is last), None)
+            final = next((c for c in reversed(calls) if c.output is not None and c.output is last  # eval dropout
+                          and not isinstance(c.module, (nn.Dropout, nn.Identity))), None)  # passes its input on
             stack = torch.stack([rows[n][0, position] for n in range(len(self.layers))])[None]  # (1, layers, d)
             lens = final.module(stack) if final is not None else stack
             if isinstance(out, tuple):
@@ -444,17 +450,26 @@ class HFExplainer:
             return out
 
         hooks.append(self.text.register_forward_hook(swap))
-        ids = torch.tensor([list(trace.token_ids)], device=self.model.device)
-        kwargs = {} if self.model.family == "encoder" else {"use_cache": False}
         try:
             with active(self.model._state(None)):
-                logits = self.model.hf(input_ids=ids, **kwargs).logits
+                logits = self.model.hf(**self._lens_inputs(trace)).logits
         finally:
             for h in hooks:
                 h.remove()
         if logits.shape[1] != len(self.layers):
             raise CaptureError(f"{self.model.name}'s output head did not read the lens rows as positions")
         return logits[0]
+
+    def _lens_inputs(self, trace: Trace) -> dict:
+        ids = torch.tensor([list(trace.token_ids)], device=self.model.device)
+        if self.model.family == "encoder":
+            return {"input_ids": ids}
+        if self.model.family == "encoder-decoder":
+            if not trace.source_ids:
+                raise CaptureError("this encoder-decoder trace has no source tokens to run the encoder on")
+            source = torch.tensor([list(trace.source_ids)], device=self.model.device)
+            return {"input_ids": source, "decoder_input_ids": ids, "use_cache": False}
+        return {"input_ids": ids, "use_cache": False}
 
     # -- inside one head ---------------------------------------------------------------------------------------
     def inside_head(self, trace: Trace, kind: str, layer: int, head: int, query: int) -> InsideHead:
@@ -543,9 +558,9 @@ class HFExplainer:
             dense = [n for n in range(len(self.layers)) if n not in self.model.moe_layers]
             raise CaptureError(f"layer {layer} is a mixture of experts: its neurons belong to "
                                f"{self.model.n_experts} experts, each token reading only the ones the router chose. "
-                               "Inside the MLP explains dense MLPs" + (
-                                   f" (here layers {', '.join(map(str, dense))})" if dense else
-                                   " (this model has none); the Experts dock shows the routing"))
+                               "mlp_neurons explains dense MLPs" + (
+                                   f" (here layers {', '.join(map(str, dense))})" if dense else " (this model has none)")
+                               + "; expert_neurons opens the chosen experts' neurons")
         found = [(n, m) for n, m in self.layers[layer].named_children() if n in MLP_NAMES]
         if len(found) != 1:
             raise CaptureError(f"layer {layer} has no single MLP to open ({', '.join(n for n, _ in found) or 'none'})")
@@ -603,12 +618,26 @@ class HFExplainer:
                              display=self.model.tokenizer.display, activation_function=act, bias_effect=bias_effect,
                              neurons_effect=neurons_effect, residual=residual, note=note)
 
-    def expert_neurons(self, trace: Trace, layer: int, position: int, k: int = 20):  # noqa: ANN201
+    def expert_neurons(self, trace: Trace, layer: int, position: int, k: int = 20,  # noqa: ANN201
+                       token_id: int | None = None):
         """engine.hf_backend.experts.expert_neurons: each chosen expert's neurons in a mixture-of-experts layer."""
         from .experts import expert_neurons
 
         self._check_family()
-        return expert_neurons(self, trace, layer, position, k)
+        return expert_neurons(self, trace, layer, position, k, token_id)
+
+    def probe_effects(self, trace: Trace, position: int, token_id: int | None, layer: int,
+                      rows: Tensor) -> tuple[np.ndarray, float, int]:
+        """Each row (m, d), written at `layer` beside its MLP, read through the linearised norms and the unembedding
+        as attribute() reads the MLP's own write: -> (effects (m,), that MLP's whole part, token id). The parts
+        (the MLP's included) must sum to the model's logit, or it is refused."""
+        logits, token_id = _check_position(trace, position, token_id)
+        with self.model.guard():
+            walk = self._walk(trace, position, token_id, probe=(layer, rows))
+            values = self._values(walk)
+            effects = (walk["parts"][PROBE + "experts"] @ walk["column"]).cpu().numpy()
+        self._check_sum(values, logits, token_id)
+        return effects.astype(np.float64), values.get(f"L{layer}.MLP", 0.0), token_id
 
     def _gate_up(self, mlp: nn.Module, layer: int) -> tuple[object | None, object]:
         """(the map the activation function reads, the one it multiplies; None for an ungated MLP), each with

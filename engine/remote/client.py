@@ -220,6 +220,11 @@ class RemoteEngine:
                               None if token_id is None else int(token_id), int(k), rank_by, stack,
                               include=[int(j) for j in include])
 
+    def expert_neurons(self, model: RemoteModel, trace: Any, layer: int, position: int, k: int = 20,
+                       token_id: int | None = None) -> Any:
+        return self._analysis("expert_neurons", model, trace, int(layer), int(position), int(k),
+                              None if token_id is None else int(token_id))
+
     def residual_stream(self, model: RemoteModel, trace: Any, position: int, token_id: int | None = None) -> Any:
         return self._analysis("residual_stream", model, trace, int(position), None if token_id is None else int(token_id))
 

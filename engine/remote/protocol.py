@@ -67,13 +67,13 @@ def _dataclasses() -> dict[str, type]:
     from ..explain import Attribution, InsideHead, LayerWrites, MlpNeurons, Neuron
     from ..patching import Component, PatchResult, SweepResult
     from ..rebuild import QueryBlock, ScoreRule
-    from ..routing import RoutingBlock
+    from ..routing import ExpertNeurons, ExpertsInside, RoutingBlock
     from ..sampling import SamplingSettings
     from ..trace import PatternBlock, StepInfo
 
     return {c.__name__: c for c in (StepInfo, PatternBlock, QueryBlock, ScoreRule, RoutingBlock, HeadStat, InsideHead,
                                     Attribution, CachedModel, SamplingSettings, Neuron, LayerWrites, MlpNeurons,
-                                    Component, PatchResult, SweepResult)}
+                                    Component, PatchResult, SweepResult, ExpertNeurons, ExpertsInside)}
 
 
 _REGISTRY: dict[str, type] | None = None

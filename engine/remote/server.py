@@ -46,7 +46,7 @@ SESSION_METHODS = frozenset({"step", "back", "branch", "mask", "set_sampling", "
                              "reply"})
 TOKENIZER_METHODS = frozenset({"encode", "decode", "token_strings", "render_chat", "apply_chat_template", "display"})
 ANALYSES = frozenset({"logit_lens", "head_statistics", "induction_scores", "inside_head", "attribute", "nearest_tokens",
-                      "positions_view", "mlp_neurons", "residual_stream"})
+                      "positions_view", "mlp_neurons", "expert_neurons", "residual_stream"})
 MODEL_METHODS = frozenset({"set_head_gate", "clear_gates", "gates", "set_neuron_gate", "clear_neuron_gates", "neuron_gates",
                            "stop_token_ids", "end_of_turn_ids", "set_expert_gate", "clear_expert_gates", "expert_gates"})
 EXPERT_METHODS = frozenset({"set_expert_gate", "clear_expert_gates", "expert_gates"})

@@ -40,6 +40,25 @@ def mlp_neurons(trace: Any, layer: int, position: int, token_id: int | None, ran
     return fn
 
 
+def expert_neurons(trace: Any, layer: int, position: int, k: int, token_id: int | None = None) -> Callable:
+    """A mixture-of-experts layer at `position`: the experts the router chose, their weights and each one's top `k`
+    neurons with their direct effects on `token_id` (engine.routing.ExpertsInside);
+    -> {"trace", "key", "experts"} or {"trace", "key", "error"}."""
+
+    def fn(w: EngineWorker) -> dict:
+        model = open_model(w)
+        if not same_model(model, trace):
+            return {"trace": trace, "stale": True}
+        key = (layer, position, k, token_id)
+        try:
+            answer = w.engine.expert_neurons(model, trace, layer, position, k, token_id)
+            return {"trace": trace, "key": key, "experts": answer}
+        except EngineError as exc:  # a layout the backend does not read, or a check that failed
+            return {"trace": trace, "key": key, "error": str(exc)}
+
+    return fn
+
+
 def set_neuron_gates(changes: Sequence[NeuronGate], clear: bool = False) -> Callable:
     """Change neuron gates (op "gates": the session recomputes and its Trace replaces the one on screen), or
     {"gates", "neuron_gates"} without a session."""

@@ -12,7 +12,12 @@ questions and then updates its meaning based on the responses".
 - The residual stream at the token: per layer, the norm of what attention and the MLP added, and their direct
   effect on the candidate ("all meaning is baked into the last vector", watched layer by layer).
 
-Computed in the worker (engine.explain.mlp_neurons through gui/core/mlp_jobs.py) only while on screen.
+- A mixture-of-experts layer (transformers backend): the experts the router sent the token to, with their weights
+  and their direct effects on the candidate, and the picked expert's neurons (activation, × router weight, direct
+  effect on the candidate — the neurons of an expert add to its part — and the size of the write), ranked as above.
+
+Computed in the worker (engine.explain.mlp_neurons / expert_neurons through gui/core/mlp_jobs.py) only while on
+screen.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ RANKS = (("write", "rank: write toward the token"), ("abs_write", "rank: |write|
          ("activation", "rank: |activation|"))
 CANDIDATES = 8
 N_MOVERS = 5
+EXPERT_COLUMNS = ("neuron", "answer", "× router weight", "writes", "write size")
 COLUMNS = ("neuron", "ablate", "answer", "question", "× up", "writes", "pushes up", "pushes down")
 ABLATE_COLUMN = 1
 
@@ -130,11 +136,16 @@ class InsideMlpPanel(RefreshWhenShown):
         self.count.setValue(20)
         self.count.setPrefix("top ")
         self.count.setSuffix(" neurons")
+        self.expert_combo = QComboBox()
+        self.expert_combo.setToolTip("Which of the experts the router chose for this token (its weight as used)")
+        self.expert_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.expert_combo.hide()
+        self.experts = None  # engine.routing.ExpertsInside on screen (a mixture-of-experts layer)
         self.clear_button = QPushButton("Restore all neurons")
         self.clear_button.setToolTip("Switch every ablated neuron back on (head ablations stay)")
         controls = QHBoxLayout()
         controls.setContentsMargins(0, 0, 0, 0)
-        for w in (self.layer_spin, QLabel("token:"), self.token_combo, self.rank_combo, self.count):
+        for w in (self.layer_spin, QLabel("token:"), self.token_combo, self.rank_combo, self.expert_combo, self.count):
             controls.addWidget(w)
         controls.addStretch(1)
         controls.addWidget(self.clear_button)
@@ -148,6 +159,14 @@ class InsideMlpPanel(RefreshWhenShown):
         self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+
+        self.experts_table = QTableWidget(0, len(EXPERT_COLUMNS))
+        self.experts_table.setHorizontalHeaderLabels(list(EXPERT_COLUMNS))
+        self.experts_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.experts_table.verticalHeader().hide()
+        self.experts_table.verticalHeader().setDefaultSectionSize(20)
+        self.experts_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.experts_table.hide()
 
         self.strip_axis = TokenAxis("bottom")
         self.strip_plot = _plot(self.strip_axis)
@@ -221,6 +240,7 @@ class InsideMlpPanel(RefreshWhenShown):
         layout.addLayout(controls)
         layout.addWidget(self.message)
         layout.addWidget(self.body, 1)
+        layout.addWidget(self.experts_table, 1)
         layout.addWidget(self.strip_plot)
         layout.addWidget(self.caption)
         self.movers.hide()
@@ -230,6 +250,8 @@ class InsideMlpPanel(RefreshWhenShown):
         self.table.cellDoubleClicked.connect(lambda row, _c: self.toggle_row(row))
         self.table.currentCellChanged.connect(lambda row, _c, _pr, _pc: self._select_row(row))
         self.clear_button.clicked.connect(self.clear_ablations)
+        self.expert_combo.currentIndexChanged.connect(lambda *_a: self.draw_expert())
+        self.rank_combo.currentIndexChanged.connect(lambda *_a: self.draw_expert())
         for sig in (self.layer_spin.valueChanged, self.token_combo.currentIndexChanged,
                     self.rank_combo.currentIndexChanged, self.count.valueChanged):
             sig.connect(lambda *_a: self._timer.start())
@@ -275,6 +297,7 @@ class InsideMlpPanel(RefreshWhenShown):
         if trace is None or s.model is None:
             return None
         encoder = trace.family == "encoder"
+        moe = self.layer_spin.value() in (getattr(trace, "moe_layers", None) or ())
         self.token_combo.setEnabled(not encoder)
         self.rank_combo.setEnabled(not encoder)
         token = None
@@ -282,6 +305,8 @@ class InsideMlpPanel(RefreshWhenShown):
             self._fill_tokens()
             token = self.token_combo.currentData()
         rank = "activation" if encoder else self.rank_combo.currentData()
+        if moe:  # the chosen experts' neurons (ranked here, from every neuron's numbers)
+            rank = "experts"
         return (id(trace), self.layer_spin.value(), self.position(), None if token is None else int(token), rank,
                 self.count.value())
 
@@ -293,6 +318,10 @@ class InsideMlpPanel(RefreshWhenShown):
         self.requests += 1
         _, layer, pos, token, rank, k = key
         trace = self.state.trace
+        if rank == "experts":
+            self._latest = self._in_flight = self.client.call(self.OP, mlp_jobs.expert_neurons(trace, layer, pos, k,
+                                                                                               token))
+            return
         stack = "encoder" if trace.family == "encoder" else "decoder"
         off = sorted(trace.neuron_gates.get(f"{stack}.{layer}.mlp", {}))  # listed even when they now rank low
         self._latest = self._in_flight = self.client.call(self.OP, mlp_jobs.mlp_neurons(trace, layer, pos, token, rank, k,
@@ -321,6 +350,9 @@ class InsideMlpPanel(RefreshWhenShown):
         if "error" in payload:
             self.show_message(payload["error"])
             return
+        if "experts" in payload:
+            self.show_experts(payload["trace"], payload["experts"])
+            return
         self.show_result(payload["trace"], payload["neurons"])
 
     def _on_model(self, info: object) -> None:
@@ -337,16 +369,21 @@ class InsideMlpPanel(RefreshWhenShown):
 
     # -- drawing --------------------------------------------------------------------------------
     def show_message(self, text: str) -> None:
-        self.result = None
+        self.result = self.experts = None
         self.message.setText(text)
         self.message.show()
         self.body.hide()
+        self.experts_table.hide()
+        self.expert_combo.hide()
         self.strip_plot.hide()
         self.caption.setText("")
 
     def show_result(self, trace: object, result: object) -> None:
-        self.trace, self.result = trace, result
+        self.trace, self.result, self.experts = trace, result, None
         self.message.hide()
+        self.experts_table.hide()
+        self.expert_combo.hide()
+        self.clear_button.show()
         self.body.show()
         self.strip_plot.show()
         self.redraw()
@@ -419,6 +456,85 @@ class InsideMlpPanel(RefreshWhenShown):
             f"question is its input row (question = x·row), its answer the activation, its write answer × its output "
             f"row. Ranked by {ranked}. " + (r.note + ". " if r.note else "")
             + "Click “ablate” (or double-click a row) to switch a neuron off.")
+
+    def show_experts(self, trace: object, inside: object) -> None:
+        """A mixture-of-experts layer: the experts chosen for the token, and the picked one's top neurons."""
+        self.trace, self.result, self.experts = trace, None, inside
+        self.message.hide()
+        self.body.hide()
+        self.strip_plot.hide()  # activations are computed at this token only, not along the sequence
+        self.experts_table.show()
+        current = self.expert_combo.currentData()
+        self.expert_combo.blockSignals(True)
+        self.expert_combo.clear()
+        for e in inside.experts:
+            self.expert_combo.addItem(f"expert {e.expert} (weight {e.weight:.3f})", e.expert)
+        self.expert_combo.setCurrentIndex(max(self.expert_combo.findData(current), 0))
+        self.expert_combo.blockSignals(False)
+        self.expert_combo.show()
+        self.clear_button.hide()  # neuron ablation is the dense MLPs'; the Experts dock ablates a whole expert
+        direct = inside.token_id is not None
+        chosen = ", ".join(f"{e.expert} (weight {e.weight:.3f}" + (f", wrote {e.effect:+.3f}" if direct else "") + ")"
+                           for e in inside.experts)
+        pos = inside.position
+        head = (f"<b>Layer {inside.layer} is a mixture-of-experts layer</b> · at position {pos} (“{trace.tokens[pos]}”) "
+                f"the router chose experts {chosen}")
+        if direct:
+            head += f" · the layer's MLP wrote {inside.mlp_effect:+.3f} toward “{inside.token}”"
+        self.heading.setText(head)
+        self.draw_expert()
+
+    def draw_expert(self) -> None:
+        inside = self.experts
+        if inside is None or not inside.experts:
+            return
+        i = max(self.expert_combo.currentIndex(), 0)
+        e = inside.experts[i]
+        direct = e.effects is not None
+        rank = self.rank_combo.currentData() if direct else "size"
+        score = {"write": -e.effects if direct else None, "abs_write": -np.abs(e.effects) if direct else None,
+                 "activation": -np.abs(e.activations), "size": -e.write_norms}[rank]
+        order = [int(j) for j in np.argsort(score, kind="stable")[: self.count.value()]]
+        tok = f"“{inside.token}”" if direct else ""
+        self.experts_table.setHorizontalHeaderLabels(["neuron", "answer", "× router weight",
+                                                      f"writes → {tok}" if direct else "writes", "write size"])
+        self.experts_table.setColumnHidden(3, not direct)
+        self.experts_table.setRowCount(len(order))
+        top_a = float(max((abs(float(e.activations[j])) for j in order), default=0.0))
+        top_w = float(max((float(e.write_norms[j]) for j in order), default=0.0))
+        top_e = float(max((abs(float(e.effects[j])) for j in order), default=0.0)) if direct else 0.0
+        for row, j in enumerate(order):
+            a, size = float(e.activations[j]), float(e.write_norms[j])
+            effect = float(e.effects[j]) if direct else float("nan")
+            cells = [
+                _item(f"N{j}", f"neuron {j} of {len(e.activations)} in expert {e.expert}", right=False),
+                _item(f"{a:+.3f}", "its answer here: the activation its down projection reads", _shade(a, top_a)),
+                _item(f"{a * e.weight:+.3f}", f"the answer × the router weight {e.weight:.3f}"),
+                _item(f"{effect:+.3f}" if direct else "", f"weight × answer × output row, read through the final norm "
+                      f"and the unembedding: its direct effect on the logit of {tok}",
+                      _shade(effect, top_e) if direct else None),
+                _item(f"{size:.3f}", "the size of what it writes: |weight × answer| × ‖its down column‖",
+                      _shade(size, top_w)),
+            ]
+            for c, item in enumerate(cells):
+                self.experts_table.setItem(row, c, item)
+        out = float(np.linalg.norm(e.output))
+        ranked = {"write": f"how much they write toward {tok}", "abs_write": f"|write| toward {tok}",
+                  "activation": "|activation|", "size": "the size of their write"}[rank]
+        if direct:
+            effect = (f"; its neurons wrote {float(e.effects.astype(np.float64).sum()):+.3f} toward {tok}"
+                      + (f" and its bias {e.bias_effect:+.3f}" if e.bias_effect else ""))
+            rest = inside.mlp_effect - sum(x.effect for x in inside.experts)
+            how = (" Direct effects read each write through the norms frozen at this forward's own scale and the "
+                   "unembedding, as Which heads wrote it does"
+                   + (f"; the rest of the layer's part ({rest:+.3f}) is a shared expert or bias beside them."
+                      if abs(rest) > 1e-4 else ": the chosen experts' parts add to the layer's."))
+        else:
+            effect, how = "", f" {inside.note}."
+        self.caption.setText(
+            f"Expert {e.expert} (router weight {e.weight:.3f}, ‖its weighted write‖ {out:.3f}{effect}). Ranked by "
+            f"{ranked}. Only the chosen experts ran for this token; their writes sum to the layer's experts output "
+            f"(checked within {inside.error:.2g}).{how} Ablate a whole expert in the Experts dock.")
 
     def _select_row(self, row: int) -> None:
         r = self.result

@@ -106,3 +106,23 @@ def test_a_tabbed_away_lens_computes_nothing(qtbot, window, checkpoints):
     assert panel.requests == 0 and win.analysis.head_stats.requests == 0  # behind the candidates tab
     _show_lens(qtbot, win)  # brought to the front, it catches up
     assert panel.requests == 1
+
+
+def test_logit_lens_of_t5gemma_on_the_transformers_backend(qtbot, window, tmp_path):
+    """An encoder-decoder only the transformers backend opens: the lens reads its decoder, the last row is the
+    model's own prediction."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    from tests.hf_factories import ARCHITECTURES
+
+    win = window
+    open_model(qtbot, win, ARCHITECTURES["t5gemma"](tmp_path / "t5gemma"))
+    trace = win.state.trace
+    assert trace.family == "encoder-decoder" and type(win.client.worker.model).__name__ == "HFModel"
+    panel = _show_lens(qtbot, win)
+    n_layers = trace.n_layers["self"]
+    assert panel.table.rowCount() == n_layers and "decoder, position" in panel.heading.text()
+    top = int(np.argmax(trace.logits_at(panel.position())))
+    assert int(panel.result["top_ids"][-1, 0]) == top
+    assert win.errors == []

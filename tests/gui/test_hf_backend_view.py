@@ -197,14 +197,68 @@ def test_inside_this_head_and_which_heads_wrote_it_show_numbers_on_the_transform
     assert "sink" not in tab.chain.text()
 
 
-def test_inside_the_mlp_says_in_place_why_experts_have_no_neurons_to_open(qtbot, window, checkpoints):
+def test_inside_the_mlp_opens_the_chosen_experts_of_a_moe_layer(qtbot, window, checkpoints):
+    """Qwen3-MoE (every layer experts): the dock lists the experts the router chose for the token with their
+    weights, and the picked expert's neurons with their direct effects, the engine's own numbers; another expert
+    is picked from the combo; the candidate's effects follow the token combo."""
     from tests.gui.conftest import wait_idle
 
     open_model(qtbot, window, checkpoints["qwen3_moe"])
+    trace = window.state.trace
+    pos = len(trace) - 1
+    window.state.select(layer=1, query=pos)
     window.registry.actions["analysis.inside_mlp"].trigger()
     panel = window.analysis.inside_mlp
-    qtbot.waitUntil(lambda: "mixture of experts" in panel.message.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: panel.experts is not None and panel._wanted == panel.key(), timeout=60_000)
     wait_idle(qtbot, window)
+    inside = panel.experts
+    routing = trace.routing(1)
+    assert [e.expert for e in inside.experts] == routing.experts[pos].tolist()
+    assert panel.expert_combo.count() == len(inside.experts) and panel.expert_combo.isVisible()
+    assert not panel.body.isVisible() and panel.experts_table.isVisible()
+    assert f"expert {inside.experts[0].expert} (weight {routing.weights[pos][0]:.3f})" == panel.expert_combo.itemText(0)
+    assert "mixture-of-experts layer" in panel.heading.text()
+    for i, e in enumerate(inside.experts):
+        panel.expert_combo.setCurrentIndex(i)
+        best = int(np.argmax(e.effects))  # the dock ranks by write toward the candidate by default
+        assert panel.experts_table.item(0, 0).text() == f"N{best}"
+        assert panel.experts_table.item(0, 3).text() == f"{e.effects[best]:+.3f}"
+        assert panel.experts_table.rowCount() == panel.count.value()
+    np.testing.assert_allclose(sum(e.effect for e in inside.experts), inside.mlp_effect, rtol=1e-4)
+    assert inside.token_id == panel.token_combo.currentData()
+    panel.token_combo.setCurrentIndex(1)  # another candidate: the effects are asked again, for it
+    qtbot.waitUntil(lambda: panel.experts is not None and panel.experts.token_id == panel.token_combo.currentData(),
+                    timeout=60_000)
+    window.state.select(layer=0, query=pos)  # still experts; a dense layer elsewhere shows the usual table
+    qtbot.waitUntil(lambda: panel.experts is not None and panel.experts.layer == 0, timeout=60_000)
+    wait_idle(qtbot, window)
+    assert not window.errors
+
+
+def test_inside_the_mlp_switches_between_a_dense_layer_and_an_expert_layer(qtbot, window, tmp_path):
+    """DeepSeek-V3 (layer 0 dense, layer 1 experts beside a shared expert): the dense table, then the experts with
+    the shared expert's share named, then the dense table again with its ablate button."""
+    from tests.gui.conftest import wait_idle
+    from tests.hf_factories import ARCHITECTURES
+
+    open_model(qtbot, window, ARCHITECTURES["deepseek_v3"](tmp_path / "ds"))
+    pos = len(window.state.trace) - 1
+    window.state.select(layer=0, query=pos)
+    window.registry.actions["analysis.inside_mlp"].trigger()
+    panel = window.analysis.inside_mlp
+    qtbot.waitUntil(lambda: panel.result is not None and panel._wanted == panel.key(), timeout=60_000)
+    assert panel.body.isVisible() and not panel.experts_table.isVisible() and not panel.expert_combo.isVisible()
+    window.state.select(layer=1, query=pos)
+    qtbot.waitUntil(lambda: panel.experts is not None and panel._wanted == panel.key(), timeout=60_000)
+    wait_idle(qtbot, window)
+    inside = panel.experts
+    assert panel.experts_table.isVisible() and not panel.body.isVisible() and not panel.clear_button.isVisible()
+    rest = inside.mlp_effect - sum(e.effect for e in inside.experts)
+    assert abs(rest) > 1e-3 and f"({rest:+.3f}) is a shared expert" in panel.caption.text()
+    window.state.select(layer=0, query=pos)
+    qtbot.waitUntil(lambda: panel.result is not None and panel._wanted == panel.key(), timeout=60_000)
+    wait_idle(qtbot, window)
+    assert panel.body.isVisible() and not panel.experts_table.isVisible() and panel.clear_button.isVisible()
     assert not window.errors
 
 

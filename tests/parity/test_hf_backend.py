@@ -366,6 +366,36 @@ def test_encoder_decoder_patterns_and_logits_equal_eager(tmp_path_factory):
     assert _err(trace.logits, out.logits[0]) <= T5_LOGIT_TOL
 
 
+def test_encoder_decoders_logit_lens_reads_its_decoder_as_transformers_does(tmp_path_factory):
+    """T5Gemma's logit lens: each decoder layer's output (transformers' own decoder_hidden_states, eager) through the
+    decoder's final norm, the output head and the final soft-cap, computed here from the reference model's modules;
+    the last layer is the trace's logits. (The decoder's dropout after its norm passes its input on in eval: the
+    lens must find the norm, not the dropout, as the module whose output is the last hidden state.)"""
+    from engine.analysis import logit_lens
+
+    model, ref, _ = _t5(tmp_path_factory)
+    start = model.config.decoder_start_token_id
+    dec = [start, *range(30, 42)]
+    trace = model.run(dec, source=PROMPT)
+    with torch.no_grad():
+        out = ref(input_ids=torch.tensor([PROMPT]), decoder_input_ids=torch.tensor([dec]), output_hidden_states=True)
+        cap = ref.config.get_text_config(decoder=True).final_logit_softcapping
+        for pos in (0, 6, len(dec) - 1):
+            with model.guard():
+                lens = model.explainer.lens_logits(trace, pos).float().numpy()
+            assert lens.shape == (model.n_layers, trace.logits.shape[-1])
+            np.testing.assert_allclose(lens[-1], trace.logits_at(pos), atol=T5_LOGIT_TOL)
+            for layer in range(model.n_layers - 1):
+                h = out.decoder_hidden_states[layer + 1][0, pos]
+                want = ref.lm_head(ref.model.decoder.norm(h))
+                if cap is not None:
+                    want = torch.tanh(want / cap) * cap
+                np.testing.assert_allclose(lens[layer], want.numpy(), atol=T5_LOGIT_TOL)
+                assert np.abs(lens[layer] - lens[-1]).max() > 1e-3  # a layer's own reading, not the last one's
+    probs = logit_lens(model, trace, 6)["probs"]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
 def test_encoder_decoder_steps_equal_generate_and_branch_equals_a_fresh_run(tmp_path_factory):
     model, ref, _ = _t5(tmp_path_factory)
     prefix = [model.config.decoder_start_token_id, 40, 41]

@@ -63,3 +63,40 @@ def test_a_layout_not_known_is_refused(tmp_path):
     model = load_model(hf_factories.ARCHITECTURES["llama4_text"](tmp_path / "l4"), device="cpu", backend="transformers")
     with pytest.raises(CaptureError, match="layout the backend reads"):
         model.explainer.expert_neurons(model.run(PROMPT), model.moe_layers[0], POSITION)
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss"])
+def test_each_experts_neurons_add_to_its_direct_effect(name, tmp_path):
+    """Each neuron's direct effect on the top token, summed over an expert's neurons (+ its down bias), equals the
+    expert's own weighted write (checked above against its gate) through the final RMSNorm frozen at the forward's
+    scale and the unembedding, computed here from transformers' own modules; the chosen experts add to
+    attribute()'s MLP part of that layer. The last layer is the MoE layer, so nothing lies between it and the norm.
+    Tolerance: 1e-4 relative on effects of size ~1 (float32)."""
+    model = load_model(hf_factories.ARCHITECTURES[name](tmp_path / name), device="cpu", backend="transformers")
+    trace = model.run(PROMPT)
+    layer = model.moe_layers[-1]
+    assert layer == model.n_layers - 1
+    got = model.explainer.expert_neurons(trace, layer, POSITION, k=5)
+    token = int(np.argmax(trace.logits_at(POSITION)))
+    assert got.token_id == token
+    seen = []
+    norm = model.hf.model.norm
+    hook = norm.register_forward_hook(lambda _m, a, _o: seen.append(a[0][0, POSITION].float().clone()))
+    try:
+        with model.guard(), active(model._state(None)):
+            model.hf(input_ids=torch.tensor([PROMPT]), use_cache=False)
+    finally:
+        hook.remove()
+    x = seen[0]
+    scale = norm.weight.detach().float() / torch.sqrt((x * x).mean() + norm.variance_epsilon)
+    column = model.hf.lm_head.weight[token].detach().float()
+    for e in got.experts:
+        expected = float((torch.from_numpy(e.output) * scale) @ column)
+        assert e.effects is not None and e.effects.shape == e.activations.shape
+        np.testing.assert_allclose(float(e.effects.astype(np.float64).sum()) + e.bias_effect, expected, rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_allclose(e.effect, expected, rtol=1e-4, atol=1e-5)
+        assert abs(e.effect) > 1e-3
+    attribution = model.explainer.attribute(trace, POSITION)
+    np.testing.assert_allclose(sum(e.effect for e in got.experts), float(attribution.mlps[layer]), rtol=1e-4)
+    np.testing.assert_allclose(got.mlp_effect, float(attribution.mlps[layer]), rtol=1e-5)

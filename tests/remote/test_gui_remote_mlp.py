@@ -116,3 +116,49 @@ def test_nothing_in_the_mlp_jobs_reaches_past_the_engine():
     source = inspect.getsource(mlp_jobs)
     for name in ("engine.explain", "engine.patching", "from engine import"):
         assert name not in source.split('"""', 2)[2], name
+
+
+def test_inside_the_experts_runs_on_the_server(qtbot, window, tmp_path):
+    """A Qwen3-MoE layer in the dock against a remote engine: the server's experts, weights and neurons' direct
+    effects, as this process computes them (1e-4: torch threads differ), without the GUI thread touching the wire."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    from tests.hf_factories import ARCHITECTURES
+
+    folder = ARCHITECTURES["qwen3_moe"](tmp_path / "models" / "qwen3_moe")
+    win = window
+    (tmp_path / "srv").mkdir()
+    srv = Server(tmp_path / "srv", models_dirs=(tmp_path / "models",))
+    try:
+        win.remote_engine.connect_to({"address": srv.address, "token": srv.token})
+        qtbot.waitUntil(lambda: win.client.engine.remote, timeout=TIMEOUT_MS)
+        idle(qtbot, win)
+        n_errors = len(win.errors)
+        win.open_model(str(folder), prompt=PROMPT)
+        idle(qtbot, win)
+        assert win.errors[n_errors:] == []
+        trace = win.state.trace
+        assert isinstance(trace, RemoteTrace)
+        in_gui_thread = record_gui_thread_calls(win.client.engine.conn)
+        pos = len(trace) - 1
+        win.state.select(layer=1, query=pos)
+        win.registry.actions["analysis.inside_mlp"].trigger()
+        panel = win.analysis.inside_mlp
+        qtbot.waitUntil(lambda: panel.experts is not None and panel._wanted == panel.key(), timeout=TIMEOUT_MS)
+        idle(qtbot, win)
+        lm = load_model(str(folder), device="cpu")
+        want = LocalEngine().expert_neurons(lm, lm.run(list(trace.token_ids)), 1, pos, 20,
+                                            panel.token_combo.currentData())
+        got = panel.experts
+        assert [e.expert for e in got.experts] == [e.expert for e in want.experts]
+        for a, b in zip(got.experts, want.experts):
+            np.testing.assert_allclose(a.weight, b.weight, rtol=1e-5)
+            np.testing.assert_allclose(a.activations, b.activations, atol=1e-4)
+            np.testing.assert_allclose(a.effects, b.effects, atol=1e-4)
+        assert panel.experts_table.rowCount() > 0 and in_gui_thread == []
+        assert win.errors[n_errors:] == []
+    finally:
+        win.client.call("engine", use_this_computer())
+        idle(qtbot, win)
+        srv.stop()

@@ -437,6 +437,32 @@ def test_neuron_gates_and_mlp_neurons_over_the_wire(hf_eng, hf_dir):
         lm.clear_neuron_gates()
 
 
+def test_expert_neurons_over_the_wire_equal_in_process(hf_eng, hf_dir):
+    """Inside a Qwen3-MoE layer's chosen experts through the server: the same experts, weights, activations, write
+    sizes and direct effects (and candidate) as in-process, bit for bit; a dense-layer refusal crosses as one."""
+    from engine import CaptureError
+
+    rm, lm = _pair(hf_eng, hf_dir, "qwen3_moe")
+    rt, lt = rm.run(PROMPT), lm.run(PROMPT)
+    local = LocalEngine()
+    for layer, position, token in ((1, 13, None), (0, 19, 7)):
+        r = hf_eng.expert_neurons(rm, rt, layer, position, 4, token)
+        lo = local.expert_neurons(lm, lt, layer, position, 4, token)
+        assert type(r).__name__ == "ExpertsInside" and r.token_id == lo.token_id and r.token == lo.token
+        assert (r.layer, r.position, r.note, r.mlp_effect, r.error) == (lo.layer, lo.position, lo.note, lo.mlp_effect,
+                                                                        lo.error)
+        np.testing.assert_array_equal(r.block_output, lo.block_output)
+        assert len(r.experts) == len(lo.experts) == 2
+        for a, b in zip(r.experts, lo.experts):
+            assert (a.expert, a.weight, a.top, a.effect, a.bias_effect) == (b.expert, b.weight, b.top, b.effect,
+                                                                            b.bias_effect)
+            for f in ("activations", "write_norms", "output", "effects"):
+                np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    dense = hf_eng.load_model(str(hf_dir / "lfm2"), device="cpu")  # no experts anywhere
+    with pytest.raises(CaptureError, match="not a mixture-of-experts layer"):
+        hf_eng.expert_neurons(dense, dense.run(PROMPT), 0, 3)
+
+
 @pytest.mark.parametrize("name", ["qwen3_moe", "lfm2"])
 def test_patching_over_the_wire_equals_in_process(hf_eng, hf_dir, name):
     """Activation patching on a transformers-backend model runs on the server and answers as in-process: a patch
