@@ -53,6 +53,13 @@ class RemoteTrace(Trace):
                                                        self.shapes[name], self.n_heads, self.rules.get(name))
         return src
 
+    def read_now(self, key: Any, read: Any, on_ready: Any) -> Any:
+        """As Trace.read_now: with the patterns on the server, what is not cached here is fetched in the
+        background (PENDING now, on_ready() when it landed)."""
+        if self.link is None:
+            return read(self)
+        return self.link.read_now(self, key, read, on_ready)
+
     def sink_share(self, kind: str, layer: int) -> np.ndarray | None:
         src = self._source(kind, layer)
         if isinstance(src, ServerPatterns):

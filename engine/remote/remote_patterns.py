@@ -17,6 +17,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,14 +211,65 @@ def seed_followed(trace: Any, followed: list) -> None:
         link.cache.put(link.full(key), got)
 
 
+class NotHere(Exception):
+    """Raised inside Trace.read_now's first try when the answer would have to be asked of the server."""
+
+
+_BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pattern-reads")  # what read_now fetches
+_only_cached = threading.local()
+
+
 class PatternLink:
     """How one remote trace reaches its server: the engine, the trace's id there, the server's instance."""
 
     def __init__(self, engine: Any, tid: int, instance: str | None, cache: AnswerCache, follow: Follow | None = None) -> None:
         self.engine, self.tid, self.instance, self.cache = engine, tid, instance, cache
         self.follow = follow or Follow()
+        self._on_way: set = set()  # read_now keys being fetched
+        self._failed: dict = {}  # read_now key -> what fetching raised (raised once, by the next read_now)
+        self._lock = threading.Lock()
+
+    def read_now(self, trace: Any, key: Any, read: Callable[[Any], Any], on_ready: Callable[[], None]) -> Any:
+        """Trace.read_now for a trace whose patterns are on the server: `read` from what is cached here, else
+        PENDING and `read` runs in a background thread (its answers land in the cache), then `on_ready()`."""
+        from ..trace import PENDING
+
+        with self._lock:
+            failed = self._failed.pop(key, None)
+        if failed is not None:
+            raise failed
+        _only_cached.on = True
+        try:
+            return read(trace)
+        except NotHere:
+            pass
+        finally:
+            _only_cached.on = False
+        with self._lock:
+            if key in self._on_way:
+                return PENDING
+            self._on_way.add(key)
+
+        def fetch() -> None:
+            try:
+                read(trace)
+            except Exception as exc:  # noqa: BLE001 - handed to the next read_now (EngineGone, a bad request)
+                with self._lock:
+                    self._failed[key] = exc
+            finally:
+                with self._lock:
+                    self._on_way.discard(key)
+            try:
+                on_ready()
+            except Exception:  # noqa: BLE001 - a view that went away
+                log.exception("read_now: on_ready failed")
+
+        _BACKGROUND.submit(fetch)
+        return PENDING
 
     def ask(self, op: str, **body: Any) -> Any:
+        if getattr(_only_cached, "on", False):
+            raise NotHere(op)
         return self.engine.call("patterns", {"tid": self.tid, "instance": self.instance, "op": op, **body})
 
     def full(self, key: tuple) -> tuple:
