@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CaptureError
+from ..errors import CaptureError, EngineError
 from ..rebuild import PatternSource, ScoreRule
 
 log = logging.getLogger(__name__)
@@ -219,19 +219,21 @@ _BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pattern-read
 _only_cached = threading.local()
 
 
-class PatternLink:
-    """How one remote trace reaches its server: the engine, the trace's id there, the server's instance."""
+def only_cached() -> bool:
+    """True inside BackgroundReads.read_now's first try (in that thread): a request must raise NotHere."""
+    return getattr(_only_cached, "on", False)
 
-    def __init__(self, engine: Any, tid: int, instance: str | None, cache: AnswerCache, follow: Follow | None = None) -> None:
-        self.engine, self.tid, self.instance, self.cache = engine, tid, instance, cache
-        self.follow = follow or Follow()
-        self._on_way: set = set()  # read_now keys being fetched
-        self._failed: dict = {}  # read_now key -> what fetching raised (raised once, by the next read_now)
+
+class BackgroundReads:
+    """Trace.read_now for a remote trace: `read` from what is here, else PENDING and `read` runs in a background
+    thread (what it fetches is kept: patterns in the answer cache, logit rows in their block), then `on_ready()`."""
+
+    def __init__(self) -> None:
+        self._on_way: set = set()  # keys being fetched
+        self._failed: dict = {}  # key -> what fetching raised (raised once, by the next read_now)
         self._lock = threading.Lock()
 
     def read_now(self, trace: Any, key: Any, read: Callable[[Any], Any], on_ready: Callable[[], None]) -> Any:
-        """Trace.read_now for a trace whose patterns are on the server: `read` from what is cached here, else
-        PENDING and `read` runs in a background thread (its answers land in the cache), then `on_ready()`."""
         from ..trace import PENDING
 
         with self._lock:
@@ -254,6 +256,9 @@ class PatternLink:
             try:
                 read(trace)
             except Exception as exc:  # noqa: BLE001 - handed to the next read_now (EngineGone, a bad request)
+                if not isinstance(exc, EngineError):  # e.g. the connection closed under it: still the engine's
+                    log.warning("read_now %s: %r", key, exc)
+                    exc = EngineError(f"the engine could not answer: {exc}")
                 with self._lock:
                     self._failed[key] = exc
             finally:
@@ -267,8 +272,16 @@ class PatternLink:
         _BACKGROUND.submit(fetch)
         return PENDING
 
+
+class PatternLink:
+    """How one remote trace reaches its server: the engine, the trace's id there, the server's instance."""
+
+    def __init__(self, engine: Any, tid: int, instance: str | None, cache: AnswerCache, follow: Follow | None = None) -> None:
+        self.engine, self.tid, self.instance, self.cache = engine, tid, instance, cache
+        self.follow = follow or Follow()
+
     def ask(self, op: str, **body: Any) -> Any:
-        if getattr(_only_cached, "on", False):
+        if only_cached():
             raise NotHere(op)
         return self.engine.call("patterns", {"tid": self.tid, "instance": self.instance, "op": op, **body})
 
