@@ -101,6 +101,7 @@ def measure(app, win, target, steps: int, model: str, prompt: str, look: bool = 
         pump_until(app, lambda n=n: len(win.state.trace) == n + 1 and drawn(win))
         times.append(time.perf_counter() - t0)
     per_step = (conn.bytes_received - received) / steps if conn is not None else 0
+    step_stall = max(gaps) if gaps else 0.0
     looked = {}
     if look:
         gaps.clear()
@@ -111,7 +112,7 @@ def measure(app, win, target, steps: int, model: str, prompt: str, look: bool = 
                   "look_longest_stall_ms": round(1e3 * max(gaps), 1) if gaps else 0.0}
     timer.stop()
     return {**looked, "step_to_screen_ms": round(1e3 * statistics.median(times), 1),
-            "longest_stall_ms": round(1e3 * max(gaps), 1) if gaps else 0.0,
+            "longest_stall_ms": round(1e3 * step_stall, 1),
             "patterns_on_server": on_server, "bytes_received_per_step": int(per_step)}
 
 

@@ -1,5 +1,5 @@
 """Reads that never wait in the GUI thread: Trace.read_now answers at once or says PENDING and fetches in the
-background (a remote engine that keeps the patterns on its server); the view shows a placeholder and is called
+background (an engine on another machine that keeps the patterns there); the view shows a placeholder and is called
 back here, in the GUI thread, when the answer landed. The same code for every engine: a trace in this process
 always answers at once."""
 

@@ -72,7 +72,7 @@ class RolloutControl(QObject):
             from engine.analysis import rollout
 
             kind, layer = s.kind, s.layer
-            try:  # a remote engine that keeps the patterns computes it there: fetched off the GUI thread
+            try:  # an engine that keeps the patterns elsewhere computes it there: fetched off the GUI thread
                 got = self.view.arrivals.read(trace, ("rollout", kind, layer), lambda t: rollout(t, kind, layer),
                                          self.view.redraw)
             except EngineError as exc:  # e.g. a remote engine that keeps the patterns went away: the pattern instead

@@ -637,7 +637,7 @@ class AttentionView(QWidget):
             except EngineError as exc:  # a remote engine that keeps the patterns went away: the row is not here
                 self.row_top.setText(f"query {q}: {exc}")
                 return
-            if row is PENDING:  # on its way from a remote engine: the last row stays until it lands
+            if row is PENDING:  # on its way: the last row stays until it lands
                 self.row_top.setText(f"query {q}: {PLACEHOLDER}")
                 return
         self.row = row
@@ -679,7 +679,7 @@ class AttentionView(QWidget):
             return f"{q} {qt[q]!r} → {k} {kt[k]!r}: masked (a query never sees later keys)"
         if self.pattern is not None:
             w = float(self.pattern[q, k])
-        else:  # exact, whatever the zoom: one cell rebuilt (or asked of a remote engine in the background)
+        else:  # exact, whatever the zoom: one cell rebuilt (or fetched in the background)
             kind, layer, heads = self.state.kind, self.state.layer, self._heads()
             try:
                 w = self.arrivals.read(self.state.trace, ("cell", kind, layer, tuple(heads), q, k),

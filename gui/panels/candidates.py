@@ -51,7 +51,7 @@ class LogitsPanel(QWidget):
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.arrivals = Arrivals(self)  # a logits row of a remote engine: fetched off the GUI thread
+        self.arrivals = Arrivals(self)  # a logits row not here yet: fetched off the GUI thread
         self.client = client
         self._x_max: float | None = None  # the probability axis' range (changed only when it must)
         self._rows: int | None = None  # bars the y range was set for
@@ -155,10 +155,10 @@ class LogitsPanel(QWidget):
         pos = min(s.query, len(trace) - 1)
         before_fill = s.fill_predictions(pos) if encoder_only else None
         logits = before_fill
-        if logits is None:  # a remote engine's row not here yet: fetched in the background, redrawn then
+        if logits is None:  # a row not here yet is fetched in the background, redrawn then
             try:
                 logits = self.arrivals.read(trace, ("logits", pos), lambda t: t.logits_at(pos), self.redraw)
-            except EngineError as exc:  # a remote engine went away before sending this row
+            except EngineError as exc:  # the engine went away before sending this row
                 self._clear(str(exc))
                 return
             if logits is PENDING:

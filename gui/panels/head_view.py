@@ -531,7 +531,7 @@ class HeadView(QWidget):
                 item.set_lines(*self.canvas.line_x, 0.0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32))
             self.caption.setText(str(exc))
             return
-        if row is PENDING:  # on its way from a remote engine: the last lines stay until it lands
+        if row is PENDING:  # on its way: the last lines stay until it lands
             self.caption.setText(f"query {q}: {PLACEHOLDER}")
             return
         self.row, self.query_row = row, q

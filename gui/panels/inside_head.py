@@ -154,7 +154,7 @@ class InsideTab(QWidget):
         super().__init__()
         self.state = state
         self.inside = None  # engine.explain.InsideHead on screen
-        self.arrivals = Arrivals(self)  # the sink share of a remote engine that keeps the patterns
+        self.arrivals = Arrivals(self)  # the sink share, when not here yet
         self.trace = None
         self.keys: np.ndarray = np.zeros(0, dtype=np.int64)  # key positions in the rows shown
         self.columns: list[str] = []  # column titles of the table
@@ -283,7 +283,7 @@ class InsideTab(QWidget):
         if trace is None or not hasattr(trace, "sink_share") or s.kind not in getattr(trace, "kinds", ()):
             return ""
         kind, layer = s.kind, s.layer
-        try:  # a remote engine that keeps the patterns: fetched in the background, the text redone on arrival
+        try:  # not here yet: fetched in the background, the text redone on arrival
             share = self.arrivals.read(trace, ("sink", kind, layer), lambda t: t.sink_share(kind, layer),
                                        self._sink_landed)
         except Exception:  # noqa: BLE001 - engine.CaptureError: a layer without attention or not captured

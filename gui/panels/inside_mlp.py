@@ -104,7 +104,7 @@ class InsideMlpPanel(RefreshWhenShown):
 
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.arrivals = Arrivals(self)  # the logits row of a remote engine: fetched off the GUI thread
+        self.arrivals = Arrivals(self)  # a logits row not here yet: fetched off the GUI thread
         self.state, self.client = state, client
         self.result = None  # engine.explain.MlpNeurons on screen
         self.trace = None  # the trace it explains
@@ -249,7 +249,7 @@ class InsideMlpPanel(RefreshWhenShown):
         return min(self.state.query, len(self.state.trace) - 1)
 
     def _fill_tokens(self) -> bool:
-        """The candidate tokens at the position; False while a remote engine's logits row is on its way (the
+        """The candidate tokens at the position; False while its logits row is on its way (the
         panel refreshes when it lands)."""
         trace, pos = self.state.trace, self.position()
         key = (id(trace), pos)
@@ -259,7 +259,7 @@ class InsideMlpPanel(RefreshWhenShown):
         if trace.logit_rows is not None:
             try:
                 logits = self.arrivals.read(trace, ("logits", pos), lambda t: t.logits_at(pos), self.refresh)
-            except EngineError as exc:  # a remote engine went away: the next token only
+            except EngineError as exc:  # the engine went away: the next token only
                 log.warning("inside the MLP: %s", exc)
                 logits = None
             if logits is PENDING:
