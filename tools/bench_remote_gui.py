@@ -50,6 +50,16 @@ def drawn(win) -> bool:  # noqa: ANN001 - the window
     return not win.client.busy and not win._chain and not win.attention_view.pending and not win.head_grid.pending
 
 
+def settle(app, win, ms: float = 30.0) -> None:  # noqa: ANN001
+    """Until drawn, then `ms` more of event loop: the 5 ms timer ticks after the last action, so a stall in it
+    is measured even when the answer was there at once."""
+    pump_until(app, lambda: drawn(win))
+    end = time.monotonic() + ms / 1e3
+    while time.monotonic() < end:
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 5)
+        time.sleep(0.001)
+
+
 def look_around(app, win) -> None:  # noqa: ANN001 - the window
     """Reads that are not a step's: another layer, another query's row plot, a hovered cell, rollout."""
     view, s = win.attention_view, win.state
@@ -57,19 +67,19 @@ def look_around(app, win) -> None:  # noqa: ANN001 - the window
     n_layers = s.trace.n_layers.get(s.kind, 1)
     for layer, query, cell in ((1, n // 2, (n - 2, 1)), (0, n // 3, (n - 1, 2))):
         s.select(layer=layer % n_layers)
-        pump_until(app, lambda: drawn(win))
+        settle(app, win)
         view.row_plot_box.setChecked(True)
         s.select(query=query)
-        pump_until(app, lambda: drawn(win))
+        settle(app, win)
         if hasattr(view, "hover"):
             view.hover(*cell)
         else:  # before Trace.read_now (the same work the mouse did)
             view.readout.setText(view.describe(*cell))
-        pump_until(app, lambda: drawn(win))
+        settle(app, win)
         win.analysis.rollout.set_active(True)
-        pump_until(app, lambda: drawn(win))
+        settle(app, win)
         win.analysis.rollout.set_active(False)
-        pump_until(app, lambda: drawn(win))
+        settle(app, win)
         view.row_plot_box.setChecked(False)
 
 
