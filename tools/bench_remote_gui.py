@@ -11,8 +11,8 @@ view's tile and the head grid's thumbnails drawn, and a 5 ms timer in the GUI th
 gap between its ticks (an event-loop stall) while stepping. Side by side: in-process, loopback (mirrored;
 patterns on the server), slow link (the same two).
 
---look: after stepping, a second scenario per engine ("look around", timed the same way): another layer (its
-sink column), the row plot of another query, a hovered cell, rollout on and off, each waited for until drawn;
+--look: after stepping, a second scenario per engine ("look around", timed the same way): another layer (and
+its sink column on a model with sinks), the row plot of another query, a hovered cell, rollout on and off, each waited for until drawn;
 its longest stall is what a read of a pattern kept on the server costs the GUI thread (a round trip when it
 waits for the answer there; nothing when Trace.read_now fetches it in the background).
 """
