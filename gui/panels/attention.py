@@ -603,9 +603,21 @@ class AttentionView(QWidget):
 
     def exact_region(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         """The exact weights [q1 - q0, k1 - k0] of the head (or mean of heads) on screen."""
-        s = self.state
-        parts = [s.trace.attention_tile(s.kind, s.layer, h, q0, q1, k0, k1) for h in self._heads()]
-        return parts[0] if len(parts) == 1 else np.mean(np.stack(parts), axis=0, dtype=np.float64).astype(np.float32)
+        return self._region_reader(q0, q1, k0, k1)[1](self.state.trace)
+
+    def region_now(self, q0: int, q1: int, k0: int, k1: int, when_here: Callable[[], None]) -> object:
+        """exact_region, or PENDING while it is fetched in the background (`when_here()` once it landed)."""
+        key, read = self._region_reader(q0, q1, k0, k1)
+        return self.arrivals.read(self.state.trace, key, read, when_here)
+
+    def _region_reader(self, q0: int, q1: int, k0: int, k1: int) -> tuple:
+        kind, layer, heads = self.state.kind, self.state.layer, self._heads()
+
+        def read(trace) -> np.ndarray:  # noqa: ANN001 - engine.Trace
+            parts = [trace.attention_tile(kind, layer, h, q0, q1, k0, k1) for h in heads]
+            return parts[0] if len(parts) == 1 else np.mean(np.stack(parts), axis=0, dtype=np.float64).astype(np.float32)
+
+        return ("region", kind, layer, tuple(heads), q0, q1, k0, k1), read
 
     @property
     def pending(self) -> bool:
