@@ -1,7 +1,7 @@
 """The window never waits on a slow link for a trace whose patterns stay on the server (--mirror-limit 0, behind a
 proxy holding every chunk 200 ms each way): hovering a new cell, another query's row plot, another layer's sink
-column and rollout on a gpt-oss model make no network call from the GUI thread; each shows "…" first and, once the
-answer lands, the same values the window shows with the model in process."""
+column, rollout and the pattern export on a gpt-oss model make no network call from the GUI thread; each shows "…"
+first and, once the answer lands, the same values the window shows with the model in process."""
 
 from __future__ import annotations
 
@@ -87,7 +87,13 @@ def test_reads_of_patterns_on_the_server_never_wait_in_the_gui_thread(qtbot, win
         in_gui_thread = record_gui_thread_calls(win.client.engine.conn)
         shown: list[str] = []
         far = look_around(qtbot, win, shown)
-        assert in_gui_thread == [] and win.errors[n_errors:] == []
+        # the pattern export reads the region in view the same way: written once it is here
+        out = tmp_path / "pattern.npy"
+        win.analysis.exports.export_pattern(str(out))
+        qtbot.waitUntil(out.exists, timeout=TIMEOUT_MS)
+        view = win.attention_view
+        np.testing.assert_array_equal(np.load(out), view.exact_region(*view.visible_region()))
+        assert in_gui_thread == [] and win.errors[n_errors:] == []  # the check above read what the export cached
         # each first showed the placeholder: nothing was here yet, nothing was waited for
         assert all("…" in text for text in shown), shown
     finally:
