@@ -26,7 +26,7 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .sampling import SamplingSettings, distribution
-from .trace import KINDS, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
+from .trace import KINDS, PENDING, PatternBlock, StepInfo, Trace, capture_name, parse_capture_name
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -52,7 +52,7 @@ def __getattr__(name: str):  # noqa: ANN202
 
 
 __all__ = [
-    "KINDS", "Cancelled", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError",
+    "KINDS", "PENDING", "Cancelled", "CaptureError", "ChatTemplateError", "CheckpointError", "DeviceError", "EngineError",
     "LoadCancelled", "Model", "ModelConfig",
     "OutOfMemoryError", "PatternBlock", "PromptError", "SamplingError", "SamplingSettings", "Session", "SessionError",
     "Step", "StepInfo", "TokenizerError", "Trace", "UnsupportedArchitectureError", "capture_name", "distribution",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,8 @@ from .routing import Routing, RoutingBlock, is_router_name, join_routing, router
 KINDS = ("encoder", "self", "cross")
 UNEMBED_SLAB = 8192  # vocabulary columns widened from bfloat16 at a time for lazy logit rows
 POOL_CHUNK_BYTES = 16 * 1024 * 1024  # rows of every head rebuilt at a time by attention_pooled
+PENDING = type("Pending", (), {"__repr__": lambda self: "PENDING", "__bool__": lambda self: False})()
+"""What Trace.read_now answers when the answer is on its way (a remote engine that keeps the patterns)."""
 DENSE_LIMIT = 4 * 1024**3  # bytes: a whole layer's pattern beyond this must be asked for by head, tile or overview
 
 
@@ -342,6 +346,13 @@ class Trace:
                 return np.array(_rows(block, position - start, position - start + 1)[0], dtype=np.float32)  # a copy
             start += block.shape[0]
         raise CaptureError(f"position {position} is outside 0..{len(self) - 1}")
+
+    def read_now(self, key: object, read: Callable[[Trace], Any], on_ready: Callable[[], None]) -> Any:
+        """`read(self)` if it can be answered without waiting on a network, else PENDING: then it is fetched in
+        the background and `on_ready()` is called (from another thread) once asking again answers at once (or
+        raises what fetching raised, e.g. EngineGone). `key` names the read (the same read, the same key: asked
+        twice while on its way, it is fetched once). A trace in this process has everything: always answered."""
+        return read(self)
 
     @property
     def nbytes(self) -> int:

@@ -10,6 +10,11 @@ steps --steps times; each step is timed from the request to the new trace on scr
 view's tile and the head grid's thumbnails drawn, and a 5 ms timer in the GUI thread records the longest
 gap between its ticks (an event-loop stall) while stepping. Side by side: in-process, loopback (mirrored;
 patterns on the server), slow link (the same two).
+
+--look: after stepping, a second scenario per engine ("look around", timed the same way): another layer (and
+its sink column on a model with sinks), the row plot of another query, a hovered cell, rollout on and off, each waited for until drawn;
+its longest stall is what a read of a pattern kept on the server costs the GUI thread (a round trip when it
+waits for the answer there; nothing when Trace.read_now fetches it in the background).
 """
 
 from __future__ import annotations
@@ -45,7 +50,40 @@ def drawn(win) -> bool:  # noqa: ANN001 - the window
     return not win.client.busy and not win._chain and not win.attention_view.pending and not win.head_grid.pending
 
 
-def measure(app, win, target, steps: int, model: str, prompt: str) -> dict:  # noqa: ANN001
+def settle(app, win, ms: float = 30.0) -> None:  # noqa: ANN001
+    """Until drawn, then `ms` more of event loop: the 5 ms timer ticks after the last action, so a stall in it
+    is measured even when the answer was there at once."""
+    pump_until(app, lambda: drawn(win))
+    end = time.monotonic() + ms / 1e3
+    while time.monotonic() < end:
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 5)
+        time.sleep(0.001)
+
+
+def look_around(app, win) -> None:  # noqa: ANN001 - the window
+    """Reads that are not a step's: another layer, another query's row plot, a hovered cell, rollout."""
+    view, s = win.attention_view, win.state
+    n = len(s.trace)
+    n_layers = s.trace.n_layers.get(s.kind, 1)
+    for layer, query, cell in ((1, n // 2, (n - 2, 1)), (0, n // 3, (n - 1, 2))):
+        s.select(layer=layer % n_layers)
+        settle(app, win)
+        view.row_plot_box.setChecked(True)
+        s.select(query=query)
+        settle(app, win)
+        if hasattr(view, "hover"):
+            view.hover(*cell)
+        else:  # before Trace.read_now (the same work the mouse did)
+            view.readout.setText(view.describe(*cell))
+        settle(app, win)
+        win.analysis.rollout.set_active(True)
+        settle(app, win)
+        win.analysis.rollout.set_active(False)
+        settle(app, win)
+        view.row_plot_box.setChecked(False)
+
+
+def measure(app, win, target, steps: int, model: str, prompt: str, look: bool = False) -> dict:  # noqa: ANN001
     if target is not None:
         win.remote_engine.connect_to(target)
         pump_until(app, lambda: win.client.engine.remote and not win.client.busy)
@@ -72,10 +110,19 @@ def measure(app, win, target, steps: int, model: str, prompt: str) -> dict:  # n
         win.client.step()
         pump_until(app, lambda n=n: len(win.state.trace) == n + 1 and drawn(win))
         times.append(time.perf_counter() - t0)
-    timer.stop()
     per_step = (conn.bytes_received - received) / steps if conn is not None else 0
-    return {"step_to_screen_ms": round(1e3 * statistics.median(times), 1),
-            "longest_stall_ms": round(1e3 * max(gaps), 1) if gaps else 0.0,
+    step_stall = max(gaps) if gaps else 0.0
+    looked = {}
+    if look:
+        gaps.clear()
+        last[0] = time.perf_counter()
+        t0 = time.perf_counter()
+        look_around(app, win)
+        looked = {"look_ms": round(1e3 * (time.perf_counter() - t0), 1),
+                  "look_longest_stall_ms": round(1e3 * max(gaps), 1) if gaps else 0.0}
+    timer.stop()
+    return {**looked, "step_to_screen_ms": round(1e3 * statistics.median(times), 1),
+            "longest_stall_ms": round(1e3 * step_stall, 1),
             "patterns_on_server": on_server, "bytes_received_per_step": int(per_step)}
 
 
@@ -86,6 +133,8 @@ def main() -> int:
     p.add_argument("--model", default="tiny-gpt", help="a bundled model (both servers open it)")
     p.add_argument("--prompt-tokens", type=int, default=0,
                    help="a prompt of this many words (default: one sentence)")
+    p.add_argument("--look", action="store_true",
+                   help="after stepping, time another layer, row plot, hovered cell and rollout (see above)")
     args = p.parse_args()
     prompt = "In the beginning God created the heaven and the earth."
     if args.prompt_tokens:
@@ -110,7 +159,7 @@ def main() -> int:
             win = MainWindow(settings=QSettings(str(Path(os.devnull)), QSettings.Format.IniFormat), devices=["cpu"])
             win.resize(1280, 800)
             win.show()
-            results[name] = measure(app, win, target, args.steps, args.model, prompt)
+            results[name] = measure(app, win, target, args.steps, args.model, prompt, args.look)
             win.close()
             print(name, results[name], flush=True)
     finally:
@@ -124,6 +173,10 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:>22} {r['step_to_screen_ms']:>15} {r['step_to_screen_ms'] / base:>12.2f} {r['longest_stall_ms']:>17} "
               f"{r['bytes_received_per_step']:>16}")
+    if args.look:
+        print(f"{'engine':>22} {'look around ms':>15} {'longest stall ms':>17}")
+        for name, r in results.items():
+            print(f"{name:>22} {r['look_ms']:>15} {r['look_longest_stall_ms']:>17}")
     return 0
 
 

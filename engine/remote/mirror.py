@@ -22,7 +22,17 @@ import numpy as np
 from ..rebuild import KeyArena
 from ..routing import Routing, is_router_name, join_routing, router_name
 from ..trace import PatternBlock, Trace, capture_name
-from .remote_patterns import AnswerCache, Follow, PatternLink, ServerBlock, ServerPatterns, seed_followed
+from .remote_patterns import (
+    AnswerCache,
+    BackgroundReads,
+    Follow,
+    NotHere,
+    PatternLink,
+    ServerBlock,
+    ServerPatterns,
+    only_cached,
+    seed_followed,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +43,7 @@ class RemoteTrace(Trace):
     remote: Any = None  # (engine, trace id on the server, sender id)
     shapes: dict = field(default_factory=dict)  # capture name -> keys, for blocks kept on the server
     link: PatternLink | None = None
+    reads: BackgroundReads = field(default_factory=BackgroundReads, repr=False, compare=False)
 
     def _on_server(self, name: str) -> bool:
         blocks = self.blocks.get(name)
@@ -52,6 +63,11 @@ class RemoteTrace(Trace):
             src = self._sources[name] = ServerPatterns(self.link, name, kind, int(layer), self.blocks[name],
                                                        self.shapes[name], self.n_heads, self.rules.get(name))
         return src
+
+    def read_now(self, key: Any, read: Any, on_ready: Any) -> Any:
+        """As Trace.read_now: what is not here (patterns kept on the server, logit rows) is fetched in the
+        background (PENDING now, on_ready() when it landed)."""
+        return self.reads.read_now(self, key, read, on_ready)
 
     def sink_share(self, kind: str, layer: int) -> np.ndarray | None:
         src = self._source(kind, layer)
@@ -160,6 +176,8 @@ class RemoteLogits:
         start, stop, _ = slice(start, stop).indices(self.shape[0])
         missing = [i for i in range(start, stop) if i not in self._rows]
         if missing:
+            if only_cached():
+                raise NotHere("logits")
             got = self._fetch(self.sender, self.serial, missing[0], missing[-1] + 1)
             for i, row in zip(range(missing[0], missing[-1] + 1), got):
                 row = np.array(row, dtype=np.float32)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import CaptureError
+from ..errors import CaptureError, EngineError
 from ..rebuild import PatternSource, ScoreRule
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,68 @@ def seed_followed(trace: Any, followed: list) -> None:
         link.cache.put(link.full(key), got)
 
 
+class NotHere(Exception):
+    """Raised inside Trace.read_now's first try when the answer would have to be asked of the server."""
+
+
+_BACKGROUND = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pattern-reads")  # what read_now fetches
+_only_cached = threading.local()
+
+
+def only_cached() -> bool:
+    """True inside BackgroundReads.read_now's first try (in that thread): a request must raise NotHere."""
+    return getattr(_only_cached, "on", False)
+
+
+class BackgroundReads:
+    """Trace.read_now for a remote trace: `read` from what is here, else PENDING and `read` runs in a background
+    thread (what it fetches is kept: patterns in the answer cache, logit rows in their block), then `on_ready()`."""
+
+    def __init__(self) -> None:
+        self._on_way: set = set()  # keys being fetched
+        self._failed: dict = {}  # key -> what fetching raised (raised once, by the next read_now)
+        self._lock = threading.Lock()
+
+    def read_now(self, trace: Any, key: Any, read: Callable[[Any], Any], on_ready: Callable[[], None]) -> Any:
+        from ..trace import PENDING
+
+        with self._lock:
+            failed = self._failed.pop(key, None)
+        if failed is not None:
+            raise failed
+        _only_cached.on = True
+        try:
+            return read(trace)
+        except NotHere:
+            pass
+        finally:
+            _only_cached.on = False
+        with self._lock:
+            if key in self._on_way:
+                return PENDING
+            self._on_way.add(key)
+
+        def fetch() -> None:
+            try:
+                read(trace)
+            except Exception as exc:  # noqa: BLE001 - handed to the next read_now (EngineGone, a bad request)
+                if not isinstance(exc, EngineError):  # e.g. the connection closed under it: still the engine's
+                    log.warning("read_now %s: %r", key, exc)
+                    exc = EngineError(f"the engine could not answer: {exc}")
+                with self._lock:
+                    self._failed[key] = exc
+            finally:
+                with self._lock:
+                    self._on_way.discard(key)
+            try:
+                on_ready()
+            except Exception:  # noqa: BLE001 - a view that went away
+                log.exception("read_now: on_ready failed")
+
+        _BACKGROUND.submit(fetch)
+        return PENDING
+
+
 class PatternLink:
     """How one remote trace reaches its server: the engine, the trace's id there, the server's instance."""
 
@@ -217,6 +281,8 @@ class PatternLink:
         self.follow = follow or Follow()
 
     def ask(self, op: str, **body: Any) -> Any:
+        if only_cached():
+            raise NotHere(op)
         return self.engine.call("patterns", {"tid": self.tid, "instance": self.instance, "op": op, **body})
 
     def full(self, key: tuple) -> tuple:

@@ -10,6 +10,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QSignalBlocker
 from PySide6.QtWidgets import QCheckBox
 
+from ..core.arrivals import PENDING, PLACEHOLDER
 from ..core.state import InspectorState
 from ..panels.attention import AttentionView
 
@@ -70,9 +71,15 @@ class RolloutControl(QObject):
             from engine import EngineError
             from engine.analysis import rollout
 
-            try:
-                self._cache = (key, rollout(trace, s.kind, s.layer))
+            kind, layer = s.kind, s.layer
+            try:  # an engine that keeps the patterns elsewhere computes it there: fetched off the GUI thread
+                got = self.view.arrivals.read(trace, ("rollout", kind, layer), lambda t: rollout(t, kind, layer),
+                                         self.view.redraw)
             except EngineError as exc:  # e.g. a remote engine that keeps the patterns went away: the pattern instead
                 log.warning("rollout: %s", exc)
                 return None
+            if got is PENDING:  # a blank pattern of the right shape until it lands
+                n = trace.attention_shape(kind, layer)[1]
+                return np.zeros((n, n), dtype=np.float32), f"rollout of layers 0–{layer} {PLACEHOLDER}"
+            self._cache = (key, got)
         return self._cache[1], f"rollout of layers 0–{s.layer}"

@@ -25,9 +25,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import distribution
+from engine import EngineError, distribution
 
 from ..core import jobs
+from ..core.arrivals import PENDING, PLACEHOLDER, Arrivals
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering import colormaps, display
@@ -104,6 +105,7 @@ class CompareDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Compare two prompts")
         self.state, self.client = state, client
+        self.arrivals = Arrivals(self)  # both patterns: at once, or fetched in the background (redrawn then)
         self.other = None  # the second prompt's Trace
         self._latest = 0
         self.diff: np.ndarray | None = None
@@ -187,11 +189,18 @@ class CompareDialog(QDialog):
             return src[0], src[0], src[1], src[1]
         return main[0], main[0], main[1], main[1]
 
-    def _pattern(self, trace) -> np.ndarray:  # noqa: ANN001
+    def _read(self, trace) -> object:  # noqa: ANN001
+        """The pattern on screen of `trace` (its last logits row fetched too, for the table), or PENDING while
+        it is on its way (fetched in the background; redrawn then)."""
         s = self.state
-        if s.mean_heads:
-            return trace.attention(s.kind, s.layer).mean(0)
-        return trace.attention_head(s.kind, s.layer, s.head)
+        kind, layer, head, mean = s.kind, s.layer, s.head, s.mean_heads
+
+        def read(t) -> np.ndarray:  # noqa: ANN001
+            if t.logit_rows is not None:
+                t.logits_at(len(t) - 1)
+            return t.attention(kind, layer).mean(0) if mean else t.attention_head(kind, layer, head)
+
+        return self.arrivals.read(trace, ("compare", kind, layer, head, mean), read, self.redraw)
 
     def redraw(self) -> None:
         s, a, b = self.state, self.state.trace, self.other
@@ -203,7 +212,14 @@ class CompareDialog(QDialog):
             self.caption.setText("Type a second prompt and press Run: the selected head is shown for both "
                                  "prompts and their difference on the shared prefix.")
             return
-        pa, pb = self._pattern(a), self._pattern(b)
+        try:
+            pa, pb = self._read(a), self._read(b)
+        except EngineError as exc:  # the engine went away before sending a pattern
+            self.caption.setText(str(exc))
+            return
+        if pa is PENDING or pb is PENDING:
+            self.caption.setText(f"layer {s.layer}: {PLACEHOLDER}")
+            return
         qa, ka, qta, kta = self._rows_and_keys(a, s.kind)
         qb, kb, qtb, ktb = self._rows_and_keys(b, s.kind)
         nq, nk = shared_prefix(qa, qb), shared_prefix(ka, kb)  # where the two sequences part

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import EngineError
+from engine import PENDING, EngineError
 from engine.export import atomic_write, pattern_bytes, pattern_names, save_npz, trace_arrays  # numpy I/O on the Trace
 
 from ..widgets import file_dialogs
@@ -171,7 +171,14 @@ class Exports:
                 w.show_error(f"the region in view has {(q1 - q0) * (k1 - k0):,} cells; zoom in to at most "
                              f"{MAX_PATTERN_CELLS:,} to export it")
                 return None
-            pattern = view.exact_region(q0, q1, k0, k1)
+            try:  # not here yet: fetched in the background, and this export runs again once it landed
+                pattern = view.region_now(q0, q1, k0, k1, lambda: self.export_pattern(path))
+            except EngineError as exc:
+                w.show_error(f"could not export the pattern: {exc}")
+                return None
+            if pattern is PENDING:
+                w.statusBar().showMessage(f"Fetching the region to write {path}…", 5000)
+                return None
         if pattern is None or w.state.trace is None:
             w.show_error("no pattern on screen to export")
             return None

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from engine import EngineError, capture_name
 
+from ..core.arrivals import PENDING, PLACEHOLDER, Arrivals
 from ..core.render_thread import RenderThread
 from ..core.state import InspectorState
 from ..rendering import colormaps, display, tiles
@@ -65,6 +66,9 @@ class AttentionView(QWidget):
         self.pattern: np.ndarray | None = None  # the [queries, keys] weights on screen (before scaling)
         self.hover_text = ""
         self.hover_weight: float | None = None  # the exact weight in the tooltip
+        self.hover_cell: tuple[int, int] | None = None  # the cell under the mouse (its readout redone on arrival)
+        # hover, row plot and sink reads: answered now or fetched in the background (the view redraws on arrival)
+        self.arrivals = Arrivals(self)
         self._pattern_source: PatternSource | None = None
         self.shape = (0, 0)  # (queries, keys) of the pattern on screen, drawn whole or by tiles
         self.tile: tiles.Tile | None = None  # the visible tile on screen (tiled mode)
@@ -431,11 +435,19 @@ class AttentionView(QWidget):
         """trace.sink_share of the layer on screen; None without sinks, or when a remote engine that keeps the
         patterns went away before sending it (the rest of the view stays)."""
         s = self.state
+        if not hasattr(trace, "sink_share"):
+            return None
+        kind, layer = s.kind, s.layer
         try:
-            return trace.sink_share(s.kind, s.layer) if hasattr(trace, "sink_share") else None
+            got = self.arrivals.read(trace, ("sink", kind, layer), lambda t: t.sink_share(kind, layer), self.redraw)
         except EngineError as exc:
             log.warning("sink share: %s", exc)
             return None
+        return None if got is PENDING else got
+
+    def _sink_on_way(self, trace: object) -> bool:
+        s = self.state
+        return (id(trace), ("sink", s.kind, s.layer)) in self.arrivals.waiting
 
     def _sink_rows(self, trace: object) -> np.ndarray | None:
         """The sink's share of every query row for the head (or mean of heads) on screen; None without sinks."""
@@ -472,7 +484,7 @@ class AttentionView(QWidget):
         s = self.state
         share = self._sink_share(trace)
         if share is None:
-            return ""
+            return f" · sink {PLACEHOLDER}" if self._sink_on_way(trace) else ""
         rows = share.mean(axis=0) if s.mean_heads else share[s.head]
         if not 0 <= row < len(rows):
             return ""
@@ -591,15 +603,27 @@ class AttentionView(QWidget):
 
     def exact_region(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
         """The exact weights [q1 - q0, k1 - k0] of the head (or mean of heads) on screen."""
-        s = self.state
-        parts = [s.trace.attention_tile(s.kind, s.layer, h, q0, q1, k0, k1) for h in self._heads()]
-        return parts[0] if len(parts) == 1 else np.mean(np.stack(parts), axis=0, dtype=np.float64).astype(np.float32)
+        return self._region_reader(q0, q1, k0, k1)[1](self.state.trace)
+
+    def region_now(self, q0: int, q1: int, k0: int, k1: int, when_here: Callable[[], None]) -> object:
+        """exact_region, or PENDING while it is fetched in the background (`when_here()` once it landed)."""
+        key, read = self._region_reader(q0, q1, k0, k1)
+        return self.arrivals.read(self.state.trace, key, read, when_here)
+
+    def _region_reader(self, q0: int, q1: int, k0: int, k1: int) -> tuple:
+        kind, layer, heads = self.state.kind, self.state.layer, self._heads()
+
+        def read(trace) -> np.ndarray:  # noqa: ANN001 - engine.Trace
+            parts = [trace.attention_tile(kind, layer, h, q0, q1, k0, k1) for h in heads]
+            return parts[0] if len(parts) == 1 else np.mean(np.stack(parts), axis=0, dtype=np.float64).astype(np.float32)
+
+        return ("region", kind, layer, tuple(heads), q0, q1, k0, k1), read
 
     @property
     def pending(self) -> bool:
         """A tile is being computed (tests wait for it)."""
         return (self._delivered < self._generation or self._tile_timer.isActive() or self._hold_timer.isActive()
-                or self._wanted() not in (None, self._request))
+                or self._wanted() not in (None, self._request) or bool(self.arrivals.waiting))
 
     # -- the selected row as a line ------------------------------------------------------------------
     def _show_row_plot(self, on: bool) -> None:
@@ -618,10 +642,15 @@ class AttentionView(QWidget):
         if self.pattern is not None:
             row = np.asarray(self.pattern[q], dtype=np.float32)
         else:
+            kind, layer, heads = s.kind, s.layer, self._heads()
             try:
-                row = tiles.row_weights(trace, s.kind, s.layer, self._heads(), q)
+                row = self.arrivals.read(trace, ("row", kind, layer, tuple(heads), q),
+                                         lambda t: tiles.row_weights(t, kind, layer, heads, q), self._row_landed)
             except EngineError as exc:  # a remote engine that keeps the patterns went away: the row is not here
                 self.row_top.setText(f"query {q}: {exc}")
+                return
+            if row is PENDING:  # on its way: the last row stays until it lands
+                self.row_top.setText(f"query {q}: {PLACEHOLDER}")
                 return
         self.row = row
         self.row_curve.setData(np.arange(row.size), row)
@@ -629,6 +658,10 @@ class AttentionView(QWidget):
         top = display.top_indices(row, ROW_TOP)
         self.row_top.setText(f"query {q} {short(s.query_tokens(trace)[q])!r}, strongest keys: "
                              + ", ".join(f"{k} {short(keys[k])!r} {row[k]:.3f}" for k in top))
+
+    def _row_landed(self) -> None:
+        if self.row_plot_box.isChecked():
+            self._draw_row()
     def _row_pen(self) -> QPen:
         pen = QPen(QColor(255, 80, 80) if self.state.colormap not in ("CET-L1",) else QColor(230, 40, 40))
         pen.setWidthF(2.0)
@@ -658,11 +691,16 @@ class AttentionView(QWidget):
             return f"{q} {qt[q]!r} → {k} {kt[k]!r}: masked (a query never sees later keys)"
         if self.pattern is not None:
             w = float(self.pattern[q, k])
-        else:  # exact, whatever the zoom: one cell rebuilt
+        else:  # exact, whatever the zoom: one cell rebuilt (or fetched in the background)
+            kind, layer, heads = self.state.kind, self.state.layer, self._heads()
             try:
-                w = tiles.weight_at(self.state.trace, self.state.kind, self.state.layer, self._heads(), q, k)
+                w = self.arrivals.read(self.state.trace, ("cell", kind, layer, tuple(heads), q, k),
+                                       lambda t: tiles.weight_at(t, kind, layer, heads, q, k),
+                                       lambda: self._hover_landed(q, k))
             except EngineError as exc:  # a remote engine that keeps the patterns went away
                 return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {exc}"
+            if w is PENDING:
+                return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {PLACEHOLDER}"
         self.hover_weight = w
         exact = f" ({w:.3e})" if 0 < w < 1e-3 else ""
         return f"{q} {qt[q]!r} → {k} {kt[k]!r}: {w:.4f}{exact}"
@@ -670,14 +708,24 @@ class AttentionView(QWidget):
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         cell = self.cell_at(scene_pos)
         if cell is None:
+            self.hover_cell = None
             if self.hover_text:
                 self.hover_text = ""
                 QToolTip.hideText()
                 self.readout.setText(HOVER_HINT)
             return
-        self.hover_text = self.describe(*cell)
+        self.hover(*cell)
+
+    def hover(self, q: int, k: int) -> None:
+        """The readout and tooltip for cell (q, k) under the mouse (a placeholder while its weight is on its way)."""
+        self.hover_cell = (q, k)
+        self.hover_text = self.describe(q, k)
         self.readout.setText(self.hover_text)
         QToolTip.showText(QCursor.pos(), self.hover_text, self.graphics)
+
+    def _hover_landed(self, q: int, k: int) -> None:
+        if self.hover_cell == (q, k):  # still under the mouse
+            self.hover(q, k)
 
     def _on_clicked(self, event) -> None:  # noqa: ANN001 - pyqtgraph MouseClickEvent
         if event.button() != Qt.MouseButton.LeftButton:

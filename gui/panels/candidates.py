@@ -27,8 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import distribution
+from engine import EngineError, distribution
 
+from ..core.arrivals import PENDING, PLACEHOLDER, Arrivals
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering import display
@@ -50,6 +51,7 @@ class LogitsPanel(QWidget):
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
+        self.arrivals = Arrivals(self)  # a logits row not here yet: fetched off the GUI thread
         self.client = client
         self._x_max: float | None = None  # the probability axis' range (changed only when it must)
         self._rows: int | None = None  # bars the y range was set for
@@ -152,7 +154,16 @@ class LogitsPanel(QWidget):
         encoder_only = trace.family == "encoder"
         pos = min(s.query, len(trace) - 1)
         before_fill = s.fill_predictions(pos) if encoder_only else None
-        logits = before_fill if before_fill is not None else trace.logits_at(pos)
+        logits = before_fill
+        if logits is None:  # a row not here yet is fetched in the background, redrawn then
+            try:
+                logits = self.arrivals.read(trace, ("logits", pos), lambda t: t.logits_at(pos), self.redraw)
+            except EngineError as exc:  # the engine went away before sending this row
+                self._clear(str(exc))
+                return
+            if logits is PENDING:
+                self.heading.setText(f"position {pos}: {PLACEHOLDER}")
+                return
         if logits is None:
             self._clear("no logits at this position")
             return

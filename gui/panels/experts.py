@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QMenu, QToolTip, QVBoxLayout, QWidget
 from engine import EngineError
 
 from ..core import jobs
+from ..core.arrivals import PENDING, PLACEHOLDER, Arrivals
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..widgets.steady_label import SteadyLabel
@@ -76,6 +77,7 @@ def describe_load(trace, layer: int, top: int = 5) -> str:  # noqa: ANN001 - eng
 class ExpertsPanel(QWidget):
     def __init__(self, state: InspectorState, client: EngineClient | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.arrivals = Arrivals(self)  # the routing: at once, or fetched in the background (redrawn then)
         self.state, self.client = state, client
         self.layers: list[int] = []
         self.load_share: np.ndarray | None = None  # [experts, tokens] drawn in the load plot
@@ -111,7 +113,13 @@ class ExpertsPanel(QWidget):
 
     def redraw(self) -> None:
         trace = self.state.trace
+        layers = list(getattr(trace, "moe_layers", None) or [])
         try:
+            if layers and self.arrivals.read(trace, ("routing",), lambda t: [t.routing(n) for n in layers],
+                                             self.redraw) is PENDING:
+                self.layers = []  # nothing reads the routing until it is here (the last picture stays)
+                self.caption.setText(f"Experts: routing {PLACEHOLDER}")
+                return
             self.layers, rgb = top_expert_image(trace) if trace is not None else ([], None)
         except EngineError as exc:  # a remote engine that keeps the routing went away before sending it
             self.caption.setText(str(exc))

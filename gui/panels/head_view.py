@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from engine import EngineError
 
+from ..core.arrivals import PENDING, PLACEHOLDER, Arrivals
 from ..core.state import InspectorState
 from ..rendering.head_colors import head_color
 from ..rendering.labels import kind_name
@@ -332,6 +333,7 @@ class HeadView(QWidget):
 
     def __init__(self, state: InspectorState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.arrivals = Arrivals(self)  # the query's row: at once, or fetched in the background (lines redrawn then)
         self.state = state
         self.hidden_heads: set[int] = set()
         self.row: np.ndarray | None = None  # [heads, keys] of the query on screen
@@ -519,13 +521,18 @@ class HeadView(QWidget):
             return
         t0 = time.perf_counter()
         q = s.row_query
+        kind, layer = s.kind, s.layer
         try:
-            row = trace.attention_row(s.kind, s.layer, q)  # [heads, keys]
+            row = self.arrivals.read(trace, ("row", kind, layer, q), lambda t: t.attention_row(kind, layer, q),
+                                     self.redraw_lines)  # [heads, keys]
         except EngineError as exc:  # not captured, or a remote engine that keeps the patterns went away
             self.row = None
             for item in self.canvas.lines.values():
                 item.set_lines(*self.canvas.line_x, 0.0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32))
             self.caption.setText(str(exc))
+            return
+        if row is PENDING:  # on its way: the last lines stay until it lands
+            self.caption.setText(f"query {q}: {PLACEHOLDER}")
             return
         self.row, self.query_row = row, q
         thr = self.threshold

@@ -47,6 +47,7 @@ from engine import capture_name
 from engine.export import atomic_write  # plain file I/O, as the other exports write
 
 from ..core import explain_jobs
+from ..core.arrivals import PENDING, PLACEHOLDER, Arrivals
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering.labels import kind_name
@@ -153,6 +154,7 @@ class InsideTab(QWidget):
         super().__init__()
         self.state = state
         self.inside = None  # engine.explain.InsideHead on screen
+        self.arrivals = Arrivals(self)  # the sink share, when not here yet
         self.trace = None
         self.keys: np.ndarray = np.zeros(0, dtype=np.int64)  # key positions in the rows shown
         self.columns: list[str] = []  # column titles of the table
@@ -268,16 +270,26 @@ class InsideTab(QWidget):
         self.write_bars.setOpts(x=[], height=[])
         self.what_if_curve.setData([], [])
 
+    def _sink_landed(self) -> None:
+        if self.inside is not None:
+            self.redraw()
+        else:
+            self.chain.setText(self.sink_text())
+
     def sink_text(self) -> str:
         """Models with attention sinks (gpt-oss): the softmax's denominator has one more term with no value, so the
         selected row's weights sum to less than one; what the sink took of it. Empty for every other model."""
         s, trace = self.state, self.state.trace
         if trace is None or not hasattr(trace, "sink_share") or s.kind not in getattr(trace, "kinds", ()):
             return ""
-        try:
-            share = trace.sink_share(s.kind, s.layer)
+        kind, layer = s.kind, s.layer
+        try:  # not here yet: fetched in the background, the text redone on arrival
+            share = self.arrivals.read(trace, ("sink", kind, layer), lambda t: t.sink_share(kind, layer),
+                                       self._sink_landed)
         except Exception:  # noqa: BLE001 - engine.CaptureError: a layer without attention or not captured
             return ""
+        if share is PENDING:
+            return f" Sink share {PLACEHOLDER}"
         if share is None or not 0 <= s.head < share.shape[0] or not 0 <= s.row_query < share.shape[1]:
             return ""
         w = float(share[s.head, s.row_query])

@@ -44,9 +44,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import distribution
+from engine import EngineError, distribution
 
 from ..core import mlp_jobs
+from ..core.arrivals import PENDING, Arrivals
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..rendering import colormaps
@@ -109,6 +110,7 @@ class InsideMlpPanel(RefreshWhenShown):
 
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.arrivals = Arrivals(self)  # a logits row not here yet: fetched off the GUI thread
         self.state, self.client = state, client
         self.result = None  # engine.explain.MlpNeurons on screen
         self.trace = None  # the trace it explains
@@ -268,18 +270,28 @@ class InsideMlpPanel(RefreshWhenShown):
     def position(self) -> int:
         return min(self.state.query, len(self.state.trace) - 1)
 
-    def _fill_tokens(self) -> None:
+    def _fill_tokens(self) -> bool:
+        """The candidate tokens at the position; False while its logits row is on its way (the
+        panel refreshes when it lands)."""
         trace, pos = self.state.trace, self.position()
         key = (id(trace), pos)
         if key == self._combo_key:
-            return
+            return True
+        logits = None
+        if trace.logit_rows is not None:
+            try:
+                logits = self.arrivals.read(trace, ("logits", pos), lambda t: t.logits_at(pos), self.refresh)
+            except EngineError as exc:  # the engine went away: the next token only
+                log.warning("inside the MLP: %s", exc)
+                logits = None
+            if logits is PENDING:
+                return False
         self._combo_key = key
         vocab = self.state.model.vocab
         current = self.token_combo.currentData()
         self.token_combo.blockSignals(True)
         self.token_combo.clear()
         seen = set()
-        logits = trace.logits_at(pos) if trace.logit_rows is not None else None
         if logits is not None:
             for t in np.argsort(-logits, kind="stable")[:CANDIDATES]:
                 t = int(t)
@@ -291,6 +303,7 @@ class InsideMlpPanel(RefreshWhenShown):
         i = self.token_combo.findData(current)
         self.token_combo.setCurrentIndex(max(i, 0))  # the same candidate when it is still offered
         self.token_combo.blockSignals(False)
+        return True
 
     def key(self) -> tuple | None:
         s, trace = self.state, self.state.trace
@@ -302,7 +315,8 @@ class InsideMlpPanel(RefreshWhenShown):
         self.rank_combo.setEnabled(not encoder)
         token = None
         if not encoder:
-            self._fill_tokens()
+            if not self._fill_tokens():
+                return None
             token = self.token_combo.currentData()
         rank = "activation" if encoder else self.rank_combo.currentData()
         if moe:  # the chosen experts' neurons (ranked here, from every neuron's numbers)

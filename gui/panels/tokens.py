@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from engine import EngineError, Trace
 
+from ..core.arrivals import PENDING, Arrivals
 from ..core.state import InspectorState
 from ..core.worker import EngineClient
 from ..widgets.steady_label import SteadyLabel
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 class TokenStrip(QWidget):
     def __init__(self, state: InspectorState, client: EngineClient, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.arrivals = Arrivals(self)  # a hovered token's row: at once, or fetched in the background (no tint till then)
         self.state = state
         self.client = client
         self.hover: tuple[str, int] | None = None  # ("main" | "source", position)
@@ -285,9 +287,12 @@ class TokenStrip(QWidget):
             return None
         layer = min(s.layer, trace.n_layers[kind] - 1)
         try:
-            rows = trace.attention_row(kind, layer, i)  # [heads, keys]
+            rows = self.arrivals.read(trace, ("row", kind, layer, i), lambda t: t.attention_row(kind, layer, i),
+                                      self._refresh_marks)  # [heads, keys]
         except EngineError as exc:  # a remote engine that keeps the patterns went away: no tint
             log.warning("token strip: %s", exc)
+            return None
+        if rows is PENDING:
             return None
         w = rows.mean(axis=0) if s.mean_heads else rows[s.head]
         return tinted, np.sqrt(np.clip(w, 0.0, 1.0))

@@ -309,3 +309,39 @@ def test_a_recompute_past_the_limit_switches_a_mirrored_session(server):
         assert_same_everywhere(rs.trace, ls.trace)
     finally:
         e.close()
+
+
+def test_read_now_answers_what_is_here_and_fetches_the_rest_in_the_background(far):
+    """Trace.read_now: an in-process trace answers at once; a trace whose patterns are on the server answers
+    PENDING for what it would have to ask (no request from this thread), fetches it in a background thread, calls
+    on_ready, and then answers at once with what the plain read gives."""
+    import threading
+
+    from engine import PENDING
+
+    lm = load_model("tiny-gpt", device="cpu")
+    lt = Session(lm, "In the beginning God created").trace
+    assert lt.read_now("row", lambda t: t.attention_row("self", 1, 3), lambda: None).shape[1] == len(lt)
+
+    rm = far.load_model("tiny-gpt", device="cpu")
+    rt = far.Session(rm, "In the beginning God created").trace
+    conn, asked_here = far.conn, []
+    real_call = conn.call
+
+    def call(op, *args, **kw):  # noqa: ANN001, ANN202
+        if threading.current_thread() is threading.main_thread():
+            asked_here.append(op)
+        return real_call(op, *args, **kw)
+
+    landed = threading.Event()
+    conn.call = call
+    try:
+        read = lambda t: t.attention_row("self", 1, 3)  # noqa: E731
+        assert rt.read_now("row", read, landed.set) is PENDING
+        assert rt.read_now("row", read, landed.set) is PENDING or landed.is_set()  # asked once while on its way
+        assert landed.wait(60)
+        got = rt.read_now("row", read, landed.set)
+        assert asked_here == []
+    finally:
+        conn.call = real_call
+    np.testing.assert_allclose(got, lt.attention_row("self", 1, 3), rtol=1e-5, atol=1e-6)
