@@ -170,7 +170,12 @@ class RemoteEngine:
         return self._listing("cached_model_infos")
 
     def available_devices(self) -> list[str]:
-        return self._listing("available_devices")
+        self._devices = self._listing("available_devices")
+        return list(self._devices)
+
+    def devices_known_now(self) -> list[str]:
+        """The server's devices as last listed, without a network call (a window's thread may ask)."""
+        return list(getattr(self, "_devices", ()))
 
     def model_folders(self) -> list[str]:
         """Checkpoint folders under the server's --models-dir folders (what Open folder may name)."""

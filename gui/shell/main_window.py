@@ -177,7 +177,7 @@ class MainWindow(QMainWindow):
         self.client.trace_ready.connect(self._on_trace)
         self.client.error.connect(self._on_error)
         self.client.stopped.connect(self._on_stopped)
-        self.client.model_loaded.connect(lambda _info: self._add_local_devices())
+        self.client.model_loaded.connect(lambda _info: self._add_engine_devices())
         self.client.busy_changed.connect(self._on_busy)
         self.prompt_panel.open_requested.connect(
             lambda src, dev: self.open_model(src, device=dev))
@@ -404,12 +404,10 @@ class MainWindow(QMainWindow):
             self.client.run(self._chain_steps)
         self._maybe_settled()
 
-    def _add_local_devices(self) -> None:
-        """After a model loaded in this process (torch imported by then, in the worker), list every device of this
-        computer in the device box (the window started with what it knew without torch)."""
-        engine = self.client.engine
-        if not engine.remote:
-            self.prompt_panel.add_devices(engine.available_devices())
+    def _add_engine_devices(self) -> None:
+        """After a model loaded (in this process torch is imported by then, in the worker), list the engine's
+        devices in the device box (the window started with what it knew without torch); never a network call."""
+        self.prompt_panel.add_devices(self.client.engine.devices_known_now())
 
     def _on_stopped(self, op: str, message: str) -> None:
         """Stop/Esc during one long step (or branch): its forward stopped; no banner, the session is unchanged."""
