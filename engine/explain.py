@@ -480,13 +480,7 @@ def _rank(acts: np.ndarray, writes: np.ndarray, rank_by: str, k: int) -> np.ndar
 
 def _native_mlp_neurons(model, trace: Trace, layer: int, position: int, token_id: int | None = None, k: int = 20,  # noqa: ANN001
                 rank_by: str = "write", stack: str | None = None, include: Sequence[int] = ()) -> MlpNeurons:
-    """The neurons of one MLP at one position, ranked by their write toward `token_id` (default: the most likely
-    next token; rank_by "write": most positive first, "abs_write": largest either way) or by |activation|
-    ("activation"; the only ranking for encoder-only models and encoder stacks, whose MLPs reach the logits
-    through non-linear layers). With the residual stream at the position: per layer, what attention and the
-    MLP added. Writes are direct logit attribution (norms linearised as attribute() does): every neuron's write
-    plus the output bias equal attribute()'s part for this MLP. `include`: neurons listed after the k ranked
-    ones even when they rank lower (e.g. the ablated ones, whose activation is now 0)."""
+    """mlp_neurons() on the native engine's own modules (the public function says what it answers)."""
     if rank_by not in RANKINGS:
         raise CaptureError(f"rank_by must be one of {', '.join(RANKINGS)}, not {rank_by!r}")
     stack = stack or model.main_stack
