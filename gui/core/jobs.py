@@ -111,6 +111,20 @@ def save_session(path: str, view: dict) -> Callable:
     return fn
 
 
+def export_trace(trace: Any, path: str, layers: list[str] | None = None) -> Callable:
+    """Write the trace on screen as .npz in the worker thread: every pattern is read there (a long context's are
+    large, and an engine that keeps patterns elsewhere fetches them), so the window never waits for it."""
+    def fn(_w: EngineWorker) -> dict:
+        from engine.export import save_npz
+
+        try:
+            return {"path": str(save_npz(trace, path, layers=layers))}
+        except OSError as exc:
+            raise EngineError(f"could not write {path}: {exc}") from exc
+
+    return fn
+
+
 def open_session(path: str) -> Callable:
     """Read a session file, reuse the open model when it is the one the file names (else load it),
     replay it. Damaged or foreign files raise SessionFileError; the old model and session stay."""

@@ -27,8 +27,9 @@ from PySide6.QtWidgets import (
 )
 
 from engine import PENDING, EngineError
-from engine.export import atomic_write, pattern_bytes, pattern_names, save_npz, trace_arrays  # numpy I/O on the Trace
+from engine.export import atomic_write, pattern_bytes, pattern_names, trace_arrays  # numpy I/O on the Trace
 
+from ..core import jobs
 from ..widgets import file_dialogs
 
 log = logging.getLogger(__name__)
@@ -87,20 +88,23 @@ class Exports:
     def __init__(self, window: QMainWindow, view_state: Callable[[], dict]) -> None:
         self.window, self.view_state = window, view_state
         self.choose_layers = choose_layers_dialog  # (parent, {name: bytes}) -> names | None; tests replace it
+        self.written: str | None = None  # the last trace export's file
+        window.client.result_ready.connect(self._on_result)
 
-    def export_trace(self, path: str, layers: list[str] | None = None) -> None:
+    def export_trace(self, path: str, layers: list[str] | None = None) -> int | None:
         """Tokens, every pattern under its capture name (or those of `layers`, capture names), and the logits,
-        as the `export` command writes them."""
+        as the `export` command writes them; written by the engine's worker thread (-> the request id)."""
         w = self.window
         if w.state.trace is None:
             w.show_error("nothing to export yet: open a model and type a prompt")
-            return
-        try:
-            written = save_npz(w.state.trace, path, layers=layers)
-        except (OSError, EngineError) as exc:
-            w.show_error(f"could not write {path}: {exc}")
-            return
-        w.statusBar().showMessage(f"Wrote {written}", 5000)
+            return None
+        w.statusBar().showMessage(f"Exporting the trace to {path} …")
+        return w.client.call("export_trace", jobs.export_trace(w.state.trace, str(path), layers))
+
+    def _on_result(self, _rid: int, op: str, payload: object) -> None:
+        if op == "export_trace":
+            self.written = payload["path"]
+            self.window.statusBar().showMessage(f"Wrote {self.written}", 5000)
 
     def layer_sizes(self) -> dict[str, int]:
         """Capture name -> bytes of its whole pattern, for the trace on screen."""

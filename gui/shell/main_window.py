@@ -525,9 +525,10 @@ class MainWindow(QMainWindow):
                           + (f"<p>{self.state.model.name}: {self.state.model.placement}</p>"
                              if self.state.model is not None and self.state.model.placement else ""))
 
-    def export_trace(self, path: str) -> None:
-        """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them."""
-        self.analysis.exports.export_trace(path)
+    def export_trace(self, path: str) -> int | None:
+        """Tokens, every pattern under its capture name, and the logits, as the `export` command writes them
+        (in the engine's thread; the status bar says when it is written)."""
+        return self.analysis.exports.export_trace(path)
 
     def _save_screenshot_dialog(self) -> None:
         path, _ = file_dialogs.save_path(self, "Save screenshot", "attention-inspector.png", "PNG (*.png)")

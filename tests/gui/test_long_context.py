@@ -190,6 +190,7 @@ def test_prompt_from_file_counts_tokens_first_and_export_writes_chosen_layers(qt
 
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *_a, **_k: (str(out), "")))
     win.analysis.exports.export_trace_dialog()
+    qtbot.waitUntil(lambda: win.analysis.exports.written == str(out), timeout=60_000)  # written in the engine's thread
     trace = win.state.trace
     assert sizes_seen == [{"decoder.0.attn": 4 * 4 * len(trace) ** 2, "decoder.1.attn": 4 * 4 * len(trace) ** 2}]
     with np.load(out) as data:

@@ -133,7 +133,8 @@ def test_a_colour_scheme_change_rethemes_the_plots(qtbot, window, checkpoints):
 def test_export_trace_writes_the_npz(qtbot, window, checkpoints, tmp_path):
     open_model(qtbot, window, checkpoints["decoder"])
     out = tmp_path / "trace.npz"
-    window.export_trace(str(out))
+    window.export_trace(str(out))  # written in the engine's thread: the window does not wait for it
+    qtbot.waitUntil(lambda: window.analysis.exports.written == str(out), timeout=30_000)
     with np.load(out) as data:
         assert "decoder.0.attn" in data.files
         assert data["decoder.0.attn"].shape[-1] == len(window.state.trace)
