@@ -281,13 +281,7 @@ class Model:
         if not 0 <= neuron < d_ff:
             raise CaptureError(f"neuron {neuron} does not exist; layer {layer}'s MLP has neurons 0..{d_ff - 1}")
         name = mlp_name(stack, layer)
-        values = self._neuron_gate_values.setdefault(name, {})
-        if float(value) == 1.0:
-            values.pop(neuron, None)
-        else:
-            values[neuron] = float(value)
-        if not values:
-            del self._neuron_gate_values[name]
+        if not set_factor(self._neuron_gate_values, name, neuron, value):
             ffn.neuron_gate = None  # the plain forward again
             return
         if ffn.neuron_gate is None:
@@ -536,6 +530,19 @@ def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
         out.append(_frozen(host[at : at + t.numel()].reshape(t.shape)))
         at += t.numel()
     return out
+
+
+def set_factor(tables: dict, name: object, key: int, value: float) -> dict:
+    """tables[name][key] = value for a gate-like factor: 1 (no change) is never stored and an emptied table is
+    dropped -> the factors left for `name` ({} when none)."""
+    values = tables.setdefault(name, {})
+    if float(value) == 1.0:
+        values.pop(key, None)
+    else:
+        values[key] = float(value)
+    if not values:
+        del tables[name]
+    return values
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 from ..cancel import checkpoint
 from ..config import ModelConfig
 from ..errors import CaptureError, EngineError
-from ..model import Forward, Model, _frozen, _to_host
+from ..model import Forward, Model, _frozen, _to_host, set_factor
 from ..placement import Placement, single_device
 from ..rebuild import KeyArena, ScoreRule
 from ..routing import RoutingBlock, router_name
@@ -184,13 +184,7 @@ class HFModel(Model):
                                f"{', '.join(map(str, self.moe_layers)) or 'none'}")
         if self.n_experts is None or not 0 <= expert < self.n_experts:
             raise CaptureError(f"expert {expert} does not exist; experts are 0..{(self.n_experts or 1) - 1}")
-        gates = self._expert_gates.setdefault(layer, {})
-        if float(value) == 1.0:
-            gates.pop(expert, None)
-        else:
-            gates[expert] = float(value)
-        if not gates:
-            del self._expert_gates[layer]
+        set_factor(self._expert_gates, layer, expert, value)
 
     def clear_expert_gates(self) -> None:
         self._expert_gates.clear()
@@ -218,16 +212,11 @@ class HFModel(Model):
         if not 0 <= neuron < down.in_features:
             raise CaptureError(f"neuron {neuron} does not exist; layer {layer}'s MLP has neurons 0..{down.in_features - 1}")
         name = mlp_name(stack, layer)
-        values = self._neuron_gate_values.setdefault(name, {})
-        if float(value) == 1.0:
-            values.pop(neuron, None)
-        else:
-            values[neuron] = float(value)
+        values = set_factor(self._neuron_gate_values, name, neuron, value)
         hook = self._neuron_hooks.pop(name, None)
         if hook is not None:
             hook.remove()
         if not values:
-            del self._neuron_gate_values[name]
             return
         gate = torch.ones(down.in_features, device=self.device, dtype=self.dtype)
         for j, v in values.items():
